@@ -1,0 +1,72 @@
+//! The command-line edge: argument parsing and exit codes. `anyhow` lives here and nowhere
+//! below; every subcommand returns the process exit status.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+pub mod check;
+pub mod sim;
+
+/// Where the config comes from when `-c` is not given.
+pub const DEFAULT_CONFIG: &str = "/etc/rackhand/rackhand.toml";
+
+#[derive(Debug, Parser)]
+#[command(name = "rackhand", version, long_version = long_version(), about = "Edge collector for network equipment")]
+pub struct Cli {
+    /// Config file (else $RACKHAND_CONFIG, else /etc/rackhand/rackhand.toml).
+    #[arg(short = 'c', long = "config", global = true, env = "RACKHAND_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Validate the config and print the inventory it resolves.
+    Check(check::CheckArgs),
+    /// The device simulator: Telnet server, pseudo-terminal console, or stdio for sshd.
+    Sim(sim::SimArgs),
+}
+
+/// `--version` also names the SSH library and the legacy algorithms it was built with, so a
+/// field engineer can tell whether an artefact can talk to old gear.
+fn long_version() -> &'static str {
+    static TEXT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TEXT.get_or_init(|| {
+        let legacy = if option_env!("RACKHAND_LEGACY_SSH").is_some() {
+            "legacy SHA-1 algorithms available"
+        } else {
+            "legacy SHA-1 algorithms not built in"
+        };
+        format!(
+            "{} ({}-{}, libssh2 1.11 vendored, {legacy})",
+            env!("CARGO_PKG_VERSION"),
+            std::env::consts::ARCH,
+            std::env::consts::OS,
+        )
+    })
+}
+
+/// The config path in force: `-c`, then `RACKHAND_CONFIG` (both through clap), then the default.
+pub fn config_path(cli: &Cli) -> PathBuf {
+    cli.config
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG))
+}
+
+/// Parses arguments, runs the subcommand and returns the exit status.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Check(args) => check::run(&config_path(&cli), args),
+        Command::Sim(args) => sim::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("rackhand: {err:#}");
+            2
+        }
+    }
+}

@@ -1,0 +1,12 @@
+//! rackhand: an edge collector for network equipment.
+//!
+//! Data flows one way through the modules below (see ARCHITECTURE.md):
+//! config → inventory → scheduler → worker pool → session → record → spool → batcher → sink.
+//! The binary (`src/main.rs`) is a thin edge over this library; `sim` is the simulated rack
+//! that tests, benchmarks and the demo run against.
+
+pub mod cli;
+pub mod config;
+pub mod inventory;
+pub mod sim;
+pub mod telnet;
