@@ -1,1 +1,679 @@
-//! The resolved inventory.
+//! The inventory: every device with its settings resolved, ready for the scheduler.
+//!
+//! A device's value for a key is its own, else its groups' in the order it lists them, else
+//! `[defaults]`, else the built-in default from [`defaults`] — the one place built-in
+//! defaults live. Checks that need the resolved picture (a `host` for ssh/telnet, a
+//! `serial_port` for serial, unique names, groups that exist) happen here, and add to the same
+//! report as the parser so the user sees every problem at once.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::config::schema::{SECRET_FAMILIES, Setting, Value};
+use crate::config::{Layer, RawConfig, Report, Secret};
+
+/// Built-in defaults, used when neither the device, its groups nor `[defaults]` set a key.
+pub mod defaults {
+    use std::time::Duration;
+
+    pub const TRANSPORT: &str = "ssh";
+    pub const PLATFORM: &str = "generic";
+    pub const SSH_PORT: u16 = 22;
+    pub const TELNET_PORT: u16 = 23;
+    pub const INTERVAL: Duration = Duration::from_secs(15 * 60);
+    pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+    pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
+    pub const KEEPALIVE: Duration = Duration::from_secs(30);
+    pub const MAX_OUTPUT: u64 = 16 << 20;
+    /// Trust on first use, refuse a changed key: what an unattended agent can live with.
+    pub const HOST_KEY_CHECK: &str = "accept-new";
+    pub const BAUD: u32 = 9600;
+    pub const DATA_BITS: u8 = 8;
+    pub const STOP_BITS: u8 = 1;
+    pub const WORKERS: usize = 8;
+    pub const STATE_DIR: &str = "/var/lib/rackhand";
+    pub const LOG_LEVEL: &str = "info";
+    pub const BATCH_MAX_RECORDS: usize = 500;
+    pub const BATCH_MAX_BYTES: u64 = 1 << 20;
+    pub const BATCH_MAX_AGE: Duration = Duration::from_secs(5);
+    pub const SPOOL_MAX_BYTES: u64 = 512 << 20;
+    pub const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(30);
+    pub const FILE_MAX_BYTES: u64 = 64 << 20;
+    pub const MQTT_TOPIC: &str = "rackhand/{agent}/{device}";
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Ssh,
+    Telnet,
+    Serial,
+}
+
+impl Transport {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Ssh => "ssh",
+            Transport::Telnet => "telnet",
+            Transport::Serial => "serial",
+        }
+    }
+}
+
+/// Where a device is reached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    Net {
+        host: String,
+        port: u16,
+    },
+    Serial {
+        port: PathBuf,
+        settings: SerialSettings,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Parity {
+    None,
+    Odd,
+    Even,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlowControl {
+    None,
+    Software,
+    Hardware,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SerialSettings {
+    pub baud: u32,
+    pub data_bits: u8,
+    pub parity: Parity,
+    pub stop_bits: u8,
+    pub flow_control: FlowControl,
+}
+
+impl SerialSettings {
+    /// The usual short form, e.g. `9600 8N1`.
+    pub fn describe(&self) -> String {
+        let parity = match self.parity {
+            Parity::None => 'N',
+            Parity::Odd => 'O',
+            Parity::Even => 'E',
+        };
+        let flow = match self.flow_control {
+            FlowControl::None => "",
+            FlowControl::Software => " xon/xoff",
+            FlowControl::Hardware => " rts/cts",
+        };
+        format!(
+            "{} {}{parity}{}{flow}",
+            self.baud, self.data_bits, self.stop_bits
+        )
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostKeyCheck {
+    Strict,
+    AcceptNew,
+    Off,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isolation {
+    Thread,
+    Process,
+}
+
+impl Isolation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Isolation::Thread => "thread",
+            Isolation::Process => "process",
+        }
+    }
+}
+
+/// SSH-only settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SshSettings {
+    pub key_file: Option<PathBuf>,
+    pub key_passphrase: Option<Secret>,
+    pub host_key_check: HostKeyCheck,
+    pub known_hosts: PathBuf,
+    pub legacy: bool,
+    pub kex: Vec<String>,
+    pub host_key_algorithms: Vec<String>,
+    pub ciphers: Vec<String>,
+    pub macs: Vec<String>,
+    pub keepalive: Duration,
+}
+
+/// One device, every setting resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Device {
+    pub name: String,
+    pub groups: Vec<String>,
+    pub transport: Transport,
+    pub endpoint: Endpoint,
+    pub platform: String,
+    pub prompt: Option<String>,
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    pub enable_secret: Option<Secret>,
+    pub ssh: SshSettings,
+    pub commands: Vec<String>,
+    pub interval: Duration,
+    pub connect_timeout: Duration,
+    pub command_timeout: Duration,
+    pub max_output: u64,
+    pub isolation: Isolation,
+    pub driver_exec: Option<PathBuf>,
+}
+
+impl Device {
+    /// `host:port` or the serial port with its line settings.
+    pub fn address(&self) -> String {
+        match &self.endpoint {
+            Endpoint::Net { host, port } if host.contains(':') => format!("[{host}]:{port}"),
+            Endpoint::Net { host, port } => format!("{host}:{port}"),
+            Endpoint::Serial { port, settings } => {
+                // by-id names are long; the unique part is at the end.
+                let shown = port.display().to_string();
+                let shown = shown.strip_prefix("/dev/serial/").unwrap_or(&shown);
+                format!("{shown} {}", settings.describe())
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Group {
+    pub name: String,
+    pub max_sessions: Option<usize>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Agent {
+    pub id: String,
+    pub workers: usize,
+    pub state_dir: PathBuf,
+    pub log_level: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SinkKind {
+    File,
+    Http,
+    Mqtt,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    pub sink: SinkKind,
+    /// The URL, broker or path, per sink.
+    pub target: String,
+    pub topic: String,
+    pub client_id: Option<String>,
+    pub headers: Vec<(String, String)>,
+    pub ca_file: Option<PathBuf>,
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    pub timeout: Duration,
+    pub batch_max_records: usize,
+    pub batch_max_bytes: u64,
+    pub batch_max_age: Duration,
+    pub spool_max_bytes: u64,
+    pub drop_oldest_when_full: bool,
+    pub fsync_always: bool,
+    pub file_max_bytes: u64,
+}
+
+/// Everything the agent needs, resolved and checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inventory {
+    pub agent: Agent,
+    pub groups: Vec<Group>,
+    pub devices: Vec<Device>,
+    pub upstream: Option<Upstream>,
+}
+
+/// Resolves inheritance and checks what needs the whole picture. Returns the inventory even
+/// when the report has errors (devices with errors are left out), so callers can show both.
+pub fn resolve(raw: &RawConfig, report: &mut Report) -> Inventory {
+    let groups = resolve_groups(raw, report);
+    let mut devices = Vec::new();
+    let mut seen: BTreeMap<String, Range<usize>> = BTreeMap::new();
+    for layer in &raw.devices {
+        let Some(name_setting) = layer.get("name") else {
+            if !layer.written("name") {
+                report.error(
+                layer.header.clone(),
+                "this [[device]] has no `name`; add name = \"...\" (it names the device in records and logs)",
+                );
+            }
+            continue;
+        };
+        let name = name_setting.as_str().unwrap_or_default().to_string();
+        if let Some(first) = seen.get(&name) {
+            let (line, _) = crate::config::diag::line_col(&report.text, first.start);
+            report.error(
+                name_setting.span.clone(),
+                format!("duplicate device name `{name}` (first defined on line {line}); device names must be unique"),
+            );
+            continue;
+        }
+        seen.insert(name.clone(), name_setting.span.clone());
+        if let Some(device) = resolve_device(raw, layer, &name, report) {
+            devices.push(device);
+        }
+    }
+    Inventory {
+        agent: resolve_agent(&raw.agent),
+        groups: groups.iter().map(|(g, _)| g.clone()).collect(),
+        devices,
+        upstream: raw
+            .upstream
+            .as_ref()
+            .and_then(|u| resolve_upstream(u, report)),
+    }
+}
+
+fn resolve_groups(raw: &RawConfig, report: &mut Report) -> Vec<(Group, usize)> {
+    let mut groups: Vec<(Group, usize)> = Vec::new();
+    for (index, layer) in raw.groups.iter().enumerate() {
+        let Some(name) = layer.get("name") else {
+            report.error(
+                layer.header.clone(),
+                "this [[group]] has no `name`; add name = \"...\" so devices can join it with groups = [\"...\"]",
+            );
+            continue;
+        };
+        let name_str = name.as_str().unwrap_or_default().to_string();
+        if groups.iter().any(|(g, _)| g.name == name_str) {
+            report.error(
+                name.span.clone(),
+                format!("duplicate group name `{name_str}`; group names must be unique"),
+            );
+            continue;
+        }
+        let max_sessions = match layer.get("max_sessions").map(|s| &s.value) {
+            Some(Value::Int(n)) => Some(*n as usize),
+            _ => None,
+        };
+        groups.push((
+            Group {
+                name: name_str,
+                max_sessions,
+            },
+            index,
+        ));
+    }
+    groups
+}
+
+/// The layers a device inherits from, most specific first.
+fn layers_of<'a>(raw: &'a RawConfig, device: &'a Layer, report: &mut Report) -> Vec<&'a Layer> {
+    let mut layers = vec![device];
+    if let Some(Setting {
+        value: Value::List(names),
+        ..
+    }) = device.get("groups")
+    {
+        for (group, span) in names {
+            match raw
+                .groups
+                .iter()
+                .find(|g| g.str("name") == Some(group.as_str()))
+            {
+                Some(layer) => layers.push(layer),
+                None => {
+                    let known: Vec<&str> =
+                        raw.groups.iter().filter_map(|g| g.str("name")).collect();
+                    let hint = crate::config::schema::suggest(group, known.iter().copied())
+                        .map(|s| format!(" (did you mean `{s}`?)"))
+                        .unwrap_or_default();
+                    let listing = if known.is_empty() {
+                        "no [[group]] is defined".to_string()
+                    } else {
+                        format!("defined groups: {}", known.join(", "))
+                    };
+                    report.error(
+                        span.clone(),
+                        format!("group `{group}` does not exist{hint}; {listing}"),
+                    );
+                }
+            }
+        }
+    }
+    layers.push(&raw.defaults);
+    layers
+}
+
+/// Whether any layer writes `key`, even with a refused value (reported already).
+fn written(layers: &[&Layer], key: &str) -> bool {
+    layers.iter().any(|l| l.written(key))
+}
+
+/// First layer that sets `key`.
+fn lookup<'a>(layers: &[&'a Layer], key: &str) -> Option<&'a Setting> {
+    layers.iter().find_map(|l| l.get(key))
+}
+
+/// First layer that sets any key of a secret family wins (a device's `password_file` beats
+/// the defaults' `password_env`).
+fn lookup_secret(layers: &[&Layer], family: &[&str; 3]) -> Option<Secret> {
+    layers.iter().find_map(|l| {
+        family
+            .iter()
+            .find_map(|k| match l.get(k).map(|s| &s.value) {
+                Some(Value::Secret(secret)) => Some(secret.clone()),
+                _ => None,
+            })
+    })
+}
+
+fn str_of<'a>(layers: &[&'a Layer], key: &str) -> Option<&'a str> {
+    lookup(layers, key).and_then(Setting::as_str)
+}
+
+fn duration_of(layers: &[&Layer], key: &str, default: Duration) -> Duration {
+    match lookup(layers, key).map(|s| &s.value) {
+        Some(Value::Duration(d)) => *d,
+        _ => default,
+    }
+}
+
+fn int_of(layers: &[&Layer], key: &str) -> Option<i64> {
+    match lookup(layers, key).map(|s| &s.value) {
+        Some(Value::Int(n)) => Some(*n),
+        _ => None,
+    }
+}
+
+fn list_of(layers: &[&Layer], key: &str) -> Option<Vec<String>> {
+    match lookup(layers, key).map(|s| &s.value) {
+        Some(Value::List(items)) => Some(items.iter().map(|(s, _)| s.clone()).collect()),
+        _ => None,
+    }
+}
+
+fn resolve_device(
+    raw: &RawConfig,
+    layer: &Layer,
+    name: &str,
+    report: &mut Report,
+) -> Option<Device> {
+    let layers = layers_of(raw, layer, report);
+    let errors_before = report.errors().count();
+    // Where to point when something is missing: the device's own header.
+    let here = layer.header.clone();
+
+    let transport = match str_of(&layers, "transport").unwrap_or(defaults::TRANSPORT) {
+        "telnet" => Transport::Telnet,
+        "serial" => Transport::Serial,
+        _ => Transport::Ssh,
+    };
+    let endpoint = match transport {
+        Transport::Ssh | Transport::Telnet => {
+            let port = int_of(&layers, "port").map(|p| p as u16).unwrap_or(
+                if transport == Transport::Ssh {
+                    defaults::SSH_PORT
+                } else {
+                    defaults::TELNET_PORT
+                },
+            );
+            match str_of(&layers, "host") {
+                Some(host) => Some(Endpoint::Net {
+                    host: host.to_string(),
+                    port,
+                }),
+                None => {
+                    if !written(&layers, "host") {
+                        report.error(
+                        here.clone(),
+                        format!(
+                            "device `{name}` uses {} but has no `host`; add host = \"<address or name>\"",
+                            transport.as_str()
+                        ),
+                    );
+                    }
+                    None
+                }
+            }
+        }
+        Transport::Serial => match str_of(&layers, "serial_port") {
+            Some(port) => Some(Endpoint::Serial {
+                port: PathBuf::from(port),
+                settings: serial_settings(&layers),
+            }),
+            None => {
+                if !written(&layers, "serial_port") {
+                    report.error(
+                    here.clone(),
+                    format!(
+                        "device `{name}` uses serial but has no `serial_port`; add serial_port = \"/dev/serial/by-id/...\" (stable across reboots) or \"/dev/ttyUSB0\""
+                    ),
+                );
+                }
+                None
+            }
+        },
+    };
+
+    let platform = str_of(&layers, "platform")
+        .unwrap_or(defaults::PLATFORM)
+        .to_string();
+    let prompt = str_of(&layers, "prompt").map(str::to_string);
+    if platform == "generic" && !written(&layers, "prompt") {
+        report.error(
+            here.clone(),
+            format!(
+                "device `{name}` has platform `generic` but no `prompt`; add prompt = '<regex>' (e.g. '^{name}[>#]\\s*$') or choose a platform"
+            ),
+        );
+    }
+
+    let commands = list_of(&layers, "commands").unwrap_or_default();
+    // An empty list is a mistake; a list whose entries were all refused is reported already.
+    let refused = written(&layers, "commands") && lookup(&layers, "commands").is_none();
+    if commands.is_empty() && !refused {
+        let span = lookup(&layers, "commands").map_or(here.clone(), |s| s.span.clone());
+        report.error(
+            span,
+            format!("device `{name}` has no commands to run; set commands = [\"show version\", ...] on it, its groups or [defaults]"),
+        );
+    }
+
+    let driver_exec = str_of(&layers, "driver_exec").map(PathBuf::from);
+    let isolation = if driver_exec.is_some() || str_of(&layers, "isolation") == Some("process") {
+        Isolation::Process
+    } else {
+        Isolation::Thread
+    };
+    if driver_exec.is_some() && str_of(&layers, "isolation") == Some("thread") {
+        let span = lookup(&layers, "isolation").map_or(here.clone(), |s| s.span.clone());
+        report.error(
+            span,
+            format!("device `{name}` has a `driver_exec`, which always runs isolated; remove isolation = \"thread\""),
+        );
+    }
+
+    let state_dir = raw
+        .agent
+        .str("state_dir")
+        .unwrap_or(defaults::STATE_DIR)
+        .to_string();
+    let ssh = SshSettings {
+        key_file: str_of(&layers, "key_file").map(PathBuf::from),
+        key_passphrase: lookup_secret(&layers, &SECRET_FAMILIES[2]),
+        host_key_check: match str_of(&layers, "host_key_check").unwrap_or(defaults::HOST_KEY_CHECK)
+        {
+            "strict" => HostKeyCheck::Strict,
+            "off" => HostKeyCheck::Off,
+            _ => HostKeyCheck::AcceptNew,
+        },
+        known_hosts: str_of(&layers, "known_hosts")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(state_dir).join("known_hosts")),
+        legacy: matches!(
+            lookup(&layers, "legacy_ssh").map(|s| &s.value),
+            Some(Value::Bool(true))
+        ),
+        kex: list_of(&layers, "kex").unwrap_or_default(),
+        host_key_algorithms: list_of(&layers, "host_key_algorithms").unwrap_or_default(),
+        ciphers: list_of(&layers, "ciphers").unwrap_or_default(),
+        macs: list_of(&layers, "macs").unwrap_or_default(),
+        keepalive: duration_of(&layers, "keepalive", defaults::KEEPALIVE),
+    };
+
+    if report.errors().count() > errors_before {
+        return None;
+    }
+    Some(Device {
+        name: name.to_string(),
+        groups: list_of(&layers, "groups").unwrap_or_default(),
+        transport,
+        endpoint: endpoint?,
+        platform,
+        prompt,
+        username: str_of(&layers, "username").map(str::to_string),
+        password: lookup_secret(&layers, &SECRET_FAMILIES[0]),
+        enable_secret: lookup_secret(&layers, &SECRET_FAMILIES[1]),
+        ssh,
+        commands,
+        interval: duration_of(&layers, "interval", defaults::INTERVAL),
+        connect_timeout: duration_of(&layers, "connect_timeout", defaults::CONNECT_TIMEOUT),
+        command_timeout: duration_of(&layers, "command_timeout", defaults::COMMAND_TIMEOUT),
+        max_output: match lookup(&layers, "max_output").map(|s| &s.value) {
+            Some(Value::Size(n)) => *n,
+            _ => defaults::MAX_OUTPUT,
+        },
+        isolation,
+        driver_exec,
+    })
+}
+
+fn serial_settings(layers: &[&Layer]) -> SerialSettings {
+    SerialSettings {
+        baud: int_of(layers, "baud").map_or(defaults::BAUD, |b| b as u32),
+        data_bits: int_of(layers, "data_bits").map_or(defaults::DATA_BITS, |b| b as u8),
+        parity: match str_of(layers, "parity") {
+            Some("odd") => Parity::Odd,
+            Some("even") => Parity::Even,
+            _ => Parity::None,
+        },
+        stop_bits: int_of(layers, "stop_bits").map_or(defaults::STOP_BITS, |b| b as u8),
+        flow_control: match str_of(layers, "flow_control") {
+            Some("software") => FlowControl::Software,
+            Some("hardware") => FlowControl::Hardware,
+            _ => FlowControl::None,
+        },
+    }
+}
+
+fn resolve_agent(layer: &Layer) -> Agent {
+    Agent {
+        id: layer.str("id").map(str::to_string).unwrap_or_else(hostname),
+        workers: match layer.get("workers").map(|s| &s.value) {
+            Some(Value::Int(n)) => *n as usize,
+            _ => defaults::WORKERS,
+        },
+        state_dir: PathBuf::from(layer.str("state_dir").unwrap_or(defaults::STATE_DIR)),
+        log_level: layer
+            .str("log_level")
+            .unwrap_or(defaults::LOG_LEVEL)
+            .to_string(),
+    }
+}
+
+/// The machine's hostname, the agent id when none is configured.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "rackhand".to_string())
+}
+
+fn resolve_upstream(layer: &Layer, report: &mut Report) -> Option<Upstream> {
+    let layers = [layer];
+    let Some(sink) = layer.str("sink") else {
+        report.error(
+            layer.header.clone(),
+            "[upstream] has no `sink`; add sink = \"file\", \"http\" or \"mqtt\"",
+        );
+        return None;
+    };
+    let (kind, target_key, example) = match sink {
+        "http" => (
+            SinkKind::Http,
+            "url",
+            "url = \"https://collector.example.net/ingest\"",
+        ),
+        "mqtt" => (
+            SinkKind::Mqtt,
+            "broker",
+            "broker = \"mqtt://127.0.0.1:1883\"",
+        ),
+        _ => (
+            SinkKind::File,
+            "path",
+            "path = \"/var/lib/rackhand/outbox\"",
+        ),
+    };
+    let Some(target) = layer.get(target_key) else {
+        report.error(
+            layer.header.clone(),
+            format!("[upstream] sink `{sink}` needs `{target_key}`; add {example}"),
+        );
+        return None;
+    };
+    let target_str = target.as_str().unwrap_or_default().to_string();
+    let scheme_ok = match kind {
+        SinkKind::Http => target_str.starts_with("http://") || target_str.starts_with("https://"),
+        SinkKind::Mqtt => target_str.starts_with("mqtt://") || target_str.starts_with("mqtts://"),
+        SinkKind::File => true,
+    };
+    if !scheme_ok {
+        report.error(
+            target.span.clone(),
+            format!("`{target_key}` = \"{target_str}\" does not fit sink `{sink}`; {example}"),
+        );
+        return None;
+    }
+    let size = |key: &str, default: u64| match layer.get(key).map(|s| &s.value) {
+        Some(Value::Size(n)) => *n,
+        _ => default,
+    };
+    Some(Upstream {
+        sink: kind,
+        target: target_str,
+        topic: layer
+            .str("topic")
+            .unwrap_or(defaults::MQTT_TOPIC)
+            .to_string(),
+        client_id: layer.str("client_id").map(str::to_string),
+        headers: match layer.get("headers").map(|s| &s.value) {
+            Some(Value::Map(m)) => m.clone(),
+            _ => Vec::new(),
+        },
+        ca_file: layer.str("ca_file").map(PathBuf::from),
+        username: layer.str("username").map(str::to_string),
+        password: lookup_secret(&layers, &SECRET_FAMILIES[0]),
+        timeout: duration_of(&layers, "timeout", defaults::UPSTREAM_TIMEOUT),
+        batch_max_records: int_of(&layers, "batch_max_records")
+            .map_or(defaults::BATCH_MAX_RECORDS, |n| n as usize),
+        batch_max_bytes: size("batch_max_bytes", defaults::BATCH_MAX_BYTES),
+        batch_max_age: duration_of(&layers, "batch_max_age", defaults::BATCH_MAX_AGE),
+        spool_max_bytes: size("spool_max_bytes", defaults::SPOOL_MAX_BYTES),
+        drop_oldest_when_full: layer.str("spool_full") == Some("drop_oldest"),
+        fsync_always: layer.str("fsync") == Some("always"),
+        file_max_bytes: size("file_max_bytes", defaults::FILE_MAX_BYTES),
+    })
+}

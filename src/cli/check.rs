@@ -1,10 +1,177 @@
 //! `rackhand check`: validate the config, print the resolved inventory.
+//!
+//! The command an engineer runs after every edit, before `systemctl reload`: every problem at
+//! once as `FILE:LINE:COL: message` (exit 2), or the inventory as the agent will see it.
 
+use std::io::Write;
 use std::path::Path;
+
+use crate::config::units::format_duration;
+use crate::config::{self, Report};
+use crate::inventory::{self, Inventory, SinkKind, Transport};
 
 #[derive(Debug, clap::Args)]
 pub struct CheckArgs {}
 
-pub fn run(_path: &Path, _args: &CheckArgs) -> anyhow::Result<i32> {
-    anyhow::bail!("rackhand check: under construction")
+/// Loads, resolves and checks; the report carries every finding.
+pub fn load(path: &Path) -> anyhow::Result<(Inventory, Report)> {
+    let (raw, mut report) = config::load(path)?;
+    let inventory = inventory::resolve(&raw, &mut report);
+    report.sort();
+    Ok((inventory, report))
+}
+
+pub fn run(path: &Path, _args: &CheckArgs) -> anyhow::Result<i32> {
+    let (inventory, report) = load(path)?;
+    let stderr = std::io::stderr();
+    let mut err = stderr.lock();
+    for d in report.warnings() {
+        writeln!(err, "{}", report.render(d))?;
+    }
+    if report.has_errors() {
+        let count = report.errors().count();
+        for d in report.errors() {
+            writeln!(err, "{}", report.render(d))?;
+        }
+        writeln!(
+            err,
+            "rackhand check: {count} error{} in {}; fix them and run check again",
+            if count == 1 { "" } else { "s" },
+            path.display()
+        )?;
+        return Ok(2);
+    }
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    write!(out, "{}", render_inventory(path, &inventory))?;
+    Ok(0)
+}
+
+/// The inventory as a table, with a header line about the agent and upstream.
+pub fn render_inventory(path: &Path, inv: &Inventory) -> String {
+    let mut text = format!(
+        "config {}: ok\nagent {}: {} workers, state in {}, upstream {}\n\n",
+        path.display(),
+        inv.agent.id,
+        inv.agent.workers,
+        inv.agent.state_dir.display(),
+        match &inv.upstream {
+            None => "none (records stay in the spool)".to_string(),
+            Some(u) => format!(
+                "{} {}",
+                match u.sink {
+                    SinkKind::File => "file",
+                    SinkKind::Http => "http",
+                    SinkKind::Mqtt => "mqtt",
+                },
+                u.target
+            ),
+        }
+    );
+    let header = [
+        "DEVICE",
+        "TRANSPORT",
+        "ADDRESS",
+        "PLATFORM",
+        "COMMANDS",
+        "INTERVAL",
+        "ISOLATION",
+    ];
+    let rows: Vec<[String; 7]> = inv
+        .devices
+        .iter()
+        .map(|d| {
+            [
+                d.name.clone(),
+                d.transport.as_str().to_string(),
+                d.address(),
+                d.platform.clone(),
+                summarize_commands(&d.commands, 44),
+                format_duration(d.interval),
+                if d.driver_exec.is_some() {
+                    "process (driver_exec)".to_string()
+                } else {
+                    d.isolation.as_str().to_string()
+                },
+            ]
+        })
+        .collect();
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: &[&str]| {
+        let mut s = String::new();
+        for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
+            if i + 1 == cells.len() {
+                s.push_str(cell);
+            } else {
+                s.push_str(&format!("{cell:<w$}  "));
+            }
+        }
+        s.push('\n');
+        s
+    };
+    text.push_str(&line(&header));
+    for row in &rows {
+        let cells: Vec<&str> = row.iter().map(String::as_str).collect();
+        text.push_str(&line(&cells));
+    }
+    let count = |t: Transport| inv.devices.iter().filter(|d| d.transport == t).count();
+    text.push_str(&format!(
+        "\n{} device{}: {} ssh, {} telnet, {} serial; {} commands per pass\n",
+        inv.devices.len(),
+        if inv.devices.len() == 1 { "" } else { "s" },
+        count(Transport::Ssh),
+        count(Transport::Telnet),
+        count(Transport::Serial),
+        inv.devices.iter().map(|d| d.commands.len()).sum::<usize>(),
+    ));
+    text
+}
+
+/// `show version, show clock, +3 more`, within about `width` characters.
+fn summarize_commands(commands: &[String], width: usize) -> String {
+    let mut shown = String::new();
+    for (i, c) in commands.iter().enumerate() {
+        let rest = commands.len() - i;
+        let candidate = if shown.is_empty() {
+            c.clone()
+        } else {
+            format!("{shown}, {c}")
+        };
+        let reserve = if rest > 1 { 10 } else { 0 };
+        if !shown.is_empty() && candidate.chars().count() + reserve > width {
+            return format!("{shown}, +{rest} more");
+        }
+        shown = candidate;
+    }
+    shown
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_command_lists_are_summarized_with_a_count() {
+        let cmds: Vec<String> = [
+            "show version",
+            "show clock",
+            "show inventory",
+            "show ip route",
+            "show vlan",
+        ]
+        .map(String::from)
+        .to_vec();
+        let s = summarize_commands(&cmds, 44);
+        assert!(s.starts_with("show version, show clock"), "{s}");
+        assert!(s.ends_with("more"), "{s}");
+        assert_eq!(
+            summarize_commands(&cmds[..2], 44),
+            "show version, show clock"
+        );
+    }
 }

@@ -1,0 +1,99 @@
+//! Secrets (passwords, enable secrets, key passphrases) and where they came from.
+//!
+//! A secret can be written inline (warned: configs end up in backups and tickets), named by
+//! an environment variable (systemd's `EnvironmentFile=` / `LoadCredential=`), or read from a
+//! file that should be readable by the agent alone. The value never appears in `Debug` output.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+#[derive(Clone, PartialEq, Eq)]
+pub enum SecretSource {
+    Inline,
+    Env(String),
+    File(PathBuf),
+}
+
+/// A secret value with its source. `value` is `None` when the environment variable was not
+/// set where the config was read: the session then fails with a message naming the variable.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret {
+    value: Option<String>,
+    pub source: SecretSource,
+}
+
+impl Secret {
+    pub fn inline(value: &str) -> Self {
+        Secret {
+            value: Some(value.to_string()),
+            source: SecretSource::Inline,
+        }
+    }
+
+    /// Reads the variable now; an unset variable is kept as a missing value, not an error,
+    /// because `rackhand check` may run in a shell that lacks the service's environment.
+    pub fn from_env(name: &str) -> Self {
+        Secret {
+            value: std::env::var(name).ok(),
+            source: SecretSource::Env(name.to_string()),
+        }
+    }
+
+    /// Reads the file; one trailing line end is not part of the secret.
+    pub fn from_file(path: &Path) -> std::io::Result<Self> {
+        let text = std::fs::read_to_string(path)?;
+        let value = text
+            .strip_suffix("\r\n")
+            .or_else(|| text.strip_suffix('\n'))
+            .unwrap_or(&text);
+        Ok(Secret {
+            value: Some(value.to_string()),
+            source: SecretSource::File(path.to_path_buf()),
+        })
+    }
+
+    /// The secret itself, for the one place that sends it to a device.
+    pub fn expose(&self) -> Option<&str> {
+        self.value.as_deref()
+    }
+
+    /// Where the secret comes from, for messages and `rackhand check`.
+    pub fn describe(&self) -> String {
+        match &self.source {
+            SecretSource::Inline => "inline".into(),
+            SecretSource::Env(name) => format!("${name}"),
+            SecretSource::File(path) => path.display().to_string(),
+        }
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Secret({}, <redacted>)", self.describe())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_output_never_shows_the_value() {
+        let s = Secret::inline("hunter2");
+        assert!(!format!("{s:?}").contains("hunter2"));
+        assert_eq!(s.expose(), Some("hunter2"));
+    }
+
+    #[test]
+    fn a_secret_file_loses_one_trailing_newline_only() {
+        let dir = std::env::temp_dir().join(format!("rackhand-secret-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("pw");
+        std::fs::write(&path, "  spaced pw \n").unwrap();
+        assert_eq!(
+            Secret::from_file(&path).unwrap().expose(),
+            Some("  spaced pw ")
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
