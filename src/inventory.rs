@@ -677,3 +677,166 @@ fn resolve_upstream(layer: &Layer, report: &mut Report) -> Option<Upstream> {
         file_max_bytes: size("file_max_bytes", defaults::FILE_MAX_BYTES),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::parse_str;
+    use std::path::Path;
+
+    fn resolve_text(text: &str) -> (Inventory, Report) {
+        let (raw, mut report) = parse_str(Path::new("/etc/rackhand/rackhand.toml"), text);
+        let inv = resolve(&raw, &mut report);
+        (inv, report)
+    }
+
+    #[test]
+    fn a_device_value_beats_its_groups_in_order_which_beat_defaults() {
+        let (inv, report) = resolve_text(
+            r#"
+[defaults]
+platform = "cisco_ios"
+commands = ["show version"]
+interval = "15m"
+command_timeout = "30s"
+connect_timeout = "10s"
+
+[[group]]
+name = "first"
+interval = "1m"
+command_timeout = "5s"
+
+[[group]]
+name = "second"
+interval = "2m"
+connect_timeout = "3s"
+commands = ["show clock"]
+
+[[device]]
+name = "sw1"
+host = "192.0.2.1"
+groups = ["first", "second"]
+command_timeout = "7s"
+"#,
+        );
+        assert!(!report.has_errors(), "{report}");
+        let d = &inv.devices[0];
+        assert_eq!(d.command_timeout, Duration::from_secs(7), "device wins");
+        assert_eq!(
+            d.interval,
+            Duration::from_secs(60),
+            "first group beats second"
+        );
+        assert_eq!(
+            d.connect_timeout,
+            Duration::from_secs(3),
+            "second group beats defaults"
+        );
+        assert_eq!(d.commands, vec!["show clock".to_string()]);
+        assert_eq!(d.platform, "cisco_ios", "defaults apply last");
+        assert_eq!(
+            d.max_output,
+            defaults::MAX_OUTPUT,
+            "built-in default at the end"
+        );
+        assert_eq!(
+            d.endpoint,
+            Endpoint::Net {
+                host: "192.0.2.1".into(),
+                port: 22
+            }
+        );
+        assert_eq!(
+            d.ssh.known_hosts,
+            PathBuf::from("/var/lib/rackhand/known_hosts")
+        );
+    }
+
+    #[test]
+    fn the_most_specific_secret_source_wins_whatever_its_kind() {
+        // SAFETY: the variable name is unique to this test; no other thread reads it.
+        unsafe { std::env::set_var("RACKHAND_TEST_PW_7731", "from-env") };
+        let (inv, report) = resolve_text(
+            r#"
+[defaults]
+platform = "linux"
+commands = ["uptime"]
+password_env = "RACKHAND_TEST_PW_7731"
+
+[[device]]
+name = "a"
+host = "192.0.2.1"
+
+[[device]]
+name = "b"
+host = "192.0.2.2"
+password = "inline"
+"#,
+        );
+        assert!(!report.has_errors(), "{report}");
+        assert_eq!(
+            inv.devices[0].password.as_ref().unwrap().expose(),
+            Some("from-env")
+        );
+        assert_eq!(
+            inv.devices[1].password.as_ref().unwrap().expose(),
+            Some("inline")
+        );
+        assert_eq!(report.warnings().count(), 1, "inline password warned once");
+    }
+
+    #[test]
+    fn serial_and_telnet_devices_get_their_own_defaults() {
+        let (inv, report) = resolve_text(
+            r#"
+[defaults]
+platform = "cisco_ios"
+commands = ["show version"]
+
+[[device]]
+name = "con1"
+transport = "serial"
+serial_port = "/dev/ttyUSB0"
+parity = "even"
+data_bits = 7
+
+[[device]]
+name = "t1"
+transport = "telnet"
+host = "192.0.2.7"
+"#,
+        );
+        assert!(!report.has_errors(), "{report}");
+        assert_eq!(inv.devices[0].address(), "/dev/ttyUSB0 9600 7E1");
+        assert_eq!(inv.devices[1].address(), "192.0.2.7:23");
+    }
+
+    #[test]
+    fn a_bad_value_is_reported_once_not_again_as_missing() {
+        let (inv, report) = resolve_text(
+            r#"
+[[device]]
+name = "x"
+transport = "ssh"
+host = 7
+platform = "generic"
+prompt = "(["
+commands = []
+"#,
+        );
+        let messages: Vec<String> = report.errors().map(|d| d.message.clone()).collect();
+        assert_eq!(messages.len(), 3, "{messages:#?}");
+        assert!(messages[0].contains("`host` must be a string"));
+        assert!(messages[1].contains("not a valid regular expression"));
+        assert!(messages[2].contains("no commands"));
+        assert!(inv.devices.is_empty());
+    }
+
+    #[test]
+    fn upstream_needs_the_target_of_its_sink() {
+        let (inv, report) = resolve_text("[upstream]\nsink = \"mqtt\"\nurl = \"http://x\"\n");
+        assert!(inv.upstream.is_none());
+        let msg = report.errors().next().unwrap().message.clone();
+        assert!(msg.contains("sink `mqtt` needs `broker`"), "{msg}");
+    }
+}
