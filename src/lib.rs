@@ -5,8 +5,10 @@
 //! The binary (`src/main.rs`) is a thin edge over this library; `sim` is the simulated rack
 //! that tests, benchmarks and the demo run against.
 
+pub mod channel;
 pub mod cli;
 pub mod config;
 pub mod inventory;
 pub mod sim;
 pub mod telnet;
+pub mod transport;

@@ -1,0 +1,362 @@
+//! The channel: send a command, read until the device's prompt comes back, and return exactly
+//! what the device printed for it.
+//!
+//! Every read has a deadline (no fixed sleeps: the transport waits for bytes or the deadline,
+//! whichever comes first). The raw stream goes through [`screen::Screen`] (escapes, backspace,
+//! line ends), pagers the device shows anyway are answered and removed, the echoed command is
+//! dropped, and the text is capped at `max_output` so an endless stream cannot eat the board's
+//! memory. Prompt and pager detection look only at the unfinished last line, at most
+//! [`TAIL_WINDOW`] bytes of it, so each read costs the same however long the output grows.
+
+pub mod screen;
+
+use std::time::Instant;
+
+use regex_lite::Regex;
+
+use crate::transport::{Transport, TransportError};
+use screen::Screen;
+
+/// How much of the unfinished last line prompt and pager patterns see.
+pub const TAIL_WINDOW: usize = 256;
+
+/// A pager prompt and the key that answers it.
+#[derive(Debug, Clone)]
+pub struct Pager {
+    pub pattern: Regex,
+    pub answer: Vec<u8>,
+}
+
+/// Why a command's output is incomplete. Each carries the output as far as it came.
+#[derive(Debug, thiserror::Error)]
+pub enum ChannelError {
+    #[error("no prompt from {peer} within the command timeout")]
+    Timeout { peer: String, output: Vec<u8> },
+    #[error("output from {peer} exceeded {limit} bytes")]
+    TooLarge {
+        peer: String,
+        limit: usize,
+        output: Vec<u8>,
+    },
+    #[error("{source}")]
+    Transport {
+        source: TransportError,
+        output: Vec<u8>,
+    },
+}
+
+impl ChannelError {
+    /// The output collected before things went wrong.
+    pub fn output(&self) -> &[u8] {
+        match self {
+            ChannelError::Timeout { output, .. }
+            | ChannelError::TooLarge { output, .. }
+            | ChannelError::Transport { output, .. } => output,
+        }
+    }
+}
+
+/// What a wait for patterns found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Matched {
+    /// Index of the pattern that matched the unfinished line.
+    pub index: usize,
+    /// Text before the matching line.
+    pub before: Vec<u8>,
+    /// The matching line (e.g. the prompt).
+    pub line: String,
+}
+
+/// A prompt-driven conversation over one transport.
+pub struct Channel<T: Transport> {
+    transport: T,
+    screen: Screen,
+    text: Vec<u8>,
+    pagers: Vec<Pager>,
+    max_output: usize,
+    read_buf: Box<[u8]>,
+}
+
+impl<T: Transport> Channel<T> {
+    pub fn new(transport: T, pagers: Vec<Pager>, max_output: usize) -> Self {
+        Channel {
+            transport,
+            screen: Screen::new(),
+            text: Vec::new(),
+            pagers,
+            max_output,
+            read_buf: vec![0; 16 * 1024].into_boxed_slice(),
+        }
+    }
+
+    pub fn transport(&mut self) -> &mut T {
+        &mut self.transport
+    }
+
+    pub fn into_transport(self) -> T {
+        self.transport
+    }
+
+    pub fn peer(&self) -> &str {
+        self.transport.peer()
+    }
+
+    /// Sends raw bytes (a line, a key, a password).
+    pub fn send(&mut self, data: &[u8]) -> Result<(), TransportError> {
+        self.transport.send(data)
+    }
+
+    /// Forgets what was read so far (e.g. a banner before the first prompt).
+    pub fn clear(&mut self) {
+        self.text.clear();
+        self.screen.reset_line(0);
+    }
+
+    /// Runs one command: sends it, reads until `prompt` matches the last line, and returns the
+    /// output without the echoed command and without the prompt.
+    pub fn command(
+        &mut self,
+        command: &str,
+        prompt: &Regex,
+        deadline: Instant,
+    ) -> Result<Vec<u8>, ChannelError> {
+        self.clear();
+        let mut line = command.as_bytes().to_vec();
+        line.push(b'\n');
+        self.transport
+            .send(&line)
+            .map_err(|source| ChannelError::Transport {
+                source,
+                output: Vec::new(),
+            })?;
+        match self.wait_for(std::slice::from_ref(prompt), deadline) {
+            Ok(m) => Ok(strip_echo(m.before, command)),
+            Err(e) => Err(match e {
+                ChannelError::Timeout { peer, output } => ChannelError::Timeout {
+                    peer,
+                    output: strip_echo(output, command),
+                },
+                ChannelError::TooLarge {
+                    peer,
+                    limit,
+                    output,
+                } => ChannelError::TooLarge {
+                    peer,
+                    limit,
+                    output: strip_echo(output, command),
+                },
+                ChannelError::Transport { source, output } => ChannelError::Transport {
+                    source,
+                    output: strip_echo(output, command),
+                },
+            }),
+        }
+    }
+
+    /// Reads until one of `patterns` matches the unfinished last line (a prompt, `Username:`,
+    /// `Password:`, `[yes/no]`), answering pagers on the way.
+    pub fn wait_for(
+        &mut self,
+        patterns: &[Regex],
+        deadline: Instant,
+    ) -> Result<Matched, ChannelError> {
+        loop {
+            if let Some(found) = self.check_tail(patterns)? {
+                return Ok(found);
+            }
+            if self.text.len() > self.max_output {
+                self.text.truncate(self.max_output);
+                return Err(ChannelError::TooLarge {
+                    peer: self.peer().to_string(),
+                    limit: self.max_output,
+                    output: std::mem::take(&mut self.text),
+                });
+            }
+            let n = match self.transport.recv(&mut self.read_buf, deadline) {
+                Ok(n) => n,
+                Err(TransportError::TimedOut { peer }) => {
+                    return Err(ChannelError::Timeout {
+                        peer,
+                        output: std::mem::take(&mut self.text),
+                    });
+                }
+                Err(source) => {
+                    return Err(ChannelError::Transport {
+                        source,
+                        output: std::mem::take(&mut self.text),
+                    });
+                }
+            };
+            self.screen.feed(&self.read_buf[..n], &mut self.text);
+        }
+    }
+
+    /// Looks at the unfinished line: a pager is answered and removed; a pattern match ends
+    /// the wait.
+    fn check_tail(&mut self, patterns: &[Regex]) -> Result<Option<Matched>, ChannelError> {
+        let start = self.screen.line_start();
+        if start >= self.text.len() {
+            return Ok(None);
+        }
+        let tail_start = start.max(self.text.len().saturating_sub(TAIL_WINDOW));
+        let tail = String::from_utf8_lossy(&self.text[tail_start..]).into_owned();
+        if let Some(index) = patterns.iter().position(|p| p.is_match(&tail)) {
+            let before = self.text[..start].to_vec();
+            self.text.clear();
+            self.screen.reset_line(0);
+            return Ok(Some(Matched {
+                index,
+                before,
+                line: tail,
+            }));
+        }
+        if let Some(pager) = self.pagers.iter().find(|p| p.pattern.is_match(&tail)) {
+            let answer = pager.answer.clone();
+            self.text.truncate(start);
+            self.transport
+                .send(&answer)
+                .map_err(|source| ChannelError::Transport {
+                    source,
+                    output: std::mem::take(&mut self.text),
+                })?;
+        }
+        Ok(None)
+    }
+}
+
+/// Drops the echoed command line, if the first line is one.
+fn strip_echo(mut text: Vec<u8>, command: &str) -> Vec<u8> {
+    let end = text.iter().position(|&b| b == b'\n').unwrap_or(text.len());
+    let first = String::from_utf8_lossy(&text[..end]);
+    let cmd = command.trim();
+    if !cmd.is_empty() && first.trim_end().ends_with(cmd) {
+        let cut = (end + 1).min(text.len());
+        text.drain(..cut);
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::VecDeque;
+    use std::time::Duration;
+
+    /// A scripted device: each `send` of a line releases the next batch of reads.
+    struct Script {
+        reads: VecDeque<Vec<u8>>,
+        sent: Vec<u8>,
+        on_send: VecDeque<Vec<Vec<u8>>>,
+    }
+
+    impl Transport for Script {
+        fn recv(&mut self, buf: &mut [u8], _deadline: Instant) -> Result<usize, TransportError> {
+            match self.reads.pop_front() {
+                Some(chunk) => {
+                    buf[..chunk.len()].copy_from_slice(&chunk);
+                    Ok(chunk.len())
+                }
+                None => Err(TransportError::TimedOut {
+                    peer: "script".into(),
+                }),
+            }
+        }
+        fn send(&mut self, data: &[u8]) -> Result<(), TransportError> {
+            self.sent.extend_from_slice(data);
+            if let Some(batch) = self.on_send.pop_front() {
+                self.reads.extend(batch);
+            }
+            Ok(())
+        }
+        fn peer(&self) -> &str {
+            "script"
+        }
+    }
+
+    fn channel(on_send: Vec<Vec<&[u8]>>) -> Channel<Script> {
+        let pagers = vec![Pager {
+            pattern: Regex::new(r"^\s*--\s?More\s?--\s*$").unwrap(),
+            answer: b" ".to_vec(),
+        }];
+        Channel::new(
+            Script {
+                reads: VecDeque::new(),
+                sent: Vec::new(),
+                on_send: on_send
+                    .into_iter()
+                    .map(|b| b.into_iter().map(|c| c.to_vec()).collect())
+                    .collect(),
+            },
+            pagers,
+            1 << 20,
+        )
+    }
+
+    fn deadline() -> Instant {
+        Instant::now() + Duration::from_secs(5)
+    }
+
+    #[test]
+    fn output_is_what_the_device_printed_without_echo_or_prompt() {
+        let prompt = Regex::new(r"^sw1[>#]\s*$").unwrap();
+        let mut ch = channel(vec![vec![
+            b"show cl",
+            b"ock\r\n*10:00:00.123 UTC Thu Nov 26 2026\r\n",
+            b"sw1#",
+        ]]);
+        let out = ch.command("show clock", &prompt, deadline()).unwrap();
+        assert_eq!(out, b"*10:00:00.123 UTC Thu Nov 26 2026\n");
+        assert_eq!(ch.transport().sent, b"show clock\n");
+    }
+
+    #[test]
+    fn pagers_are_answered_and_leave_no_trace() {
+        let prompt = Regex::new(r"^sw1#$").unwrap();
+        let erase = [&[8u8; 10][..], &[b' '; 10][..], &[8u8; 10][..]].concat();
+        let erase: &'static [u8] = Box::leak(erase.into_boxed_slice());
+        let mut ch = channel(vec![
+            vec![b"show x\r\nline1\r\n --More-- "],
+            vec![erase, b"line2\r\nsw1#"],
+        ]);
+        let out = ch.command("show x", &prompt, deadline()).unwrap();
+        assert_eq!(String::from_utf8(out).unwrap(), "line1\nline2\n");
+        assert_eq!(ch.transport().sent, b"show x\n ");
+    }
+
+    #[test]
+    fn a_timeout_keeps_what_came() {
+        let prompt = Regex::new(r"^sw1#$").unwrap();
+        let mut ch = channel(vec![vec![b"show tech\r\npart one\r\npart t"]]);
+        match ch.command("show tech", &prompt, deadline()) {
+            Err(ChannelError::Timeout { output, .. }) => assert_eq!(output, b"part one\npart t"),
+            other => panic!("expected a timeout, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn endless_output_stops_at_the_cap_with_what_came() {
+        let prompt = Regex::new(r"^sw1#$").unwrap();
+        let chunk: &'static [u8] = Box::leak(vec![b'y'; 4096].into_boxed_slice());
+        let mut ch = channel(vec![vec![chunk; 64]]);
+        ch.max_output = 10_000;
+        match ch.command("yes", &prompt, deadline()) {
+            Err(ChannelError::TooLarge { output, limit, .. }) => {
+                assert_eq!(limit, 10_000);
+                assert_eq!(output.len(), 10_000);
+            }
+            other => panic!("expected output_too_large, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn no_echo_means_nothing_is_stripped() {
+        assert_eq!(
+            strip_echo(b"data\nmore\n".to_vec(), "show x"),
+            b"data\nmore\n"
+        );
+        assert_eq!(
+            strip_echo(b"sw1#show x\nout\n".to_vec(), "show x"),
+            b"out\n"
+        );
+    }
+}

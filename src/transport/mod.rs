@@ -1,0 +1,41 @@
+//! Transports move bytes to and from a device: SSH, Telnet, a serial console, a child process.
+//! Nothing else — no prompts, no paging, no platform knowledge (that is `channel` and
+//! `driver`). Every read takes a deadline, so no layer above ever blocks without one.
+
+use std::time::Instant;
+
+/// What can go wrong while moving bytes. Mapped once into a record's `status` by the session.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("no data from {peer} before the deadline")]
+    TimedOut { peer: String },
+    #[error("{peer} closed the connection")]
+    Closed { peer: String },
+    #[error("cannot connect to {peer}: {detail}")]
+    Connect { peer: String, detail: String },
+    #[error("{peer} refused the credentials: {detail}")]
+    Auth { peer: String, detail: String },
+    #[error(
+        "host key of {peer} does not match {known_hosts}: {detail}; if the device was replaced, remove its old key from that file"
+    )]
+    HostKeyMismatch {
+        peer: String,
+        known_hosts: String,
+        detail: String,
+    },
+    #[error("{peer}: {detail}")]
+    Io { peer: String, detail: String },
+}
+
+/// A byte pipe to one device.
+pub trait Transport: Send {
+    /// Reads what is available, waiting at most until `deadline`. `Ok(0)` is never returned:
+    /// a closed peer is `Err(Closed)`, an expired deadline `Err(TimedOut)`.
+    fn recv(&mut self, buf: &mut [u8], deadline: Instant) -> Result<usize, TransportError>;
+
+    /// Writes all of `data`.
+    fn send(&mut self, data: &[u8]) -> Result<(), TransportError>;
+
+    /// `ssh 10.0.0.1:22`, `serial /dev/ttyUSB0`: for messages.
+    fn peer(&self) -> &str;
+}
