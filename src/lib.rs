@@ -8,6 +8,7 @@
 pub mod channel;
 pub mod cli;
 pub mod config;
+pub mod driver;
 pub mod inventory;
 pub mod sim;
 pub mod telnet;

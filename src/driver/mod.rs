@@ -1,0 +1,271 @@
+//! Drivers: what a session must know about a platform — its prompts, how to turn paging off,
+//! how to enable, which output lines mean "command rejected", how to leave.
+//!
+//! The knowledge is data (`platforms.toml`, embedded), loaded and checked once. Code that
+//! needs a platform asks for a [`Platform`] by name; a platform that is not in the table is a
+//! config error long before a session starts (`config::schema::PLATFORMS` lists the same
+//! names, and a test keeps the two in step).
+
+use std::collections::BTreeMap;
+use std::sync::OnceLock;
+
+use regex_lite::Regex;
+use serde::Deserialize;
+
+use crate::channel::Pager;
+
+const TABLE: &str = include_str!("platforms.toml");
+
+/// A platform as written in `platforms.toml`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PlatformSpec {
+    prompt: String,
+    #[serde(default)]
+    privileged: Option<String>,
+    #[serde(default)]
+    config: Option<String>,
+    #[serde(default)]
+    config_exit: Option<String>,
+    #[serde(default)]
+    enable: Option<String>,
+    #[serde(default)]
+    setup: Vec<String>,
+    #[serde(default)]
+    errors: Vec<String>,
+    #[serde(default)]
+    exit: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PagerSpec {
+    pattern: String,
+    answer: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CommonSpec {
+    pagers: Vec<PagerSpec>,
+    username: String,
+    password: String,
+    press_return: String,
+    dialog: String,
+    dialog_answer: String,
+    login_failed: String,
+}
+
+/// A platform ready for sessions: every pattern compiled.
+#[derive(Debug)]
+pub struct Platform {
+    pub name: String,
+    /// `None` for `generic`: the device's own `prompt` setting is used.
+    pub prompt: Option<Regex>,
+    pub privileged: Option<Regex>,
+    pub config: Option<Regex>,
+    pub config_exit: Option<String>,
+    pub enable: Option<String>,
+    pub setup: Vec<String>,
+    pub errors: Vec<Regex>,
+    pub exit: Vec<String>,
+}
+
+/// What every platform shares: pagers and login dialog patterns.
+#[derive(Debug)]
+pub struct Common {
+    pub pagers: Vec<Pager>,
+    pub username: Regex,
+    pub password: Regex,
+    pub press_return: Regex,
+    pub dialog: Regex,
+    pub dialog_answer: String,
+    pub login_failed: Regex,
+}
+
+#[derive(Debug)]
+pub struct Table {
+    pub platforms: BTreeMap<String, Platform>,
+    pub common: Common,
+}
+
+impl Table {
+    pub fn get(&self, name: &str) -> Option<&Platform> {
+        self.platforms.get(name)
+    }
+
+    /// Whether `line` (one output line) says the device rejected the command.
+    pub fn is_error_line(platform: &Platform, line: &str) -> bool {
+        platform.errors.iter().any(|r| r.is_match(line))
+    }
+}
+
+/// The embedded table, parsed and compiled on first use.
+pub fn table() -> &'static Table {
+    static TABLE_CELL: OnceLock<Table> = OnceLock::new();
+    TABLE_CELL.get_or_init(|| parse(TABLE).expect("the embedded platforms.toml is valid"))
+}
+
+fn regex(platform: &str, key: &str, pattern: &str) -> Result<Regex, String> {
+    Regex::new(pattern).map_err(|e| format!("platforms.toml [{platform}] {key}: {e}"))
+}
+
+fn parse(text: &str) -> Result<Table, String> {
+    let mut raw: BTreeMap<String, toml::Value> =
+        toml::from_str(text).map_err(|e| format!("platforms.toml: {e}"))?;
+    let common_value = raw
+        .remove("common")
+        .ok_or("platforms.toml has no [common] table")?;
+    let common: CommonSpec = common_value
+        .try_into()
+        .map_err(|e| format!("platforms.toml [common]: {e}"))?;
+    let mut platforms = BTreeMap::new();
+    for (name, value) in raw {
+        let spec: PlatformSpec = value
+            .try_into()
+            .map_err(|e| format!("platforms.toml [{name}]: {e}"))?;
+        let opt = |key: &str, p: &Option<String>| -> Result<Option<Regex>, String> {
+            p.as_deref().map(|p| regex(&name, key, p)).transpose()
+        };
+        let platform = Platform {
+            prompt: if spec.prompt.is_empty() {
+                None
+            } else {
+                Some(regex(&name, "prompt", &spec.prompt)?)
+            },
+            privileged: opt("privileged", &spec.privileged)?,
+            config: opt("config", &spec.config)?,
+            config_exit: spec.config_exit,
+            enable: spec.enable,
+            setup: spec.setup,
+            errors: spec
+                .errors
+                .iter()
+                .map(|e| regex(&name, "errors", e))
+                .collect::<Result<_, _>>()?,
+            exit: spec.exit,
+            name: name.clone(),
+        };
+        platforms.insert(name, platform);
+    }
+    let common = Common {
+        pagers: common
+            .pagers
+            .iter()
+            .map(|p| {
+                Ok(Pager {
+                    pattern: regex("common", "pagers", &p.pattern)?,
+                    answer: p.answer.as_bytes().to_vec(),
+                })
+            })
+            .collect::<Result<_, String>>()?,
+        username: regex("common", "username", &common.username)?,
+        password: regex("common", "password", &common.password)?,
+        press_return: regex("common", "press_return", &common.press_return)?,
+        dialog: regex("common", "dialog", &common.dialog)?,
+        dialog_answer: common.dialog_answer,
+        login_failed: regex("common", "login_failed", &common.login_failed)?,
+    };
+    Ok(Table { platforms, common })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_names_exactly_the_platforms_the_config_accepts() {
+        let names: Vec<&str> = table().platforms.keys().map(String::as_str).collect();
+        let mut accepted = crate::config::schema::PLATFORMS.to_vec();
+        accepted.sort();
+        assert_eq!(names, accepted);
+    }
+
+    #[test]
+    fn prompts_match_real_prompts_in_every_mode_and_not_output() {
+        let t = table();
+        let cases: &[(&str, &[&str], &[&str])] = &[
+            (
+                "cisco_ios",
+                &[
+                    "router1>",
+                    "router1#",
+                    "sw-core.fra(config)#",
+                    "r1(config-if)# ",
+                ],
+                &[
+                    "  GigabitEthernet0/1 is up",
+                    "Building configuration...",
+                    "#",
+                ],
+            ),
+            (
+                "cisco_nxos",
+                &["n9k-1#", "n9k-1(config)#"],
+                &["show version"],
+            ),
+            (
+                "arista_eos",
+                &["leaf1>", "leaf1#", "leaf1(config-if-Et1)#"],
+                &["Arista DCS"],
+            ),
+            (
+                "juniper_junos",
+                &[
+                    "netops@edge1>",
+                    "netops@edge1#",
+                    "{master:0}\nnetops@edge1>",
+                    "{master:0} netops@edge1> ",
+                ],
+                &["Hostname: edge1"],
+            ),
+            (
+                "linux",
+                &["ops@srv1:~$", "root@srv1:/var/log# "],
+                &["total 12"],
+            ),
+        ];
+        for (name, good, bad) in cases {
+            let p = t.get(name).unwrap().prompt.as_ref().unwrap();
+            for g in good.iter().filter(|g| !g.contains('\n')) {
+                assert!(p.is_match(g), "{name} prompt should match {g:?}");
+            }
+            for b in *bad {
+                assert!(!p.is_match(b), "{name} prompt should not match {b:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn pagers_of_each_vendor_are_recognised() {
+        let common = &table().common;
+        for pager in [
+            " --More-- ",
+            "-- More --",
+            "---(more)---",
+            "---(more 42%)---",
+            " <--- More --->",
+        ] {
+            assert!(
+                common.pagers.iter().any(|p| p.pattern.is_match(pager)),
+                "{pager:?} not recognised"
+            );
+        }
+    }
+
+    #[test]
+    fn rejected_commands_are_recognised_per_platform() {
+        let t = table();
+        let ios = t.get("cisco_ios").unwrap();
+        assert!(Table::is_error_line(
+            ios,
+            "% Invalid input detected at '^' marker."
+        ));
+        assert!(!Table::is_error_line(
+            ios,
+            "Cisco IOS Software, Version 15.2"
+        ));
+        let junos = t.get("juniper_junos").unwrap();
+        assert!(Table::is_error_line(junos, "syntax error."));
+    }
+}
