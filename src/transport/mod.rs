@@ -2,6 +2,10 @@
 //! Nothing else — no prompts, no paging, no platform knowledge (that is `channel` and
 //! `driver`). Every read takes a deadline, so no layer above ever blocks without one.
 
+pub mod serial;
+pub mod ssh;
+pub mod telnet;
+
 use std::time::Instant;
 
 /// What can go wrong while moving bytes. Mapped once into a record's `status` by the session.
@@ -38,4 +42,12 @@ pub trait Transport: Send {
 
     /// `ssh 10.0.0.1:22`, `serial /dev/ttyUSB0`: for messages.
     fn peer(&self) -> &str;
+
+    /// Sends a BREAK (serial line break, Telnet IAC BRK). Transports without one say so.
+    fn send_break(&mut self) -> Result<(), TransportError> {
+        Err(TransportError::Io {
+            peer: self.peer().to_string(),
+            detail: "this transport cannot send a BREAK".into(),
+        })
+    }
 }

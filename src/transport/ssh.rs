@@ -1,0 +1,1 @@
+//! ssh transport (being written).

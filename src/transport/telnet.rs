@@ -1,0 +1,1 @@
+//! telnet transport (being written).
