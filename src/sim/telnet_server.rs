@@ -1,0 +1,301 @@
+//! A rack of simulated devices reachable over Telnet, one listening port per device.
+//!
+//! Telnet is how much old gear and every terminal server is reached, and a rack of N devices
+//! on N consecutive loopback ports is what the agent's worker pool, its per-device
+//! serialisation and the benchmarks are tested against. Threads are per connection (bounded
+//! by [`MAX_CONNECTIONS`]); one [`StopSignal`] wakes the accept loop and every session so
+//! `stop` returns promptly with nothing left blocked.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::thread::JoinHandle;
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+
+use super::engine::Engine;
+use super::profile::Profile;
+use super::session::{self, Counting, Link, StopSignal};
+use super::stats::Stats;
+use super::{SimError, device_hostname};
+use crate::telnet::{self, Event, Item, Negotiator, Parser, Verb};
+
+/// Connections served at once over the whole rack; more are told so and closed.
+pub const MAX_CONNECTIONS: usize = 1024;
+/// Attempts at finding `count` free consecutive ports when port 0 is asked for.
+const PORT_ATTEMPTS: usize = 64;
+
+/// N simulated devices on consecutive ports; stopped (threads joined, sockets closed) on
+/// [`TelnetRack::stop`] or drop.
+pub struct TelnetRack {
+    addrs: Vec<(String, SocketAddr)>,
+    stats: Arc<Stats>,
+    stop: Arc<StopSignal>,
+    acceptor: Option<JoinHandle<()>>,
+}
+
+impl TelnetRack {
+    /// Listens for `count` devices on `bind`'s IP, ports `bind.port()` .. `+count`; port 0
+    /// picks free consecutive ports.
+    pub fn start(bind: SocketAddr, count: usize, profile: Profile) -> Result<TelnetRack, SimError> {
+        if count == 0 {
+            return Err(SimError::NoDevices);
+        }
+        let listeners = bind_consecutive(bind, count)?;
+        let mut addrs = Vec::with_capacity(count);
+        for (i, l) in listeners.iter().enumerate() {
+            let addr = l
+                .local_addr()
+                .map_err(|e| SimError::Bind { addr: bind, source: e })?;
+            l.set_nonblocking(true)
+                .map_err(|e| SimError::Bind { addr, source: e })?;
+            addrs.push((device_hostname(&profile.hostname, i, count), addr));
+        }
+        let stats = Stats::new(count);
+        let stop = StopSignal::new().map_err(|e| SimError::io("cannot create the rack's stop pipe", e))?;
+        let acceptor = {
+            let (stats, stop) = (Arc::clone(&stats), Arc::clone(&stop));
+            let names: Vec<String> = addrs.iter().map(|(n, _)| n.clone()).collect();
+            let profile = Arc::new(profile);
+            std::thread::Builder::new()
+                .name("sim-telnet-accept".into())
+                .spawn(move || accept_loop(listeners, names, profile, stats, stop))
+                .map_err(|e| SimError::io("cannot start the rack's accept thread", e))?
+        };
+        Ok(TelnetRack {
+            addrs,
+            stats,
+            stop,
+            acceptor: Some(acceptor),
+        })
+    }
+
+    /// `(hostname, address)` of every device, in port order.
+    pub fn addrs(&self) -> Vec<(String, SocketAddr)> {
+        self.addrs.clone()
+    }
+
+    pub fn stats(&self) -> Arc<Stats> {
+        Arc::clone(&self.stats)
+    }
+
+    /// Ends every session and the listeners, and waits for their threads.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        self.stop.stop();
+        if let Some(acceptor) = self.acceptor.take() {
+            let _ = acceptor.join();
+        }
+    }
+}
+
+impl Drop for TelnetRack {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn bind_consecutive(bind: SocketAddr, count: usize) -> Result<Vec<TcpListener>, SimError> {
+    let bind_one = |port: u16| {
+        let addr = SocketAddr::new(bind.ip(), port);
+        TcpListener::bind(addr).map_err(|e| SimError::Bind { addr, source: e })
+    };
+    let range_from = |first: TcpListener, base: u16| -> Result<Vec<TcpListener>, SimError> {
+        let mut all = vec![first];
+        for i in 1..count {
+            let port = u16::try_from(usize::from(base) + i).map_err(|_| SimError::Bind {
+                addr: bind,
+                source: std::io::Error::other("port range runs past 65535"),
+            })?;
+            all.push(bind_one(port)?);
+        }
+        Ok(all)
+    };
+    if bind.port() != 0 {
+        return range_from(bind_one(bind.port())?, bind.port());
+    }
+    for _ in 0..PORT_ATTEMPTS {
+        let first = bind_one(0)?;
+        let base = first
+            .local_addr()
+            .map_err(|e| SimError::Bind { addr: bind, source: e })?
+            .port();
+        if let Ok(all) = range_from(first, base) {
+            return Ok(all);
+        }
+    }
+    Err(SimError::NoConsecutivePorts {
+        ip: bind.ip(),
+        count,
+        attempts: PORT_ATTEMPTS,
+    })
+}
+
+fn accept_loop(
+    listeners: Vec<TcpListener>,
+    names: Vec<String>,
+    profile: Arc<Profile>,
+    stats: Arc<Stats>,
+    stop: Arc<StopSignal>,
+) {
+    let live = Arc::new(AtomicUsize::new(0));
+    let mut sessions: Vec<JoinHandle<()>> = Vec::new();
+    // Bounded by `stop`: every round blocks in poll until a connection or the stop signal.
+    while !stop.is_stopped() {
+        let mut fds: Vec<PollFd> = listeners
+            .iter()
+            .map(|l| PollFd::new(l.as_fd(), PollFlags::POLLIN))
+            .collect();
+        fds.push(PollFd::new(stop.fd(), PollFlags::POLLIN));
+        if poll(&mut fds, PollTimeout::NONE).is_err() {
+            continue;
+        }
+        let ready: Vec<usize> = fds[..listeners.len()]
+            .iter()
+            .enumerate()
+            .filter(|(_, fd)| fd.revents().is_some_and(|r| !r.is_empty()))
+            .map(|(i, _)| i)
+            .collect();
+        drop(fds);
+        sessions.retain(|s| !s.is_finished());
+        for device in ready {
+            let Ok((stream, _)) = listeners[device].accept() else {
+                continue;
+            };
+            if live.load(Ordering::SeqCst) >= MAX_CONNECTIONS {
+                refuse(stream);
+                continue;
+            }
+            live.fetch_add(1, Ordering::SeqCst);
+            let (profile, stats, stop, done) = (
+                Arc::clone(&profile),
+                Arc::clone(&stats),
+                Arc::clone(&stop),
+                Arc::clone(&live),
+            );
+            let name = names[device].clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("sim-telnet-{name}"))
+                .spawn(move || {
+                    serve(stream, &name, device, profile, &stats, &stop);
+                    done.fetch_sub(1, Ordering::SeqCst);
+                });
+            match spawned {
+                Ok(handle) => sessions.push(handle),
+                Err(_) => {
+                    live.fetch_sub(1, Ordering::SeqCst);
+                }
+            }
+        }
+    }
+    for session in sessions {
+        let _ = session.join();
+    }
+}
+
+fn refuse(mut stream: TcpStream) {
+    use std::io::Write as _;
+    let _ = stream.set_nonblocking(true);
+    let _ = stream.write_all(b"\r\n% Connection refused: too many sessions, try again later\r\n");
+}
+
+fn serve(
+    stream: TcpStream,
+    name: &str,
+    device: usize,
+    profile: Arc<Profile>,
+    stats: &Arc<Stats>,
+    stop: &StopSignal,
+) {
+    if stream.set_nonblocking(true).is_err() {
+        return;
+    }
+    let _ = stream.set_nodelay(true);
+    let mut engine = Engine::new(profile, name, false);
+    let mut link = TelnetLink::new(stream);
+    session::run(&mut link, &mut engine, Some(stop), Counting { stats, device });
+    let _ = link.stream.shutdown(std::net::Shutdown::Both);
+}
+
+/// The device side of Telnet: asks to echo and to suppress go-ahead, asks for the window
+/// size, and escapes everything it sends (a garbage fault sends 0xFF).
+struct TelnetLink {
+    stream: TcpStream,
+    parser: Parser,
+    negotiator: Negotiator,
+    /// The client refused our echo (DONT ECHO): it echoes locally, so we must not.
+    echo_refused: bool,
+}
+
+impl TelnetLink {
+    fn new(stream: TcpStream) -> TelnetLink {
+        TelnetLink {
+            stream,
+            parser: Parser::new(),
+            negotiator: Negotiator::new(
+                &[telnet::OPT_ECHO, telnet::OPT_SGA],
+                &[telnet::OPT_NAWS, telnet::OPT_SGA],
+            ),
+            echo_refused: false,
+        }
+    }
+}
+
+impl Link for TelnetLink {
+    fn input(&self) -> BorrowedFd<'_> {
+        self.stream.as_fd()
+    }
+
+    fn output(&self) -> BorrowedFd<'_> {
+        self.stream.as_fd()
+    }
+
+    fn greeting(&mut self) -> Vec<u8> {
+        let mut out = self.negotiator.request_local(telnet::OPT_ECHO, true);
+        out.extend(self.negotiator.request_local(telnet::OPT_SGA, true));
+        out.extend(self.negotiator.request_remote(telnet::OPT_NAWS, true));
+        out
+    }
+
+    fn decode(
+        &mut self,
+        raw: &[u8],
+        engine: &mut Engine,
+        typed: &mut Vec<u8>,
+        replies: &mut Vec<u8>,
+    ) {
+        for item in self.parser.feed(raw) {
+            match item {
+                Item::Data(data) => typed.extend(data),
+                Item::Event(Event::Negotiation(verb, option)) => {
+                    let (answer, change) = self.negotiator.receive(verb, option);
+                    replies.extend(answer);
+                    if option == telnet::OPT_ECHO {
+                        if verb == Verb::Dont {
+                            self.echo_refused = true;
+                        }
+                        if change.is_some_and(|c| c.local && c.enabled) {
+                            self.echo_refused = false;
+                        }
+                        engine.set_echo(!self.echo_refused);
+                    }
+                }
+                Item::Event(Event::WindowSize { width, .. }) => engine.set_width(width),
+                // Interrupt Process is Ctrl-C sent the Telnet way.
+                Item::Event(Event::Command(telnet::IP)) => typed.push(0x03),
+                Item::Event(Event::Command(telnet::AYT)) => {
+                    replies.extend(telnet::escape(b"\r\n[Yes]\r\n", false));
+                }
+                Item::Event(_) => {}
+            }
+        }
+    }
+
+    fn encode(&mut self, data: &[u8]) -> Vec<u8> {
+        telnet::escape(data, self.negotiator.local_enabled(telnet::OPT_BINARY))
+    }
+}
