@@ -366,6 +366,34 @@ pub struct Reply {
     pub prompt_at: Instant,
 }
 
+/// What came before a prompt: raw bytes with pager prompts cut out (their erase
+/// sequences still in, at `pager_spots`).
+struct UpToPrompt {
+    raw: Vec<u8>,
+    pager_spots: Vec<usize>,
+    prompt: String,
+    at: Instant,
+}
+
+impl UpToPrompt {
+    fn into_reply(mut self, command: &str, first: Option<Instant>) -> Result<Reply, ClientError> {
+        for &spot in self.pager_spots.iter().rev() {
+            remove_erase_sequence(&mut self.raw, spot);
+        }
+        let body = strip_echo(&self.raw, command).ok_or_else(|| ClientError::Echo {
+            command: command.to_string(),
+            got: self.raw.iter().copied().take(200).collect(),
+        })?;
+        Ok(Reply {
+            output: crlf_to_lf(body),
+            pages: self.pager_spots.len(),
+            prompt: self.prompt,
+            first_output_at: first,
+            prompt_at: self.at,
+        })
+    }
+}
+
 pub struct PromptClient<W: Wire> {
     pub wire: W,
     prompt: Regex,
@@ -467,26 +495,23 @@ impl<W: Wire> PromptClient<W> {
         }
     }
 
-    /// Reads up to the prompt, answering pagers on the way; returns the raw text before the
-    /// prompt with pager prompts removed (erase sequences still in) and the pager positions.
-    fn read_to_prompt(
-        &mut self,
-        deadline: Instant,
-    ) -> Result<(Vec<u8>, Vec<usize>, String, Option<Instant>, Instant), ClientError> {
+    /// Reads up to the prompt, answering pagers on the way.
+    fn read_to_prompt(&mut self, deadline: Instant) -> Result<UpToPrompt, ClientError> {
         let waiting_for = format!("the prompt /{}/", self.prompt.as_str());
         let mut pager_spots = Vec::new();
-        let mut first_at = None;
         // Bounded by the deadline (every fill waits at most until it) and by MAX_OUTPUT.
         loop {
-            if first_at.is_none() && !self.acc.is_empty() {
-                first_at = Some(Instant::now());
-            }
             if let Some((start, text)) = self.match_at_end(&self.prompt)
                 && (start == 0 || self.acc[start - 1] == b'\n')
             {
-                let mut before = std::mem::take(&mut self.acc);
-                before.truncate(start);
-                return Ok((before, pager_spots, text, first_at, Instant::now()));
+                let mut raw = std::mem::take(&mut self.acc);
+                raw.truncate(start);
+                return Ok(UpToPrompt {
+                    raw,
+                    pager_spots,
+                    prompt: text,
+                    at: Instant::now(),
+                });
             }
             if let Some((start, _)) = self.match_at_end(&self.pager) {
                 self.acc.truncate(start);
@@ -508,73 +533,48 @@ impl<W: Wire> PromptClient<W> {
 
     /// Waits for the prompt (after login, after Return) and returns what came before it.
     pub fn wait_prompt(&mut self, deadline: Instant) -> Result<Vec<u8>, ClientError> {
-        self.read_to_prompt(deadline).map(|(raw, ..)| raw)
+        self.read_to_prompt(deadline).map(|r| r.raw)
+    }
+
+    fn send_command(&mut self, command: &str) -> Result<(), ClientError> {
+        self.send_line(command).map_err(|source| ClientError::Io {
+            waiting_for: format!("sending {command:?}"),
+            source,
+        })
     }
 
     /// Sends `command`, reads its output up to the next prompt and cleans it up.
     pub fn run(&mut self, command: &str, deadline: Instant) -> Result<Reply, ClientError> {
-        self.send_line(command).map_err(|source| ClientError::Io {
-            waiting_for: format!("sending {command:?}"),
-            source,
-        })?;
-        let (mut raw, spots, prompt, _, prompt_at) = self.read_to_prompt(deadline)?;
-        let pages = spots.len();
-        for &spot in spots.iter().rev() {
-            remove_erase_sequence(&mut raw, spot);
-        }
-        let body = strip_echo(&raw, command).ok_or_else(|| ClientError::Echo {
-            command: command.to_string(),
-            got: raw.iter().copied().take(200).collect(),
-        })?;
-        Ok(Reply {
-            output: crlf_to_lf(body),
-            pages,
-            prompt,
-            first_output_at: None,
-            prompt_at,
-        })
+        self.send_command(command)?;
+        let read = self.read_to_prompt(deadline)?;
+        read.into_reply(command, None)
     }
 
     /// Like `run`, but records when the first byte after the echo arrived (for the
     /// latency and slow-output checks).
     pub fn run_timed(&mut self, command: &str, deadline: Instant) -> Result<Reply, ClientError> {
-        self.send_line(command).map_err(|source| ClientError::Io {
-            waiting_for: format!("sending {command:?}"),
-            source,
-        })?;
+        self.send_command(command)?;
         let mut echo = command.as_bytes().to_vec();
         echo.extend_from_slice(b"\r\n");
-        let echoed = self.expect(
-            &regex_lite::escape(&String::from_utf8_lossy(&echo)),
-            deadline,
-        )?;
-        if !echoed.is_empty() {
-            return Err(ClientError::Echo {
-                command: command.to_string(),
-                got: echoed,
-            });
-        }
-        // The echo was consumed exactly, so the next byte is the first of the output.
-        while self.acc.is_empty() {
+        // The echo and the first output bytes may share one read: wait until something
+        // beyond the echo is in, and note when that read returned.
+        while self.acc.len() <= echo.len() {
             if !self.fill(deadline, "the first byte of output")? {
                 return Err(ClientError::Eof {
                     waiting_for: "the first byte of output".into(),
-                    got: Vec::new(),
+                    got: std::mem::take(&mut self.acc),
                 });
             }
         }
-        let first = Instant::now();
-        let (mut raw, spots, prompt, _, prompt_at) = self.read_to_prompt(deadline)?;
-        for &spot in spots.iter().rev() {
-            remove_erase_sequence(&mut raw, spot);
+        if !self.acc.starts_with(&echo) {
+            return Err(ClientError::Echo {
+                command: command.to_string(),
+                got: self.acc.iter().copied().take(200).collect(),
+            });
         }
-        Ok(Reply {
-            output: crlf_to_lf(&raw),
-            pages: spots.len(),
-            prompt,
-            first_output_at: Some(first),
-            prompt_at,
-        })
+        let first = Instant::now();
+        let read = self.read_to_prompt(deadline)?;
+        read.into_reply(command, Some(first))
     }
 
     /// Reads whatever arrives until `deadline` or end of stream, at most `limit` bytes:

@@ -8,6 +8,7 @@
 #![allow(dead_code)]
 
 pub mod client;
+pub mod device;
 pub mod fixtures;
 pub mod process;
 pub mod sshd;
