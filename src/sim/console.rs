@@ -60,8 +60,12 @@ impl PtyConsole {
         place_link(link, &device)?;
 
         let stats = Stats::new(1);
-        let stop = StopSignal::new()
-            .map_err(|e| SimError::io(format!("cannot create the stop pipe of console {}", link.display()), e))?;
+        let stop = StopSignal::new().map_err(|e| {
+            SimError::io(
+                format!("cannot create the stop pipe of console {}", link.display()),
+                e,
+            )
+        })?;
         let thread = {
             let (stats, stop) = (Arc::clone(&stats), Arc::clone(&stop));
             let master = pty.master;
@@ -75,14 +79,22 @@ impl PtyConsole {
                         master,
                         rate: baud.map(|b| (b / 10).max(1)),
                     };
-                    session::run(&mut link, &mut engine, Some(&stop), Counting {
-                        stats: &stats,
-                        device: 0,
-                    });
+                    session::run(
+                        &mut link,
+                        &mut engine,
+                        Some(&stop),
+                        Counting {
+                            stats: &stats,
+                            device: 0,
+                        },
+                    );
                 })
                 .map_err(|e| {
                     let _ = fs::remove_file(link);
-                    SimError::io(format!("cannot start the thread of console {}", link.display()), e)
+                    SimError::io(
+                        format!("cannot start the thread of console {}", link.display()),
+                        e,
+                    )
                 })?
         };
         Ok(PtyConsole {

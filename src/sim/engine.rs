@@ -42,7 +42,9 @@ enum State {
     PressReturn,
     Username,
     Password,
-    EnablePassword { tries: u32 },
+    EnablePassword {
+        tries: u32,
+    },
     Exec,
     /// A command's output is being produced.
     Output,
@@ -361,8 +363,7 @@ impl Engine {
     /// Terminal settings are per session, as on real gear.
     fn reset_terminal(&mut self) {
         self.page_lines = self.profile.page_lines;
-        self.privileged =
-            self.profile.style != Style::Ios || self.profile.enable_secret.is_none();
+        self.privileged = self.profile.style != Style::Ios || self.profile.enable_secret.is_none();
         self.config = false;
         self.login_failures = 0;
         self.line.clear();
@@ -585,7 +586,12 @@ impl Engine {
     }
 
     fn builtin(&mut self, kind: Builtin, words: &[String]) -> Reply {
-        let number = || words.last().and_then(|w| w.parse::<usize>().ok()).unwrap_or(0);
+        let number = || {
+            words
+                .last()
+                .and_then(|w| w.parse::<usize>().ok())
+                .unwrap_or(0)
+        };
         let none = || Reply::Lines(Vec::new(), After::Prompt);
         match kind {
             Builtin::Output => Reply::Output(words.join(" ")),
@@ -757,7 +763,12 @@ impl Engine {
     fn garbage(&mut self) -> Vec<u8> {
         let len = 256 + (self.next_random() % 768) as usize;
         let mut bytes: Vec<u8> = (0..len).map(|_| self.next_random() as u8).collect();
-        for marker in [&[0xff, 0xff][..], &[0x00], &[0xc3, 0x28], &[0xff, 0xfb, 0x01]] {
+        for marker in [
+            &[0xff, 0xff][..],
+            &[0x00],
+            &[0xc3, 0x28],
+            &[0xff, 0xfb, 0x01],
+        ] {
             let at = (self.next_random() as usize) % bytes.len();
             bytes.splice(at..at, marker.iter().copied());
         }
@@ -781,7 +792,11 @@ impl Engine {
         pipes: Vec<String>,
     ) {
         let (lines, page) = match apply_pipes(self.profile.style, lines, &pipes) {
-            Ok((lines, paging)) => (lines, if paging { self.page_lines } else { 0 }),
+            // A shell has no pager.
+            Ok((lines, paging)) if paging && self.profile.style != Style::Linux => {
+                (lines, self.page_lines)
+            }
+            Ok((lines, _)) => (lines, 0),
             Err(message) => (vec![message.into_bytes()], 0),
         };
         self.job = Some(Job {
@@ -851,7 +866,11 @@ impl Engine {
             }
             let Some(chunk) = job.chunks.pop_front() else {
                 // A drop fault on a command with too little output still drops.
-                break if job.drop_after.is_some() { After::EndSession } else { job.after };
+                break if job.drop_after.is_some() {
+                    After::EndSession
+                } else {
+                    job.after
+                };
             };
             if job.drop_after == Some(0) {
                 break After::EndSession;
@@ -998,7 +1017,10 @@ fn apply_pipes(
         let regex = if matches!(*modifier, "no-more") || (*modifier == "count" && arg.is_empty()) {
             None
         } else {
-            Some(regex_lite::Regex::new(arg).map_err(|e| format!("% Invalid regular expression: {e}"))?)
+            Some(
+                regex_lite::Regex::new(arg)
+                    .map_err(|e| format!("% Invalid regular expression: {e}"))?,
+            )
         };
         let is_match = |l: &Vec<u8>| {
             regex

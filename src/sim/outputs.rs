@@ -128,7 +128,9 @@ mod tests {
     #[test]
     fn embedded_captures_are_there_and_normalised() {
         let junos = Outputs::embedded("juniper_junos");
-        let version = junos.get("show version").expect("embedded junos show version");
+        let version = junos
+            .get("show version")
+            .expect("embedded junos show version");
         assert!(!version.windows(2).any(|w| w == b"\r\n"));
         assert!(version.starts_with(b"fpc0:\n"));
         let ios = Outputs::embedded("cisco_ios");

@@ -202,8 +202,13 @@ mod tests {
         );
         let linux = Profile::for_platform("linux").unwrap();
         assert_eq!((linux.style, linux.page_lines), (Style::Linux, 0));
-        let err = Profile::for_platform("hp_procurve").unwrap_err().to_string();
-        assert!(err.contains("hp_procurve") && err.contains("cisco_ios"), "{err}");
+        let err = Profile::for_platform("hp_procurve")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("hp_procurve") && err.contains("cisco_ios"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -212,7 +217,10 @@ mod tests {
             parse_fault_spec("Show  Version=hang").unwrap(),
             ("show version".to_string(), Fault::Hang)
         );
-        assert_eq!(parse_fault_spec("show ip route = SLOW").unwrap().1, Fault::Slow);
+        assert_eq!(
+            parse_fault_spec("show ip route = SLOW").unwrap().1,
+            Fault::Slow
+        );
         assert!(parse_fault_spec("show version").is_err());
         assert!(parse_fault_spec("=drop").is_err());
         assert!(parse_fault_spec("show version=explode").is_err());

@@ -203,7 +203,11 @@ fn wait(
     match poll(&mut fds, timeout) {
         Ok(0) => Wait::Timeout,
         Ok(_) => {
-            if fds.get(1).and_then(PollFd::revents).is_some_and(|r| !r.is_empty()) {
+            if fds
+                .get(1)
+                .and_then(PollFd::revents)
+                .is_some_and(|r| !r.is_empty())
+            {
                 return Wait::Stopped;
             }
             Wait::Ready

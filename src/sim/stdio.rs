@@ -30,10 +30,15 @@ pub fn serve_stdio(profile: Profile) -> Result<(), SimError> {
         output: stdout.as_fd(),
     };
     let stats = Stats::new(1);
-    session::run(&mut link, &mut engine, None, Counting {
-        stats: &stats,
-        device: 0,
-    });
+    session::run(
+        &mut link,
+        &mut engine,
+        None,
+        Counting {
+            stats: &stats,
+            device: 0,
+        },
+    );
     Ok(())
 }
 

@@ -45,15 +45,17 @@ impl TelnetRack {
         let listeners = bind_consecutive(bind, count)?;
         let mut addrs = Vec::with_capacity(count);
         for (i, l) in listeners.iter().enumerate() {
-            let addr = l
-                .local_addr()
-                .map_err(|e| SimError::Bind { addr: bind, source: e })?;
+            let addr = l.local_addr().map_err(|e| SimError::Bind {
+                addr: bind,
+                source: e,
+            })?;
             l.set_nonblocking(true)
                 .map_err(|e| SimError::Bind { addr, source: e })?;
             addrs.push((device_hostname(&profile.hostname, i, count), addr));
         }
         let stats = Stats::new(count);
-        let stop = StopSignal::new().map_err(|e| SimError::io("cannot create the rack's stop pipe", e))?;
+        let stop =
+            StopSignal::new().map_err(|e| SimError::io("cannot create the rack's stop pipe", e))?;
         let acceptor = {
             let (stats, stop) = (Arc::clone(&stats), Arc::clone(&stop));
             let names: Vec<String> = addrs.iter().map(|(n, _)| n.clone()).collect();
@@ -122,7 +124,10 @@ fn bind_consecutive(bind: SocketAddr, count: usize) -> Result<Vec<TcpListener>, 
         let first = bind_one(0)?;
         let base = first
             .local_addr()
-            .map_err(|e| SimError::Bind { addr: bind, source: e })?
+            .map_err(|e| SimError::Bind {
+                addr: bind,
+                source: e,
+            })?
             .port();
         if let Ok(all) = range_from(first, base) {
             return Ok(all);
@@ -217,7 +222,12 @@ fn serve(
     let _ = stream.set_nodelay(true);
     let mut engine = Engine::new(profile, name, false);
     let mut link = TelnetLink::new(stream);
-    session::run(&mut link, &mut engine, Some(stop), Counting { stats, device });
+    session::run(
+        &mut link,
+        &mut engine,
+        Some(stop),
+        Counting { stats, device },
+    );
     let _ = link.stream.shutdown(std::net::Shutdown::Both);
 }
 

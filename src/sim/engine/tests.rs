@@ -130,7 +130,10 @@ fn line_ends_and_editing() {
     t.take();
     // CR NUL, bare LF and backspace/DEL editing all work.
     t.type_bytes(b"sh vx\x08er\r\0");
-    assert_eq!(t.take(), "sh vx\x08 \x08er\r\nVersion 1.0\r\nUptime 2 days\r\nsim#");
+    assert_eq!(
+        t.take(),
+        "sh vx\x08 \x08er\r\nVersion 1.0\r\nUptime 2 days\r\nsim#"
+    );
     t.type_bytes(b"sh verz\x7f\n");
     assert!(t.take().ends_with("Uptime 2 days\r\nsim#"));
     // Cursor keys are swallowed, not typed.
@@ -145,9 +148,17 @@ fn paging_shows_pages_and_erases_the_pager_prompt() {
     let first = t.run("show long");
     assert_eq!(
         first,
-        format!("show long\r\n{} --More-- ", numbered(23).replace('\n', "\r\n"))
+        format!(
+            "show long\r\n{} --More-- ",
+            numbered(23).replace('\n', "\r\n")
+        )
     );
-    let erase = format!("{}{}{}", "\x08".repeat(10), " ".repeat(10), "\x08".repeat(10));
+    let erase = format!(
+        "{}{}{}",
+        "\x08".repeat(10),
+        " ".repeat(10),
+        "\x08".repeat(10)
+    );
     // Return: one more line, then the pager again.
     t.type_bytes(b"\r");
     assert_eq!(t.take(), format!("{erase}line 24\r\n --More-- "));
@@ -167,7 +178,10 @@ fn terminal_length_zero_turns_paging_off_unless_refused() {
     t.take();
     assert_eq!(t.run("term len 0"), "term len 0\r\nsim#");
     let out = t.run("show long");
-    assert!(!out.contains("More") && out.ends_with("line 30\r\nsim#"), "{out}");
+    assert!(
+        !out.contains("More") && out.ends_with("line 30\r\nsim#"),
+        "{out}"
+    );
 
     let mut p = profile("cisco_ios");
     p.refuse_paging_off = true;
@@ -222,7 +236,10 @@ fn console_is_silent_until_a_key_and_survives_logout_and_failures() {
         t.type_bytes(b"admin\rnope\r");
     }
     let out = t.take();
-    assert!(out.contains("con0 is now available") && out.contains("Press RETURN"), "{out}");
+    assert!(
+        out.contains("con0 is now available") && out.contains("Press RETURN"),
+        "{out}"
+    );
     assert!(t.engine.is_idle() && !t.closed);
     t.type_bytes(b"\radmin\radmin\r");
     assert!(t.take().ends_with("sim#"));
@@ -254,7 +271,10 @@ fn enable_secret_and_config_mode() {
         "conf t\r\nEnter configuration commands, one per line.  End with CNTL/Z.\r\nsim(config)#"
     );
     assert_eq!(t.run("hostname core1"), "hostname core1\r\ncore1(config)#");
-    assert!(t.run("do sh ver").ends_with("Uptime 2 days\r\ncore1(config)#"));
+    assert!(
+        t.run("do sh ver")
+            .ends_with("Uptime 2 days\r\ncore1(config)#")
+    );
     t.type_bytes(b"\x1a");
     assert_eq!(t.take(), "^Z\r\ncore1#");
     t.run("conf t");
@@ -278,11 +298,17 @@ fn latency_delays_output_and_typeahead_runs_in_order() {
     t.take();
     t.type_bytes(b"show clock\rshow version\r");
     assert_eq!(t.take(), "show clock\r\n");
-    assert_eq!(t.engine.deadline(), Some(t.now + Duration::from_millis(200)));
+    assert_eq!(
+        t.engine.deadline(),
+        Some(t.now + Duration::from_millis(200))
+    );
     t.wait(Duration::from_millis(199));
     assert_eq!(t.take(), "");
     t.wait(Duration::from_millis(1));
-    assert_eq!(t.take(), "*10:00:00.000 UTC Thu Nov 26 2026\r\nsim#show version\r\n");
+    assert_eq!(
+        t.take(),
+        "*10:00:00.000 UTC Thu Nov 26 2026\r\nsim#show version\r\n"
+    );
     t.wait(Duration::from_millis(200));
     assert_eq!(t.take(), "Version 1.0\r\nUptime 2 days\r\nsim#");
 }
@@ -307,7 +333,10 @@ fn drop_fault_closes_mid_output() {
     t.run("term len 0");
     let out = t.run("show long");
     assert!(t.closed);
-    assert!(out.contains("line 15\r\n") && !out.contains("line 16"), "{out}");
+    assert!(
+        out.contains("line 15\r\n") && !out.contains("line 16"),
+        "{out}"
+    );
     assert!(!out.ends_with("sim#"));
 }
 
@@ -360,7 +389,10 @@ fn slow_fault_trickles_over_the_slow_duration() {
         assert!(seen <= 31);
     }
     let took = t.now - start;
-    assert!(took >= Duration::from_millis(2800) && took <= Duration::from_secs(3), "{took:?}");
+    assert!(
+        took >= Duration::from_millis(2800) && took <= Duration::from_secs(3),
+        "{took:?}"
+    );
     assert!(t.take().contains("line 30\r\n"));
 }
 
@@ -383,7 +415,10 @@ fn junos_style() {
     let out = t.run("foo");
     assert!(out.contains("unknown command."), "{out}");
     let out = t.run("show version | match Up");
-    assert_eq!(out, "show version | match Up\r\nUptime 2 days\r\nadmin@sim> ");
+    assert_eq!(
+        out,
+        "show version | match Up\r\nUptime 2 days\r\nadmin@sim> "
+    );
     t.run("quit");
     assert!(t.closed);
 }
@@ -400,7 +435,10 @@ fn linux_style() {
         t.run("foo bar"),
         "foo bar\r\nbash: foo: command not found\r\nadmin@sim:~$ "
     );
-    assert_eq!(t.run("echo hi there"), "echo hi there\r\nhi there\r\nadmin@sim:~$ ");
+    assert_eq!(
+        t.run("echo hi there"),
+        "echo hi there\r\nhi there\r\nadmin@sim:~$ "
+    );
     // No abbreviations on a shell.
     assert!(t.run("sh ver").contains("bash: sh: command not found"));
     assert_eq!(t.run("exit"), "exit\r\nlogout\r\n");
