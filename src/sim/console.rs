@@ -200,3 +200,111 @@ impl Link for ConsoleLink {
         self.rate
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+    use std::time::{Duration, Instant};
+
+    /// A scratch directory removed when the test ends, however it ends.
+    struct Scratch(PathBuf);
+
+    impl Scratch {
+        fn new(name: &str) -> Scratch {
+            let dir = std::env::temp_dir()
+                .join(format!("rackhand-console-{name}-{}", std::process::id()));
+            let _ = fs::remove_dir_all(&dir);
+            fs::create_dir_all(&dir).unwrap();
+            Scratch(dir)
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn profile() -> Profile {
+        let mut p = Profile::for_platform("cisco_ios").unwrap();
+        p.login = false;
+        p.page_lines = 0;
+        p.outputs.insert("show block", &[b'x'; 239]);
+        p
+    }
+
+    #[test]
+    fn a_stale_link_is_replaced_and_removed_at_stop() {
+        let dir = Scratch::new("stale");
+        let link = dir.0.join("ttyS0");
+        symlink("/nonexistent/pts/99", &link).unwrap();
+        let console = PtyConsole::start(&link, None, profile()).unwrap();
+        assert_eq!(fs::read_link(&link).unwrap(), console.device_path());
+        assert!(console.device_path().starts_with("/dev/pts"));
+        console.stop();
+        assert!(!link.exists() && fs::symlink_metadata(&link).is_err());
+    }
+
+    #[test]
+    fn a_regular_file_at_the_link_is_left_alone() {
+        let dir = Scratch::new("file");
+        let link = dir.0.join("ttyS0");
+        fs::write(&link, b"keep me").unwrap();
+        let err = PtyConsole::start(&link, None, profile())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains(&link.display().to_string()), "{err}");
+        assert_eq!(fs::read(&link).unwrap(), b"keep me");
+    }
+
+    /// Reads from the slave until `want` ends what arrived, or the deadline passes.
+    fn read_until(fd: &fs::File, want: &[u8], deadline: Instant) -> Vec<u8> {
+        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !got.ends_with(want) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(!left.is_zero(), "no {want:?} in time; got {got:?}");
+            let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+            let timeout = PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX);
+            if poll(&mut fds, timeout).unwrap() > 0 {
+                let n = nix::unistd::read(fd.as_fd(), &mut buf).unwrap();
+                got.extend_from_slice(&buf[..n]);
+            }
+        }
+        got
+    }
+
+    #[test]
+    fn silent_until_a_key_then_paced_at_the_baud_rate() {
+        let dir = Scratch::new("baud");
+        let link = dir.0.join("ttyS0");
+        let console = PtyConsole::start(&link, Some(2400), profile()).unwrap();
+        let port = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&link)
+            .unwrap();
+        let mut fds = [nix::poll::PollFd::new(
+            port.as_fd(),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        let quiet = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(300u16)).unwrap();
+        assert_eq!(quiet, 0, "the console spoke before a key was pressed");
+        nix::unistd::write(&port, b"\r").unwrap();
+        read_until(&port, b"sim#", Instant::now() + Duration::from_secs(5));
+        // 240 bytes of output + echo and prompt at 240 bytes/s: about a second.
+        let started = Instant::now();
+        nix::unistd::write(&port, b"show block\r").unwrap();
+        read_until(&port, b"x\r\nsim#", Instant::now() + Duration::from_secs(5));
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(900),
+            "2400 baud output took only {took:?}"
+        );
+        assert_eq!(console.stats().total(), 1);
+        console.stop();
+    }
+}

@@ -309,3 +309,76 @@ impl Link for TelnetLink {
         telnet::escape(data, self.negotiator.local_enabled(telnet::OPT_BINARY))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read as _;
+    use std::net::{IpAddr, Ipv4Addr};
+    use std::time::{Duration, Instant};
+
+    fn loopback(port: u16) -> SocketAddr {
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port)
+    }
+
+    fn profile() -> Profile {
+        Profile::for_platform("cisco_ios").unwrap()
+    }
+
+    #[test]
+    fn a_rack_gets_consecutive_ports_and_numbered_hostnames() {
+        let rack = TelnetRack::start(loopback(0), 3, profile()).unwrap();
+        let addrs = rack.addrs();
+        let names: Vec<&str> = addrs.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["sim-1", "sim-2", "sim-3"]);
+        let base = addrs[0].1.port();
+        for (i, (_, addr)) in addrs.iter().enumerate() {
+            assert_eq!(addr.port(), base + i as u16);
+            assert!(addr.ip().is_loopback());
+        }
+        rack.stop();
+    }
+
+    #[test]
+    fn a_taken_port_is_reported_with_its_address() {
+        let taken = TcpListener::bind(loopback(0)).unwrap();
+        let addr = taken.local_addr().unwrap();
+        let err = TelnetRack::start(addr, 1, profile())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains(&addr.to_string()), "{err}");
+    }
+
+    #[test]
+    fn stop_ends_connected_sessions_promptly() {
+        let rack = TelnetRack::start(loopback(0), 1, profile()).unwrap();
+        let mut client = TcpStream::connect(rack.addrs()[0].1).unwrap();
+        client
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut buf = [0u8; 4096];
+        let mut got = Vec::new();
+        while !got.ends_with(b"Username: ") {
+            let n = client.read(&mut buf).unwrap();
+            assert!(n > 0, "closed before the login prompt: {got:?}");
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert!(got.starts_with(&[255, 251, 1, 255, 251, 3, 255, 253, 31]));
+        let stats = rack.stats();
+        assert_eq!(stats.current(), 1);
+        let started = Instant::now();
+        rack.stop();
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "stop took {:?}",
+            started.elapsed()
+        );
+        assert_eq!(
+            client.read(&mut buf).unwrap(),
+            0,
+            "the session outlived stop()"
+        );
+        assert_eq!((stats.current(), stats.total()), (0, 1));
+    }
+}
