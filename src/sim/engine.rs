@@ -162,14 +162,14 @@ impl Engine {
 
     /// Output at session start: nothing for a console (it waits for a key), else the
     /// "Press RETURN" line, banner and login prompt as configured.
-    pub fn start(&mut self, now: Instant) -> Vec<Action> {
+    pub fn start(&mut self) -> Vec<Action> {
         let mut out = Out::default();
         if !self.console {
             if self.profile.press_return {
                 out.send(b"\r\nPress RETURN to get started.\r\n");
                 self.state = State::PressReturn;
             } else {
-                self.begin(&mut out, now);
+                self.begin(&mut out);
             }
         }
         out.done()
@@ -236,10 +236,10 @@ impl Engine {
                 }
             }
             State::Paging => self.pager_key(b, out, now),
-            State::Idle => self.begin(out, now),
+            State::Idle => self.begin(out),
             State::PressReturn => {
                 if b == b'\r' || b == b'\n' {
-                    self.begin(out, now);
+                    self.begin(out);
                 }
             }
             _ => self.edit(b, out, now),
@@ -319,7 +319,7 @@ impl Engine {
     }
 
     /// After the key on an idle console or the RETURN: banner and login, or the prompt.
-    fn begin(&mut self, out: &mut Out, _now: Instant) {
+    fn begin(&mut self, out: &mut Out) {
         self.reset_terminal();
         let style = self.profile.style;
         if style != Style::Linux {
@@ -421,25 +421,18 @@ impl Engine {
 
     fn login_failed(&mut self, out: &mut Out) {
         self.login_failures += 1;
-        let (message, again): (&[u8], bool) = match self.profile.style {
-            Style::Ios => (b"% Login invalid\r\n", true),
-            Style::Junos | Style::Linux => (b"Login incorrect\r\n", true),
-        };
-        out.send(b"\r\n");
-        out.send(message);
-        if self.login_failures >= MAX_LOGIN_FAILURES || !again {
+        out.send(match self.profile.style {
+            Style::Ios => b"\r\n% Login invalid\r\n",
+            Style::Junos | Style::Linux => b"\r\nLogin incorrect\r\n",
+        });
+        if self.login_failures >= MAX_LOGIN_FAILURES {
             self.end_session(out);
             return;
         }
+        self.state = State::Username;
         match self.profile.style {
-            Style::Ios => {
-                self.state = State::Username;
-                out.send(b"\r\nUsername: ");
-            }
-            _ => {
-                self.state = State::Username;
-                out.send(format!("{} login: ", self.hostname).as_bytes());
-            }
+            Style::Ios => out.send(b"\r\nUsername: "),
+            _ => out.send(format!("{} login: ", self.hostname).as_bytes()),
         }
     }
 

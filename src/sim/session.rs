@@ -118,7 +118,7 @@ pub fn run(
     if let Err(end) = send(link, &greeting, stop, &mut pacer) {
         return end;
     }
-    let mut actions = engine.start(Instant::now());
+    let mut actions = engine.start();
     let mut buf = vec![0u8; READ_CHUNK];
     // Each round blocks in poll until input, a deadline or stop: the loop is bounded by the
     // session's life, and every wait by `stop`.

@@ -37,7 +37,7 @@ impl Term {
             screen: Vec::new(),
             closed: false,
         };
-        let actions = t.engine.start(t.now);
+        let actions = t.engine.start();
         t.apply(actions);
         t
     }
