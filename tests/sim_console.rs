@@ -115,6 +115,10 @@ fn the_console_is_silent_until_a_key_and_survives_a_logout() {
             .unwrap_or_else(|e| panic!("round {round}: {e}"));
         assert!(!reply.output.is_empty(), "round {round}: empty show clock");
         client.send_line("exit").unwrap();
+        // The echo of `exit` arrives together with the logout (see the reopen test).
+        client
+            .expect(r"exit\r\n(?s:.)*", deadline(STEP))
+            .unwrap_or_else(|e| panic!("round {round}: no logout: {e}"));
         // After logout the line is idle again; whatever it prints, no login prompt comes
         // until the next key.
         let after = client
@@ -146,6 +150,12 @@ fn the_console_link_can_be_reopened_after_the_collector_closed_it() {
             .run("show version", deadline(STEP))
             .unwrap_or_else(|e| panic!("round {round}: {e}"));
         client.send_line("exit").unwrap();
+        // The echo of `exit` comes in the same breath as the logout itself: once it is in,
+        // the console is idle again. Closing earlier would let the next round's Return
+        // arrive while the logout is still running, where the device rightly drops it.
+        client
+            .expect(r"exit\r\n(?s:.)*", deadline(STEP))
+            .unwrap_or_else(|e| panic!("round {round}: no logout: {e}"));
     }
 }
 

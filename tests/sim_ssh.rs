@@ -104,3 +104,51 @@ fn the_ssh_session_ends_when_the_user_logs_out() {
         String::from_utf8_lossy(&rest.bytes)
     );
 }
+
+#[test]
+fn a_linux_box_with_its_own_outputs_directory_answers_like_a_shell() {
+    // `--outputs DIR` as a lab would use it: one file per command, one with CRLF line ends
+    // and one without a final newline (the device still ends the line before its prompt).
+    let dir = support::TempDir::new("linux-outputs").unwrap();
+    let files: [(&str, &[u8]); 2] = [
+        (
+            "uname_-a.txt",
+            b"Linux edge1 6.1.0-rpi7-rpi-v8 #1 SMP PREEMPT Debian 1:6.1.63-1+rpt1 aarch64 GNU/Linux",
+        ),
+        ("ip_-br_link.txt", b"lo  UNKNOWN  00:00:00:00:00:00\r\neth0  UP  dc:a6:32:01:02:03\r\n"),
+    ];
+    for (name, bytes) in files {
+        std::fs::write(dir.path().join(name), bytes).unwrap();
+    }
+    let outputs = dir.path().to_string_lossy().into_owned();
+    let sshd = start(&[
+        "--platform",
+        "linux",
+        "--hostname",
+        "edge1",
+        "--outputs",
+        &outputs,
+    ]);
+    let mut client = shell(&sshd, "linux", "edge1");
+    for (name, bytes) in files {
+        let capture = support::fixtures::Capture {
+            platform: "linux".into(),
+            command: name.trim_end_matches(".txt").replace('_', " "),
+            path: dir.path().join(name),
+            raw: bytes.to_vec(),
+        };
+        let reply = client.run(&capture.command, deadline(STEP)).unwrap();
+        assert_same_output(&capture, &reply.output, "ssh");
+    }
+    let reply = client.run("whoami", deadline(STEP)).unwrap();
+    assert_eq!(reply.output, b"admin\n");
+    let reply = client.run("frobnicate", deadline(STEP)).unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&reply.output),
+        "bash: frobnicate: command not found\n"
+    );
+    client.send_line("exit").unwrap();
+    let rest = client.drain(deadline(STEP), 4096).unwrap();
+    assert_eq!(rest.end, support::client::DrainEnd::Eof);
+    assert!(String::from_utf8_lossy(&rest.bytes).contains("logout"));
+}

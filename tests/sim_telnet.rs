@@ -613,3 +613,38 @@ fn faults_and_latency_given_on_the_command_line_take_effect() {
     let status = sim.stop().unwrap();
     assert!(status.success(), "exit {status}");
 }
+
+// --- the yardstick itself ---------------------------------------------------------------
+
+#[test]
+fn the_byte_for_byte_check_catches_a_single_changed_byte() {
+    // A device serving the captures with one byte changed must fail the comparison: proof
+    // that the passing runs above compare something.
+    let dir = TempDir::new("mutated-outputs").unwrap();
+    for capture in captures("cisco_ios") {
+        let mut bytes = capture.raw.clone();
+        if capture.command == "show version" {
+            let at = bytes.len() / 2;
+            bytes[at] = if bytes[at] == b'X' { b'Y' } else { b'X' };
+        }
+        let name = capture.path.file_name().unwrap();
+        std::fs::write(dir.path().join(name), bytes).unwrap();
+    }
+    let p = profile("cisco_ios").with_outputs_dir(dir.path()).unwrap();
+    let rack = Rack::start(1, p.clone());
+    let mut client = session(&rack, 0, &p);
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        run_every_capture(&mut client, "cisco_ios", "telnet", deadline(STEP * 3))
+    }));
+    let message = match outcome {
+        Ok(_) => panic!("a changed byte in show version went unnoticed"),
+        Err(payload) => payload
+            .downcast_ref::<String>()
+            .cloned()
+            .unwrap_or_default(),
+    };
+    assert!(
+        message.contains("`show version` differs"),
+        "the failure should name the command: {message}"
+    );
+}

@@ -12,7 +12,6 @@
 
 mod support;
 
-use std::io;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -195,7 +194,7 @@ struct PasswordSshd {
     guard: ChildGuard,
     addr: SocketAddr,
     host_pub: PathBuf,
-    dir: TempDir,
+    _dir: TempDir,
 }
 
 impl PasswordSshd {
@@ -249,7 +248,7 @@ impl PasswordSshd {
                     guard,
                     addr,
                     host_pub: host_key.with_extension("pub"),
-                    dir,
+                    _dir: dir,
                 };
             }
             last = guard.stderr_text();
