@@ -775,6 +775,17 @@ fn explain_handshake_failure(
     }
 }
 
+/// One kind of algorithm to compare with the server.
+struct Check<'a> {
+    label: &'static str,
+    key: &'static str,
+    legacy: &'static [&'static str],
+    ours: &'a [String],
+    theirs: &'a [String],
+    /// Whether our list is the built-in default (not the device's explicit list).
+    default: bool,
+}
+
 /// Names every kind with nothing in common and the setting that fixes it; `None` when every
 /// kind has a common algorithm.
 fn explain_mismatch(
@@ -783,98 +794,100 @@ fn explain_mismatch(
     ssh: &SshSettings,
     device: &str,
 ) -> Option<String> {
-    let common = |ours: &[String], theirs: &[String]| -> Option<String> {
-        ours.iter().find(|a| theirs.contains(a)).cloned()
-    };
+    let common = |ours: &[String], theirs: &[String]| ours.iter().any(|a| theirs.contains(a));
+    let first_common =
+        |ours: &[String], theirs: &[String]| ours.iter().find(|a| theirs.contains(a)).cloned();
     let server_kex: Vec<String> = server
         .kex
         .iter()
         .filter(|a| !is_kex_marker(a))
         .cloned()
         .collect();
-    let cipher_cs = common(&offer.ciphers, &server.ciphers_cs);
-    let cipher_sc = common(&offer.ciphers, &server.ciphers_sc);
+    let cipher_cs = first_common(&offer.ciphers, &server.ciphers_cs);
+    let cipher_sc = first_common(&offer.ciphers, &server.ciphers_sc);
+    // Name the direction that fails (they are the same list on every server we know).
+    let ciphers_theirs = if cipher_cs.is_none() {
+        &server.ciphers_cs
+    } else {
+        &server.ciphers_sc
+    };
+    let macs_theirs = if common(&offer.macs, &server.macs_cs) {
+        &server.macs_sc
+    } else {
+        &server.macs_cs
+    };
+    let mut checks = vec![
+        Check {
+            label: "key exchange",
+            key: "kex",
+            legacy: LEGACY_KEX,
+            ours: &offer.kex,
+            theirs: &server_kex,
+            default: ssh.kex.is_empty(),
+        },
+        Check {
+            label: "host key",
+            key: "host_key_algorithms",
+            legacy: LEGACY_HOST_KEY,
+            ours: &offer.host_key,
+            theirs: &server.host_key,
+            default: ssh.host_key_algorithms.is_empty(),
+        },
+        Check {
+            label: "cipher",
+            key: "ciphers",
+            legacy: LEGACY_CIPHERS,
+            ours: &offer.ciphers,
+            theirs: ciphers_theirs,
+            default: ssh.ciphers.is_empty(),
+        },
+    ];
     // Only an AEAD cipher agreed in both directions makes the MAC lists irrelevant; with no
     // cipher in common yet, the MAC must fit too for the suggested fix to work.
-    let needs_mac = |c: &Option<String>| !c.as_deref().is_some_and(is_aead);
-    let mut checks: Vec<(&str, &str, &[&str], &[String], Vec<String>, bool)> = vec![
-        (
-            "key exchange",
-            "kex",
-            LEGACY_KEX,
-            &offer.kex,
-            server_kex,
-            ssh.kex.is_empty(),
-        ),
-        (
-            "host key",
-            "host_key_algorithms",
-            LEGACY_HOST_KEY,
-            &offer.host_key,
-            server.host_key.clone(),
-            ssh.host_key_algorithms.is_empty(),
-        ),
-    ];
-    let cipher_theirs = if server.ciphers_cs == server.ciphers_sc {
-        server.ciphers_cs.clone()
-    } else if cipher_cs.is_none() {
-        server.ciphers_cs.clone()
-    } else {
-        server.ciphers_sc.clone()
-    };
-    checks.push((
-        "cipher",
-        "ciphers",
-        LEGACY_CIPHERS,
-        &offer.ciphers,
-        cipher_theirs,
-        ssh.ciphers.is_empty(),
-    ));
-    if needs_mac(&cipher_cs) || needs_mac(&cipher_sc) {
-        let theirs = if common(&offer.macs, &server.macs_cs).is_none() {
-            server.macs_cs.clone()
-        } else {
-            server.macs_sc.clone()
-        };
-        checks.push((
-            "MAC",
-            "macs",
-            LEGACY_MACS,
-            &offer.macs,
-            theirs,
-            ssh.macs.is_empty(),
-        ));
+    let aead = |c: &Option<String>| c.as_deref().is_some_and(is_aead);
+    if !(aead(&cipher_cs) && aead(&cipher_sc)) {
+        checks.push(Check {
+            label: "MAC",
+            key: "macs",
+            legacy: LEGACY_MACS,
+            ours: &offer.macs,
+            theirs: macs_theirs,
+            default: ssh.macs.is_empty(),
+        });
     }
 
-    let mut problems = Vec::new();
-    let mut legacy_fixes = true;
-    let mut config_keys = Vec::new();
-    for (label, key, legacy, ours, theirs, defaults) in checks {
-        if common(ours, &theirs).is_some() {
-            continue;
-        }
-        problems.push(format!(
-            "{label}: server offers only {}; we offer {}",
-            theirs.join(", "),
-            ours.join(", ")
-        ));
-        config_keys.push(key);
-        let legacy_helps = legacy.iter().any(|a| theirs.iter().any(|t| t == a));
-        legacy_fixes &= legacy_helps && defaults && !ssh.legacy;
-    }
-    if problems.is_empty() {
+    let failing: Vec<&Check> = checks
+        .iter()
+        .filter(|c| !common(c.ours, c.theirs))
+        .collect();
+    if failing.is_empty() {
         return None;
     }
+    let problems: Vec<String> = failing
+        .iter()
+        .map(|c| {
+            format!(
+                "{}: server offers only {}; we offer {}",
+                c.label,
+                c.theirs.join(", "),
+                c.ours.join(", ")
+            )
+        })
+        .collect();
+    let legacy_fixes = !ssh.legacy
+        && failing
+            .iter()
+            .all(|c| c.default && c.legacy.iter().any(|a| c.theirs.iter().any(|t| t == a)));
     let fix = if legacy_fixes {
         format!("set legacy_ssh = true on device `{device}` (the server needs the SHA-1 family)")
     } else {
+        let keys: Vec<String> = failing
+            .iter()
+            .map(|c| format!("`{} = [...]`", c.key))
+            .collect();
         format!(
             "add one of the server's algorithms to {} on device `{device}` (explicit lists replace the defaults)",
-            config_keys
-                .iter()
-                .map(|k| format!("`{k} = [...]`"))
-                .collect::<Vec<_>>()
-                .join(", ")
+            keys.join(", ")
         )
     };
     Some(format!("{}; {fix}", problems.join("; ")))
