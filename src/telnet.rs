@@ -762,6 +762,45 @@ mod tests {
     }
 
     #[test]
+    fn random_streams_decode_the_same_however_they_are_split() {
+        // Deterministic xorshift noise, biased towards the protocol's special bytes.
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let special = [
+            IAC, SB, SE, WILL, DO, WONT, DONT, b'\r', b'\n', 0, OPT_NAWS, IP,
+        ];
+        for round in 0..500 {
+            let len = (next() % 64) as usize;
+            let stream: Vec<u8> = (0..len)
+                .map(|_| {
+                    let r = next();
+                    if r % 3 == 0 {
+                        special[(r >> 8) as usize % special.len()]
+                    } else {
+                        r as u8
+                    }
+                })
+                .collect();
+            let whole = normalise(Parser::new().feed(&stream));
+            let mut p = Parser::new();
+            let mut pieces = Vec::new();
+            let mut at = 0;
+            while at < stream.len() {
+                let step = 1 + (next() % 5) as usize;
+                let end = (at + step).min(stream.len());
+                pieces.extend(p.feed(&stream[at..end]));
+                at = end;
+            }
+            assert_eq!(normalise(pieces), whole, "round {round}: {stream:?}");
+        }
+    }
+
+    #[test]
     fn missing_se_ends_subnegotiation() {
         let mut p = Parser::new();
         let items = p.feed(&[IAC, SB, OPT_TTYPE, 1, IAC, IP, b'a']);

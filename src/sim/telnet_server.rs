@@ -350,6 +350,39 @@ mod tests {
         assert!(err.contains(&addr.to_string()), "{err}");
     }
 
+    /// Reads until `want` ends what arrived (bounded by the socket's read timeout).
+    fn read_until(client: &mut TcpStream, want: &[u8]) -> Vec<u8> {
+        let mut buf = [0u8; 4096];
+        let mut got = Vec::new();
+        while !got.ends_with(want) {
+            let n = client.read(&mut buf).unwrap();
+            assert!(n > 0, "closed before {want:?}: {got:?}");
+            got.extend_from_slice(&buf[..n]);
+        }
+        got
+    }
+
+    #[test]
+    fn a_client_that_refuses_our_echo_gets_none() {
+        use std::io::Write as _;
+        let rack = TelnetRack::start(loopback(0), 1, profile()).unwrap();
+        let mut client = TcpStream::connect(rack.addrs()[0].1).unwrap();
+        client
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        read_until(&mut client, b"Username: ");
+        client
+            .write_all(&telnet::command(Verb::Dont, telnet::OPT_ECHO))
+            .unwrap();
+        client.write_all(b"admin\r\n").unwrap();
+        let got = read_until(&mut client, b"Password: ");
+        assert!(
+            !got.windows(5).any(|w| w == b"admin"),
+            "typed text echoed although the client said DONT ECHO: {got:?}"
+        );
+        rack.stop();
+    }
+
     #[test]
     fn stop_ends_connected_sessions_promptly() {
         let rack = TelnetRack::start(loopback(0), 1, profile()).unwrap();
@@ -357,13 +390,8 @@ mod tests {
         client
             .set_read_timeout(Some(Duration::from_secs(10)))
             .unwrap();
-        let mut buf = [0u8; 4096];
-        let mut got = Vec::new();
-        while !got.ends_with(b"Username: ") {
-            let n = client.read(&mut buf).unwrap();
-            assert!(n > 0, "closed before the login prompt: {got:?}");
-            got.extend_from_slice(&buf[..n]);
-        }
+        let got = read_until(&mut client, b"Username: ");
+        let mut buf = [0u8; 64];
         assert!(got.starts_with(&[255, 251, 1, 255, 251, 3, 255, 253, 31]));
         let stats = rack.stats();
         assert_eq!(stats.current(), 1);
