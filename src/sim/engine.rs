@@ -23,7 +23,7 @@ pub enum Action {
     Close,
 }
 
-/// The IOS pager prompt and what it takes to erase it.
+/// The pager prompts; erased after a key with as many backspaces, spaces and backspaces.
 const IOS_MORE: &[u8] = b" --More-- ";
 const JUNOS_MORE: &[u8] = b"---(more)---";
 /// A typed line longer than this is cut (real gear has a similar limit).
@@ -460,7 +460,12 @@ impl Engine {
     }
 
     fn command(&mut self, line: &str, out: &mut Out, now: Instant) {
-        let (base, pipes) = split_pipes(line);
+        // A shell's pipes are the shell's business; the simulated shell has none.
+        let (base, pipes) = if self.profile.style == Style::Linux {
+            (line.to_string(), Vec::new())
+        } else {
+            split_pipes(line)
+        };
         let words: Vec<&str> = base.split_whitespace().collect();
         if words.is_empty() && pipes.is_empty() {
             self.prompt(out);
@@ -478,13 +483,6 @@ impl Engine {
             Style::Linux => self.linux_command(&base, &words),
             _ => self.network_command(&words, in_config),
         };
-        let reply = match reply {
-            Reply::Error { word, message } => {
-                let word = word.map(|w| w + offset_shift);
-                self.error_lines(line, word, &message)
-            }
-            other => other,
-        };
         match reply {
             Reply::Lines(lines, after) => self.start_job(lines, None, after, now, pipes),
             Reply::Output(command) => self.run_output(&command, now, pipes),
@@ -492,7 +490,10 @@ impl Engine {
                 self.state = State::EnablePassword { tries: 0 };
                 out.send(b"Password: ");
             }
-            Reply::Error { .. } => unreachable!("errors are turned into lines above"),
+            Reply::Error { word, message } => {
+                let lines = self.error_lines(line, word.map(|w| w + offset_shift), &message);
+                self.start_job(lines, None, After::Prompt, now, Vec::new());
+            }
         }
     }
 
@@ -687,7 +688,7 @@ impl Engine {
     }
 
     /// An error with the `^` marker under word `word` of the typed line.
-    fn error_lines(&self, line: &str, word: Option<usize>, message: &str) -> Reply {
+    fn error_lines(&self, line: &str, word: Option<usize>, message: &str) -> Vec<Vec<u8>> {
         let mut lines = Vec::new();
         if let Some(word) = word {
             let offsets = word_offsets(line);
@@ -701,7 +702,7 @@ impl Engine {
         for l in message.split('\n') {
             lines.push(l.as_bytes().to_vec());
         }
-        Reply::Lines(lines, After::Prompt)
+        lines
     }
 
     fn run_output(&mut self, command: &str, now: Instant, pipes: Vec<String>) {
