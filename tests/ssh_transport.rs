@@ -216,11 +216,12 @@ impl PasswordSshd {
             std::fs::write(
                 &config,
                 format!(
-                    "ListenAddress {addr}\nHostKey {}\nPidFile {}\nUsePAM no\nStrictModes no\n\
+                    // `extra` first: for most keywords sshd keeps the first value it reads.
+                    "{extra}ListenAddress {addr}\nHostKey {}\nPidFile {}\nUsePAM no\nStrictModes no\n\
                      PubkeyAuthentication no\nPasswordAuthentication yes\nKbdInteractiveAuthentication no\n\
                      PermitEmptyPasswords no\nAllowUsers {TEST_USER}\nAllowTcpForwarding no\n\
                      X11Forwarding no\nPrintMotd no\nPrintLastLog no\nLogLevel DEBUG3\n\
-                     ForceCommand {force}\n{extra}",
+                     ForceCommand {force}\n",
                     host_key.display(),
                     dir.join("sshd.pid").display(),
                 ),
@@ -369,6 +370,69 @@ fn password_login_collects_show_version_and_wrong_or_missing_passwords_are_auth_
 
 // ---------------------------------------------------------------------------------------
 // Connections that fail
+
+#[test]
+fn keyboard_interactive_is_answered_with_the_password_when_it_is_all_the_server_offers() {
+    // PAM drives keyboard-interactive in OpenSSH; it asks "Password: " with echo off.
+    let sshd = PasswordSshd::start(
+        "ed25519",
+        "UsePAM yes\nKbdInteractiveAuthentication yes\nPasswordAuthentication no\n",
+    );
+    let tmp = TempDir::new("ssh-kh").unwrap();
+    let mut dev = device(sshd.addr, &tmp.join("known_hosts"));
+    let mut t = connect(&dev).unwrap_or_else(|e| panic!("{e}; sshd log:\n{}", sshd.log()));
+    collect_show_version(&mut t);
+    drop(t);
+    let log = sshd.log();
+    assert!(
+        log.contains("method keyboard-interactive") && !log.contains("method password"),
+        "{log}"
+    );
+
+    dev.password = Some(Secret::inline("not-the-password"));
+    match connect(&dev) {
+        Err(TransportError::Auth { detail, .. }) => {
+            assert!(detail.contains("keyboard-interactive"), "{detail}")
+        }
+        Err(e) => panic!("expected Auth, got {e}"),
+        Ok(_) => panic!("a wrong password logged in"),
+    }
+}
+
+#[test]
+fn idle_reads_send_keepalives_and_drop_says_goodbye() {
+    let sshd = PasswordSshd::start("ed25519", "");
+    let tmp = TempDir::new("ssh-kh").unwrap();
+    let mut dev = device(sshd.addr, &tmp.join("known_hosts"));
+    // libssh2's shortest interval is 2 s: one keepalive at once, one 2 s later.
+    dev.ssh.keepalive = Duration::from_secs(2);
+    let mut t = connect(&dev).unwrap_or_else(|e| panic!("{e}; sshd log:\n{}", sshd.log()));
+    read_until(&mut t, deadline(STEP), ends_with_prompt);
+    let mut buf = [0u8; 256];
+    match t.recv(&mut buf, deadline(Duration::from_millis(2600))) {
+        Err(TransportError::TimedOut { .. }) => {}
+        other => panic!("expected TimedOut on an idle shell, got {other:?}"),
+    }
+    let keepalives = |log: &str| log.matches("rtype keepalive@").count();
+    assert!(
+        poll_until(deadline(STEP), || keepalives(&sshd.log()) >= 2),
+        "fewer than 2 keepalives in 2.6 s:\n{}",
+        sshd.log()
+    );
+    // Still usable after idling.
+    t.send(b"show version\r").unwrap();
+    read_until(&mut t, deadline(STEP), |g| {
+        lossy(g).contains("Cisco IOS Software")
+    });
+    drop(t);
+    assert!(
+        poll_until(deadline(STEP), || sshd
+            .log()
+            .contains("rackhand: collection done")),
+        "no polite disconnect in the sshd log:\n{}",
+        sshd.log()
+    );
+}
 
 #[test]
 fn a_closed_port_is_a_connect_error_at_once() {
