@@ -112,6 +112,36 @@ pub fn resolve<K: Clone>(patterns: &[Pattern<K>], words: &[&str]) -> Resolution<
     }
 }
 
+/// What may follow `words` (all complete, as typed) when the next word starts with `prefix`:
+/// the context help `?` shows. `<cr>` when a command may end here.
+pub fn completions<K>(patterns: &[Pattern<K>], words: &[&str], prefix: &str) -> Vec<String> {
+    let lower: Vec<String> = words.iter().map(|w| w.to_ascii_lowercase()).collect();
+    let prefix = prefix.to_ascii_lowercase();
+    let mut out: Vec<String> = Vec::new();
+    for p in patterns {
+        let fits = lower
+            .iter()
+            .enumerate()
+            .all(|(i, w)| p.words.get(i).is_some_and(|pw| word_matches(pw, w)));
+        if !fits {
+            continue;
+        }
+        let item = match p.words.get(words.len()) {
+            None if prefix.is_empty() => "<cr>".to_string(),
+            None => continue,
+            Some(Word::Key(k)) if k.starts_with(&prefix) => k.clone(),
+            Some(Word::Number(lo, hi)) if prefix.is_empty() => format!("<{lo}-{hi}>"),
+            Some(Word::Arg) if prefix.is_empty() => "WORD".to_string(),
+            Some(_) => continue,
+        };
+        if !out.contains(&item) {
+            out.push(item);
+        }
+    }
+    out.sort();
+    out
+}
+
 fn keep_key<'a, K>(matching: &[&'a Pattern<K>], i: usize, key: &str) -> Vec<&'a Pattern<K>> {
     matching
         .iter()
@@ -209,6 +239,26 @@ mod tests {
         assert_eq!(run("term len x"), Resolution::Invalid { word: 2 });
         assert_eq!(run("sh ver extra"), Resolution::Invalid { word: 2 });
         assert_eq!(run("sh ip"), Resolution::Incomplete);
+    }
+
+    #[test]
+    fn help_lists_what_may_follow() {
+        let words = |line: &str| {
+            line.split_whitespace()
+                .map(String::from)
+                .collect::<Vec<_>>()
+        };
+        let help = |line: &str, prefix: &str| {
+            let w = words(line);
+            let w: Vec<&str> = w.iter().map(String::as_str).collect();
+            completions(&set(), &w, prefix)
+        };
+        assert_eq!(help("sh", ""), ["interfaces", "ip", "version"]);
+        assert_eq!(help("sh", "i"), ["interfaces", "ip"]);
+        assert_eq!(help("sh int", ""), ["<cr>", "status"]);
+        assert_eq!(help("term len", ""), ["<0-512>"]);
+        assert_eq!(help("", "e"), ["enable", "exit"]);
+        assert!(help("bogus", "").is_empty());
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::commands::{Resolution, pattern, resolve, word_offsets};
+use super::commands::{Resolution, completions, pattern, resolve, word_offsets};
 use super::profile::{Fault, Profile, Style};
 
 /// What the transport must do.
@@ -284,6 +284,9 @@ impl Engine {
                 self.end_session(out);
             }
             0x00..=0x1f => {}
+            b'?' if self.state == State::Exec && self.profile.style != Style::Linux => {
+                self.help(echo, out);
+            }
             _ => {
                 if self.line.len() < MAX_LINE {
                     self.line.push(b);
@@ -292,6 +295,34 @@ impl Engine {
                     }
                 }
             }
+        }
+    }
+
+    /// Context help: what may come next at the cursor, then the prompt and the line again,
+    /// as IOS and Junos show it.
+    fn help(&mut self, echo: bool, out: &mut Out) {
+        if echo {
+            out.send(b"?");
+        }
+        out.send(b"\r\n");
+        let text = String::from_utf8_lossy(&self.line).into_owned();
+        let mut words: Vec<&str> = text.split_whitespace().collect();
+        let prefix = if text.ends_with(char::is_whitespace) || text.is_empty() {
+            ""
+        } else {
+            words.pop().unwrap_or("")
+        };
+        let patterns = self.patterns(self.config);
+        let choices = completions(&patterns, &words, prefix);
+        if choices.is_empty() {
+            out.send(b"% Unrecognized command\r\n");
+        }
+        for choice in choices {
+            out.send(format!("  {choice}\r\n").as_bytes());
+        }
+        out.send(self.prompt_text().as_bytes());
+        if echo {
+            out.send(&self.line);
         }
     }
 

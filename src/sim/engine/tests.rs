@@ -456,3 +456,14 @@ fn ctrl_c_abandons_the_line() {
         "sh clock\r\n*10:00:00.000 UTC Thu Nov 26 2026\r\nsim#"
     );
 }
+
+#[test]
+fn question_mark_lists_what_may_follow_and_keeps_the_line() {
+    let mut t = Term::new(profile("cisco_ios"), false);
+    t.take();
+    t.type_bytes(b"sh ip ?");
+    assert_eq!(t.take(), "sh ip ?\r\n  interface\r\nsim#sh ip ");
+    t.type_bytes(b"int br\r");
+    t.wait(Duration::ZERO);
+    assert_eq!(t.take(), "int br\r\nInterface IP-Address\r\nsim#");
+}
