@@ -202,14 +202,39 @@ pub struct SerialWire {
 }
 
 impl SerialWire {
+    /// Opens `path` exclusively, as the collector does. A child forked by another test
+    /// thread holds a copy of a just-closed port's descriptor (and its lock) until it execs,
+    /// so "exclusive lock" failures are retried briefly; any other failure is final.
     pub fn open(path: &Path, baud: u32) -> io::Result<SerialWire> {
-        let port = serialport::new(path.to_string_lossy(), baud)
-            .timeout(WRITE_TIMEOUT)
-            .open_native()
-            .map_err(|e| {
-                io::Error::other(format!("cannot open console {}: {e}", path.display()))
-            })?;
-        Ok(SerialWire { port })
+        let until = super::deadline(Duration::from_secs(2));
+        let mut last = None;
+        let opened = super::poll_until(until, || {
+            match serialport::new(path.to_string_lossy(), baud)
+                .timeout(WRITE_TIMEOUT)
+                .open_native()
+            {
+                Ok(port) => {
+                    last = Some(Ok(port));
+                    true
+                }
+                Err(e) => {
+                    let retry = e.description.contains("exclusive lock");
+                    last = Some(Err(e));
+                    !retry
+                }
+            }
+        });
+        match last {
+            Some(Ok(port)) if opened => Ok(SerialWire { port }),
+            Some(Err(e)) => Err(io::Error::other(format!(
+                "cannot open console {}: {e}",
+                path.display()
+            ))),
+            _ => Err(io::Error::other(format!(
+                "cannot open console {}: no attempt finished",
+                path.display()
+            ))),
+        }
     }
 }
 
