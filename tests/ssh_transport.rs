@@ -125,7 +125,20 @@ fn collect_show_version(t: &mut SshTransport) {
 }
 
 fn keygen(path: &Path, kind: &str) {
-    let mut args = vec!["-q", "-t", kind, "-N", "", "-C", "rackhand-test", "-f"];
+    keygen_with(path, kind, "")
+}
+
+fn keygen_with(path: &Path, kind: &str, passphrase: &str) {
+    let mut args = vec![
+        "-q",
+        "-t",
+        kind,
+        "-N",
+        passphrase,
+        "-C",
+        "rackhand-test",
+        "-f",
+    ];
     if kind == "rsa" {
         args.splice(3..3, ["-b", "2048"]);
     }
@@ -341,6 +354,47 @@ fn key_login_collects_show_version_and_accept_new_records_the_key_once() {
 }
 
 #[test]
+fn an_encrypted_key_needs_its_passphrase_and_a_missing_key_file_is_named() {
+    let sshd = Sshd::start(SIM_ARGS).unwrap_or_else(|e| panic!("{e}"));
+    let tmp = TempDir::new("ssh-key").unwrap();
+    let key = tmp.join("id_ed25519");
+    keygen_with(&key, "ed25519", "key-pass-7");
+    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+    let authorized = sshd.dir().join("authorized_keys");
+    let mut keys = std::fs::read_to_string(&authorized).unwrap();
+    keys.push_str(&public);
+    std::fs::write(&authorized, keys).unwrap();
+
+    let mut dev = device(sshd.addr, &tmp.join("known_hosts"));
+    dev.username = Some(sshd.user.clone());
+    dev.password = None;
+    dev.ssh.key_file = Some(key.clone());
+    dev.ssh.key_passphrase = Some(Secret::inline("key-pass-7"));
+    let mut t = connect(&dev).unwrap_or_else(|e| panic!("{e}; sshd log:\n{}", sshd.log()));
+    collect_show_version(&mut t);
+    drop(t);
+
+    dev.ssh.key_passphrase = Some(Secret::inline("wrong"));
+    match connect(&dev) {
+        Err(TransportError::Auth { detail, .. }) => {
+            assert!(detail.contains(&key.display().to_string()), "{detail}")
+        }
+        Err(e) => panic!("expected Auth, got {e}"),
+        Ok(_) => panic!("a wrong passphrase unlocked the key"),
+    }
+
+    let missing = tmp.join("no_such_key");
+    dev.ssh.key_file = Some(missing.clone());
+    match connect(&dev) {
+        Err(TransportError::Auth { detail, .. }) => {
+            assert!(detail.contains(&missing.display().to_string()), "{detail}")
+        }
+        Err(e) => panic!("expected Auth, got {e}"),
+        Ok(_) => panic!("logged in with a missing key file"),
+    }
+}
+
+#[test]
 fn password_login_collects_show_version_and_wrong_or_missing_passwords_are_auth_errors() {
     let sshd = PasswordSshd::start("ed25519", "");
     let tmp = TempDir::new("ssh-kh").unwrap();
@@ -549,6 +603,71 @@ fn a_changed_host_key_is_refused_before_any_password_is_sent() {
     .unwrap();
     dev.ssh.host_key_check = HostKeyCheck::Off;
     connect(&dev).unwrap_or_else(|e| panic!("off must not check: {e}"));
+}
+
+#[test]
+fn a_revoked_key_is_refused_for_every_host() {
+    let sshd = PasswordSshd::start("ed25519", "");
+    let tmp = TempDir::new("ssh-kh").unwrap();
+    let known_hosts = tmp.join("known_hosts");
+    let server = std::fs::read_to_string(&sshd.host_pub).unwrap();
+    let mut fields = server.split_whitespace();
+    let text = format!(
+        "@revoked * {} {}\n",
+        fields.next().unwrap(),
+        fields.next().unwrap()
+    );
+    std::fs::write(&known_hosts, &text).unwrap();
+    let dev = device(sshd.addr, &known_hosts);
+    match connect(&dev) {
+        Err(TransportError::HostKeyMismatch { detail, .. }) => {
+            assert!(detail.contains("@revoked on line 1"), "{detail}")
+        }
+        Err(e) => panic!("expected HostKeyMismatch, got {e}"),
+        Ok(_) => panic!("accept-new took a revoked key"),
+    }
+    assert_eq!(std::fs::read_to_string(&known_hosts).unwrap(), text);
+    sshd.wait_connections_closed(1);
+    assert!(!sshd.log().contains("method password"), "{}", sshd.log());
+}
+
+#[test]
+fn a_host_known_by_its_rsa_key_is_asked_for_that_key_type_first() {
+    // The server has an Ed25519 and an RSA key; known_hosts (as `ssh-keyscan -t rsa` writes
+    // it) only the RSA one. libssh2 alone would pick Ed25519 and see a "different" key.
+    let tmp = TempDir::new("ssh-kh").unwrap();
+    let rsa = tmp.join("host_rsa");
+    keygen(&rsa, "rsa");
+    let sshd = PasswordSshd::start("ed25519", &format!("HostKey {}\n", rsa.display()));
+    let known_hosts = tmp.join("known_hosts");
+    std::fs::write(
+        &known_hosts,
+        known_line(sshd.addr, &rsa.with_extension("pub")),
+    )
+    .unwrap();
+    let mut dev = device(sshd.addr, &known_hosts);
+    dev.ssh.host_key_check = HostKeyCheck::Strict;
+    let mut t = connect(&dev).unwrap_or_else(|e| panic!("{e}; sshd log:\n{}", sshd.log()));
+    collect_show_version(&mut t);
+    drop(t);
+
+    // Only the Ed25519 key known, but the server now offers only RSA: refused, named.
+    let sshd = PasswordSshd::start("rsa", "");
+    let other = tmp.join("other_ed25519");
+    keygen(&other, "ed25519");
+    std::fs::write(
+        &known_hosts,
+        known_line(sshd.addr, &other.with_extension("pub")),
+    )
+    .unwrap();
+    let dev = device(sshd.addr, &known_hosts);
+    match connect(&dev) {
+        Err(TransportError::HostKeyMismatch { detail, .. }) => {
+            assert!(detail.contains("known by ssh-ed25519 (line 1)"), "{detail}")
+        }
+        Err(e) => panic!("expected HostKeyMismatch, got {e}"),
+        Ok(_) => panic!("accepted a host whose known key type vanished"),
+    }
 }
 
 #[test]

@@ -1043,11 +1043,12 @@ fn known_hosts_name(host: &str, port: u16) -> String {
 /// One usable line of a `known_hosts` file.
 struct Entry {
     line: usize,
-    revoked: bool,
     key_type: String,
     key_b64: String,
     /// libssh2 holding this line alone: it does the host matching, hashed names included.
-    db: ssh2::KnownHosts,
+    /// `None` for `@revoked` lines, which apply to every host: a revoked key is refused
+    /// wherever it shows up (libssh2 cannot match the usual `*` pattern anyway).
+    db: Option<ssh2::KnownHosts>,
 }
 
 /// A `known_hosts` file, parsed line by line so that one line libssh2 cannot read (a key
@@ -1093,22 +1094,26 @@ impl KnownHosts {
                 );
                 continue;
             }
-            let mut db = session
-                .known_hosts()
-                .map_err(|e| format!("cannot set up host key checking: {e}"))?;
-            let plain = fields[..3].join(" ");
-            if let Err(e) = db.read_str(&plain, KnownHostFileKind::OpenSSH) {
-                log::debug!(
-                    "{}:{}: libssh2 cannot use this line ({}); ignored",
-                    path.display(),
-                    index + 1,
-                    e.message()
-                );
-                continue;
-            }
+            let db = if revoked {
+                None
+            } else {
+                let mut db = session
+                    .known_hosts()
+                    .map_err(|e| format!("cannot set up host key checking: {e}"))?;
+                let plain = fields[..3].join(" ");
+                if let Err(e) = db.read_str(&plain, KnownHostFileKind::OpenSSH) {
+                    log::debug!(
+                        "{}:{}: libssh2 cannot use this line ({}); ignored",
+                        path.display(),
+                        index + 1,
+                        e.message()
+                    );
+                    continue;
+                }
+                Some(db)
+            };
             entries.push(Entry {
                 line: index + 1,
-                revoked,
                 key_type: fields[1].to_string(),
                 key_b64: fields[2].to_string(),
                 db,
@@ -1124,14 +1129,15 @@ impl KnownHosts {
     fn for_host<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a Entry> + 'a {
         // A one-byte key never equals a real one: libssh2 answers Mismatch exactly when the
         // host matches and NotFound when it does not.
-        self.entries
-            .iter()
-            .filter(move |e| !matches!(e.db.check(name, b"\0"), ssh2::CheckResult::NotFound))
+        self.entries.iter().filter(move |e| {
+            e.db.as_ref()
+                .is_some_and(|db| !matches!(db.check(name, b"\0"), ssh2::CheckResult::NotFound))
+        })
     }
 
     fn key_types_for(&self, name: &str) -> Vec<String> {
         let mut types: Vec<String> = Vec::new();
-        for e in self.for_host(name).filter(|e| !e.revoked) {
+        for e in self.for_host(name) {
             if !types.contains(&e.key_type) {
                 types.push(e.key_type.clone());
             }
@@ -1163,24 +1169,21 @@ impl KnownHosts {
             .unwrap_or_else(|| "?".into());
         let presented = format!("{key_type} {fingerprint}");
 
+        let same_key = |e: &Entry| e.key_type == key_type && e.key_b64 == key_b64;
+        if let Some(e) = self.entries.iter().find(|e| e.db.is_none() && same_key(e)) {
+            return Err(TransportError::HostKeyMismatch {
+                peer: peer.into(),
+                known_hosts: file,
+                detail: format!(
+                    "the server's key ({presented}) is marked @revoked on line {}; the device must get a new key",
+                    e.line
+                ),
+            });
+        }
         let mut same_type_differs = None;
         let mut other_types = Vec::new();
         for e in self.for_host(name) {
-            let same_key = e.key_type == key_type && e.key_b64 == key_b64;
-            if e.revoked {
-                if same_key {
-                    return Err(TransportError::HostKeyMismatch {
-                        peer: peer.into(),
-                        known_hosts: file,
-                        detail: format!(
-                            "the server's key ({presented}) is marked @revoked on line {}",
-                            e.line
-                        ),
-                    });
-                }
-                continue;
-            }
-            if same_key {
+            if same_key(e) {
                 return Ok(());
             }
             if e.key_type == key_type {
