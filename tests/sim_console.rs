@@ -6,10 +6,10 @@
 mod support;
 
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rackhand::sim::{Profile, PtyConsole};
-use support::client::{DrainEnd, PromptClient, SerialWire};
+use support::client::{DrainEnd, FdWire, PromptClient, SerialWire};
 use support::device::{
     USERNAME_PROMPT, assert_not_paged, assert_paged, login, paging_off_command, prompt_regex,
     run_every_capture,
@@ -215,4 +215,46 @@ fn the_sim_command_announces_its_console_and_serves_it_at_the_link() {
         "the link {} outlived the simulator",
         link.display()
     );
+}
+
+#[test]
+fn a_slow_console_line_paces_its_output_to_the_baud_rate() {
+    // 1200 baud is 120 bytes a second: a console collector's timeouts must allow for it.
+    const SLOW_BAUD: u32 = 1200;
+    let mut p = Profile::for_platform("cisco_ios").unwrap();
+    p.login = false;
+    p.page_lines = 0;
+    let dir = TempDir::new("slow-console").unwrap();
+    let link = dir.join("ttyS1");
+    let console = PtyConsole::start(&link, Some(SLOW_BAUD), p.clone()).unwrap();
+    // A plain file on the device, as `screen` would hold it (the simulator set raw mode).
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&link)
+        .unwrap_or_else(|e| panic!("cannot open {}: {e}", link.display()));
+    let mut client = PromptClient::new(
+        FdWire::new(file, b"\r"),
+        &prompt_regex(&p.platform, &p.hostname, &p.username),
+    );
+    client.send_raw(b"\r").unwrap();
+    client.wait_prompt(deadline(STEP)).unwrap();
+    let started = Instant::now();
+    let reply = client.run("show clock", deadline(STEP)).unwrap();
+    let took = started.elapsed();
+    // Echo, output and prompt; the pacer may send up to 1/20 s worth at once.
+    let bytes = "show clock\r\n".len() + reply.output.len() + reply.prompt.len() + 1;
+    let rate = f64::from(SLOW_BAUD / 10);
+    let floor = Duration::from_secs_f64((bytes as f64 - rate / 20.0) / rate);
+    assert!(
+        took >= floor,
+        "{bytes} bytes at {SLOW_BAUD} baud took only {took:?} (at least {floor:?} expected)"
+    );
+    let want = support::fixtures::captures("cisco_ios")
+        .into_iter()
+        .find(|c| c.command == "show clock")
+        .unwrap();
+    support::device::assert_same_output(&want, &reply.output, "console at 1200 baud");
+    drop(client);
+    console.stop();
 }

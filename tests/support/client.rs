@@ -8,6 +8,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::os::fd::{AsFd, AsRawFd};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -269,6 +270,50 @@ impl Wire for SerialWire {
 
     fn enter(&self) -> &'static [u8] {
         b"\r"
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Any plain descriptor (a pty master or slave opened as a `File`, a raw socket): no
+// protocol layer, reads wait in `poll` until the deadline.
+
+pub struct FdWire<T: Read + Write + AsFd> {
+    pub inner: T,
+    enter: &'static [u8],
+}
+
+impl<T: Read + Write + AsFd> FdWire<T> {
+    /// `enter` is what Return sends on this line (`\r` on a terminal).
+    pub fn new(inner: T, enter: &'static [u8]) -> FdWire<T> {
+        FdWire { inner, enter }
+    }
+}
+
+impl<T: Read + Write + AsFd> Wire for FdWire<T> {
+    fn read_by(&mut self, buf: &mut [u8], deadline: Instant) -> io::Result<usize> {
+        // Bounded: each round waits in poll until the deadline at most.
+        loop {
+            let left = remaining(deadline).ok_or_else(|| timed_out("read"))?;
+            let fd = self.inner.as_fd().as_raw_fd();
+            if !super::process::poll_readable(&fd, left)? {
+                continue;
+            }
+            return match self.inner.read(buf) {
+                // A pty whose other side is gone says EIO: that is its end of stream.
+                Err(e) if e.raw_os_error() == Some(libc::EIO) => Ok(0),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                other => other,
+            };
+        }
+    }
+
+    fn send(&mut self, data: &[u8]) -> io::Result<()> {
+        self.inner.write_all(data)?;
+        self.inner.flush()
+    }
+
+    fn enter(&self) -> &'static [u8] {
+        self.enter
     }
 }
 
