@@ -26,7 +26,7 @@ use rackhand::transport::serial::{SerialTransport, lock_file_name};
 use rackhand::transport::{Transport as _, TransportError};
 
 use support::process::ChildGuard;
-use support::{TempDir, deadline};
+use support::{TempDir, deadline, poll_until};
 
 const STEP: Duration = Duration::from_secs(10);
 
@@ -213,6 +213,14 @@ fn a_port_locked_by_a_live_program_is_refused_naming_it_then_taken_when_it_dies(
     let mut cmd = Command::new("sleep");
     cmd.arg("30");
     let mut holder = ChildGuard::spawn(cmd, "sleep (lock holder)", None).unwrap();
+    // spawn() can return before the kernel renames the child to `sleep` at exec; there is
+    // no event for that, so poll (bounded).
+    let comm = format!("/proc/{}/comm", holder.id());
+    assert!(
+        poll_until(deadline(STEP), || fs::read_to_string(&comm)
+            .is_ok_and(|c| c.trim() == "sleep")),
+        "the lock holder never became `sleep`"
+    );
     fs::write(&lock, hdb(holder.id())).unwrap();
 
     let err = bench.open().unwrap_err();
@@ -339,20 +347,37 @@ fn a_vanished_console_closes_at_the_deadline_and_is_reopened_when_it_returns() {
 }
 
 #[test]
-fn a_console_replugged_between_reads_is_reopened_within_one_read() {
+fn a_console_replugged_between_reads_is_reopened_and_the_lock_follows_it() {
     let bench = Bench::new("serial-swap");
     let mut first = Console::start(&bench.link());
+    let first_lock = bench.lock_for(&first.pty());
     let mut t = bench.open().unwrap();
     t.send(b"\r").unwrap();
     read_until(&mut t, deadline(STEP), "Username: ");
+    // The new adapter appears (under another name, as a replugged USB adapter often does:
+    // both ptys exist at once, so their numbers differ) before the old one is gone.
+    let second = Console::start(&bench.link());
+    let second_lock = bench.lock_for(&second.pty());
+    assert_ne!(first_lock, second_lock);
     first.stop();
-    let _second = Console::start(&bench.link());
     // The old pty hangs up; the read reopens the link's new target and then waits for data,
     // which a console only sends after a key: so the read ends at the deadline, not Closed.
     let err = t
         .recv(&mut [0u8; 256], deadline(Duration::from_millis(400)))
         .unwrap_err();
     assert!(matches!(err, TransportError::TimedOut { .. }), "{err:?}");
+    assert_eq!(t.lock_file(), Some(second_lock.as_path()));
+    assert!(
+        !first_lock.exists(),
+        "old lock {} left",
+        first_lock.display()
+    );
+    assert_eq!(
+        fs::read_to_string(&second_lock).unwrap(),
+        hdb(std::process::id())
+    );
     t.send(b"\r").unwrap();
     read_until(&mut t, deadline(STEP), "Username: ");
+    drop(t);
+    assert!(!second_lock.exists());
 }

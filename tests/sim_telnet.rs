@@ -566,6 +566,10 @@ fn the_sim_command_serves_a_rack_and_writes_its_stats_file_on_stop() {
         clients.push(c);
     }
     assert_ne!(telnets[0].0, telnets[1].0, "both devices are named alike");
+    // The file follows the sessions while the rack runs, not only at exit.
+    let live = std::fs::read_to_string(&stats_file)
+        .unwrap_or_else(|e| panic!("no stats file {} while running: {e}", stats_file.display()));
+    assert_eq!(stat_field(&live, "current"), 2, "{live}");
     drop(clients);
     let status = sim.stop().unwrap();
     assert!(
@@ -592,6 +596,8 @@ fn faults_and_latency_given_on_the_command_line_take_effect() {
         "200ms",
         "--fault",
         "show interfaces=drop",
+        "--fault",
+        "show version=hang",
     ])
     .unwrap();
     let (host, addr) = sim.telnet_addrs()[0].clone();
@@ -610,8 +616,25 @@ fn faults_and_latency_given_on_the_command_line_take_effect() {
         matches!(err, ClientError::Eof { .. }),
         "--fault 'show interfaces=drop' did not drop: {err}"
     );
+    // A session hung on a command must not keep SIGTERM from ending the simulator.
+    let wire = TelnetWire::connect(addr, STEP).unwrap();
+    let mut hung = PromptClient::new(wire, &prompt_regex("cisco_ios", &host, "admin"));
+    login(&mut hung, "admin", "admin", deadline(STEP)).unwrap();
+    let err = hung
+        .run("show version", deadline(Duration::from_millis(500)))
+        .unwrap_err();
+    assert!(
+        matches!(err, ClientError::Timeout { .. }),
+        "--fault 'show version=hang' answered: {err}"
+    );
     let status = sim.stop().unwrap();
     assert!(status.success(), "exit {status}");
+    let rest = hung.drain(deadline(STEP), 4096).unwrap();
+    assert_eq!(
+        rest.end,
+        DrainEnd::Eof,
+        "the hung session outlived the simulator"
+    );
 }
 
 // --- the yardstick itself ---------------------------------------------------------------
