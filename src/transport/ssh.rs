@@ -126,12 +126,8 @@ impl SshTransport {
             .as_ref()
             .map(|k| k.key_types_for(&lookup))
             .unwrap_or_default();
-        let offer = Offer::build(&session, &device.ssh, &known_types).map_err(|e| {
-            fail(format!(
-                "{e} (device `{}`; list the supported names with `rackhand --version`)",
-                device.name
-            ))
-        })?;
+        let offer = Offer::build(&session, &device.ssh, &known_types)
+            .map_err(|e| fail(format!("{e} (device `{}`)", device.name)))?;
         offer.apply(&session).map_err(fail)?;
 
         let (tcp, addr) =
