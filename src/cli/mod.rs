@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 pub mod check;
+pub mod collect;
+pub mod logging;
 pub mod sim;
 
 /// Where the config comes from when `-c` is not given.
@@ -25,6 +27,8 @@ pub struct Cli {
 pub enum Command {
     /// Validate the config and print the inventory it resolves.
     Check(check::CheckArgs),
+    /// One pass now over all devices (or the named ones); prints records, ships nothing.
+    Collect(collect::CollectArgs),
     /// The device simulator: Telnet server, pseudo-terminal console, or stdio for sshd.
     Sim(sim::SimArgs),
 }
@@ -58,8 +62,10 @@ pub fn config_path(cli: &Cli) -> PathBuf {
 /// Parses arguments, runs the subcommand and returns the exit status.
 pub fn main() -> i32 {
     let cli = Cli::parse();
+    logging::init(None);
     let result = match &cli.command {
         Command::Check(args) => check::run(&config_path(&cli), args),
+        Command::Collect(args) => collect::run(&config_path(&cli), args),
         Command::Sim(args) => sim::run(args),
     };
     match result {

@@ -51,3 +51,22 @@ pub trait Transport: Send {
         })
     }
 }
+
+/// Sessions hold whichever transport the device uses behind one box.
+impl<T: Transport + ?Sized> Transport for Box<T> {
+    fn recv(&mut self, buf: &mut [u8], deadline: Instant) -> Result<usize, TransportError> {
+        (**self).recv(buf, deadline)
+    }
+
+    fn send(&mut self, data: &[u8]) -> Result<(), TransportError> {
+        (**self).send(data)
+    }
+
+    fn peer(&self) -> &str {
+        (**self).peer()
+    }
+
+    fn send_break(&mut self) -> Result<(), TransportError> {
+        (**self).send_break()
+    }
+}

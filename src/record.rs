@@ -1,0 +1,248 @@
+//! The record: what one command on one device produced, as CONTRACT.md defines it.
+//!
+//! `output` is a JSON string. Devices sometimes print bytes that are not UTF-8 (a console
+//! with line noise, a binary banner); the record then carries `output` with those bytes
+//! replaced by U+FFFD for reading, **and** `output_base64` with the exact bytes, so nothing
+//! the device printed is lost. Valid UTF-8 output has no `output_base64` field.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+/// How a command went. `Ok` or one of the documented error kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Ok,
+    /// No prompt came back within `command_timeout` (or the login within `connect_timeout`).
+    Timeout,
+    /// TCP connect, handshake or opening the serial port failed.
+    ConnectFailed,
+    /// The device refused the credentials (or they were missing).
+    AuthFailed,
+    /// The SSH host key differs from the one in known_hosts; no credential was sent.
+    HostKeyMismatch,
+    /// The device rejected the command (e.g. `% Invalid input`); the output is kept.
+    CommandError,
+    /// The output exceeded `max_output`; what came is kept, up to the limit.
+    OutputTooLarge,
+    /// The driver crashed (panic, or the isolated child process died).
+    DriverCrashed,
+    /// The connection dropped in the middle of the command.
+    Disconnected,
+    /// The serial port is held by another program (minicom, screen, ser2net).
+    PortBusy,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Ok => "ok",
+            Status::Timeout => "timeout",
+            Status::ConnectFailed => "connect_failed",
+            Status::AuthFailed => "auth_failed",
+            Status::HostKeyMismatch => "host_key_mismatch",
+            Status::CommandError => "command_error",
+            Status::OutputTooLarge => "output_too_large",
+            Status::DriverCrashed => "driver_crashed",
+            Status::Disconnected => "disconnected",
+            Status::PortBusy => "port_busy",
+        }
+    }
+}
+
+/// One record, serialised as one JSON object (one NDJSON line).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Record {
+    pub id: String,
+    pub agent: String,
+    pub seq: u64,
+    pub device: String,
+    pub transport: String,
+    pub command: String,
+    pub status: Status,
+    pub error: Option<String>,
+    pub output: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output_base64: Option<String>,
+    pub started_at: String,
+    pub duration_ms: u64,
+}
+
+/// A record before the agent numbers it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    pub device: String,
+    pub transport: String,
+    pub command: String,
+    pub status: Status,
+    pub error: Option<String>,
+    pub output: Vec<u8>,
+    pub started_at: SystemTime,
+    pub duration: Duration,
+}
+
+impl Outcome {
+    /// Numbers the outcome as record `seq` of agent `agent`.
+    pub fn into_record(self, agent: &str, seq: u64) -> Record {
+        let (output, output_base64) = match String::from_utf8(self.output) {
+            Ok(text) => (text, None),
+            Err(e) => {
+                let bytes = e.into_bytes();
+                (
+                    String::from_utf8_lossy(&bytes).into_owned(),
+                    Some(base64(&bytes)),
+                )
+            }
+        };
+        Record {
+            id: format!("{agent}:{seq}"),
+            agent: agent.to_string(),
+            seq,
+            device: self.device,
+            transport: self.transport,
+            command: self.command,
+            status: self.status,
+            error: self.error,
+            output,
+            output_base64,
+            started_at: rfc3339_millis(self.started_at),
+            duration_ms: self.duration.as_millis() as u64,
+        }
+    }
+}
+
+impl Record {
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("a record always serialises")
+    }
+
+    /// The exact bytes the device printed.
+    pub fn output_bytes(&self) -> Vec<u8> {
+        match &self.output_base64 {
+            Some(b64) => base64_decode(b64).unwrap_or_else(|| self.output.clone().into_bytes()),
+            None => self.output.clone().into_bytes(),
+        }
+    }
+}
+
+/// `2026-11-25T10:00:00.123Z`.
+pub fn rfc3339_millis(t: SystemTime) -> String {
+    let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (y, m, d) = civil_from_days(days as i64);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        since.subsec_millis()
+    )
+}
+
+/// Days since 1970-01-01 to a proleptic Gregorian date (H. Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+/// Standard base64 with padding.
+pub fn base64(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let n = (u32::from(chunk[0]) << 16)
+            | (u32::from(*chunk.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*chunk.get(2).unwrap_or(&0));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(B64[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+pub fn base64_decode(text: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(text.len() / 4 * 3);
+    let mut acc = 0u32;
+    let mut bits = 0;
+    for c in text.bytes().filter(|&c| c != b'=') {
+        let v = B64.iter().position(|&b| b == c)? as u32;
+        acc = (acc << 6) | v;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome(output: &[u8]) -> Outcome {
+        Outcome {
+            device: "core1".into(),
+            transport: "ssh".into(),
+            command: "show version".into(),
+            status: Status::Ok,
+            error: None,
+            output: output.to_vec(),
+            started_at: UNIX_EPOCH + Duration::from_millis(1_795_600_800_123),
+            duration: Duration::from_millis(412),
+        }
+    }
+
+    #[test]
+    fn a_record_has_the_contract_fields_in_json() {
+        let json = outcome(b"Cisco IOS Software\n")
+            .into_record("rack-a12", 42)
+            .to_json();
+        assert_eq!(
+            json,
+            r#"{"id":"rack-a12:42","agent":"rack-a12","seq":42,"device":"core1","transport":"ssh","command":"show version","status":"ok","error":null,"output":"Cisco IOS Software\n","started_at":"2026-11-25T06:00:00.123Z","duration_ms":412}"#
+        );
+    }
+
+    #[test]
+    fn output_that_is_not_utf8_is_kept_exactly_in_base64() {
+        let bytes = b"ok \xff\xfe\x00 end\n";
+        let record = outcome(bytes).into_record("a", 1);
+        assert!(record.output.contains('\u{fffd}'));
+        assert_eq!(record.output_bytes(), bytes);
+        assert!(record.to_json().contains("\"output_base64\":"));
+    }
+
+    #[test]
+    fn base64_round_trips_every_length() {
+        for len in 0..20 {
+            let data: Vec<u8> = (0..len).map(|i| (i * 37 + 11) as u8).collect();
+            assert_eq!(base64_decode(&base64(&data)).unwrap(), data);
+        }
+        assert_eq!(base64(b"Man"), "TWFu");
+        assert_eq!(base64(b"Ma"), "TWE=");
+    }
+
+    #[test]
+    fn dates_before_and_after_leap_days() {
+        assert_eq!(rfc3339_millis(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+        let t = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
+        assert_eq!(rfc3339_millis(t), "2000-02-29T00:00:00.000Z");
+    }
+}

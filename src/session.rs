@@ -1,0 +1,526 @@
+//! A session with one device: connect, log in, get to a known prompt, run commands, leave.
+//!
+//! This is where transport (bytes), channel (prompt-driven reads) and driver (platform data)
+//! meet. The login loop copes with what consoles and Telnet lines show in practice — banners,
+//! "Press RETURN to get started", the initial configuration dialog, username/password prompt
+//! variants, a console left in a pager, in configuration mode or with half a line typed — by
+//! reacting to whatever pattern appears next rather than following a fixed script. Each
+//! command yields an [`Outcome`] whose status says exactly what happened; the output is kept
+//! whatever the status.
+
+use std::time::{Duration, Instant, SystemTime};
+
+use regex_lite::Regex;
+
+use crate::channel::{Channel, ChannelError};
+use crate::driver::{self, Platform, Table};
+use crate::inventory::{Device, Transport as Kind};
+use crate::record::{Outcome, Status};
+use crate::transport::serial::SerialTransport;
+use crate::transport::ssh::SshTransport;
+use crate::transport::telnet::TelnetTransport;
+use crate::transport::{Transport, TransportError};
+
+/// How long a login waits in silence before it nudges the line with a return.
+const NUDGE_AFTER: Duration = Duration::from_secs(2);
+/// Bounds the login conversation: a device that keeps asking is not logging us in.
+const MAX_LOGIN_STEPS: usize = 24;
+/// Ctrl-U (kill line) then return: clears half a typed line on IOS, Junos and Linux alike.
+const WAKE: &[u8] = b"\x15\r";
+
+/// Why a session could not be opened or went on.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("{0}")]
+    Transport(#[from] TransportError),
+    #[error("{peer}: no CLI prompt within the connect timeout ({seen})")]
+    LoginTimeout { peer: String, seen: String },
+    #[error("{peer}: login refused: {detail}")]
+    AuthFailed { peer: String, detail: String },
+    #[error("{peer}: {detail}")]
+    Protocol { peer: String, detail: String },
+}
+
+impl SessionError {
+    /// The record status this error means.
+    pub fn status(&self) -> Status {
+        match self {
+            SessionError::Transport(TransportError::Auth { .. })
+            | SessionError::AuthFailed { .. } => Status::AuthFailed,
+            SessionError::Transport(TransportError::HostKeyMismatch { .. }) => {
+                Status::HostKeyMismatch
+            }
+            SessionError::Transport(TransportError::TimedOut { .. })
+            | SessionError::LoginTimeout { .. } => Status::Timeout,
+            SessionError::Transport(TransportError::Closed { .. }) => Status::Disconnected,
+            SessionError::Transport(TransportError::Connect { detail, .. })
+                if detail.contains("in use by") =>
+            {
+                Status::PortBusy
+            }
+            SessionError::Transport(_) | SessionError::Protocol { .. } => Status::ConnectFailed,
+        }
+    }
+}
+
+/// An open, logged-in session at a known prompt.
+pub struct Session<'d> {
+    device: &'d Device,
+    platform: &'static Platform,
+    prompt: Regex,
+    channel: Channel<Box<dyn Transport>>,
+    /// False after a command left the device in an unknown state (timeout, endless output).
+    healthy: bool,
+}
+
+fn connect(device: &Device) -> Result<Box<dyn Transport>, TransportError> {
+    Ok(match device.transport {
+        Kind::Ssh => Box::new(SshTransport::connect(device)?),
+        Kind::Telnet => Box::new(TelnetTransport::connect(device)?),
+        Kind::Serial => Box::new(SerialTransport::open(device)?),
+    })
+}
+
+/// The prompt pattern of a device: its own `prompt` setting, else its platform's.
+pub fn prompt_of(device: &Device, platform: &Platform) -> Regex {
+    device
+        .prompt
+        .as_deref()
+        .and_then(|p| Regex::new(p).ok())
+        .or_else(|| platform.prompt.clone())
+        // The config check guarantees one of the two; this keeps a bad table from panicking.
+        .unwrap_or_else(|| Regex::new(r"[>#$%]\s?$").expect("static regex"))
+}
+
+impl<'d> Session<'d> {
+    /// Connects, logs in, enables, turns paging off: ready for commands.
+    pub fn open(device: &'d Device) -> Result<Session<'d>, SessionError> {
+        let table = driver::table();
+        let platform = table
+            .get(&device.platform)
+            .ok_or_else(|| SessionError::Protocol {
+                peer: device.name.clone(),
+                detail: format!("unknown platform `{}`", device.platform),
+            })?;
+        let deadline = Instant::now() + device.connect_timeout;
+        let transport = connect(device)?;
+        let channel = Channel::new(
+            transport,
+            table.common.pagers.clone(),
+            device.max_output as usize,
+        );
+        let mut session = Session {
+            device,
+            platform,
+            prompt: prompt_of(device, platform),
+            channel,
+            healthy: true,
+        };
+        session.login(deadline)?;
+        session.enable(deadline)?;
+        session.setup();
+        Ok(session)
+    }
+
+    pub fn platform(&self) -> &Platform {
+        self.platform
+    }
+
+    fn peer(&self) -> String {
+        format!("{} ({})", self.device.name, self.channel.peer())
+    }
+
+    /// Reacts to whatever the line shows until a CLI prompt (not in config mode) appears.
+    fn login(&mut self, deadline: Instant) -> Result<(), SessionError> {
+        let common = &driver::table().common;
+        // Order matters: a failure message outranks the prompt that follows it.
+        let patterns = [
+            common.login_failed.clone(),
+            self.prompt.clone(),
+            common.username.clone(),
+            common.password.clone(),
+            common.press_return.clone(),
+            common.dialog.clone(),
+        ];
+        if self.device.transport == Kind::Serial {
+            // A console prints nothing until spoken to.
+            self.channel.send(WAKE)?;
+        }
+        let mut usernames_sent = 0;
+        let mut passwords_sent = 0;
+        let mut last_seen = String::new();
+        for _ in 0..MAX_LOGIN_STEPS {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            let wait_until = deadline.min(now + NUDGE_AFTER);
+            let m = match self.channel.wait_for(&patterns, wait_until) {
+                Ok(m) => m,
+                Err(ChannelError::Timeout { output, .. }) => {
+                    if !output.is_empty() {
+                        last_seen = tail_text(&output);
+                    }
+                    // Silence: nudge the line (consoles, Telnet servers waiting for a key).
+                    self.channel.send(WAKE)?;
+                    continue;
+                }
+                Err(ChannelError::TooLarge { .. }) => {
+                    // Something keeps printing (a stale command on a console): interrupt it.
+                    self.channel.send(b"\x03")?;
+                    continue;
+                }
+                Err(ChannelError::Transport { source, .. }) => {
+                    return Err(if passwords_sent > 0 {
+                        SessionError::AuthFailed {
+                            peer: self.peer(),
+                            detail: format!(
+                                "the device closed the line after the password ({source})"
+                            ),
+                        }
+                    } else {
+                        source.into()
+                    });
+                }
+            };
+            last_seen = m.line.clone();
+            match m.index {
+                0 => {
+                    if passwords_sent > 0 {
+                        return Err(SessionError::AuthFailed {
+                            peer: self.peer(),
+                            detail: format!("the device said `{}`", m.line.trim()),
+                        });
+                    }
+                }
+                1 => {
+                    if let Some(config) = &self.platform.config {
+                        if config.is_match(&m.line) {
+                            // A console left in configuration mode: leave it, do not save.
+                            let exit = self.platform.config_exit.as_deref().unwrap_or("end");
+                            self.channel.send(format!("{exit}\r").as_bytes())?;
+                            continue;
+                        }
+                    }
+                    return Ok(());
+                }
+                // Asked again after a password: it was refused. Trying the same credentials
+                // again would only count towards locking the account.
+                2 | 3 if passwords_sent > 0 => {
+                    return Err(SessionError::AuthFailed {
+                        peer: self.peer(),
+                        detail: format!(
+                            "the device asked `{}` again after the password",
+                            m.line.trim()
+                        ),
+                    });
+                }
+                2 => {
+                    if usernames_sent >= 3 {
+                        return Err(SessionError::AuthFailed {
+                            peer: self.peer(),
+                            detail: "asked for the username again and again".into(),
+                        });
+                    }
+                    let Some(user) = self.device.username.as_deref() else {
+                        return Err(SessionError::AuthFailed {
+                            peer: self.peer(),
+                            detail: "the device asks for a username but none is configured; set `username`".into(),
+                        });
+                    };
+                    usernames_sent += 1;
+                    self.channel.send(format!("{user}\r").as_bytes())?;
+                }
+                3 => {
+                    let password = self.secret(&self.device.password, "password")?;
+                    passwords_sent += 1;
+                    let mut line = password.into_bytes();
+                    line.push(b'\r');
+                    self.channel.send(&line)?;
+                }
+                4 => self.channel.send(b"\r")?,
+                _ => {
+                    let answer = format!("{}\r", common.dialog_answer);
+                    self.channel.send(answer.as_bytes())?;
+                }
+            }
+        }
+        Err(SessionError::LoginTimeout {
+            peer: self.peer(),
+            seen: if last_seen.trim().is_empty() {
+                "the device printed nothing".into()
+            } else {
+                format!("last line: `{}`", last_seen.trim())
+            },
+        })
+    }
+
+    fn secret(
+        &self,
+        secret: &Option<crate::config::Secret>,
+        what: &str,
+    ) -> Result<String, SessionError> {
+        match secret {
+            Some(s) => match s.expose() {
+                Some(v) => Ok(v.to_string()),
+                None => Err(SessionError::AuthFailed {
+                    peer: self.peer(),
+                    detail: format!("the {what} comes from {} which is not set", s.describe()),
+                }),
+            },
+            None => Err(SessionError::AuthFailed {
+                peer: self.peer(),
+                detail: format!("the device asks for a {what} but none is configured"),
+            }),
+        }
+    }
+
+    /// Enters privileged mode when the platform has one and the prompt is not in it.
+    fn enable(&mut self, deadline: Instant) -> Result<(), SessionError> {
+        let (Some(privileged), Some(enable)) = (&self.platform.privileged, &self.platform.enable)
+        else {
+            return Ok(());
+        };
+        // Ask for a fresh prompt to see the mode we are in.
+        self.channel.send(b"\r")?;
+        let m = self.wait_prompt(deadline)?;
+        if privileged.is_match(&m) {
+            return Ok(());
+        }
+        if self.device.enable_secret.is_none() {
+            // Read-only accounts are fine at the user prompt for show commands.
+            return Ok(());
+        }
+        self.channel.send(format!("{enable}\r").as_bytes())?;
+        let common = &driver::table().common;
+        let patterns = [common.password.clone(), self.prompt.clone()];
+        let m = self.wait(&patterns, deadline)?;
+        if m.index == 0 {
+            let secret = self.secret(&self.device.enable_secret, "enable secret")?;
+            self.channel.send(format!("{secret}\r").as_bytes())?;
+            let m = self.wait(&patterns, deadline)?;
+            if m.index == 0 || !privileged.is_match(&m.line) {
+                return Err(SessionError::AuthFailed {
+                    peer: self.peer(),
+                    detail: "the enable secret was refused".into(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn wait(
+        &mut self,
+        patterns: &[Regex],
+        deadline: Instant,
+    ) -> Result<crate::channel::Matched, SessionError> {
+        self.channel
+            .wait_for(patterns, deadline)
+            .map_err(|e| match e {
+                ChannelError::Transport { source, .. } => source.into(),
+                other => SessionError::LoginTimeout {
+                    peer: self.peer(),
+                    seen: format!("last output: `{}`", tail_text(other.output())),
+                },
+            })
+    }
+
+    fn wait_prompt(&mut self, deadline: Instant) -> Result<String, SessionError> {
+        let prompt = self.prompt.clone();
+        Ok(self.wait(std::slice::from_ref(&prompt), deadline)?.line)
+    }
+
+    /// Paging off and wide lines. A device that refuses (a read-only AAA account) still works:
+    /// the channel answers its pagers.
+    fn setup(&mut self) {
+        for command in self.platform.setup.clone() {
+            let deadline = Instant::now() + self.device.command_timeout;
+            match self.channel.command(&command, &self.prompt, deadline) {
+                Ok(out) if self.rejected(&out) => log::info!(
+                    "{}: `{command}` refused ({}); pagers will be answered instead",
+                    self.device.name,
+                    first_line(&out)
+                ),
+                Ok(_) => {}
+                Err(e) => {
+                    log::warn!("{}: setup `{command}`: {e}", self.device.name);
+                    self.healthy = false;
+                    return;
+                }
+            }
+        }
+    }
+
+    fn rejected(&self, output: &[u8]) -> bool {
+        let text = String::from_utf8_lossy(output);
+        // Devices print the complaint first (IOS after a `^` marker line).
+        text.lines()
+            .take(4)
+            .any(|line| Table::is_error_line(self.platform, line))
+    }
+
+    /// Whether the last command left the device at a known prompt.
+    pub fn is_healthy(&self) -> bool {
+        self.healthy
+    }
+
+    /// Runs one command and says how it went.
+    pub fn run(&mut self, command: &str) -> Outcome {
+        let started_at = SystemTime::now();
+        let start = Instant::now();
+        let deadline = start + self.device.command_timeout;
+        let result = self.channel.command(command, &self.prompt, deadline);
+        let (status, error, output) = match result {
+            Ok(output) if self.rejected(&output) => (
+                Status::CommandError,
+                Some(format!(
+                    "{} rejected `{command}`: {}",
+                    self.device.name,
+                    first_error_line(self.platform, &output)
+                )),
+                output,
+            ),
+            Ok(output) => (Status::Ok, None, output),
+            Err(e) => {
+                self.healthy = false;
+                let status = match &e {
+                    ChannelError::Timeout { .. } => Status::Timeout,
+                    ChannelError::TooLarge { .. } => Status::OutputTooLarge,
+                    ChannelError::Transport { .. } => Status::Disconnected,
+                };
+                let detail = match &e {
+                    ChannelError::Timeout { .. } => format!(
+                        "no prompt from {} within command_timeout ({:?})",
+                        self.peer(),
+                        self.device.command_timeout
+                    ),
+                    other => format!("{}: {other}", self.device.name),
+                };
+                let output = match e {
+                    ChannelError::Timeout { output, .. }
+                    | ChannelError::TooLarge { output, .. }
+                    | ChannelError::Transport { output, .. } => output,
+                };
+                (status, Some(detail), output)
+            }
+        };
+        Outcome {
+            device: self.device.name.clone(),
+            transport: self.device.transport.as_str().to_string(),
+            command: command.to_string(),
+            status,
+            error,
+            output,
+            started_at,
+            duration: start.elapsed(),
+        }
+    }
+
+    /// Logs out politely (a console is left at its login prompt). Best effort, bounded.
+    pub fn close(mut self) {
+        if !self.healthy {
+            return;
+        }
+        let deadline = Instant::now() + Duration::from_secs(2);
+        for exit in self.platform.exit.clone() {
+            if self.channel.send(format!("{exit}\r").as_bytes()).is_err() {
+                return;
+            }
+        }
+        // Wait for the line to close or the login prompt to come back; never longer.
+        let common = &driver::table().common;
+        let patterns = [
+            common.username.clone(),
+            common.press_return.clone(),
+            common.password.clone(),
+        ];
+        let _ = self.channel.wait_for(&patterns, deadline);
+    }
+}
+
+fn first_line(output: &[u8]) -> String {
+    String::from_utf8_lossy(output)
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .trim()
+        .to_string()
+}
+
+fn first_error_line(platform: &Platform, output: &[u8]) -> String {
+    String::from_utf8_lossy(output)
+        .lines()
+        .find(|l| Table::is_error_line(platform, l))
+        .unwrap_or("")
+        .trim()
+        .to_string()
+}
+
+fn tail_text(output: &[u8]) -> String {
+    let text = String::from_utf8_lossy(output);
+    let t = text.trim_end();
+    let start = t.len().saturating_sub(80);
+    let start = (start..=t.len())
+        .find(|i| t.is_char_boundary(*i))
+        .unwrap_or(t.len());
+    t[start..].to_string()
+}
+
+/// Runs every command of a device in one session, reconnecting once if a command leaves the
+/// device in an unknown state. Always returns one outcome per command.
+pub fn collect(device: &Device, commands: &[String]) -> Vec<Outcome> {
+    let mut outcomes = Vec::with_capacity(commands.len());
+    let mut session: Option<Session<'_>> = None;
+    let mut reconnects = 0;
+    for command in commands {
+        if session.as_ref().is_some_and(|s| !s.is_healthy()) {
+            session = None;
+            reconnects += 1;
+        }
+        if session.is_none() && reconnects <= 1 {
+            let started_at = SystemTime::now();
+            let start = Instant::now();
+            match Session::open(device) {
+                Ok(s) => session = Some(s),
+                Err(e) => {
+                    // The rest of the commands share the reason.
+                    let status = e.status();
+                    let error = e.to_string();
+                    for c in &commands[outcomes.len()..] {
+                        outcomes.push(Outcome {
+                            device: device.name.clone(),
+                            transport: device.transport.as_str().to_string(),
+                            command: c.clone(),
+                            status,
+                            error: Some(error.clone()),
+                            output: Vec::new(),
+                            started_at,
+                            duration: start.elapsed(),
+                        });
+                    }
+                    return outcomes;
+                }
+            }
+        }
+        match session.as_mut() {
+            Some(s) => outcomes.push(s.run(command)),
+            None => outcomes.push(Outcome {
+                device: device.name.clone(),
+                transport: device.transport.as_str().to_string(),
+                command: command.clone(),
+                status: Status::Disconnected,
+                error: Some(format!(
+                    "{}: not run: the session broke twice on earlier commands",
+                    device.name
+                )),
+                output: Vec::new(),
+                started_at: SystemTime::now(),
+                duration: Duration::ZERO,
+            }),
+        }
+    }
+    if let Some(s) = session {
+        s.close();
+    }
+    outcomes
+}
