@@ -21,7 +21,8 @@ use support::{TempDir, deadline};
 const STEP: Duration = Duration::from_secs(10);
 const BAUD: u32 = 9600;
 
-/// A console that is stopped when the test ends, however it ends; the link lives in `dir`.
+/// A console whose link lives in a temp dir; the console stops (and removes its link)
+/// before the dir goes.
 struct Console {
     console: Option<PtyConsole>,
     _dir: TempDir,

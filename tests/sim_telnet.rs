@@ -23,7 +23,8 @@ use support::{TempDir, deadline, loopback_any_port, poll_until};
 /// Generous per-step budget: a step takes milliseconds; this only bounds a broken simulator.
 const STEP: Duration = Duration::from_secs(10);
 
-/// A rack that is stopped when the test ends, however it ends.
+/// A running rack. `TelnetRack` stops itself on drop; the `Option` lets the hang test take
+/// it out and call `stop()` on another thread, to bound how long stopping takes.
 struct Rack(Option<TelnetRack>);
 
 impl Rack {
@@ -473,6 +474,7 @@ fn stats_count_concurrent_sessions_per_rack_and_per_device() {
     assert_eq!(addrs.len(), 3, "asked for 3 devices: {addrs:?}");
     let names: Vec<&String> = addrs.iter().map(|(n, _)| n).collect();
     let mut unique = names.clone();
+    unique.sort();
     unique.dedup();
     assert_eq!(unique.len(), 3, "device names repeat: {names:?}");
     // Two sessions to device 0, one each to devices 1 and 2, all logged in at once.
