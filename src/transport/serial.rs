@@ -28,6 +28,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use serialport::TTYPort;
@@ -365,7 +366,11 @@ fn poll_millis(d: Duration) -> libc::c_int {
 impl Transport for SerialTransport {
     fn recv(&mut self, buf: &mut [u8], deadline: Instant) -> Result<usize, TransportError> {
         if buf.is_empty() {
-            return Ok(0);
+            // Ok(0) would read as "closed" to some callers; the trait never returns it.
+            return Err(TransportError::Io {
+                peer: self.peer.clone(),
+                detail: "recv called with an empty buffer (a bug in the caller)".into(),
+            });
         }
         for _ in 0..MAX_REOPENS_PER_CALL {
             if self.port.is_none() {
@@ -672,7 +677,11 @@ fn hdb_contents(pid: u32) -> String {
 /// fails if the lock exists (as `O_EXCL` would) and nobody ever sees a half-written file.
 /// Where hard links are not supported, falls back to `O_EXCL` on the lock itself.
 fn create_atomically(dir: &Path, path: &Path, pid: u32) -> io::Result<()> {
-    let tmp = dir.join(format!("LTMP.{pid}"));
+    // Unique per call: several workers of this process may lock different ports at once.
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+    let tmp = dir.join(format!("LTMP.{pid}.{seq}"));
+    // A leftover from a killed run of a process that had our PID.
     let _ = fs::remove_file(&tmp);
     let create = |p: &Path| {
         OpenOptions::new()
@@ -770,6 +779,73 @@ mod tests {
         assert_eq!(parse_pid(b"\n"), None);
         assert_eq!(parse_pid(b"         0\n"), None);
         assert_eq!(parse_pid(b"        -1\n"), None);
+    }
+
+    /// A scratch lock directory, removed however the test ends.
+    struct Scratch(PathBuf);
+
+    impl Scratch {
+        fn new(tag: &str) -> Scratch {
+            let dir =
+                std::env::temp_dir().join(format!("rackhand-serial-{tag}-{}", std::process::id()));
+            let _ = fs::remove_dir_all(&dir);
+            fs::create_dir_all(&dir).unwrap();
+            Scratch(dir)
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn racing_workers_get_one_lock_per_port_and_leave_no_temp_files() {
+        let dir = Scratch::new("race");
+        let barrier = std::sync::Barrier::new(16);
+        let results: Vec<(usize, Result<UucpLock, String>)> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..16)
+                .map(|i| {
+                    let (dir, barrier) = (&dir.0, &barrier);
+                    s.spawn(move || {
+                        // Eight ports, two workers each.
+                        let device = PathBuf::from(format!("/dev/ttyUSB{}", i % 8));
+                        barrier.wait();
+                        (i % 8, UucpLock::acquire(dir, &device))
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for port in 0..8 {
+            let won = results
+                .iter()
+                .filter(|(p, r)| *p == port && r.is_ok())
+                .count();
+            assert_eq!(won, 1, "ttyUSB{port}: {won} workers got the lock");
+            let lost = results.iter().find(|(p, r)| *p == port && r.is_err());
+            let msg = lost.unwrap().1.as_ref().err().unwrap();
+            assert!(
+                msg.contains(&format!("in use by PID {}", std::process::id())),
+                "{msg}"
+            );
+        }
+        let names: Vec<String> = fs::read_dir(&dir.0)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names.len(), 8, "{names:?}");
+        assert!(
+            names.iter().all(|n| n.starts_with("LCK..ttyUSB")),
+            "{names:?}"
+        );
+        drop(results);
+        assert_eq!(
+            fs::read_dir(&dir.0).unwrap().count(),
+            0,
+            "locks outlived their owners"
+        );
     }
 
     #[test]

@@ -280,7 +280,11 @@ pub fn encode(data: &[u8]) -> Vec<u8> {
 impl Transport for TelnetTransport {
     fn recv(&mut self, buf: &mut [u8], deadline: Instant) -> Result<usize, TransportError> {
         if buf.is_empty() {
-            return Ok(0);
+            // Ok(0) would read as "closed" to some callers; the trait never returns it.
+            return Err(TransportError::Io {
+                peer: self.peer.clone(),
+                detail: "recv called with an empty buffer (a bug in the caller)".into(),
+            });
         }
         if !self.pending.is_empty() {
             return Ok(self.take_pending(buf));
