@@ -381,3 +381,24 @@ fn a_console_replugged_between_reads_is_reopened_and_the_lock_follows_it() {
     drop(t);
     assert!(!second_lock.exists());
 }
+
+#[test]
+fn impossible_line_settings_are_refused_naming_the_setting_and_leave_no_lock() {
+    let bench = Bench::new("serial-settings");
+    let _console = Console::start(&bench.link());
+    let mut d = device(&bench.link());
+    let Endpoint::Serial { settings, .. } = &mut d.endpoint else {
+        unreachable!()
+    };
+    settings.data_bits = 9;
+    let err = SerialTransport::open_with_lock_dir(&d, &bench.locks).unwrap_err();
+    assert!(
+        err.to_string().contains("set data_bits to 5, 6, 7 or 8"),
+        "{err}"
+    );
+    assert_eq!(
+        fs::read_dir(&bench.locks).unwrap().count(),
+        0,
+        "a lock was left"
+    );
+}

@@ -132,12 +132,12 @@ impl SerialTransport {
         };
         match t.attach() {
             Ok(()) => Ok(t),
-            Err(Attach::Absent(detail)) | Err(Attach::Failed(detail)) => {
-                Err(TransportError::Connect {
-                    peer: t.peer.clone(),
-                    detail,
-                })
-            }
+            Err(Attach::Absent(detail))
+            | Err(Attach::NotReady(detail))
+            | Err(Attach::Failed(detail)) => Err(TransportError::Connect {
+                peer: t.peer.clone(),
+                detail,
+            }),
         }
     }
 
@@ -188,7 +188,7 @@ impl SerialTransport {
                     log::info!("{}: the serial adapter is back; reopened", self.peer);
                     return Ok(());
                 }
-                Err(Attach::Absent(detail)) => last = detail,
+                Err(Attach::Absent(detail)) | Err(Attach::NotReady(detail)) => last = detail,
                 Err(Attach::Failed(detail)) => {
                     return Err(TransportError::Connect {
                         peer: self.peer.clone(),
@@ -227,10 +227,14 @@ impl SerialTransport {
     }
 }
 
-/// Why attaching failed: `Absent` is worth waiting for (the adapter is not there yet),
-/// `Failed` is not (busy, no permission, bad settings).
+/// Why attaching failed, which decides whether a reopen keeps waiting.
 enum Attach {
+    /// The adapter is not there (yet): wait for it.
     Absent(String),
+    /// It is there but we may not open it: fatal on the first open, but right after a
+    /// replug udev may not have given the node its group yet, so a reopen waits.
+    NotReady(String),
+    /// Waiting will not help (busy, bad settings).
     Failed(String),
 }
 
@@ -286,7 +290,7 @@ fn open_port(
             serialport::ErrorKind::Io(io::ErrorKind::NotFound) => Attach::Absent(format!(
                 "`{shown}` does not exist; check that the USB serial adapter is plugged in"
             )),
-            serialport::ErrorKind::Io(io::ErrorKind::PermissionDenied) => Attach::Failed(format!(
+            serialport::ErrorKind::Io(io::ErrorKind::PermissionDenied) => Attach::NotReady(format!(
                 "no permission to open `{shown}`; add the user rackhand runs as to the `dialout` group"
             )),
             _ => Attach::Failed(format!(
