@@ -29,12 +29,13 @@ use crate::inventory::{Device, Endpoint};
 use crate::telnet::{self as proto, Event, Item, Negotiator, Parser};
 use crate::transport::{Transport, TransportError};
 
-/// Columns reported with NAWS: wide enough that no CLI wraps a line of output (511 is the
-/// largest width IOS accepts for `terminal width`).
+/// Columns reported with NAWS: wide enough that a CLI does not wrap long lines of output
+/// (table rows, interface descriptions) into lines the parsers downstream never expect.
 pub const WINDOW_WIDTH: u16 = 511;
 /// Rows reported with NAWS. RFC 1073 allows 0 for "unknown, leave it to the server"; devices
-/// that take the height as their page length (IOS does) then do not page at all, which is
-/// what a collector wants. The driver still turns paging off explicitly.
+/// that take the height as their page length then do not page at all, which is
+/// what a collector wants. The driver still turns paging off explicitly, for the devices
+/// that ignore it or treat 0 as "default".
 pub const WINDOW_HEIGHT: u16 = 0;
 /// Options the server may enable on its side (we answer `DO`).
 const ACCEPT_REMOTE: &[u8] = &[proto::OPT_ECHO, proto::OPT_SGA];
