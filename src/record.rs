@@ -216,7 +216,7 @@ mod tests {
             .to_json();
         assert_eq!(
             json,
-            r#"{"id":"rack-a12:42","agent":"rack-a12","seq":42,"device":"core1","transport":"ssh","command":"show version","status":"ok","error":null,"output":"Cisco IOS Software\n","started_at":"2026-11-25T06:00:00.123Z","duration_ms":412}"#
+            r#"{"id":"rack-a12:42","agent":"rack-a12","seq":42,"device":"core1","transport":"ssh","command":"show version","status":"ok","error":null,"output":"Cisco IOS Software\n","started_at":"2026-11-25T10:00:00.123Z","duration_ms":412}"#
         );
     }
 
