@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod driver;
 pub mod inventory;
+pub mod isolation;
 pub mod pool;
 pub mod record;
 pub mod session;

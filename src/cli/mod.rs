@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 
 pub mod check;
 pub mod collect;
+pub mod driver;
 pub mod logging;
 pub mod sim;
 
@@ -29,6 +30,9 @@ pub enum Command {
     Check(check::CheckArgs),
     /// One pass now over all devices (or the named ones); prints records, ships nothing.
     Collect(collect::CollectArgs),
+    /// The child side of process isolation: runs one device's session, JSON lines on stdio.
+    #[command(hide = true)]
+    Driver(driver::DriverArgs),
     /// The device simulator: Telnet server, pseudo-terminal console, or stdio for sshd.
     Sim(sim::SimArgs),
 }
@@ -67,6 +71,7 @@ pub fn main() -> i32 {
         Command::Check(args) => check::run(&config_path(&cli), args),
         Command::Collect(args) => collect::run(&config_path(&cli), args),
         Command::Sim(args) => sim::run(args),
+        Command::Driver(args) => driver::run(args),
     };
     match result {
         Ok(code) => code,
