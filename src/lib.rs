@@ -13,6 +13,7 @@ pub mod inventory;
 pub mod isolation;
 pub mod pool;
 pub mod record;
+pub mod scheduler;
 pub mod session;
 pub mod sim;
 pub mod telnet;
