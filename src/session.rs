@@ -27,6 +27,11 @@ const NUDGE_AFTER: Duration = Duration::from_secs(2);
 const MAX_LOGIN_STEPS: usize = 24;
 /// Ctrl-U (kill line) then return: clears half a typed line on IOS, Junos and Linux alike.
 const WAKE: &[u8] = b"\x15\r";
+/// Ctrl-U alone: the first key a console gets.
+const KILL_LINE: &[u8] = b"\x15";
+/// A console that has said nothing for this long after a key is done answering it (at
+/// 9600 baud bytes come every millisecond while it talks).
+const SETTLE_QUIET: Duration = Duration::from_millis(300);
 
 /// Why a session could not be opened or went on.
 #[derive(Debug, thiserror::Error)]
@@ -143,8 +148,7 @@ impl<'d> Session<'d> {
             common.dialog.clone(),
         ];
         if self.device.transport == Kind::Serial {
-            // A console prints nothing until spoken to.
-            self.channel.send(WAKE)?;
+            self.wake_console(deadline)?;
         }
         let mut usernames_sent = 0;
         let mut passwords_sent = 0;
@@ -253,6 +257,29 @@ impl<'d> Session<'d> {
                 format!("last line: `{}`", last_seen.trim())
             },
         })
+    }
+
+    /// A console prints nothing until spoken to, and may be in any state: idle, at a login
+    /// prompt, logged in with half a line typed, in a pager. Kill-line comes first (harmless
+    /// everywhere); a console that answers it (woken from idle, a pager quit) must not also
+    /// get a Return, which would answer its fresh `Username:` with an empty name. One that
+    /// stays quiet gets the Return.
+    fn wake_console(&mut self, deadline: Instant) -> Result<(), SessionError> {
+        self.channel.send(KILL_LINE)?;
+        let answered = self
+            .channel
+            .settle(SETTLE_QUIET, deadline)
+            .map_err(|e| match e {
+                ChannelError::Transport { source, .. } => SessionError::from(source),
+                other => SessionError::Protocol {
+                    peer: self.peer(),
+                    detail: other.to_string(),
+                },
+            })?;
+        if !answered {
+            self.channel.send(b"\r")?;
+        }
+        Ok(())
     }
 
     fn secret(

@@ -19,6 +19,8 @@ use screen::Screen;
 
 /// How much of the unfinished last line prompt and pager patterns see.
 pub const TAIL_WINDOW: usize = 256;
+/// The most [`Channel::settle`] reads before it stops waiting for quiet.
+pub const SETTLE_MAX: usize = 64 * 1024;
 
 /// A pager prompt and the key that answers it.
 #[derive(Debug, Clone)]
@@ -151,6 +153,44 @@ impl<T: Transport> Channel<T> {
                 },
             }),
         }
+    }
+
+    /// Reads until the line has been quiet for `quiet` (or `deadline` passes) and says whether
+    /// anything arrived. For a console woken with one key: whether it answered decides the
+    /// next key, and reacting before it is done talking would answer a prompt it is about to
+    /// replace. Only the unfinished last line is kept (that is what the next wait looks at);
+    /// a line that never stops talking ends the settling after [`SETTLE_MAX`] bytes.
+    pub fn settle(
+        &mut self,
+        quiet: std::time::Duration,
+        deadline: Instant,
+    ) -> Result<bool, ChannelError> {
+        let mut received = 0usize;
+        // Bounded by `SETTLE_MAX` (each round reads at least one byte) and by `deadline`.
+        while received < SETTLE_MAX {
+            let until = deadline.min(Instant::now() + quiet);
+            let n = match self.transport.recv(&mut self.read_buf, until) {
+                Ok(n) => n,
+                Err(TransportError::TimedOut { .. }) => break,
+                Err(source) => {
+                    return Err(ChannelError::Transport {
+                        source,
+                        output: std::mem::take(&mut self.text),
+                    });
+                }
+            };
+            received += n;
+            self.screen.feed(&self.read_buf[..n], &mut self.text);
+            let start = self.screen.line_start();
+            if start > 0 {
+                self.text.drain(..start);
+                self.screen.reset_line(0);
+            }
+            if Instant::now() >= deadline {
+                break;
+            }
+        }
+        Ok(received > 0)
     }
 
     /// Reads until one of `patterns` matches the unfinished last line (a prompt, `Username:`,
