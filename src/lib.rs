@@ -11,6 +11,7 @@ pub mod config;
 pub mod driver;
 pub mod inventory;
 pub mod isolation;
+pub mod notify;
 pub mod pool;
 pub mod record;
 pub mod scheduler;

@@ -1,0 +1,67 @@
+//! The systemd unit we ship passes `systemd-analyze verify` and keeps the settings the
+//! service relies on (notify, watchdog, hardening, serial devices only).
+
+use std::path::Path;
+use std::process::Command;
+
+fn unit_text() -> String {
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd/rackhand.service"))
+        .expect("systemd/rackhand.service")
+}
+
+#[test]
+fn the_unit_verifies_with_systemd_analyze() {
+    // verify insists that ExecStart exists: point it at the binary cargo built.
+    let dir = std::env::temp_dir().join(format!("rackhand-unit-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let unit = dir.join("rackhand.service");
+    let text = unit_text().replace("/usr/local/bin/rackhand", env!("CARGO_BIN_EXE_rackhand"));
+    std::fs::write(&unit, text).unwrap();
+    let out = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(&unit)
+        .output()
+        .expect("systemd-analyze (package systemd; scripts/install-deps installs it)");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    std::fs::remove_dir_all(&dir).unwrap();
+    // Messages about *other* units on this machine are not ours to judge.
+    let ours: Vec<&str> = stderr.lines().filter(|l| l.contains("rackhand")).collect();
+    assert!(
+        out.status.success() && ours.is_empty(),
+        "systemd-analyze verify:\n{stderr}"
+    );
+}
+
+#[test]
+fn the_unit_keeps_what_the_agent_relies_on() {
+    let text = unit_text();
+    for line in [
+        "Type=notify",
+        "WatchdogSec=",
+        "Restart=on-failure",
+        "Wants=network-online.target",
+        "StateDirectory=rackhand",
+        "ConfigurationDirectory=rackhand",
+        "User=rackhand",
+        "SupplementaryGroups=dialout",
+        "ProtectSystem=strict",
+        "NoNewPrivileges=yes",
+        "DevicePolicy=closed",
+        "DeviceAllow=char-ttyUSB rw",
+        "DeviceAllow=char-ttyACM rw",
+        "DeviceAllow=char-ttyAMA rw",
+        "MemoryMax=",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+    ] {
+        assert!(
+            text.lines().any(|l| l.starts_with(line)),
+            "unit lacks `{line}`"
+        );
+    }
+    assert!(
+        !text
+            .lines()
+            .any(|l| l.starts_with("Requires=network-online")),
+        "the agent must start while the uplink is down"
+    );
+}
