@@ -15,6 +15,7 @@ pub mod notify;
 pub mod pool;
 pub mod record;
 pub mod scheduler;
+pub mod seq;
 pub mod session;
 pub mod sim;
 pub mod telnet;

@@ -1,0 +1,170 @@
+//! The agent's record sequence: strictly increasing, persisted, never reused after a crash.
+//!
+//! Record ids are `<agent>:<seq>`, and a receiver deduplicates on them, so a number handed out
+//! twice would make two different records look like one. The clock cannot help (a Pi has no
+//! RTC and may boot in 1970), so the sequence lives in `state_dir/seq`. Writing the file for
+//! every record would wear the SD card; instead a block of numbers is *reserved* on disk
+//! (temp file, fsync, rename, fsync of the folder) before any of it is handed out. After a
+//! crash the agent starts above the reservation: numbers may be skipped, never repeated.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// How many numbers one write of the seq file reserves.
+pub const BLOCK: u64 = 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SeqError {
+    #[error(
+        "cannot keep the record sequence in {path}: {source}; check that state_dir exists and the agent may write it"
+    )]
+    Io { path: PathBuf, source: io::Error },
+    #[error(
+        "{path} is corrupt ({detail}); it holds the record sequence: restore it from a backup, or remove it only if no receiver keeps record ids"
+    )]
+    Corrupt { path: PathBuf, detail: String },
+}
+
+#[derive(Debug)]
+struct State {
+    next: u64,
+    reserved: u64,
+}
+
+/// A persisted, strictly increasing sequence.
+#[derive(Debug)]
+pub struct Sequence {
+    path: PathBuf,
+    state: Mutex<State>,
+}
+
+impl Sequence {
+    /// Opens (or creates) `dir/seq`. The first number handed out is above anything a previous
+    /// run could have used.
+    pub fn open(dir: &Path) -> Result<Sequence, SeqError> {
+        let path = dir.join("seq");
+        let io_err = |source| SeqError::Io {
+            path: path.clone(),
+            source,
+        };
+        fs::create_dir_all(dir).map_err(io_err)?;
+        let reserved = match File::open(&path) {
+            Ok(mut f) => {
+                let mut text = String::new();
+                f.read_to_string(&mut text).map_err(io_err)?;
+                text.trim().parse::<u64>().map_err(|e| SeqError::Corrupt {
+                    path: path.clone(),
+                    detail: format!("`{}`: {e}", text.trim()),
+                })?
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
+            Err(e) => return Err(io_err(e)),
+        };
+        Ok(Sequence {
+            path,
+            state: Mutex::new(State {
+                next: reserved + 1,
+                reserved,
+            }),
+        })
+    }
+
+    /// The next number; persists a new reservation first when the current one is used up.
+    pub fn next(&self) -> Result<u64, SeqError> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if state.next > state.reserved {
+            let reserved = state.next - 1 + BLOCK;
+            write_atomically(&self.path, format!("{reserved}\n").as_bytes()).map_err(|source| {
+                SeqError::Io {
+                    path: self.path.clone(),
+                    source,
+                }
+            })?;
+            state.reserved = reserved;
+        }
+        let n = state.next;
+        state.next += 1;
+        Ok(n)
+    }
+}
+
+/// temp file, fsync, rename over, fsync the folder: the file is the old or the new content,
+/// never a torn mix, also across power loss.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("rackhand-seq-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        dir
+    }
+
+    #[test]
+    fn numbers_increase_and_are_never_reused_after_a_restart() {
+        let dir = temp("restart");
+        let seq = Sequence::open(&dir).unwrap();
+        let first: Vec<u64> = (0..10).map(|_| seq.next().unwrap()).collect();
+        assert_eq!(first, (1..=10).collect::<Vec<_>>());
+        drop(seq); // a crash: nothing flushed beyond the reservation
+        let seq = Sequence::open(&dir).unwrap();
+        let n = seq.next().unwrap();
+        assert!(
+            n > 10,
+            "after a restart {n} must be above every number handed out"
+        );
+        assert_eq!(n, BLOCK + 1);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_file_is_written_once_per_block() {
+        let dir = temp("block");
+        let seq = Sequence::open(&dir).unwrap();
+        seq.next().unwrap();
+        let written = fs::read_to_string(dir.join("seq")).unwrap();
+        for _ in 1..BLOCK {
+            seq.next().unwrap();
+        }
+        assert_eq!(fs::read_to_string(dir.join("seq")).unwrap(), written);
+        assert_eq!(seq.next().unwrap(), BLOCK + 1);
+        assert_eq!(
+            fs::read_to_string(dir.join("seq")).unwrap().trim(),
+            (2 * BLOCK).to_string()
+        );
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_corrupt_file_is_an_error_that_says_what_to_do() {
+        let dir = temp("corrupt");
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("seq"), "not a number").unwrap();
+        let err = Sequence::open(&dir).unwrap_err().to_string();
+        assert!(
+            err.contains("corrupt") && err.contains("record ids"),
+            "{err}"
+        );
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}
