@@ -38,8 +38,15 @@ const SETTLE_QUIET: Duration = Duration::from_millis(300);
 pub enum SessionError {
     #[error("{0}")]
     Transport(#[from] TransportError),
-    #[error("{peer}: no CLI prompt within the connect timeout ({seen})")]
-    LoginTimeout { peer: String, seen: String },
+    #[error(
+        "{peer}: no CLI prompt within the connect timeout ({seen}); check that the address is the device's CLI and that nothing blocks it, or raise connect_timeout"
+    )]
+    LoginTimeout {
+        peer: String,
+        seen: String,
+        /// The device printed nothing at all: as good as unreachable.
+        silent: bool,
+    },
     #[error("{peer}: login refused: {detail}")]
     AuthFailed { peer: String, detail: String },
     #[error("{peer}: {detail}")]
@@ -55,6 +62,10 @@ impl SessionError {
             SessionError::Transport(TransportError::HostKeyMismatch { .. }) => {
                 Status::HostKeyMismatch
             }
+            // A line that accepts the connection but never says a word is a blackhole (a
+            // dead console server port, a firewall that answers SYNs): the connection was
+            // not really made. One that talks but shows no prompt is slow or unknown.
+            SessionError::LoginTimeout { silent: true, .. } => Status::ConnectFailed,
             SessionError::Transport(TransportError::TimedOut { .. })
             | SessionError::LoginTimeout { .. } => Status::Timeout,
             SessionError::Transport(TransportError::Closed { .. }) => Status::Disconnected,
@@ -249,13 +260,17 @@ impl<'d> Session<'d> {
                 }
             }
         }
+        let silent = self.channel.received() == 0;
         Err(SessionError::LoginTimeout {
             peer: self.peer(),
-            seen: if last_seen.trim().is_empty() {
-                "the device printed nothing".into()
+            seen: if silent {
+                "the device sent nothing at all".into()
+            } else if last_seen.trim().is_empty() {
+                "the device printed only blank lines".into()
             } else {
                 format!("last line: `{}`", last_seen.trim())
             },
+            silent,
         })
     }
 
@@ -348,6 +363,7 @@ impl<'d> Session<'d> {
                 other => SessionError::LoginTimeout {
                     peer: self.peer(),
                     seen: format!("last output: `{}`", tail_text(other.output())),
+                    silent: false,
                 },
             })
     }
@@ -512,7 +528,11 @@ pub fn collect(device: &Device, commands: &[String]) -> Vec<Outcome> {
                 Err(e) => {
                     // The rest of the commands share the reason.
                     let status = e.status();
-                    let error = e.to_string();
+                    let error = match &e {
+                        // Transport errors name the address; the user knows the device name.
+                        SessionError::Transport(_) => format!("{}: {e}", device.name),
+                        _ => e.to_string(),
+                    };
                     for c in &commands[outcomes.len()..] {
                         outcomes.push(Outcome {
                             device: device.name.clone(),

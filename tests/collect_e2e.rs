@@ -79,8 +79,9 @@ impl Dev {
             .set("host_key_check", "\"accept-new\"")
     }
 
+    /// Sets `key`, replacing an earlier value (TOML forbids a key twice).
     fn set(mut self, key: &str, value: &str) -> Dev {
-        self.lines.push(format!("{key} = {value}"));
+        set_line(&mut self.lines, key, value);
         self
     }
 
@@ -88,6 +89,12 @@ impl Dev {
         let list: Vec<String> = commands.iter().map(|c| quote(c)).collect();
         self.set("commands", &format!("[{}]", list.join(", ")))
     }
+}
+
+fn set_line(lines: &mut Vec<String>, key: &str, value: &str) {
+    let prefix = format!("{key} = ");
+    lines.retain(|l| !l.starts_with(&prefix));
+    lines.push(format!("{prefix}{value}"));
 }
 
 /// A TOML literal string (our values never hold `'`).
@@ -104,16 +111,27 @@ fn write_config(dir: &TempDir, workers: usize, defaults: &[&str], devices: &[Dev
     path
 }
 
+/// `defaults` are `key = value` lines that replace the base `[defaults]` or add to them.
 fn config_text(dir: &TempDir, workers: usize, defaults: &[&str], devices: &[Dev]) -> String {
-    let mut text = format!(
-        "[agent]\nid = \"t\"\nworkers = {workers}\nstate_dir = {}\n\n[defaults]\n\
-         platform = \"cisco_ios\"\nusername = \"admin\"\npassword = \"admin\"\n\
-         connect_timeout = \"10s\"\ncommand_timeout = \"10s\"\ncommands = [\"show clock\"]\n",
-        quote(&dir.join("state").display().to_string())
-    );
+    let mut base: Vec<String> = [
+        "platform = \"cisco_ios\"",
+        "username = \"admin\"",
+        "password = \"admin\"",
+        "connect_timeout = \"10s\"",
+        "command_timeout = \"10s\"",
+        "commands = [\"show clock\"]",
+    ]
+    .map(String::from)
+    .to_vec();
     for line in defaults {
-        writeln!(text, "{line}").unwrap();
+        let (key, value) = line.split_once(" = ").expect("defaults as `key = value`");
+        set_line(&mut base, key, value);
     }
+    let mut text = format!(
+        "[agent]\nid = \"t\"\nworkers = {workers}\nstate_dir = {}\n\n[defaults]\n{}\n",
+        quote(&dir.join("state").display().to_string()),
+        base.join("\n")
+    );
     for d in devices {
         write!(text, "\n[[device]]\nname = \"{}\"\n", d.name).unwrap();
         for line in &d.lines {
@@ -493,5 +511,787 @@ fn every_capture_comes_back_byte_for_byte_over_telnet_console_and_ssh_with_and_w
     assert_eq!(
         run.records.len(),
         plan.iter().map(|p| captures(&p.1).len()).sum::<usize>()
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// A password-login sshd (the harness's is key-only)
+
+/// A throwaway system user for password logins, created once (idempotent; the tests run as
+/// root) and left in place: other test binaries may run at the same time.
+const SSH_USER: &str = "rackhand-c1";
+const SSH_PASSWORD: &str = "c1-Rack-pass";
+
+fn ensure_ssh_user() {
+    static DONE: OnceLock<()> = OnceLock::new();
+    DONE.get_or_init(|| {
+        let exists = Command::new("id")
+            .arg("-u")
+            .arg(SSH_USER)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap()
+            .success();
+        if !exists {
+            let out = Command::new("useradd")
+                .args(["-M", "-s", "/bin/sh", SSH_USER])
+                .output()
+                .expect("useradd runs (the tests need root)");
+            // 9: created meanwhile by another test binary.
+            assert!(
+                out.status.success() || out.status.code() == Some(9),
+                "useradd {SSH_USER}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let mut child = Command::new("chpasswd")
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("chpasswd runs");
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(format!("{SSH_USER}:{SSH_PASSWORD}\n").as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "chpasswd: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    });
+}
+
+struct PasswordSshd {
+    // Field order: the server dies before its directory is removed.
+    guard: ChildGuard,
+    addr: SocketAddr,
+    dir: TempDir,
+}
+
+impl PasswordSshd {
+    /// sshd with password logins for [`SSH_USER`], `LogLevel DEBUG3` (so a test can see that
+    /// no credential arrived), a host key of `key_type`, `extra` config lines first (sshd
+    /// keeps the first value it reads) and `rackhand sim --stdio SIM_ARGS` as the device.
+    fn start(key_type: &str, extra: &str, sim_args: &[&str]) -> PasswordSshd {
+        ensure_ssh_user();
+        std::fs::create_dir_all("/run/sshd").unwrap();
+        let dir = TempDir::new("collect-sshd").unwrap();
+        let host_key = dir.join(&format!("host_{key_type}"));
+        keygen(&host_key, key_type);
+        let force = format!(
+            "{} sim --stdio {}",
+            rackhand_bin().display(),
+            sim_args.join(" ")
+        );
+        let mut last = String::new();
+        for _ in 0..5 {
+            let addr = released_loopback_port().unwrap();
+            let config = dir.join("sshd_config");
+            std::fs::write(
+                &config,
+                format!(
+                    "{extra}ListenAddress {addr}\nHostKey {}\nPidFile {}\nUsePAM no\nStrictModes no\n\
+                     PubkeyAuthentication no\nPasswordAuthentication yes\nKbdInteractiveAuthentication no\n\
+                     PermitEmptyPasswords no\nAllowUsers {SSH_USER}\nAllowTcpForwarding no\n\
+                     X11Forwarding no\nPrintMotd no\nPrintLastLog no\nLogLevel DEBUG3\n\
+                     ForceCommand {force}\n",
+                    host_key.display(),
+                    dir.join("sshd.pid").display(),
+                ),
+            )
+            .unwrap();
+            let mut cmd = Command::new(SSHD);
+            cmd.arg("-D").arg("-e").arg("-f").arg(&config);
+            cmd.stdin(Stdio::null()).stdout(Stdio::null());
+            let (tx, rx) = mpsc::channel();
+            let guard = ChildGuard::spawn(cmd, &format!("sshd on {addr}"), Some(tx)).unwrap();
+            let until = deadline(STEP);
+            let listening = loop {
+                match rx.recv_timeout(remaining(until).unwrap_or_default()) {
+                    Ok(line) if line.contains("Server listening on") => break true,
+                    Ok(line) if line.contains("Address already in use") => break false,
+                    Ok(_) => continue,
+                    Err(RecvTimeoutError::Timeout) => {
+                        panic!("sshd on {addr} did not listen:\n{}", guard.stderr_text())
+                    }
+                    Err(RecvTimeoutError::Disconnected) => break false,
+                }
+            };
+            if listening {
+                return PasswordSshd { guard, addr, dir };
+            }
+            last = guard.stderr_text();
+        }
+        panic!("sshd could not start:\n{last}");
+    }
+
+    fn log(&self) -> String {
+        self.guard.stderr_text()
+    }
+
+    fn device(&self, name: &str, known_hosts: &Path) -> Dev {
+        Dev::new(name, "ssh")
+            .set("host", &quote(&self.addr.ip().to_string()))
+            .set("port", &self.addr.port().to_string())
+            .set("username", &quote(SSH_USER))
+            .set("password", &quote(SSH_PASSWORD))
+            .set("known_hosts", &quote(&known_hosts.display().to_string()))
+            .set("host_key_check", "\"accept-new\"")
+    }
+
+    /// Waits until sshd logged the end of `n` connections, so its log is complete.
+    fn wait_connections_closed(&self, n: usize) {
+        let ended = |log: &str| {
+            log.matches("Connection closed by").count()
+                + log.matches("Disconnected from").count()
+                + log.matches("Received disconnect from").count()
+                >= n
+        };
+        assert!(
+            poll_until(deadline(STEP), || ended(&self.log())),
+            "sshd did not log the end of connection {n}:\n{}",
+            self.log()
+        );
+    }
+}
+
+fn keygen(path: &Path, kind: &str) {
+    let mut args = vec!["-q", "-t", kind, "-N", "", "-C", "rackhand-test", "-f"];
+    if kind == "rsa" {
+        args.splice(3..3, ["-b", "2048"]);
+    }
+    let out = Command::new("ssh-keygen")
+        .args(&args)
+        .arg(path)
+        .stdin(Stdio::null())
+        .output()
+        .expect("ssh-keygen runs (scripts/install-deps installs openssh-client)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// 2. Failures, each with the status a user can act on
+
+#[test]
+fn a_wrong_password_is_auth_failed_on_telnet_console_and_ssh() {
+    let tmp = TempDir::new("collect-auth").unwrap();
+    let (_rack, addr) = rack1(ios());
+    let con = console(&tmp, "tty-auth", ios());
+    let ssh = PasswordSshd::start("ed25519", "", &["--page-lines", "0"]);
+    let devices = [
+        Dev::telnet("tn", addr).set("password", "\"not-admin\""),
+        Dev::serial("con", con.link_path()).set("password", "\"not-admin\""),
+        ssh.device("ssh", &tmp.join("known_hosts"))
+            .set("password", "\"not-the-password\""),
+    ];
+    let config = write_config(&tmp, 3, &[], &devices);
+    let run = collect_cli(&config, &[]);
+    let ctx = run.context();
+    for d in &devices {
+        let recs = run.all(&d.name);
+        assert_eq!(recs.len(), 1, "{ctx}");
+        assert_eq!(recs[0].status, "auth_failed", "{ctx}");
+        let error = recs[0].error.as_deref().unwrap_or_default();
+        assert!(
+            error.contains(&d.name),
+            "the error must name the device: {error}"
+        );
+    }
+    assert_eq!(run.code, 1, "{ctx}");
+    // One wrong try only: a second would only count towards locking the account.
+    ssh.wait_connections_closed(1);
+    assert_eq!(
+        ssh.log().matches("Failed password for").count(),
+        1,
+        "{}",
+        ssh.log()
+    );
+}
+
+#[test]
+fn a_closed_port_is_connect_failed_at_once_over_telnet_and_ssh() {
+    let closed = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let tmp = TempDir::new("collect-closed").unwrap();
+    let devices = [
+        Dev::telnet("tn", closed),
+        Dev::new("ssh", "ssh")
+            .set("host", "\"127.0.0.1\"")
+            .set("port", &closed.port().to_string())
+            .set("known_hosts", &quote(&tmp.join("kh").display().to_string())),
+    ];
+    let config = write_config(&tmp, 2, &[], &devices);
+    let start = Instant::now();
+    let run = collect_cli(&config, &[]);
+    let took = start.elapsed();
+    let ctx = run.context();
+    for d in &devices {
+        let recs = run.all(&d.name);
+        assert_eq!(recs.len(), 1, "{ctx}");
+        assert_eq!(recs[0].status, "connect_failed", "{ctx}");
+        let error = recs[0].error.as_deref().unwrap_or_default();
+        assert!(error.contains(&closed.port().to_string()), "{error}");
+    }
+    assert_eq!(run.code, 1);
+    assert!(
+        took < Duration::from_secs(3),
+        "a refused connect took {took:?}"
+    );
+}
+
+/// A listening socket whose accept queue is full: the kernel drops further SYNs, so a
+/// connect hangs as against a firewalled host.
+struct FullBacklog {
+    _listener: OwnedFd,
+    addr: SocketAddr,
+    _fillers: Vec<TcpStream>,
+}
+
+fn full_backlog() -> FullBacklog {
+    // SAFETY: plain socket calls on a descriptor we own; sockaddr_in is initialised.
+    let (fd, addr) = unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        let fd = OwnedFd::from_raw_fd(fd);
+        let mut sin: libc::sockaddr_in = std::mem::zeroed();
+        sin.sin_family = libc::AF_INET as libc::sa_family_t;
+        sin.sin_addr.s_addr = u32::from(std::net::Ipv4Addr::LOCALHOST).to_be();
+        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        let r = libc::bind(
+            fd.as_raw_fd(),
+            (&sin as *const libc::sockaddr_in).cast(),
+            len,
+        );
+        assert_eq!(r, 0, "bind: {}", std::io::Error::last_os_error());
+        assert_eq!(libc::listen(fd.as_raw_fd(), 0), 0);
+        let mut len = len;
+        let r = libc::getsockname(
+            fd.as_raw_fd(),
+            (&mut sin as *mut libc::sockaddr_in).cast(),
+            &mut len,
+        );
+        assert_eq!(r, 0);
+        let port = u16::from_be(sin.sin_port);
+        (fd, SocketAddr::from(([127, 0, 0, 1], port)))
+    };
+    let mut fillers = Vec::new();
+    for _ in 0..8 {
+        match TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+            Ok(s) => fillers.push(s),
+            Err(_) => {
+                return FullBacklog {
+                    _listener: fd,
+                    addr,
+                    _fillers: fillers,
+                };
+            }
+        }
+    }
+    panic!(
+        "the accept queue of {addr} never filled with {} connections",
+        fillers.len()
+    );
+}
+
+#[test]
+fn a_blackholed_device_is_connect_failed_within_connect_timeout() {
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    let full = full_backlog();
+    let tmp = TempDir::new("collect-blackhole").unwrap();
+    let kh = tmp.join("known_hosts");
+    let ssh = |name: &str, addr: SocketAddr| {
+        Dev::new(name, "ssh")
+            .set("host", "\"127.0.0.1\"")
+            .set("port", &addr.port().to_string())
+            .set("known_hosts", &quote(&kh.display().to_string()))
+    };
+    let timeout = Duration::from_millis(1500);
+    let devices = inventory(
+        &tmp,
+        &["connect_timeout = \"1500ms\""],
+        &[
+            Dev::telnet("tn-silent", silent_addr),
+            Dev::telnet("tn-full", full.addr),
+            ssh("ssh-silent", silent_addr),
+            ssh("ssh-full", full.addr),
+        ],
+    );
+    // In parallel, as the pool runs them, each timed on its own.
+    let results: Vec<(String, Vec<Rec>, Duration)> = std::thread::scope(|s| {
+        let handles: Vec<_> = devices
+            .iter()
+            .map(|d| {
+                s.spawn(move || {
+                    let start = Instant::now();
+                    let outcomes = rackhand::session::collect(d, &d.commands);
+                    let took = start.elapsed();
+                    let recs = outcomes.into_iter().map(Rec::from_outcome).collect();
+                    (d.name.clone(), recs, took)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let limit = timeout + timeout / 10;
+    for (name, recs, took) in &results {
+        let briefs: Vec<String> = recs.iter().map(Rec::brief).collect();
+        assert_eq!(recs.len(), 1, "{name}: {briefs:?}");
+        assert_eq!(recs[0].status, "connect_failed", "{name}: {briefs:?}");
+        assert!(
+            *took >= timeout - Duration::from_millis(50) && *took <= limit,
+            "{name}: gave up after {took:?}, connect_timeout is {timeout:?}"
+        );
+        let error = recs[0].error.as_deref().unwrap_or_default();
+        assert!(error.contains(name.as_str()), "{name}: {error}");
+    }
+    drop(silent);
+}
+
+#[test]
+fn a_hung_command_times_out_on_time_and_the_next_commands_are_collected_after_a_reconnect() {
+    let tmp = TempDir::new("collect-hang").unwrap();
+    let (rack, addr) = rack1(ios().with_fault("show version", rackhand::sim::Fault::Hang));
+    let s = sshd(&["--fault", "show version=hang"]);
+    let commands = ["show clock", "show version", "show inventory", "show clock"];
+    let devices = [
+        Dev::telnet("tn", addr).commands(&commands),
+        Dev::ssh_key("ssh", &s, &tmp.join("known_hosts")).commands(&commands),
+    ];
+    let config = write_config(&tmp, 2, &["command_timeout = \"1500ms\""], &devices);
+    let run = collect_cli(&config, &[]);
+    let ctx = run.context();
+    let timeout = Duration::from_millis(1500);
+    for d in &devices {
+        let recs = run.all(&d.name);
+        let statuses: Vec<&str> = recs.iter().map(|r| r.status.as_str()).collect();
+        assert_eq!(statuses, ["ok", "timeout", "ok", "ok"], "{}: {ctx}", d.name);
+        let hung = recs[1];
+        assert!(
+            hung.duration >= timeout && hung.duration <= timeout + timeout / 10,
+            "{}: the hung command took {:?} for a command_timeout of {timeout:?}",
+            d.name,
+            hung.duration
+        );
+        let error = hung.error.as_deref().unwrap_or_default();
+        assert!(
+            error.contains("command_timeout") && error.contains(&d.name),
+            "{error}"
+        );
+        assert_eq!(
+            recs[2].output,
+            expected("cisco_ios", "show inventory"),
+            "{ctx}"
+        );
+    }
+    assert_eq!(rack.stats().total(), 2, "telnet: one reconnect expected");
+    assert_eq!(
+        s.log().matches("Accepted publickey").count(),
+        2,
+        "{}",
+        s.log()
+    );
+    assert_eq!(run.code, 1);
+}
+
+#[test]
+fn a_dropped_connection_keeps_the_partial_output_and_the_next_commands_are_collected() {
+    let tmp = TempDir::new("collect-drop").unwrap();
+    let (rack, addr) = rack1(ios().with_fault("show interfaces", rackhand::sim::Fault::Drop));
+    let s = sshd(&["--fault", "show interfaces=drop"]);
+    let commands = ["show clock", "show interfaces", "show version"];
+    let devices = [
+        Dev::telnet("tn", addr).commands(&commands),
+        Dev::ssh_key("ssh", &s, &tmp.join("known_hosts")).commands(&commands),
+    ];
+    let config = write_config(&tmp, 2, &[], &devices);
+    let run = collect_cli(&config, &[]);
+    let ctx = run.context();
+    let full = expected("cisco_ios", "show interfaces");
+    for d in &devices {
+        let recs = run.all(&d.name);
+        let statuses: Vec<&str> = recs.iter().map(|r| r.status.as_str()).collect();
+        assert_eq!(statuses, ["ok", "disconnected", "ok"], "{}: {ctx}", d.name);
+        let partial = &recs[1].output;
+        assert!(
+            !partial.is_empty() && partial.len() < full.len() && full.starts_with(partial),
+            "{}: the partial output ({} bytes) is not a beginning of the full one ({} bytes): {:?}",
+            d.name,
+            partial.len(),
+            full.len(),
+            recs[1].text()
+        );
+        assert_eq!(
+            recs[2].output,
+            expected("cisco_ios", "show version"),
+            "{ctx}"
+        );
+    }
+    assert_eq!(rack.stats().total(), 2, "telnet: one reconnect expected");
+    assert_eq!(run.code, 1);
+}
+
+#[test]
+fn a_changed_ssh_host_key_is_host_key_mismatch_and_no_password_is_sent() {
+    let tmp = TempDir::new("collect-hostkey").unwrap();
+    let ssh = PasswordSshd::start("ed25519", "", &["--page-lines", "0"]);
+    let other = tmp.join("other_ed25519");
+    keygen(&other, "ed25519");
+    let public = std::fs::read_to_string(other.with_extension("pub")).unwrap();
+    let mut fields = public.split_whitespace();
+    let known_hosts = tmp.join("known_hosts");
+    std::fs::write(
+        &known_hosts,
+        format!(
+            "[127.0.0.1]:{} {} {}\n",
+            ssh.addr.port(),
+            fields.next().unwrap(),
+            fields.next().unwrap()
+        ),
+    )
+    .unwrap();
+    let devices = [ssh
+        .device("core1", &known_hosts)
+        .set("host_key_check", "\"strict\"")];
+    let config = write_config(&tmp, 1, &[], &devices);
+    let run = collect_cli(&config, &[]);
+    let ctx = run.context();
+    assert_eq!(run.records.len(), 1, "{ctx}");
+    assert_eq!(run.records[0].status, "host_key_mismatch", "{ctx}");
+    let error = run.records[0].error.as_deref().unwrap_or_default();
+    assert!(
+        error.contains("core1") && error.contains(&known_hosts.display().to_string()),
+        "the error must name the device and the known_hosts file: {error}"
+    );
+    ssh.wait_connections_closed(1);
+    let log = ssh.log();
+    assert!(
+        !log.contains("userauth-request") && !log.contains("method password"),
+        "credentials reached the server:\n{log}"
+    );
+    let _ = &ssh.dir;
+}
+
+const OLD_SWITCH: &str = "KexAlgorithms diffie-hellman-group14-sha1\n\
+                          HostKeyAlgorithms ssh-rsa\n\
+                          Ciphers aes128-cbc\n\
+                          MACs hmac-sha1\n";
+
+#[test]
+fn an_old_sha1_only_switch_is_collected_with_legacy_ssh_and_refused_by_name_without() {
+    let tmp = TempDir::new("collect-legacy").unwrap();
+    let ssh = PasswordSshd::start("rsa", OLD_SWITCH, &["--page-lines", "0"]);
+    let devices = [
+        ssh.device("old-legacy", &tmp.join("kh1"))
+            .set("legacy_ssh", "true")
+            .commands(&["show version"]),
+        ssh.device("old-modern", &tmp.join("kh2"))
+            .commands(&["show version"]),
+    ];
+    let config = write_config(&tmp, 2, &[], &devices);
+    let run = collect_cli(&config, &[]);
+    let ctx = run.context();
+    let legacy = run.all("old-legacy");
+    assert_eq!(legacy.len(), 1, "{ctx}");
+    assert_eq!(legacy[0].status, "ok", "{ctx}");
+    assert_eq!(legacy[0].output, expected("cisco_ios", "show version"));
+    let modern = run.all("old-modern");
+    assert_eq!(modern.len(), 1, "{ctx}");
+    assert_eq!(modern[0].status, "connect_failed", "{ctx}");
+    let error = modern[0].error.as_deref().unwrap_or_default();
+    for needle in [
+        "diffie-hellman-group14-sha1",
+        "ssh-rsa",
+        "aes128-cbc",
+        "hmac-sha1",
+        "legacy_ssh",
+        "old-modern",
+    ] {
+        assert!(error.contains(needle), "missing {needle:?} in: {error}");
+    }
+    assert!(
+        ssh.log()
+            .contains("kex: algorithm: diffie-hellman-group14-sha1"),
+        "{}",
+        ssh.log()
+    );
+}
+
+#[test]
+fn endless_output_stops_at_max_output_with_bounded_memory_and_the_next_command_runs() {
+    let tmp = TempDir::new("collect-endless").unwrap();
+    let (rack, addr) = rack1(ios().with_fault("show interfaces", rackhand::sim::Fault::Endless));
+    let max_output = 1usize << 20;
+    let devices = [Dev::telnet("tn", addr)
+        .set("max_output", "\"1MiB\"")
+        .commands(&["show interfaces", "show clock"])];
+    let config = write_config(&tmp, 1, &[], &devices);
+    let run = collect_cli(&config, &[]);
+    let ctx = run.context();
+    let recs = run.all("tn");
+    assert_eq!(recs.len(), 2, "{ctx}");
+    assert_eq!(recs[0].status, "output_too_large", "{}", recs[0].brief());
+    assert_eq!(recs[0].output.len(), max_output);
+    // The output is the device's text as far as the cap: the capture, over and over.
+    let one = expected("cisco_ios", "show interfaces");
+    assert!(recs[0].output.starts_with(&one), "{}", recs[0].brief());
+    assert_eq!(recs[1].status, "ok", "{ctx}");
+    assert_eq!(recs[1].output, expected("cisco_ios", "show clock"));
+    let peak_mib = run.max_rss_kib / 1024;
+    assert!(
+        peak_mib < 64,
+        "the collector peaked at {peak_mib} MiB for a 1 MiB max_output"
+    );
+    assert_eq!(rack.stats().total(), 2);
+}
+
+#[test]
+fn garbage_bytes_are_kept_exactly_in_output_base64_on_every_transport() {
+    let tmp = TempDir::new("collect-garbage").unwrap();
+    let profile = ios().with_fault("show version", rackhand::sim::Fault::Garbage);
+    let (_rack, addr) = rack1(profile.clone());
+    let con = console(&tmp, "tty-garbage", profile);
+    let s = sshd(&["--fault", "show version=garbage"]);
+    let commands = ["show version", "show clock"];
+    let devices = [
+        Dev::telnet("tn", addr).commands(&commands),
+        Dev::serial("con", con.link_path()).commands(&commands),
+        Dev::ssh_key("ssh", &s, &tmp.join("known_hosts")).commands(&commands),
+    ];
+    let config = write_config(&tmp, 3, &[], &devices);
+    let run = collect_cli(&config, &[]);
+    let ctx = run.context();
+    for d in &devices {
+        let recs = run.all(&d.name);
+        let statuses: Vec<&str> = recs.iter().map(|r| r.status.as_str()).collect();
+        assert_eq!(statuses, ["ok", "ok"], "{}: {ctx}", d.name);
+        assert!(
+            recs[0].json.get("output_base64").is_some() && recs[0].output.contains(&0xff),
+            "{}: no 0xFF kept: {}",
+            d.name,
+            recs[0].brief()
+        );
+        assert_eq!(recs[1].output, expected("cisco_ios", "show clock"));
+    }
+}
+
+/// A UUCP lock file naming a live process (this test), removed in `Drop`.
+struct ForeignLock(PathBuf);
+
+impl Drop for ForeignLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[test]
+fn a_busy_console_port_names_the_lock_holders_pid() {
+    let tmp = TempDir::new("collect-busy").unwrap();
+    let con = console(&tmp, "tty-busy", ios());
+    let lock_dir =
+        rackhand::transport::serial::default_lock_dir().expect("a writable /run/lock or /var/lock");
+    let lock = ForeignLock(lock_dir.join(rackhand::transport::serial::lock_file_name(
+        con.device_path(),
+    )));
+    std::fs::write(&lock.0, format!("{:>10}\n", std::process::id())).unwrap();
+    let devices = [Dev::serial("con-busy", con.link_path())];
+    let config = write_config(&tmp, 1, &[], &devices);
+    let run = collect_cli(&config, &[]);
+    let ctx = run.context();
+    assert_eq!(run.records.len(), 1, "{ctx}");
+    assert!(
+        ["port_busy", "connect_failed"].contains(&run.records[0].status.as_str()),
+        "{ctx}"
+    );
+    let error = run.records[0].error.as_deref().unwrap_or_default();
+    assert!(
+        error.contains(&format!("PID {}", std::process::id())) && error.contains("con-busy"),
+        "the error must name the holder's PID and the device: {error}"
+    );
+    assert_eq!(
+        con.stats().total(),
+        0,
+        "the collector spoke on a port someone holds"
+    );
+}
+
+/// Leaves a console the way a person at the rack might: logged in, then `before` done.
+fn leave_console(path: &Path, before: impl FnOnce(&mut PromptClient<SerialWire>)) {
+    let wire = SerialWire::open(path, 9600).unwrap();
+    let mut client = PromptClient::new(wire, &prompt_regex("cisco_ios", "sim", "admin"));
+    client.send_raw(b"\r").unwrap();
+    login(&mut client, "admin", "admin", deadline(STEP))
+        .unwrap_or_else(|e| panic!("console login for the setup failed: {e}"));
+    before(&mut client);
+}
+
+#[test]
+fn a_console_left_in_a_pager_in_config_mode_or_mid_line_is_recovered_and_collected() {
+    let tmp = TempDir::new("collect-left").unwrap();
+    let paged = console(&tmp, "tty-paged", ios());
+    let config_mode = console(&tmp, "tty-config", ios());
+    let mid_line = console(&tmp, "tty-midline", ios());
+    leave_console(paged.device_path(), |c| {
+        c.send_line("show interfaces").unwrap();
+        c.expect(r" --More-- ", deadline(STEP)).unwrap();
+    });
+    leave_console(config_mode.device_path(), |c| {
+        c.send_line("configure terminal").unwrap();
+        c.expect(r"sim\(config\)# ?", deadline(STEP)).unwrap();
+    });
+    leave_console(mid_line.device_path(), |c| {
+        c.send_raw(b"show ver").unwrap();
+        c.expect("show ver", deadline(STEP)).unwrap();
+    });
+    let commands = ["show version", "show clock"];
+    let devices = [
+        Dev::serial("paged", paged.link_path()).commands(&commands),
+        Dev::serial("config", config_mode.link_path()).commands(&commands),
+        Dev::serial("midline", mid_line.link_path()).commands(&commands),
+    ];
+    let config = write_config(&tmp, 3, &[], &devices);
+    let run = collect_cli(&config, &[]);
+    let ctx = run.context();
+    for d in &devices {
+        let recs = run.all(&d.name);
+        assert_eq!(recs.len(), 2, "{ctx}");
+        for (rec, command) in recs.iter().zip(commands) {
+            assert_eq!(rec.status, "ok", "{}\n{ctx}", rec.brief());
+            assert_eq!(
+                rec.output,
+                expected("cisco_ios", command),
+                "{}",
+                rec.brief()
+            );
+        }
+    }
+    assert_eq!(run.code, 0, "{ctx}");
+}
+
+// ---------------------------------------------------------------------------------------
+// 3. Concurrency
+
+#[test]
+fn twenty_devices_on_four_workers_never_exceed_four_sessions_or_one_per_device() {
+    let tmp = TempDir::new("collect-pool").unwrap();
+    let mut profile = ios();
+    // Long enough that sessions overlap; short enough to keep the test quick.
+    profile.latency = Duration::from_millis(40);
+    let rack = rack(profile, 20);
+    let devices: Vec<Dev> = rack
+        .addrs()
+        .iter()
+        .enumerate()
+        .map(|(i, (_, addr))| {
+            Dev::telnet(&format!("sw{i:02}"), *addr).commands(&["show clock", "show version"])
+        })
+        .collect();
+    let config = write_config(&tmp, 4, &[], &devices);
+    let run = collect_cli(&config, &[]);
+    let ctx = run.context();
+    assert_eq!(run.code, 0, "{ctx}");
+    assert_eq!(run.records.len(), 40, "{ctx}");
+    assert!(run.records.iter().all(|r| r.status == "ok"), "{ctx}");
+    let stats = rack.stats().snapshot();
+    assert!(
+        (2..=4).contains(&stats.max_concurrent),
+        "max_concurrent {} with workers = 4",
+        stats.max_concurrent
+    );
+    assert_eq!(stats.max_concurrent_per_device, 1);
+    assert_eq!(stats.total, 20);
+    // Records are numbered in the order they were printed.
+    let seqs: Vec<u64> = run
+        .records
+        .iter()
+        .map(|r| r.json["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, (1..=40).collect::<Vec<u64>>());
+}
+
+// ---------------------------------------------------------------------------------------
+// 4. The command line
+
+#[test]
+fn device_filter_command_override_and_exit_codes() {
+    let tmp = TempDir::new("collect-cli").unwrap();
+    let rack = rack(ios(), 3);
+    let addrs = rack.addrs();
+    let devices = [
+        Dev::telnet("a", addrs[0].1).commands(&["show clock"]),
+        Dev::telnet("b", addrs[1].1).commands(&["show version", "show clock"]),
+        Dev::telnet("c", addrs[2].1),
+    ];
+    let config = write_config(&tmp, 2, &[], &devices);
+
+    let only_b = collect_cli(&config, &["--device", "b"]);
+    let names: Vec<(&str, &str)> = only_b
+        .records
+        .iter()
+        .map(|r| (r.device.as_str(), r.command.as_str()))
+        .collect();
+    assert_eq!(
+        names,
+        [("b", "show version"), ("b", "show clock")],
+        "{}",
+        only_b.context()
+    );
+    assert_eq!(only_b.code, 0, "{}", only_b.context());
+
+    let override_ac = collect_cli(
+        &config,
+        &[
+            "--device",
+            "a",
+            "--device",
+            "c",
+            "--",
+            "show inventory",
+            "show ip route",
+        ],
+    );
+    let ctx = override_ac.context();
+    for name in ["a", "c"] {
+        let recs = override_ac.all(name);
+        let got: Vec<&str> = recs.iter().map(|r| r.command.as_str()).collect();
+        assert_eq!(got, ["show inventory", "show ip route"], "{ctx}");
+        assert_eq!(recs[0].output, expected("cisco_ios", "show inventory"));
+    }
+    assert!(override_ac.all("b").is_empty(), "{ctx}");
+    assert_eq!(override_ac.code, 0, "{ctx}");
+
+    let unknown = collect_cli(&config, &["--device", "nope"]);
+    assert_eq!(unknown.code, 2, "{}", unknown.context());
+    assert!(unknown.records.is_empty());
+    assert!(unknown.stderr.contains("nope"), "{}", unknown.stderr);
+
+    let rejected = collect_cli(
+        &config,
+        &["--device", "a", "--", "show clock", "show frobnicate"],
+    );
+    let statuses: Vec<&str> = rejected.records.iter().map(|r| r.status.as_str()).collect();
+    assert_eq!(statuses, ["ok", "command_error"], "{}", rejected.context());
+    assert_eq!(rejected.code, 1);
+    let error = rejected.records[1].error.as_deref().unwrap_or_default();
+    assert!(
+        error.contains("show frobnicate") && error.contains('a'),
+        "{error}"
+    );
+    // The complaint is the device's output, kept.
+    assert!(
+        rejected.records[1].text().contains("% Invalid input"),
+        "{}",
+        rejected.records[1].brief()
     );
 }

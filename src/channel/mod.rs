@@ -77,6 +77,8 @@ pub struct Channel<T: Transport> {
     pagers: Vec<Pager>,
     max_output: usize,
     read_buf: Box<[u8]>,
+    /// Bytes the device sent over the channel's life (after transport framing).
+    received: u64,
 }
 
 impl<T: Transport> Channel<T> {
@@ -88,6 +90,7 @@ impl<T: Transport> Channel<T> {
             pagers,
             max_output,
             read_buf: vec![0; 16 * 1024].into_boxed_slice(),
+            received: 0,
         }
     }
 
@@ -101,6 +104,11 @@ impl<T: Transport> Channel<T> {
 
     pub fn peer(&self) -> &str {
         self.transport.peer()
+    }
+
+    /// How many bytes the device has sent so far: zero means it never said a word.
+    pub fn received(&self) -> u64 {
+        self.received
     }
 
     /// Sends raw bytes (a line, a key, a password).
@@ -131,22 +139,26 @@ impl<T: Transport> Channel<T> {
                 source,
                 output: Vec::new(),
             })?;
-        match self.wait_for(std::slice::from_ref(prompt), deadline) {
-            Ok(m) => Ok(strip_echo(m.before, command)),
+        // `max_output` bounds what the device printed for the command; its echo (the command
+        // and a line end, at most) comes on top, and is stripped before the bound is applied.
+        let limit = self.max_output + line.len() + 1;
+        match self.wait_until(std::slice::from_ref(prompt), deadline, limit) {
+            Ok(m) => {
+                let output = strip_echo(m.before, command);
+                if output.len() > self.max_output {
+                    return Err(self.too_large(output));
+                }
+                Ok(output)
+            }
+            Err(ChannelError::TooLarge { output, .. }) => {
+                Err(self.too_large(strip_echo(output, command)))
+            }
             Err(e) => Err(match e {
                 ChannelError::Timeout { peer, output } => ChannelError::Timeout {
                     peer,
                     output: strip_echo(output, command),
                 },
-                ChannelError::TooLarge {
-                    peer,
-                    limit,
-                    output,
-                } => ChannelError::TooLarge {
-                    peer,
-                    limit,
-                    output: strip_echo(output, command),
-                },
+                too_large @ ChannelError::TooLarge { .. } => too_large,
                 ChannelError::Transport { source, output } => ChannelError::Transport {
                     source,
                     output: strip_echo(output, command),
@@ -180,6 +192,7 @@ impl<T: Transport> Channel<T> {
                 }
             };
             received += n;
+            self.received += n as u64;
             self.screen.feed(&self.read_buf[..n], &mut self.text);
             let start = self.screen.line_start();
             if start > 0 {
@@ -200,12 +213,32 @@ impl<T: Transport> Channel<T> {
         patterns: &[Regex],
         deadline: Instant,
     ) -> Result<Matched, ChannelError> {
+        self.wait_until(patterns, deadline, self.max_output)
+    }
+
+    /// The output cut to `max_output`, as an error.
+    fn too_large(&self, mut output: Vec<u8>) -> ChannelError {
+        output.truncate(self.max_output);
+        ChannelError::TooLarge {
+            peer: self.peer().to_string(),
+            limit: self.max_output,
+            output,
+        }
+    }
+
+    /// [`Channel::wait_for`] with the text bounded by `limit` bytes.
+    fn wait_until(
+        &mut self,
+        patterns: &[Regex],
+        deadline: Instant,
+        limit: usize,
+    ) -> Result<Matched, ChannelError> {
         loop {
             if let Some(found) = self.check_tail(patterns)? {
                 return Ok(found);
             }
-            if self.text.len() > self.max_output {
-                self.text.truncate(self.max_output);
+            if self.text.len() > limit {
+                self.text.truncate(limit);
                 return Err(ChannelError::TooLarge {
                     peer: self.peer().to_string(),
                     limit: self.max_output,
@@ -227,6 +260,7 @@ impl<T: Transport> Channel<T> {
                     });
                 }
             };
+            self.received += n as u64;
             self.screen.feed(&self.read_buf[..n], &mut self.text);
         }
     }
@@ -238,7 +272,14 @@ impl<T: Transport> Channel<T> {
         if start >= self.text.len() {
             return Ok(None);
         }
-        let tail_start = start.max(self.text.len().saturating_sub(TAIL_WINDOW));
+        let mut tail_start = start.max(self.text.len().saturating_sub(TAIL_WINDOW));
+        // A prompt redrawn after a bare CR (`\rsw1#`) starts where the CR left the cursor.
+        if let Some(cr) = self.text[tail_start..].iter().rposition(|&b| b == b'\r') {
+            tail_start += cr + 1;
+            if tail_start >= self.text.len() {
+                return Ok(None);
+            }
+        }
         let tail = String::from_utf8_lossy(&self.text[tail_start..]).into_owned();
         if let Some(index) = patterns.iter().position(|p| p.is_match(&tail)) {
             let before = self.text[..start].to_vec();
@@ -364,6 +405,14 @@ mod tests {
     }
 
     #[test]
+    fn a_prompt_after_a_bare_carriage_return_is_found() {
+        let prompt = Regex::new(r"^sw1#$").unwrap();
+        let mut ch = channel(vec![vec![b"show x\r\nout\r\n  \x08\x08x", b"\rsw1#"]]);
+        let out = ch.command("show x", &prompt, deadline()).unwrap();
+        assert_eq!(out, b"out\n");
+    }
+
+    #[test]
     fn a_timeout_keeps_what_came() {
         let prompt = Regex::new(r"^sw1#$").unwrap();
         let mut ch = channel(vec![vec![b"show tech\r\npart one\r\npart t"]]);
@@ -384,6 +433,30 @@ mod tests {
                 assert_eq!(limit, 10_000);
                 assert_eq!(output.len(), 10_000);
             }
+            other => panic!("expected output_too_large, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_cap_counts_the_output_without_the_echo() {
+        let prompt = Regex::new(r"^sw1#$").unwrap();
+        let chunk: &'static [u8] = Box::leak(vec![b'y'; 4096].into_boxed_slice());
+        let mut batch: Vec<&[u8]> = vec![b"yes\r\n"];
+        batch.extend(std::iter::repeat_n(chunk, 8));
+        let mut ch = channel(vec![batch]);
+        ch.max_output = 10_000;
+        match ch.command("yes", &prompt, deadline()) {
+            Err(ChannelError::TooLarge { output, .. }) => {
+                assert_eq!(output, vec![b'y'; 10_000]);
+            }
+            other => panic!("expected output_too_large, got {other:?}"),
+        }
+        // Without an echo, output just over the cap that ends at a prompt is still too large.
+        let over: &'static [u8] = Box::leak(vec![b'z'; 10_003].into_boxed_slice());
+        let mut ch = channel(vec![vec![over, b"\r\nsw1#"]]);
+        ch.max_output = 10_000;
+        match ch.command("yes", &prompt, deadline()) {
+            Err(ChannelError::TooLarge { output, .. }) => assert_eq!(output.len(), 10_000),
             other => panic!("expected output_too_large, got {other:?}"),
         }
     }

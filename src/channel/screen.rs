@@ -2,9 +2,17 @@
 //!
 //! Devices talk to a terminal: they move the cursor with backspace and carriage return,
 //! colour and clear with ANSI/VT100 escapes, and line ends are `\r\n`. The record's `output`
-//! is the text, so this strips escapes, applies backspace and bare carriage returns to the
-//! current line, and turns line ends into `\n`. It is incremental (escape sequences and
-//! `\r\n` may be split across reads) and keeps bytes that are not UTF-8 as they are.
+//! is what the device printed, so this strips escapes, applies backspace to the current line
+//! and turns line ends into `\n`. A bare carriage return is kept as the device sent it
+//! (progress lines, binary noise: the record must not drop what the device printed), except
+//! where it means nothing (at the start of a line, as in `\n\r` line ends) and in the erase
+//! idiom `\r` + spaces + `\r` that pagers use to wipe their prompt. It is incremental (escape
+//! sequences and `\r\n` may be split across reads) and keeps bytes that are not UTF-8 as
+//! they are.
+
+/// The longest line an erase idiom wipes; beyond it, spaces are data (and the check stays
+/// cheap).
+const ERASE_MAX: usize = 512;
 
 /// Incremental terminal-to-text cleaner.
 #[derive(Debug, Default)]
@@ -12,6 +20,9 @@ pub struct Screen {
     state: State,
     /// Start of the current (unfinished) line in the output buffer.
     line_start: usize,
+    /// Where a kept bare `\r` sits in the current line while only spaces followed it: if
+    /// another `\r` comes next, the line was being erased.
+    cr_run: Option<usize>,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -39,6 +50,7 @@ impl Screen {
     /// Forgets where the current line starts (after the caller cut `out`).
     pub fn reset_line(&mut self, line_start: usize) {
         self.line_start = line_start;
+        self.cr_run = None;
     }
 
     /// Appends the cleaned form of `input` to `out`.
@@ -53,13 +65,25 @@ impl Screen {
             State::Text => self.text(b, out),
             State::Cr => {
                 self.state = State::Text;
+                if let Some(at) = self.cr_run.take()
+                    && out.len() > at + 1
+                    && out.len() <= self.line_start.max(at) + ERASE_MAX
+                    && out[at + 1..].iter().all(|&c| c == b' ')
+                {
+                    // `\r` + spaces + `\r`: the line was wiped (Junos' pager does this).
+                    out.truncate(self.line_start);
+                }
                 match b {
                     b'\n' => self.newline(out),
                     // `\r\r\n` is a line end too (some devices double the CR).
                     b'\r' => self.state = State::Cr,
                     _ => {
-                        // A bare CR returns to column 0: what follows overwrites the line.
-                        out.truncate(self.line_start);
+                        // A CR at column 0 changes nothing (`\n\r` line ends); elsewhere it
+                        // is part of what the device printed.
+                        if out.len() > self.line_start {
+                            out.push(b'\r');
+                            self.cr_run = Some(out.len() - 1);
+                        }
                         self.text(b, out);
                     }
                 }
@@ -81,6 +105,12 @@ impl Screen {
             State::Osc => match b {
                 0x07 => self.state = State::Text,
                 0x1b => self.state = State::OscEsc,
+                // A title never spans lines: an unterminated one (line noise) must not eat
+                // the rest of the output and the prompt with it.
+                b'\n' => {
+                    self.state = State::Text;
+                    self.newline(out);
+                }
                 _ => {}
             },
             State::OscEsc => self.state = State::Text,
@@ -105,13 +135,18 @@ impl Screen {
             }
             // NUL padding and BEL are terminal noise, not text.
             0x00 | 0x07 => {}
-            _ => out.push(b),
+            b' ' => out.push(b),
+            _ => {
+                self.cr_run = None;
+                out.push(b);
+            }
         }
     }
 
     fn newline(&mut self, out: &mut Vec<u8>) {
         out.push(b'\n');
         self.line_start = out.len();
+        self.cr_run = None;
     }
 
     /// Start of the unfinished line in `out`, where a prompt would be.
@@ -152,9 +187,16 @@ mod tests {
     }
 
     #[test]
-    fn a_bare_carriage_return_overwrites_the_line() {
-        assert_eq!(clean(&[b"10%\r", b"100%\r\ndone"]), "100%\ndone");
+    fn a_bare_carriage_return_is_kept_unless_it_erases_or_means_nothing() {
+        assert_eq!(clean(&[b"10%\r", b"100%\r\ndone"]), "10%\r100%\ndone");
         assert_eq!(clean(&[b"---(more)---\r            \rnext\r\n"]), "next\n");
+        assert_eq!(
+            clean(&[b"---(more)---\r     ", b"       \r", b"\nnext"]),
+            "\nnext"
+        );
+        assert_eq!(clean(&[b"a\n\rb\n\r", b"c\r\n"]), "a\nb\nc\n");
+        // Spaces after a CR that go on with text are data.
+        assert_eq!(clean(&[b"x\r  y\r\n"]), "x\r  y\n");
     }
 
     #[test]
@@ -167,6 +209,11 @@ mod tests {
         bytes.extend(std::iter::repeat_n(0x08, more.len()));
         bytes.extend_from_slice(b"  line2  \r\n");
         assert_eq!(clean(&[&bytes]), "line1\n  line2  \n");
+    }
+
+    #[test]
+    fn an_unterminated_title_ends_at_the_line_end() {
+        assert_eq!(clean(&[b"a\x1b]0;noise\r\nsw1#"]), "a\nsw1#");
     }
 
     #[test]
