@@ -47,7 +47,7 @@ pub enum SessionError {
         /// The device printed nothing at all: as good as unreachable.
         silent: bool,
     },
-    #[error("{peer}: login refused: {detail}")]
+    #[error("{peer}: login refused: {detail}; check the credentials configured for the device")]
     AuthFailed { peer: String, detail: String },
     #[error("{peer}: {detail}")]
     Protocol { peer: String, detail: String },
@@ -433,7 +433,7 @@ impl<'d> Session<'d> {
                 };
                 let detail = match &e {
                     ChannelError::Timeout { .. } => format!(
-                        "no prompt from {} within command_timeout ({:?})",
+                        "no prompt from {} within command_timeout ({:?}); raise command_timeout if the command is that slow, else check the device's prompt",
                         self.peer(),
                         self.device.command_timeout
                     ),

@@ -426,6 +426,12 @@ fn every_capture_comes_back_byte_for_byte_over_telnet_console_and_ssh_with_and_w
             if has_enable && !stuck {
                 telnet_profile.enable_secret = Some("en-secret".into());
             }
+            if !stuck {
+                // What a terminal server line shows before the login.
+                telnet_profile.press_return = true;
+                telnet_profile.banner =
+                    Some("Authorized access only!\nDisconnect now if you are not.".into());
+            }
             let (r, addr) = rack1(telnet_profile);
             let name = format!("tn-{platform}-{tag}");
             let mut dev = Dev::telnet(&name, addr)

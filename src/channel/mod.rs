@@ -34,7 +34,7 @@ pub struct Pager {
 pub enum ChannelError {
     #[error("no prompt from {peer} within the command timeout")]
     Timeout { peer: String, output: Vec<u8> },
-    #[error("output from {peer} exceeded {limit} bytes")]
+    #[error("output from {peer} exceeded {limit} bytes; raise max_output if that much is expected")]
     TooLarge {
         peer: String,
         limit: usize,
