@@ -576,7 +576,7 @@ struct PasswordSshd {
     // Field order: the server dies before its directory is removed.
     guard: ChildGuard,
     addr: SocketAddr,
-    dir: TempDir,
+    _dir: TempDir,
 }
 
 impl PasswordSshd {
@@ -629,7 +629,11 @@ impl PasswordSshd {
                 }
             };
             if listening {
-                return PasswordSshd { guard, addr, dir };
+                return PasswordSshd {
+                    guard,
+                    addr,
+                    _dir: dir,
+                };
             }
             last = guard.stderr_text();
         }
@@ -986,7 +990,6 @@ fn a_changed_ssh_host_key_is_host_key_mismatch_and_no_password_is_sent() {
         !log.contains("userauth-request") && !log.contains("method password"),
         "credentials reached the server:\n{log}"
     );
-    let _ = &ssh.dir;
 }
 
 const OLD_SWITCH: &str = "KexAlgorithms diffie-hellman-group14-sha1\n\
@@ -1300,4 +1303,32 @@ fn device_filter_command_override_and_exit_codes() {
         "{}",
         rejected.records[1].brief()
     );
+}
+
+#[test]
+fn a_generic_device_on_ipv6_loopback_is_collected_with_its_own_prompt_through_the_pager() {
+    let tmp = TempDir::new("collect-generic").unwrap();
+    let rack = TelnetRack::start("[::1]:0".parse().unwrap(), 1, ios())
+        .unwrap_or_else(|e| panic!("cannot start a telnet rack on [::1]: {e}"));
+    let addr = rack.addrs()[0].1;
+    let commands = ["show interfaces", "show version"];
+    // `generic` knows no paging-off command: every page is answered.
+    let devices = [Dev::telnet("pdu1", addr)
+        .set("platform", "\"generic\"")
+        .set("prompt", r"'^sim[>#]\s?$'")
+        .commands(&commands)];
+    let config = write_config(&tmp, 1, &[], &devices);
+    let run = collect_cli(&config, &[]);
+    let ctx = run.context();
+    let recs = run.all("pdu1");
+    assert_eq!(recs.len(), 2, "{ctx}");
+    for (rec, command) in recs.iter().zip(commands) {
+        assert_eq!(rec.status, "ok", "{}\n{ctx}", rec.brief());
+        assert!(
+            rec.output == expected("cisco_ios", command),
+            "{}",
+            difference(rec, &expected("cisco_ios", command))
+        );
+    }
+    assert_eq!(run.code, 0, "{ctx}");
 }
