@@ -513,9 +513,16 @@ fn tail_text(output: &[u8]) -> String {
 /// device in an unknown state. Always returns one outcome per command.
 pub fn collect(device: &Device, commands: &[String]) -> Vec<Outcome> {
     let mut outcomes = Vec::with_capacity(commands.len());
+    collect_each(device, commands, &mut |o| outcomes.push(o));
+    outcomes
+}
+
+/// [`collect`], streaming: each outcome goes to `emit` as soon as it exists (a driver child
+/// process reports them one by one, so a crash loses none already made).
+pub fn collect_each(device: &Device, commands: &[String], emit: &mut dyn FnMut(Outcome)) {
     let mut session: Option<Session<'_>> = None;
     let mut reconnects = 0;
-    for command in commands {
+    for (index, command) in commands.iter().enumerate() {
         if session.as_ref().is_some_and(|s| !s.is_healthy()) {
             session = None;
             reconnects += 1;
@@ -533,8 +540,8 @@ pub fn collect(device: &Device, commands: &[String]) -> Vec<Outcome> {
                         SessionError::Transport(_) => format!("{}: {e}", device.name),
                         _ => e.to_string(),
                     };
-                    for c in &commands[outcomes.len()..] {
-                        outcomes.push(Outcome {
+                    for c in &commands[index..] {
+                        emit(Outcome {
                             device: device.name.clone(),
                             transport: device.transport.as_str().to_string(),
                             command: c.clone(),
@@ -545,19 +552,19 @@ pub fn collect(device: &Device, commands: &[String]) -> Vec<Outcome> {
                             duration: start.elapsed(),
                         });
                     }
-                    return outcomes;
+                    return;
                 }
             }
         }
         match session.as_mut() {
-            Some(s) => outcomes.push(s.run(command)),
-            None => outcomes.push(Outcome {
+            Some(s) => emit(s.run(command)),
+            None => emit(Outcome {
                 device: device.name.clone(),
                 transport: device.transport.as_str().to_string(),
                 command: command.clone(),
                 status: Status::Disconnected,
                 error: Some(format!(
-                    "{}: not run: the session broke twice on earlier commands",
+                    "{}: not run: the session broke twice on earlier commands; see the errors before",
                     device.name
                 )),
                 output: Vec::new(),
@@ -569,5 +576,4 @@ pub fn collect(device: &Device, commands: &[String]) -> Vec<Outcome> {
     if let Some(s) = session {
         s.close();
     }
-    outcomes
 }
