@@ -170,7 +170,11 @@ impl<'d> Session<'d> {
                 break;
             }
             let wait_until = deadline.min(now + NUDGE_AFTER);
-            let m = match self.channel.wait_for(&patterns, wait_until) {
+            let m = match self.channel.wait_for_lines(
+                &patterns,
+                std::slice::from_ref(&common.press_return),
+                wait_until,
+            ) {
                 Ok(m) => m,
                 Err(ChannelError::Timeout { output, .. }) => {
                     if !output.is_empty() {
@@ -253,7 +257,8 @@ impl<'d> Session<'d> {
                     line.push(b'\r');
                     self.channel.send(&line)?;
                 }
-                4 => self.channel.send(b"\r")?,
+                // The line may end after the invitation (index 6: as a completed line).
+                4 | 6 => self.channel.send(b"\r")?,
                 _ => {
                     let answer = format!("{}\r", common.dialog_answer);
                     self.channel.send(answer.as_bytes())?;
@@ -477,7 +482,12 @@ impl<'d> Session<'d> {
             common.press_return.clone(),
             common.password.clone(),
         ];
-        let _ = self.channel.wait_for(&patterns, deadline);
+        // A console ends its logout with "Press RETURN to get started." and a line end.
+        let _ = self.channel.wait_for_lines(
+            &patterns,
+            std::slice::from_ref(&common.press_return),
+            deadline,
+        );
     }
 }
 

@@ -1332,3 +1332,33 @@ fn a_generic_device_on_ipv6_loopback_is_collected_with_its_own_prompt_through_th
     }
     assert_eq!(run.code, 0, "{ctx}");
 }
+
+#[test]
+fn press_return_invitations_are_answered_at_once_not_after_silence() {
+    // The login nudges a silent line after 2 s; an invitation that ends its line must be
+    // answered before that, on a terminal-server line and on a console after its logout.
+    let tmp = TempDir::new("collect-press-return").unwrap();
+    let mut profile = ios();
+    profile.press_return = true;
+    profile.banner = Some("Authorized access only!".into());
+    let (_rack, addr) = rack1(profile);
+    let con = console(&tmp, "tty-press", ios());
+    let devices = [
+        Dev::telnet("line", addr),
+        Dev::serial("con", con.link_path()),
+    ];
+    let config = write_config(&tmp, 2, &[], &devices);
+    // The second run finds the console at "Press RETURN to get started." after the first
+    // run's logout.
+    for round in 1..=2 {
+        let start = Instant::now();
+        let run = collect_cli(&config, &[]);
+        let took = start.elapsed();
+        assert_eq!(run.code, 0, "round {round}: {}", run.context());
+        assert!(
+            took < Duration::from_millis(1500),
+            "round {round}: collecting took {took:?}: something waited for silence"
+        );
+    }
+    assert_eq!(con.stats().total(), 2);
+}

@@ -79,6 +79,8 @@ pub struct Channel<T: Transport> {
     read_buf: Box<[u8]>,
     /// Bytes the device sent over the channel's life (after transport framing).
     received: u64,
+    /// How far completed lines of `text` have been matched against line patterns.
+    lines_seen: usize,
 }
 
 impl<T: Transport> Channel<T> {
@@ -91,6 +93,7 @@ impl<T: Transport> Channel<T> {
             max_output,
             read_buf: vec![0; 16 * 1024].into_boxed_slice(),
             received: 0,
+            lines_seen: 0,
         }
     }
 
@@ -118,6 +121,7 @@ impl<T: Transport> Channel<T> {
 
     /// Forgets what was read so far (e.g. a banner before the first prompt).
     pub fn clear(&mut self) {
+        self.lines_seen = 0;
         self.text.clear();
         self.screen.reset_line(0);
     }
@@ -142,7 +146,7 @@ impl<T: Transport> Channel<T> {
         // `max_output` bounds what the device printed for the command; its echo (the command
         // and a line end, at most) comes on top, and is stripped before the bound is applied.
         let limit = self.max_output + line.len() + 1;
-        match self.wait_until(std::slice::from_ref(prompt), deadline, limit) {
+        match self.wait_until(std::slice::from_ref(prompt), &[], deadline, limit) {
             Ok(m) => {
                 let output = strip_echo(m.before, command);
                 if output.len() > self.max_output {
@@ -187,7 +191,7 @@ impl<T: Transport> Channel<T> {
                 Err(source) => {
                     return Err(ChannelError::Transport {
                         source,
-                        output: std::mem::take(&mut self.text),
+                        output: self.take_text(),
                     });
                 }
             };
@@ -198,6 +202,7 @@ impl<T: Transport> Channel<T> {
             if start > 0 {
                 self.text.drain(..start);
                 self.screen.reset_line(0);
+                self.lines_seen = 0;
             }
             if Instant::now() >= deadline {
                 break;
@@ -213,7 +218,25 @@ impl<T: Transport> Channel<T> {
         patterns: &[Regex],
         deadline: Instant,
     ) -> Result<Matched, ChannelError> {
-        self.wait_until(patterns, deadline, self.max_output)
+        self.wait_until(patterns, &[], deadline, self.max_output)
+    }
+
+    /// [`Channel::wait_for`], and also `line_patterns` against every line as it completes:
+    /// for what a device prints with a line end and then waits (`Press RETURN to get
+    /// started.`). A match of `line_patterns[i]` has index `patterns.len() + i` and consumes
+    /// the completed lines.
+    pub fn wait_for_lines(
+        &mut self,
+        patterns: &[Regex],
+        line_patterns: &[Regex],
+        deadline: Instant,
+    ) -> Result<Matched, ChannelError> {
+        self.wait_until(patterns, line_patterns, deadline, self.max_output)
+    }
+
+    fn take_text(&mut self) -> Vec<u8> {
+        self.lines_seen = 0;
+        std::mem::take(&mut self.text)
     }
 
     /// The output cut to `max_output`, as an error.
@@ -230,6 +253,7 @@ impl<T: Transport> Channel<T> {
     fn wait_until(
         &mut self,
         patterns: &[Regex],
+        line_patterns: &[Regex],
         deadline: Instant,
         limit: usize,
     ) -> Result<Matched, ChannelError> {
@@ -237,12 +261,17 @@ impl<T: Transport> Channel<T> {
             if let Some(found) = self.check_tail(patterns)? {
                 return Ok(found);
             }
+            if !line_patterns.is_empty()
+                && let Some(found) = self.check_lines(patterns.len(), line_patterns)
+            {
+                return Ok(found);
+            }
             if self.text.len() > limit {
                 self.text.truncate(limit);
                 return Err(ChannelError::TooLarge {
                     peer: self.peer().to_string(),
                     limit: self.max_output,
-                    output: std::mem::take(&mut self.text),
+                    output: self.take_text(),
                 });
             }
             let n = match self.transport.recv(&mut self.read_buf, deadline) {
@@ -250,13 +279,13 @@ impl<T: Transport> Channel<T> {
                 Err(TransportError::TimedOut { peer }) => {
                     return Err(ChannelError::Timeout {
                         peer,
-                        output: std::mem::take(&mut self.text),
+                        output: self.take_text(),
                     });
                 }
                 Err(source) => {
                     return Err(ChannelError::Transport {
                         source,
-                        output: std::mem::take(&mut self.text),
+                        output: self.take_text(),
                     });
                 }
             };
@@ -284,6 +313,7 @@ impl<T: Transport> Channel<T> {
         if let Some(index) = patterns.iter().position(|p| p.is_match(&tail)) {
             let before = self.text[..start].to_vec();
             self.text.clear();
+            self.lines_seen = 0;
             self.screen.reset_line(0);
             return Ok(Some(Matched {
                 index,
@@ -298,10 +328,41 @@ impl<T: Transport> Channel<T> {
                 .send(&answer)
                 .map_err(|source| ChannelError::Transport {
                     source,
-                    output: std::mem::take(&mut self.text),
+                    output: self.take_text(),
                 })?;
         }
         Ok(None)
+    }
+}
+
+impl<T: Transport> Channel<T> {
+    /// Matches the lines completed since the last look against `line_patterns`; each line is
+    /// looked at once (at most its last [`TAIL_WINDOW`] bytes), so the cost stays linear.
+    fn check_lines(&mut self, offset: usize, line_patterns: &[Regex]) -> Option<Matched> {
+        let start = self.screen.line_start();
+        let mut begin = self.lines_seen.min(start);
+        while begin < start {
+            let end = self.text[begin..start]
+                .iter()
+                .position(|&b| b == b'\n')
+                .map_or(start, |i| begin + i);
+            let from = begin.max(end.saturating_sub(TAIL_WINDOW));
+            let line = String::from_utf8_lossy(&self.text[from..end]).into_owned();
+            if let Some(i) = line_patterns.iter().position(|p| p.is_match(&line)) {
+                let before = self.text[..begin].to_vec();
+                self.text.drain(..start);
+                self.screen.reset_line(0);
+                self.lines_seen = 0;
+                return Some(Matched {
+                    index: offset + i,
+                    before,
+                    line,
+                });
+            }
+            begin = end + 1;
+        }
+        self.lines_seen = start;
+        None
     }
 }
 
@@ -410,6 +471,37 @@ mod tests {
         let mut ch = channel(vec![vec![b"show x\r\nout\r\n  \x08\x08x", b"\rsw1#"]]);
         let out = ch.command("show x", &prompt, deadline()).unwrap();
         assert_eq!(out, b"out\n");
+    }
+
+    #[test]
+    fn line_patterns_see_completed_lines_once() {
+        let press = Regex::new(r"(?i)press return to get started").unwrap();
+        let prompt = Regex::new(r"^Username: $").unwrap();
+        let mut ch = channel(vec![]);
+        ch.transport().reads.extend([
+            b"\r\nsw1 con0 is now available\r\n\r\nPress RETURN to get started.\r\n\r\n".to_vec(),
+            b"Username: ".to_vec(),
+        ]);
+        let m = ch
+            .wait_for_lines(
+                std::slice::from_ref(&prompt),
+                std::slice::from_ref(&press),
+                deadline(),
+            )
+            .unwrap();
+        assert_eq!(
+            (m.index, m.line.as_str()),
+            (1, "Press RETURN to get started.")
+        );
+        // The consumed line does not match again; the tail pattern comes next.
+        let m = ch
+            .wait_for_lines(
+                std::slice::from_ref(&prompt),
+                std::slice::from_ref(&press),
+                deadline(),
+            )
+            .unwrap();
+        assert_eq!(m.index, 0);
     }
 
     #[test]
