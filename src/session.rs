@@ -38,14 +38,14 @@ const SETTLE_QUIET: Duration = Duration::from_millis(300);
 pub enum SessionError {
     #[error("{0}")]
     Transport(#[from] TransportError),
-    #[error(
-        "{peer}: no CLI prompt within the connect timeout ({seen}); check that the address is the device's CLI and that nothing blocks it, or raise connect_timeout"
-    )]
+    #[error("{peer}: no CLI prompt within the connect timeout ({seen}); {hint}")]
     LoginTimeout {
         peer: String,
         seen: String,
         /// The device printed nothing at all: as good as unreachable.
         silent: bool,
+        /// What to check, per transport.
+        hint: &'static str,
     },
     #[error("{peer}: login refused: {detail}; check the credentials configured for the device")]
     AuthFailed { peer: String, detail: String },
@@ -68,7 +68,9 @@ impl SessionError {
             SessionError::LoginTimeout { silent: true, .. } => Status::ConnectFailed,
             SessionError::Transport(TransportError::TimedOut { .. })
             | SessionError::LoginTimeout { .. } => Status::Timeout,
-            SessionError::Transport(TransportError::Closed { .. }) => Status::Disconnected,
+            // Sessions only fail while opening: a line closed before any command ran means
+            // no session was made (a busy terminal-server port hangs up at once).
+            SessionError::Transport(TransportError::Closed { .. }) => Status::ConnectFailed,
             SessionError::Transport(TransportError::Connect { detail, .. })
                 if detail.contains("in use by") =>
             {
@@ -276,6 +278,7 @@ impl<'d> Session<'d> {
                 format!("last line: `{}`", last_seen.trim())
             },
             silent,
+            hint: self.login_hint(),
         })
     }
 
@@ -369,8 +372,20 @@ impl<'d> Session<'d> {
                     peer: self.peer(),
                     seen: format!("last output: `{}`", tail_text(other.output())),
                     silent: false,
+                    hint: self.login_hint(),
                 },
             })
+    }
+
+    fn login_hint(&self) -> &'static str {
+        match self.device.transport {
+            Kind::Serial => {
+                "check the cable, the port and the baud rate, and that the console is not in use, or raise connect_timeout"
+            }
+            Kind::Telnet | Kind::Ssh => {
+                "check that the address is the device's CLI and that nothing blocks it, and the device's `prompt`/platform, or raise connect_timeout"
+            }
+        }
     }
 
     fn wait_prompt(&mut self, deadline: Instant) -> Result<String, SessionError> {

@@ -728,20 +728,26 @@ fn a_wrong_password_is_auth_failed_on_telnet_console_and_ssh() {
 }
 
 #[test]
-fn a_closed_port_is_connect_failed_at_once_over_telnet_and_ssh() {
+fn a_closed_port_or_one_that_hangs_up_is_connect_failed_at_once_over_telnet_and_ssh() {
     let closed = {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap()
     };
+    let hang_up = HangUp::start();
     let tmp = TempDir::new("collect-closed").unwrap();
+    let ssh = |name: &str, addr: SocketAddr| {
+        Dev::new(name, "ssh")
+            .set("host", "\"127.0.0.1\"")
+            .set("port", &addr.port().to_string())
+            .set("known_hosts", &quote(&tmp.join("kh").display().to_string()))
+    };
     let devices = [
         Dev::telnet("tn", closed),
-        Dev::new("ssh", "ssh")
-            .set("host", "\"127.0.0.1\"")
-            .set("port", &closed.port().to_string())
-            .set("known_hosts", &quote(&tmp.join("kh").display().to_string())),
+        ssh("ssh", closed),
+        Dev::telnet("tn-hangup", hang_up.addr),
+        ssh("ssh-hangup", hang_up.addr),
     ];
-    let config = write_config(&tmp, 2, &[], &devices);
+    let config = write_config(&tmp, 4, &[], &devices);
     let start = Instant::now();
     let run = collect_cli(&config, &[]);
     let took = start.elapsed();
@@ -751,13 +757,62 @@ fn a_closed_port_is_connect_failed_at_once_over_telnet_and_ssh() {
         assert_eq!(recs.len(), 1, "{ctx}");
         assert_eq!(recs[0].status, "connect_failed", "{ctx}");
         let error = recs[0].error.as_deref().unwrap_or_default();
-        assert!(error.contains(&closed.port().to_string()), "{error}");
+        let port = if d.name.ends_with("hangup") {
+            hang_up.addr.port()
+        } else {
+            closed.port()
+        };
+        assert!(
+            error.contains(&port.to_string()) && error.contains(&d.name),
+            "{error}"
+        );
     }
     assert_eq!(run.code, 1);
     assert!(
         took < Duration::from_secs(3),
         "a refused connect took {took:?}"
     );
+}
+
+/// A port that accepts and hangs up at once (a busy terminal-server line does this); the
+/// accepting thread is stopped and joined in `Drop`.
+struct HangUp {
+    addr: SocketAddr,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl HangUp {
+    fn start() -> HangUp {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            // Ends at the stop flag (Drop connects once to wake the accept).
+            for conn in listener.incoming() {
+                if flag.load(std::sync::atomic::Ordering::SeqCst) {
+                    return;
+                }
+                drop(conn);
+            }
+        });
+        HangUp {
+            addr,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for HangUp {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 /// A listening socket whose accept queue is full: the kernel drops further SYNs, so a
