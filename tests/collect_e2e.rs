@@ -1121,7 +1121,7 @@ fn endless_output_stops_at_max_output_with_bounded_memory_and_the_next_command_r
 }
 
 #[test]
-fn garbage_bytes_are_kept_exactly_in_output_base64_on_every_transport() {
+fn garbage_bytes_come_back_in_output_base64_on_every_transport() {
     let tmp = TempDir::new("collect-garbage").unwrap();
     let profile = ios().with_fault("show version", rackhand::sim::Fault::Garbage);
     let (_rack, addr) = rack1(profile.clone());
@@ -1145,6 +1145,13 @@ fn garbage_bytes_are_kept_exactly_in_output_base64_on_every_transport() {
             "{}: no 0xFF kept: {}",
             d.name,
             recs[0].brief()
+        );
+        // `output` is the readable rendering of exactly those bytes.
+        assert_eq!(
+            recs[0].json["output"].as_str().unwrap(),
+            String::from_utf8_lossy(&recs[0].output),
+            "{}: output and output_base64 disagree",
+            d.name
         );
         assert_eq!(recs[1].output, expected("cisco_ios", "show clock"));
     }
