@@ -1424,3 +1424,30 @@ fn press_return_invitations_are_answered_at_once_not_after_silence() {
     }
     assert_eq!(con.stats().total(), 2);
 }
+
+#[test]
+fn a_console_paced_at_its_baud_rate_is_collected_from_small_reads() {
+    // A real line delivers a few dozen bytes per read: prompt and pager detection must not
+    // depend on whole lines arriving together.
+    let tmp = TempDir::new("collect-baud").unwrap();
+    let link = tmp.join("tty-38400");
+    let mut profile = ios();
+    profile.page_lines = 10;
+    profile.refuse_paging_off = true;
+    let con = PtyConsole::start(&link, Some(38400), profile)
+        .unwrap_or_else(|e| panic!("cannot start a paced console at {}: {e}", link.display()));
+    let commands = ["show version", "show inventory", "show clock"];
+    let devices = [Dev::serial("slow-con", con.link_path())
+        .set("baud", "38400")
+        .commands(&commands)];
+    let config = write_config(&tmp, 1, &[], &devices);
+    let run = collect_cli(&config, &[]);
+    let ctx = run.context();
+    let recs = run.all("slow-con");
+    assert_eq!(recs.len(), commands.len(), "{ctx}");
+    for (rec, command) in recs.iter().zip(commands) {
+        assert_eq!(rec.status, "ok", "{}\n{ctx}", rec.brief());
+        let want = expected("cisco_ios", command);
+        assert!(rec.output == want, "{}", difference(rec, &want));
+    }
+}
