@@ -34,6 +34,9 @@ pub const DROP_GRACE: Duration = Duration::from_secs(5);
 /// What a device's work does: run its session, handing each outcome to the callback.
 pub type Work = dyn Fn(&Device, &mut dyn FnMut(Outcome)) + Send + Sync;
 
+/// The same, borrowed by scoped threads (which need not move it: no `Send`).
+pub type ScopedWork<'a> = dyn Fn(&Device, &mut dyn FnMut(Outcome)) + Sync + 'a;
+
 /// What [`run`]'s workers report while they work.
 #[derive(Debug)]
 pub enum Event {
@@ -90,7 +93,7 @@ where
 /// returned.
 pub fn work_on(
     device: &Device,
-    work: &(dyn Fn(&Device, &mut dyn FnMut(Outcome)) + Sync),
+    work: &ScopedWork<'_>,
     emit: &mut dyn FnMut(Outcome),
 ) -> RunSummary {
     let mut summary = RunSummary::default();
@@ -576,7 +579,12 @@ mod tests {
             Some(Status::Timeout)
         );
         // The first command timed out after the session opened; the second ran on its own.
-        let first = outcome(Status::Timeout, 1, b"", Some("no prompt within command_timeout"));
+        let first = outcome(
+            Status::Timeout,
+            1,
+            b"",
+            Some("no prompt within command_timeout"),
+        );
         let second = outcome(Status::Ok, 3, b"12:00\n", None);
         assert_eq!(summary(&[first.clone(), second]).session_failure, None);
         // ... but a reconnect that then failed is one.

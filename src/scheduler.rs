@@ -428,14 +428,8 @@ impl Scheduler {
             Some(status) => {
                 entry.streak = entry.streak.saturating_add(1);
                 let cap = entry.interval.max(cap_floor);
-                let delay = backoff_delay(
-                    first,
-                    cap,
-                    entry.streak,
-                    jitter,
-                    seed,
-                    &entry.device.name,
-                );
+                let delay =
+                    backoff_delay(first, cap, entry.streak, jitter, seed, &entry.device.name);
                 let until = now + delay;
                 if until > entry.due {
                     entry.due = until;
@@ -556,7 +550,13 @@ impl Scheduler {
     }
 
     fn slots_in(&self, after: Instant, upto: Instant, offset: Duration, interval: Duration) -> u64 {
-        slots_in((self.anchor, self.anchor_wall), after, upto, offset, interval)
+        slots_in(
+            (self.anchor, self.anchor_wall),
+            after,
+            upto,
+            offset,
+            interval,
+        )
     }
 }
 
@@ -710,7 +710,13 @@ mod tests {
             1
         );
         assert_eq!(
-            slots_in(a, s, s + interval * 3 - Duration::from_nanos(1), offset, interval),
+            slots_in(
+                a,
+                s,
+                s + interval * 3 - Duration::from_nanos(1),
+                offset,
+                interval
+            ),
             2
         );
     }
