@@ -51,6 +51,15 @@ pub enum SessionError {
     AuthFailed { peer: String, detail: String },
     #[error("{peer}: {detail}")]
     Protocol { peer: String, detail: String },
+    #[error(
+        "{peer}: `{command}` (session setup after login) did not come back to the prompt: {detail}; check the device's platform and prompt, or raise command_timeout"
+    )]
+    Setup {
+        peer: String,
+        command: String,
+        detail: String,
+        status: Status,
+    },
 }
 
 impl SessionError {
@@ -76,6 +85,7 @@ impl SessionError {
             {
                 Status::PortBusy
             }
+            SessionError::Setup { status, .. } => *status,
             SessionError::Transport(_) | SessionError::Protocol { .. } => Status::ConnectFailed,
         }
     }
@@ -136,7 +146,7 @@ impl<'d> Session<'d> {
         };
         session.login(deadline)?;
         session.enable(deadline)?;
-        session.setup();
+        session.setup()?;
         Ok(session)
     }
 
@@ -395,7 +405,10 @@ impl<'d> Session<'d> {
 
     /// Paging off and wide lines. A device that refuses (a read-only AAA account) still works:
     /// the channel answers its pagers.
-    fn setup(&mut self) {
+    ///
+    /// One that does not come back to its prompt is no session to run commands on: every
+    /// command would only wait out its own timeout.
+    fn setup(&mut self) -> Result<(), SessionError> {
         for command in self.platform.setup.clone() {
             let deadline = Instant::now() + self.device.command_timeout;
             match self.channel.command(&command, &self.prompt, deadline) {
@@ -406,12 +419,22 @@ impl<'d> Session<'d> {
                 ),
                 Ok(_) => {}
                 Err(e) => {
-                    log::warn!("{}: setup `{command}`: {e}", self.device.name);
-                    self.healthy = false;
-                    return;
+                    let status = match e {
+                        ChannelError::Transport { .. } => Status::ConnectFailed,
+                        ChannelError::Timeout { .. } | ChannelError::TooLarge { .. } => {
+                            Status::Timeout
+                        }
+                    };
+                    return Err(SessionError::Setup {
+                        peer: self.peer(),
+                        command,
+                        detail: e.to_string(),
+                        status,
+                    });
                 }
             }
         }
+        Ok(())
     }
 
     fn rejected(&self, output: &[u8]) -> bool {

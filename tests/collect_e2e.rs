@@ -971,6 +971,28 @@ fn a_hung_command_times_out_on_time_and_the_next_commands_are_collected_after_a_
 }
 
 #[test]
+fn a_device_that_hangs_on_the_paging_off_command_fails_fast_and_says_so() {
+    let tmp = TempDir::new("collect-setup-hang").unwrap();
+    let (rack, addr) = rack1(ios().with_fault("terminal length 0", rackhand::sim::Fault::Hang));
+    let devices = [Dev::telnet("tn", addr).commands(&["show version", "show clock"])];
+    let config = write_config(&tmp, 1, &["command_timeout = \"1s\""], &devices);
+    let start = Instant::now();
+    let run = collect_cli(&config, &[]);
+    let took = start.elapsed();
+    let ctx = run.context();
+    let statuses: Vec<&str> = run.records.iter().map(|r| r.status.as_str()).collect();
+    assert_eq!(statuses, ["timeout", "timeout"], "{ctx}");
+    let error = run.records[0].error.as_deref().unwrap_or_default();
+    assert!(
+        error.contains("terminal length 0") && error.contains("tn"),
+        "{error}"
+    );
+    // One command_timeout for the setup, not one more per command.
+    assert!(took < Duration::from_millis(1800), "took {took:?}\n{ctx}");
+    assert_eq!(rack.stats().total(), 1);
+}
+
+#[test]
 fn a_dropped_connection_keeps_the_partial_output_and_the_next_commands_are_collected() {
     let tmp = TempDir::new("collect-drop").unwrap();
     let (rack, addr) = rack1(ios().with_fault("show interfaces", rackhand::sim::Fault::Drop));
