@@ -6,12 +6,9 @@
 //! agent keeps everything that was already answered.
 
 use std::io::{BufRead, Read, Write};
-use std::time::{Duration, Instant, SystemTime};
 
 use super::protocol::{self, Reply, WireOutcome};
-use crate::inventory::Device;
-use crate::record::{Outcome, Status};
-use crate::session::Session;
+use crate::session;
 
 /// A request carries a device and its commands: a few KiB. Anything far larger is not ours.
 pub const MAX_REQUEST: u64 = 4 << 20;
@@ -53,7 +50,7 @@ pub fn serve(input: impl Read, mut output: impl Write) -> Result<(), DriverError
     let mut device = request.device.to_device()?;
     device.commands = request.commands.clone();
     let mut failed = None;
-    collect_each(&device, &request.commands, &mut |outcome| {
+    session::collect_each(&device, &request.commands, &mut |outcome| {
         if failed.is_some() {
             return;
         }
@@ -84,66 +81,6 @@ pub fn serve(input: impl Read, mut output: impl Write) -> Result<(), DriverError
 fn write_line(output: &mut impl Write, reply: &Reply) -> std::io::Result<()> {
     output.write_all(&protocol::to_line(reply))?;
     output.flush()
-}
-
-/// [`crate::session::collect`], streaming: one session for all commands, reconnecting once
-/// when a command leaves the device in an unknown state, one outcome per command, each
-/// handed to `emit` as soon as it exists.
-// The loop mirrors session::collect (which returns everything at the end); the two should
-// become one function in session.rs, with `collect` a wrapper that gathers into a Vec.
-pub fn collect_each(device: &Device, commands: &[String], emit: &mut dyn FnMut(Outcome)) {
-    let mut session: Option<Session<'_>> = None;
-    let mut reconnects = 0;
-    for (index, command) in commands.iter().enumerate() {
-        if session.as_ref().is_some_and(|s| !s.is_healthy()) {
-            session = None;
-            reconnects += 1;
-        }
-        if session.is_none() && reconnects <= 1 {
-            let started_at = SystemTime::now();
-            let start = Instant::now();
-            match Session::open(device) {
-                Ok(s) => session = Some(s),
-                Err(e) => {
-                    // The rest of the commands share the reason.
-                    let status = e.status();
-                    let error = e.to_string();
-                    for c in &commands[index..] {
-                        emit(Outcome {
-                            device: device.name.clone(),
-                            transport: device.transport.as_str().to_string(),
-                            command: c.clone(),
-                            status,
-                            error: Some(error.clone()),
-                            output: Vec::new(),
-                            started_at,
-                            duration: start.elapsed(),
-                        });
-                    }
-                    return;
-                }
-            }
-        }
-        match session.as_mut() {
-            Some(s) => emit(s.run(command)),
-            None => emit(Outcome {
-                device: device.name.clone(),
-                transport: device.transport.as_str().to_string(),
-                command: command.clone(),
-                status: Status::Disconnected,
-                error: Some(format!(
-                    "{}: not run: the session broke twice on earlier commands",
-                    device.name
-                )),
-                output: Vec::new(),
-                started_at: SystemTime::now(),
-                duration: Duration::ZERO,
-            }),
-        }
-    }
-    if let Some(s) = session {
-        s.close();
-    }
 }
 
 #[cfg(test)]

@@ -191,7 +191,11 @@ impl Isolator {
         command
             .args(args)
             .env_clear()
-            .envs(ENV_KEEP.iter().filter_map(|k| Some((k, std::env::var_os(k)?))))
+            .envs(
+                ENV_KEEP
+                    .iter()
+                    .filter_map(|k| Some((k, std::env::var_os(k)?))),
+            )
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -268,7 +272,14 @@ impl Isolator {
 fn confine(parent: libc::pid_t, limits: Limits, cpu_seconds: u64) -> io::Result<()> {
     // SAFETY: plain system calls on this process with valid arguments.
     unsafe {
-        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
+        if libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        ) != 0
+        {
             return Err(io::Error::last_os_error());
         }
         // The agent may have died between fork and prctl: then we were re-parented already

@@ -371,10 +371,7 @@ impl WireDevice {
         };
         let endpoint = match transport {
             Transport::Ssh | Transport::Telnet => Endpoint::Net {
-                host: self
-                    .host
-                    .clone()
-                    .ok_or_else(|| bad("no `host`".into()))?,
+                host: self.host.clone().ok_or_else(|| bad("no `host`".into()))?,
                 port: self.port.ok_or_else(|| bad("no `port`".into()))?,
             },
             Transport::Serial => {
