@@ -692,18 +692,22 @@ fn keygen(path: &Path, kind: &str) {
 // 2. Failures, each with the status a user can act on
 
 #[test]
-fn a_wrong_password_is_auth_failed_on_telnet_console_and_ssh() {
+fn a_wrong_password_or_enable_secret_is_auth_failed_on_telnet_console_and_ssh() {
     let tmp = TempDir::new("collect-auth").unwrap();
     let (_rack, addr) = rack1(ios());
+    let mut with_enable = ios();
+    with_enable.enable_secret = Some("en-secret".into());
+    let (_rack2, enable_addr) = rack1(with_enable);
     let con = console(&tmp, "tty-auth", ios());
     let ssh = PasswordSshd::start("ed25519", "", &["--page-lines", "0"]);
     let devices = [
         Dev::telnet("tn", addr).set("password", "\"not-admin\""),
+        Dev::telnet("tn-enable", enable_addr).set("enable_secret", "\"not-the-secret\""),
         Dev::serial("con", con.link_path()).set("password", "\"not-admin\""),
         ssh.device("ssh", &tmp.join("known_hosts"))
             .set("password", "\"not-the-password\""),
     ];
-    let config = write_config(&tmp, 3, &[], &devices);
+    let config = write_config(&tmp, 4, &[], &devices);
     let run = collect_cli(&config, &[]);
     let ctx = run.context();
     for d in &devices {
