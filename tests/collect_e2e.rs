@@ -1234,7 +1234,7 @@ fn leave_console(path: &Path, before: impl FnOnce(&mut PromptClient<SerialWire>)
 }
 
 #[test]
-fn a_console_left_in_a_pager_in_config_mode_or_mid_line_is_recovered_and_collected() {
+fn a_console_left_in_a_pager_in_config_mode_mid_line_or_at_the_password_is_recovered() {
     let tmp = TempDir::new("collect-left").unwrap();
     let paged = console(&tmp, "tty-paged", ios());
     let config_mode = console(&tmp, "tty-config", ios());
@@ -1251,13 +1251,26 @@ fn a_console_left_in_a_pager_in_config_mode_or_mid_line_is_recovered_and_collect
         c.send_raw(b"show ver").unwrap();
         c.expect("show ver", deadline(STEP)).unwrap();
     });
+    // Someone typed the username and walked away from the password prompt.
+    let at_password = console(&tmp, "tty-password", ios());
+    {
+        let wire = SerialWire::open(at_password.device_path(), 9600).unwrap();
+        let mut c = PromptClient::new(wire, &prompt_regex("cisco_ios", "sim", "admin"));
+        c.send_raw(b"\r").unwrap();
+        c.expect(support::device::USERNAME_PROMPT, deadline(STEP))
+            .unwrap();
+        c.send_line("admin").unwrap();
+        c.expect(support::device::PASSWORD_PROMPT, deadline(STEP))
+            .unwrap();
+    }
     let commands = ["show version", "show clock"];
     let devices = [
         Dev::serial("paged", paged.link_path()).commands(&commands),
         Dev::serial("config", config_mode.link_path()).commands(&commands),
         Dev::serial("midline", mid_line.link_path()).commands(&commands),
+        Dev::serial("password", at_password.link_path()).commands(&commands),
     ];
-    let config = write_config(&tmp, 3, &[], &devices);
+    let config = write_config(&tmp, 4, &[], &devices);
     let run = collect_cli(&config, &[]);
     let ctx = run.context();
     for d in &devices {
