@@ -174,6 +174,7 @@ struct InFlight {
     /// To undo the dispatch when the pool refuses it.
     previous_due: Instant,
     previous_skipped: u64,
+    previous_backing_off: bool,
 }
 
 /// Decides which devices run when; see the module docs for the rules.
@@ -337,6 +338,7 @@ impl Scheduler {
                 port: serial_port_key(&entry.device),
                 previous_due: entry.due,
                 previous_skipped: entry.skipped,
+                previous_backing_off: entry.backing_off,
             };
             if missed > 0 {
                 log::warn!(
@@ -389,6 +391,7 @@ impl Scheduler {
         if let Some(entry) = self.entries.get_mut(&id) {
             entry.due = flight.previous_due;
             entry.skipped = flight.previous_skipped;
+            entry.backing_off = flight.previous_backing_off;
         }
     }
 
@@ -734,6 +737,11 @@ mod tests {
 
     #[test]
     fn mix_spreads_neighbouring_inputs() {
-        assert_ne!(mix(1) >> 60, mix(2) >> 60);
+        // Avalanche: one flipped input bit flips about half the output bits.
+        let flipped: u32 = (0..1000u64)
+            .map(|i| (mix(i) ^ mix(i ^ 1)).count_ones())
+            .sum();
+        let mean = f64::from(flipped) / 1000.0;
+        assert!((28.0..=36.0).contains(&mean), "{mean}");
     }
 }
