@@ -52,7 +52,7 @@
 //! }
 //! ```
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -224,10 +224,10 @@ impl Scheduler {
             .iter()
             .filter_map(|g| g.max_sessions.map(|cap| (g.name.clone(), cap)))
             .collect();
-        let mut keep = Vec::with_capacity(inventory.devices.len());
+        let mut keep = HashSet::with_capacity(inventory.devices.len());
         for device in &inventory.devices {
             let id = self.id_for(&device.name);
-            keep.push(id);
+            keep.insert(id);
             let interval = device.interval.max(MIN_INTERVAL);
             match self.entries.get(&id) {
                 None => {
