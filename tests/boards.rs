@@ -13,7 +13,6 @@ use serde::Deserialize;
 /// One `boards/*.toml`; unknown keys are errors, as in rackhand's own config.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-#[allow(dead_code)] // every field is checked for presence by deserialising; not all are read
 struct Board {
     name: String,
     target: String,
