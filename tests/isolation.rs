@@ -10,16 +10,20 @@
 
 mod support;
 
+use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use nix::sys::signal::Signal;
 use rackhand::inventory::Device;
 use rackhand::isolation::{Isolator, Limits};
 use rackhand::record::{Outcome, Status};
 use rackhand::sim::{Fault, Profile, TelnetRack};
-use support::{TempDir, loopback_any_port};
+use support::process::ChildGuard;
+use support::{TempDir, loopback_any_port, poll_until};
 
 const GRACE: Duration = Duration::from_secs(2);
 
@@ -608,4 +612,167 @@ fn the_example_pdu_driver_reports_a_refused_login() {
     let device = device(&dir, "pdu1", &lines);
     let (outcomes, _) = collect(&isolator(), &device, &commands(&["whoami"]));
     assert_eq!(outcomes[0].status, Status::AuthFailed, "{outcomes:?}");
+}
+
+// ---------------------------------------------------------------------------------------
+// Through the command line: `rackhand collect` dispatches on `isolation`.
+
+fn config_file(dir: &TempDir, devices: &[(&str, Vec<String>)]) -> PathBuf {
+    let mut text = format!(
+        "[agent]\nid = \"t\"\nworkers = 4\nstate_dir = '{}'\n\n[defaults]\nusername = \"admin\"\n\
+         password = \"admin\"\nconnect_timeout = \"5s\"\ncommand_timeout = \"5s\"\n",
+        dir.join("state").display()
+    );
+    for (name, lines) in devices {
+        text.push_str(&format!("\n[[device]]\nname = \"{name}\"\n"));
+        for line in lines {
+            text.push_str(line);
+            text.push('\n');
+        }
+    }
+    let path = dir.join("rackhand.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn rackhand_collect(config: &Path) -> (ChildGuard, mpsc::Receiver<Vec<u8>>) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rackhand"));
+    cmd.args(["collect", "--format", "json", "-c"])
+        .arg(config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped());
+    let mut guard = ChildGuard::spawn(cmd, "rackhand collect", None).unwrap();
+    let mut stdout = guard.child_mut().stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut all = Vec::new();
+        let _ = stdout.read_to_end(&mut all);
+        let _ = tx.send(all);
+    });
+    (guard, rx)
+}
+
+#[test]
+fn rackhand_collect_runs_process_isolated_devices_in_drivers() {
+    let rack = TelnetRack::start(
+        loopback_any_port(),
+        2,
+        Profile::for_platform("cisco_ios").unwrap(),
+    )
+    .unwrap();
+    let dir = TempDir::new("iso-cli").unwrap();
+    let addrs = rack.addrs();
+    let lines = |i: usize, isolation: &str| {
+        vec![
+            "transport = \"telnet\"".to_string(),
+            format!("host = \"{}\"", addrs[i].1.ip()),
+            format!("port = {}", addrs[i].1.port()),
+            "platform = \"cisco_ios\"".into(),
+            toml_list(&["show version", "show clock"]),
+            format!("isolation = \"{isolation}\""),
+        ]
+    };
+    let config = config_file(
+        &dir,
+        &[
+            ("inproc", lines(0, "thread")),
+            ("isolated", lines(1, "process")),
+        ],
+    );
+    let (mut guard, stdout) = rackhand_collect(&config);
+    let status = guard
+        .wait_until(Instant::now() + Duration::from_secs(30))
+        .unwrap()
+        .expect("rackhand collect finished");
+    let out = stdout.recv_timeout(Duration::from_secs(5)).unwrap();
+    let records: Vec<serde_json::Value> = String::from_utf8(out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(status.success(), "{status:?}\n{}", guard.stderr_text());
+    assert_eq!(records.len(), 4, "{records:#?}");
+    for name in ["inproc", "isolated"] {
+        let mine: Vec<_> = records.iter().filter(|r| r["device"] == name).collect();
+        assert_eq!(mine.len(), 2, "{records:#?}");
+        assert!(mine.iter().all(|r| r["status"] == "ok"), "{mine:#?}");
+    }
+    let version = |name: &str| {
+        records
+            .iter()
+            .find(|r| r["device"] == name && r["command"] == "show version")
+            .map(|r| r["output"].as_str().unwrap().to_string())
+            .unwrap()
+    };
+    assert_eq!(version("inproc"), version("isolated"));
+}
+
+#[test]
+fn a_driver_dies_with_the_agent() {
+    let dir = TempDir::new("iso-pdeathsig").unwrap();
+    let exec = script(&dir, "stuck.sh", "read -r request\nexec sleep 120");
+    let device = vec![
+        "transport = \"telnet\"".to_string(),
+        "host = \"127.0.0.1\"".into(),
+        "platform = \"generic\"".into(),
+        "prompt = '^x>$'".into(),
+        "connect_timeout = \"60s\"".into(),
+        "command_timeout = \"60s\"".into(),
+        toml_list(&["one"]),
+        format!("driver_exec = \"{}\"", exec.display()),
+    ];
+    let config = config_file(&dir, &[("orphan", device)]);
+    let (mut agent, _stdout) = rackhand_collect(&config);
+    let pidfile = dir.join("stuck.sh.pid");
+    let mut pid = None;
+    let started = poll_until(Instant::now() + Duration::from_secs(10), || {
+        pid = std::fs::read_to_string(&pidfile)
+            .ok()
+            .and_then(|t| t.trim().parse::<u32>().ok());
+        pid.is_some()
+    });
+    assert!(
+        started,
+        "the driver never started:\n{}",
+        agent.stderr_text()
+    );
+    let pid = pid.unwrap();
+    let _sweep = Sweep(pid);
+    assert!(alive(pid), "the driver is running before the agent dies");
+
+    agent.signal(Signal::SIGKILL).unwrap();
+    agent
+        .wait_until(Instant::now() + Duration::from_secs(5))
+        .unwrap()
+        .expect("the agent died");
+    let gone = poll_until(Instant::now() + Duration::from_secs(5), || !alive(pid));
+    assert!(gone, "driver pid {pid} outlived the agent");
+}
+
+/// Kills the test's `sleep` driver if the agent failed to take it down (so a failing test
+/// leaves nothing running); checks the command line first, the pid may be someone else's now.
+struct Sweep(u32);
+
+impl Drop for Sweep {
+    fn drop(&mut self) {
+        let cmdline = std::fs::read(format!("/proc/{}/cmdline", self.0)).unwrap_or_default();
+        if alive(self.0) && cmdline.starts_with(b"sleep\x00120") {
+            let _ =
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.0 as i32), Signal::SIGKILL);
+        }
+    }
+}
+
+/// Running (not gone, not a zombie waiting for whoever inherited it).
+fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => false,
+        Ok(stat) => {
+            let state = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next())
+                .unwrap_or("");
+            state != "Z" && state != "X"
+        }
+    }
 }

@@ -10,7 +10,8 @@ use std::path::Path;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use crate::inventory::Device;
+use crate::inventory::{Device, Isolation};
+use crate::isolation;
 use crate::pool::{self, Event};
 use crate::record::{Record, Status};
 use crate::session;
@@ -83,8 +84,11 @@ pub fn run(path: &Path, args: &CollectArgs) -> anyhow::Result<i32> {
         let devices_ref = &devices;
         scope.spawn(move || {
             pool::run(devices_ref, workers, tx, |device, emit| {
-                for outcome in session::collect(device, &device.commands) {
-                    emit(outcome);
+                match device.isolation {
+                    Isolation::Process => {
+                        isolation::collect_isolated(device, &device.commands, emit)
+                    }
+                    Isolation::Thread => session::collect_each(device, &device.commands, emit),
                 }
             })
         });
