@@ -218,6 +218,7 @@ fn a_hung_device_is_stopped_at_its_deadline_and_a_parallel_device_is_unaffected(
     let mut lines = telnet_lines(&good_rack, "cisco_ios");
     let good_list = ["show version", "show clock", "show inventory", "show vlan"];
     lines.push(toml_list(&good_list));
+    lines.push("isolation = \"process\"".into());
     let good = device(&dir, "good", &lines);
 
     let (tx, rx) = mpsc::channel();
@@ -229,10 +230,9 @@ fn a_hung_device_is_stopped_at_its_deadline_and_a_parallel_device_is_unaffected(
             let _ = tx2.send(("hung", collect(&iso, hung, &commands(&["show clock"]))));
         });
         let good = &good;
+        let iso = isolator();
         scope.spawn(move || {
-            let start = Instant::now();
-            let outcomes = rackhand::session::collect(good, &commands(&good_list));
-            let _ = tx.send(("good", (outcomes, start.elapsed())));
+            let _ = tx.send(("good", collect(&iso, good, &commands(&good_list))));
         });
     });
     let results: Vec<_> = rx.try_iter().collect();

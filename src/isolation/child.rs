@@ -47,6 +47,9 @@ pub fn serve(input: impl Read, mut output: impl Write) -> Result<(), DriverError
     }
     let line = line.strip_suffix(b"\n").unwrap_or(&line);
     let request = protocol::parse_request(line)?;
+    if let Some(level) = request.log_level.as_deref().and_then(|l| l.parse().ok()) {
+        log::set_max_level(level);
+    }
     let mut device = request.device.to_device()?;
     device.commands = request.commands.clone();
     let mut failed = None;

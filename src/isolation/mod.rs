@@ -531,6 +531,7 @@ impl Supervisor<'_> {
             version: protocol::VERSION,
             device: WireDevice::from_device(device),
             commands: self.commands.to_vec(),
+            log_level: Some(log::max_level().as_str().to_ascii_lowercase()),
         });
         let mut written = 0usize;
         let cap = (device.max_output as usize)

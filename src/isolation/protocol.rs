@@ -45,6 +45,10 @@ pub struct Request {
     pub version: u32,
     pub device: WireDevice,
     pub commands: Vec<String>,
+    /// The agent's log level (`error` … `trace`), so a driver logs no more than the agent
+    /// keeps.
+    #[serde(default)]
+    pub log_level: Option<String>,
 }
 
 /// A secret with the place it came from, so a driver can say "$RACKHAND_PASSWORD is not set"
