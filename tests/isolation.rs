@@ -21,8 +21,9 @@ use nix::sys::signal::Signal;
 use rackhand::inventory::Device;
 use rackhand::isolation::{Isolator, Limits};
 use rackhand::record::{Outcome, Status};
-use rackhand::sim::{Fault, Profile, TelnetRack};
+use rackhand::sim::{Fault, Profile, PtyConsole, TelnetRack};
 use support::process::ChildGuard;
+use support::sshd::Sshd;
 use support::{TempDir, loopback_any_port, poll_until};
 
 const GRACE: Duration = Duration::from_secs(2);
@@ -775,4 +776,70 @@ fn alive(pid: u32) -> bool {
             state != "Z" && state != "X"
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Every transport works from inside a driver (its rlimits, its cleared environment).
+
+fn assert_same_as_in_thread(device: &Device, list: &[&str]) {
+    let commands = commands(list);
+    let in_thread = rackhand::session::collect(device, &commands);
+    let (isolated, _) = collect(&isolator(), device, &commands);
+    assert_eq!(isolated.len(), commands.len());
+    for (a, b) in in_thread.iter().zip(&isolated) {
+        assert_eq!(
+            a.status,
+            Status::Ok,
+            "{}: in-thread {:?}",
+            device.name,
+            a.error
+        );
+        assert_eq!(
+            b.status,
+            Status::Ok,
+            "{}: isolated {:?}",
+            device.name,
+            b.error
+        );
+        assert_eq!(a.output, b.output, "{} `{}`", device.name, a.command);
+        assert!(!b.output.is_empty(), "{} `{}`", device.name, b.command);
+    }
+}
+
+#[test]
+fn an_ssh_device_works_isolated() {
+    let sshd = Sshd::start(&["--platform", "cisco_ios"]).unwrap_or_else(|e| panic!("{e}"));
+    let dir = TempDir::new("iso-ssh").unwrap();
+    let lines = vec![
+        "transport = \"ssh\"".to_string(),
+        format!("host = \"{}\"", sshd.addr.ip()),
+        format!("port = {}", sshd.addr.port()),
+        format!("username = \"{}\"", sshd.user),
+        format!("key_file = '{}'", sshd.client_key.display()),
+        format!("known_hosts = '{}'", dir.join("known_hosts").display()),
+        "host_key_check = \"accept-new\"".into(),
+        "platform = \"cisco_ios\"".into(),
+        toml_list(&["show version", "show clock"]),
+        "isolation = \"process\"".into(),
+    ];
+    let device = device(&dir, "ssh1", &lines);
+    assert_same_as_in_thread(&device, &["show version", "show clock"]);
+}
+
+#[test]
+fn a_console_device_works_isolated() {
+    let dir = TempDir::new("iso-console").unwrap();
+    let link = dir.join("tty");
+    let console = PtyConsole::start(&link, None, Profile::for_platform("cisco_ios").unwrap())
+        .unwrap_or_else(|e| panic!("cannot start a pty console at {}: {e}", link.display()));
+    let lines = vec![
+        "transport = \"serial\"".to_string(),
+        format!("serial_port = '{}'", console.link_path().display()),
+        "baud = 9600".into(),
+        "platform = \"cisco_ios\"".into(),
+        toml_list(&["show version", "show clock"]),
+        "isolation = \"process\"".into(),
+    ];
+    let device = device(&dir, "con1", &lines);
+    assert_same_as_in_thread(&device, &["show version", "show clock"]);
 }
