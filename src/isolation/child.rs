@@ -23,12 +23,13 @@ pub enum DriverError {
     NoRequest,
     #[error("the request line is longer than {MAX_REQUEST} bytes")]
     RequestTooLong,
+    // Not a `#[source]`: the message already carries it, and anyhow's chain would repeat it.
     #[error("bad request: {0}")]
-    Protocol(#[from] protocol::ProtocolError),
-    #[error("device `{device}`: writing to the agent: {source} (the agent went away?)")]
+    Protocol(protocol::ProtocolError),
+    #[error("device `{device}`: writing to the agent: {error} (the agent went away?)")]
     Write {
         device: String,
-        source: std::io::Error,
+        error: std::io::Error,
     },
 }
 
@@ -46,11 +47,11 @@ pub fn serve(input: impl Read, mut output: impl Write) -> Result<(), DriverError
         return Err(DriverError::RequestTooLong);
     }
     let line = line.strip_suffix(b"\n").unwrap_or(&line);
-    let request = protocol::parse_request(line)?;
+    let request = protocol::parse_request(line).map_err(DriverError::Protocol)?;
     if let Some(level) = request.log_level.as_deref().and_then(|l| l.parse().ok()) {
         log::set_max_level(level);
     }
-    let mut device = request.device.to_device()?;
+    let mut device = request.device.to_device().map_err(DriverError::Protocol)?;
     device.commands = request.commands.clone();
     let mut failed = None;
     session::collect_each(&device, &request.commands, &mut |outcome| {
@@ -69,15 +70,15 @@ pub fn serve(input: impl Read, mut output: impl Write) -> Result<(), DriverError
             failed = Some(e);
         }
     });
-    if let Some(source) = failed {
+    if let Some(error) = failed {
         return Err(DriverError::Write {
             device: device.name,
-            source,
+            error,
         });
     }
-    write_line(&mut output, &Reply::Done).map_err(|source| DriverError::Write {
+    write_line(&mut output, &Reply::Done).map_err(|error| DriverError::Write {
         device: device.name.clone(),
-        source,
+        error,
     })
 }
 

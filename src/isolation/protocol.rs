@@ -186,16 +186,21 @@ pub fn parse_reply(line: &[u8]) -> Result<Reply, ProtocolError> {
 
 /// Parses the request line (without its `\n`).
 pub fn parse_request(line: &[u8]) -> Result<Request, ProtocolError> {
-    let request: Request = serde_json::from_slice(line).map_err(|e| malformed(line, e))?;
-    if request.kind != "collect" {
-        return Err(malformed(line, format!("unknown type `{}`", request.kind)));
+    // Type and version first: a request of another version may lack fields this one needs.
+    #[derive(Deserialize)]
+    struct Head {
+        #[serde(rename = "type")]
+        kind: String,
+        version: u32,
     }
-    if request.version != VERSION {
-        return Err(ProtocolError::Version {
-            got: request.version,
-        });
+    let head: Head = serde_json::from_slice(line).map_err(|e| malformed(line, e))?;
+    if head.kind != "collect" {
+        return Err(malformed(line, format!("unknown type `{}`", head.kind)));
     }
-    Ok(request)
+    if head.version != VERSION {
+        return Err(ProtocolError::Version { got: head.version });
+    }
+    serde_json::from_slice(line).map_err(|e| malformed(line, e))
 }
 
 /// One JSON line with its `\n`.
