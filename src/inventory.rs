@@ -243,6 +243,14 @@ pub struct Inventory {
     pub upstream: Option<Upstream>,
 }
 
+/// Reads, parses and resolves the config at `path`; the report holds every finding, sorted.
+pub fn load(path: &std::path::Path) -> Result<(Inventory, Report), crate::config::LoadError> {
+    let (raw, mut report) = crate::config::load(path)?;
+    let inventory = resolve(&raw, &mut report);
+    report.sort();
+    Ok((inventory, report))
+}
+
 /// Resolves inheritance and checks what needs the whole picture. Returns the inventory even
 /// when the report has errors (devices with errors are left out), so callers can show both.
 pub fn resolve(raw: &RawConfig, report: &mut Report) -> Inventory {

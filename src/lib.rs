@@ -5,6 +5,7 @@
 //! The binary (`src/main.rs`) is a thin edge over this library; `sim` is the simulated rack
 //! that tests, benchmarks and the demo run against.
 
+pub mod agent;
 pub mod channel;
 pub mod cli;
 pub mod config;
@@ -18,5 +19,6 @@ pub mod scheduler;
 pub mod seq;
 pub mod session;
 pub mod sim;
+pub mod sink;
 pub mod telnet;
 pub mod transport;

@@ -297,6 +297,9 @@ pub enum PoolEvent<K> {
         summary: RunSummary,
         elapsed: Duration,
     },
+    /// Sent through [`Pool::waker`] by someone other than a worker (a signal handler thread)
+    /// so the loop reading events wakes up at once.
+    Wake,
 }
 
 struct Job<K> {
@@ -333,6 +336,7 @@ impl<K> Shared<K> {
 pub struct Pool<K: Copy + Send + fmt::Debug + 'static> {
     shared: Arc<Shared<K>>,
     events: Receiver<PoolEvent<K>>,
+    waker: mpsc::Sender<PoolEvent<K>>,
     threads: Vec<JoinHandle<()>>,
     workers: usize,
     capacity: usize,
@@ -360,6 +364,7 @@ impl<K: Copy + Send + fmt::Debug + 'static> Pool<K> {
         let mut pool = Pool {
             shared,
             events,
+            waker: tx.clone(),
             threads: Vec::with_capacity(workers),
             workers,
             capacity,
@@ -380,6 +385,11 @@ impl<K: Copy + Send + fmt::Debug + 'static> Pool<K> {
             }
         }
         Ok(pool)
+    }
+
+    /// A sender into the event channel, for waking the loop with [`PoolEvent::Wake`].
+    pub fn waker(&self) -> mpsc::Sender<PoolEvent<K>> {
+        self.waker.clone()
     }
 
     /// Queues `device` for the next free worker, or refuses at once when the queue is full.

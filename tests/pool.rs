@@ -72,7 +72,7 @@ fn finished<K: Copy + std::fmt::Debug>(
         match events.recv_timeout(left) {
             Ok(PoolEvent::Finished { key, summary, .. }) => done.push((key, summary)),
             Ok(PoolEvent::Outcome { outcome, .. }) => outcomes.push(outcome),
-            Ok(PoolEvent::Started { .. }) => {}
+            Ok(PoolEvent::Started { .. } | PoolEvent::Wake) => {}
             Err(e) => panic!("waiting for runs to finish: {e}"),
         }
     }

@@ -546,7 +546,7 @@ fn drive(
             Ok(PoolEvent::Finished { key, summary, .. }) => {
                 scheduler.finished(key, &summary, Instant::now())
             }
-            Ok(PoolEvent::Started { .. }) | Err(RecvTimeoutError::Timeout) => {}
+            Ok(PoolEvent::Started { .. } | PoolEvent::Wake) | Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => panic!("the pool's workers are gone"),
         }
     }

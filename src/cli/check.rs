@@ -6,8 +6,8 @@
 use std::io::Write;
 use std::path::Path;
 
+use crate::config::Report;
 use crate::config::units::format_duration;
-use crate::config::{self, Report};
 use crate::inventory::{self, Inventory, SinkKind, Transport};
 
 #[derive(Debug, clap::Args)]
@@ -15,10 +15,7 @@ pub struct CheckArgs {}
 
 /// Loads, resolves and checks; the report carries every finding.
 pub fn load(path: &Path) -> anyhow::Result<(Inventory, Report)> {
-    let (raw, mut report) = config::load(path)?;
-    let inventory = inventory::resolve(&raw, &mut report);
-    report.sort();
-    Ok((inventory, report))
+    Ok(inventory::load(path)?)
 }
 
 pub fn run(path: &Path, _args: &CheckArgs) -> anyhow::Result<i32> {

@@ -7,8 +7,10 @@ use clap::{Parser, Subcommand};
 
 pub mod check;
 pub mod collect;
+pub mod demo;
 pub mod driver;
 pub mod logging;
+pub mod run;
 pub mod sim;
 
 /// Where the config comes from when `-c` is not given.
@@ -28,6 +30,10 @@ pub struct Cli {
 pub enum Command {
     /// Validate the config and print the inventory it resolves.
     Check(check::CheckArgs),
+    /// The agent: schedules collections and writes records until SIGTERM (systemd-ready).
+    Run(run::RunArgs),
+    /// A simulated rack on loopback, the agent run against it for a short time, a summary.
+    Demo(demo::DemoArgs),
     /// One pass now over all devices (or the named ones); prints records, ships nothing.
     Collect(collect::CollectArgs),
     /// The child side of process isolation: runs one device's session, JSON lines on stdio.
@@ -70,6 +76,8 @@ pub fn main() -> i32 {
     let result = match &cli.command {
         Command::Check(args) => check::run(&config_path(&cli), args),
         Command::Collect(args) => collect::run(&config_path(&cli), args),
+        Command::Run(args) => run::run(&config_path(&cli), args),
+        Command::Demo(args) => demo::run(args),
         Command::Sim(args) => sim::run(args),
         Command::Driver(args) => driver::run(args),
     };

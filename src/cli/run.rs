@@ -1,0 +1,36 @@
+//! `rackhand run`: the agent, until SIGTERM. Exit 0 on a clean stop.
+
+use std::path::Path;
+use std::time::Duration;
+
+use crate::agent::{self, Options};
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// How long in-flight sessions may take to finish after SIGTERM (e.g. "30s").
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub drain: Duration,
+}
+
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    crate::config::units::parse_duration(text)
+}
+
+pub fn run(path: &Path, args: &RunArgs) -> anyhow::Result<i32> {
+    if let Ok((inventory, _)) = crate::inventory::load(path) {
+        super::logging::init(Some(&inventory.agent.log_level));
+    }
+    let summary = agent::run(
+        path,
+        Options {
+            drain: args.drain,
+            ..Options::default()
+        },
+    )?;
+    log::info!(
+        "stopped cleanly: {} records written to {}",
+        summary.records,
+        summary.outbox.display()
+    );
+    Ok(0)
+}
