@@ -130,8 +130,14 @@ impl Isolator {
         }
     }
 
-    /// Drivers are this very executable (the agent itself).
+    /// Drivers are this very executable (the agent itself). Through `/proc/self/exe` where
+    /// there is one: it names the running image even after a package upgrade replaced the
+    /// file, so agent and driver always speak the same protocol version.
     pub fn current() -> Result<Isolator, IsolationError> {
+        let proc_exe = Path::new("/proc/self/exe");
+        if proc_exe.exists() {
+            return Ok(Isolator::new(proc_exe));
+        }
         std::env::current_exe()
             .map(Isolator::new)
             .map_err(IsolationError::SelfExe)
@@ -159,8 +165,13 @@ impl Isolator {
             Some(exec) => (exec, &[]),
             None => (&self.rackhand, &["driver"]),
         };
+        // `rackhand driver` in ps, also when started through /proc/self/exe.
+        let arg0 = match &device.driver_exec {
+            Some(exec) => exec.as_os_str(),
+            None => std::ffi::OsStr::new("rackhand"),
+        };
         let mut answered = 0usize;
-        let result = self.supervise(device, commands, program, args, &mut |o| {
+        let result = self.supervise(device, commands, (program, arg0, args), &mut |o| {
             answered += 1;
             emit(o);
         });
@@ -170,7 +181,7 @@ impl Isolator {
         };
         let (status, error) = match result {
             Err(e) => (Status::DriverCrashed, e.to_string()),
-            Ok(end) => end.describe(device, program, first, self.grace),
+            Ok(end) => end.describe(device, &driver_label(device), first, self.grace),
         };
         for command in rest {
             emit(unanswered(device, command, status, &error));
@@ -181,14 +192,14 @@ impl Isolator {
         &self,
         device: &Device,
         commands: &[String],
-        program: &Path,
-        args: &[&str],
+        (program, arg0, args): (&Path, &std::ffi::OsStr, &[&str]),
         emit: &mut dyn FnMut(Outcome),
     ) -> Result<End, IsolationError> {
         let start = Instant::now();
         let cpu_seconds = cpu_limit(device, commands.len(), self.grace);
         let mut command = Command::new(program);
         command
+            .arg0(arg0)
             .args(args)
             .env_clear()
             .envs(
@@ -218,7 +229,7 @@ impl Isolator {
         log::debug!(
             "{}: driver `{}` started (pid {pid})",
             device.name,
-            program.display()
+            driver_label(device)
         );
         let stderr_done = reaper
             .child
@@ -265,6 +276,14 @@ impl Isolator {
             },
         };
         Ok(end)
+    }
+}
+
+/// The driver as people know it: its `driver_exec` path, else `rackhand driver`.
+fn driver_label(device: &Device) -> String {
+    match &device.driver_exec {
+        Some(exec) => exec.display().to_string(),
+        None => "rackhand driver".to_string(),
     }
 }
 
@@ -418,12 +437,11 @@ impl End {
     fn describe(
         &self,
         device: &Device,
-        program: &Path,
+        program: &str,
         pending: &str,
         grace: Duration,
     ) -> (Status, String) {
         let name = &device.name;
-        let program = program.display();
         match self {
             End::Done => (
                 Status::DriverCrashed,
