@@ -11,6 +11,8 @@ library in 3.13, so the few Telnet rules needed are here).
 What it does: connect, answer the username/password prompts, wait for the device's `prompt`
 regex, run each command, and report one outcome per command as soon as it is done, then
 `done`. Diagnostics go to stderr, which rackhand logs under the device's name.
+The `prompt` regex is compiled with Python's `re`: keep it to the syntax both Rust's regex
+and Python share (classes, anchors, `\s`, `\$`), as in the example below.
 
 Config:
     [[device]]

@@ -813,7 +813,8 @@ fn forward_stderr(device: &str, stderr: ChildStderr) -> mpsc::Receiver<()> {
     let (tx, rx) = mpsc::channel::<()>();
     let name = device.to_string();
     let spawned = std::thread::Builder::new()
-        .name(format!("driver-log-{name}"))
+        // A NUL in a thread name panics; device names come from user text.
+        .name(format!("driver-log-{}", name.replace('\0', "")))
         .spawn(move || {
             let _done = tx;
             let mut reader = BufReader::new(stderr);
