@@ -593,6 +593,22 @@ fn the_example_pdu_driver_collects_from_the_simulator() {
     );
     assert!(took < Duration::from_secs(5), "took {took:?}");
 
+    // It logged its login at info level, and nothing as a warning (a Python warning would be).
+    let log = captured_log();
+    let mine: Vec<_> = log
+        .iter()
+        .filter(|(_, text)| text.starts_with("pdu1: driver: "))
+        .collect();
+    assert!(
+        mine.iter()
+            .any(|(level, text)| *level == log::Level::Info && text.contains("logged in")),
+        "{log:#?}"
+    );
+    assert!(
+        mine.iter().all(|(level, _)| *level == log::Level::Info),
+        "{mine:#?}"
+    );
+
     // The built-in generic driver sees the same outputs.
     let reference = rackhand::session::collect(&in_thread_device, &commands);
     assert_eq!(reference[0].output, outcomes[0].output);
@@ -610,7 +626,7 @@ fn the_example_pdu_driver_reports_a_refused_login() {
     lines.push(r"prompt = '^admin@pdu1:~\$ ?$'".into());
     lines.push(toml_list(&["whoami"]));
     lines.push(format!("driver_exec = \"{}\"", pdu_driver().display()));
-    let device = device(&dir, "pdu1", &lines);
+    let device = device(&dir, "pdu-auth", &lines);
     let (outcomes, _) = collect(&isolator(), &device, &commands(&["whoami"]));
     assert_eq!(outcomes[0].status, Status::AuthFailed, "{outcomes:?}");
 }

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""An external rackhand driver for a PDU (or any simple CLI box) reached over Telnet.
+r"""An external rackhand driver for a PDU (or any simple CLI box) reached over Telnet.
 
 Why this exists: some gear needs a dialogue rackhand's built-in drivers do not know (a PDU
 menu, a UPS card), and such code should not run inside the agent. A device with
@@ -20,7 +20,7 @@ Config:
     transport = "telnet"
     host = "10.0.0.9"
     platform = "generic"
-    prompt = '^apc>\\s*$'
+    prompt = '^apc>\s*$'
     driver_exec = "/usr/local/lib/rackhand/pdu.py"
     commands = ["olStatus all"]
 """
@@ -48,7 +48,8 @@ MAX_LOGIN_STEPS = 12
 
 
 def log(device, message):
-    print(f"pdu.py: {device}: {message}", file=sys.stderr, flush=True)
+    # `<6>`: informational (syslog priority); rackhand logs unprefixed stderr as warnings.
+    print(f"<6>pdu.py: {device}: {message}", file=sys.stderr, flush=True)
 
 
 def emit(message):
