@@ -859,3 +859,40 @@ fn a_console_device_works_isolated() {
     let device = device(&dir, "con1", &lines);
     assert_same_as_in_thread(&device, &["show version", "show clock"]);
 }
+
+#[test]
+fn what_a_driver_leaves_running_is_killed_with_it() {
+    let dir = TempDir::new("iso-leftover").unwrap();
+    let bg = dir.join("bg.pid");
+    // The background sleep inherits stdout: left alone it would hold the pipe open.
+    let body = format!(
+        "read -r request\nsleep 120 &\necho $! > '{}'\n{}\nprintf '%s\\n' '{{\"type\":\"done\"}}'\nexit 0",
+        bg.display(),
+        outcome_line("one", "")
+    );
+    let exec = script(&dir, "leaver.sh", &body);
+    let lines = vec![
+        "transport = \"telnet\"".into(),
+        "host = \"127.0.0.1\"".into(),
+        "platform = \"generic\"".into(),
+        "prompt = '^x>$'".into(),
+        toml_list(&["one"]),
+        format!("driver_exec = \"{}\"", exec.display()),
+    ];
+    let device = device(&dir, "leaver", &lines);
+    let (outcomes, took) = collect(&isolator(), &device, &commands(&["one"]));
+    let pid: u32 = std::fs::read_to_string(&bg)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let _sweep = Sweep(pid);
+    assert_eq!(outcomes[0].status, Status::Ok, "{outcomes:?}");
+    assert!(
+        took < Duration::from_secs(1),
+        "waited for the leftover: {took:?}"
+    );
+    let gone = poll_until(Instant::now() + Duration::from_secs(2), || !alive(pid));
+    assert!(gone, "the driver's background process {pid} survived it");
+    assert_reaped(script_pid(&dir, "leaver.sh"));
+}

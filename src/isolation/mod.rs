@@ -386,25 +386,12 @@ impl Reaper {
         }
     }
 
-    /// The leader has exited (or not): sweep its group, then collect it.
+    /// Ends it all: sweeps the group (the leader, if it still runs, and whatever it left
+    /// behind), then collects the leader's exit status.
     fn reap(&mut self) -> Option<ExitStatus> {
         if self.status.is_none() {
-            // The leader is at most a zombie here, so the group id is still ours.
-            let pid = self.child.id() as libc::pid_t;
-            let exited = self.child.try_wait().ok().flatten();
-            match exited {
-                Some(status) => {
-                    self.status = Some(status);
-                    // The group id stays unused for a moment after the leader is reaped;
-                    // sweep stragglers now rather than never.
-                    // SAFETY: a signal to the process group we created.
-                    unsafe { libc::kill(-pid, libc::SIGKILL) };
-                }
-                None => {
-                    self.kill_group();
-                    self.status = self.child.wait().ok();
-                }
-            }
+            self.kill_group();
+            self.status = self.child.wait().ok();
         }
         self.status
     }
@@ -682,19 +669,16 @@ impl Supervisor<'_> {
                 Some(i) => fds[i].revents != 0,
                 None => pidfd.is_none() && !exited,
             };
-            if check_exit {
+            if check_exit && has_exited(pid).map_err(watch_err)? {
+                // The leader is a zombie now, not yet reaped, so its pid (the group id) is
+                // still ours: sweep stragglers that would hold stdout open, then reap.
+                reaper.kill_group();
                 exited = reaper
                     .child
                     .try_wait()
                     .map_err(watch_err)?
                     .map(|status| reaper.status = Some(status))
                     .is_some();
-                if exited {
-                    // Stragglers in its group would hold stdout open; the leader is reaped,
-                    // and its group id is not handed out while members remain.
-                    // SAFETY: a signal to the process group we created.
-                    unsafe { libc::kill(-(pid as libc::pid_t), libc::SIGKILL) };
-                }
             }
         }
         Ok(Ending::Killed { budget: budget_now })
@@ -795,6 +779,27 @@ fn set_nonblocking(fd: i32) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Whether child `pid` has exited, without reaping it (waitid with WNOWAIT).
+fn has_exited(pid: u32) -> io::Result<bool> {
+    // SAFETY: an all-zero siginfo_t is valid; waitid fills it in.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: waitid on our own child with a valid siginfo_t.
+    let r = unsafe {
+        libc::waitid(
+            libc::P_PID,
+            pid as libc::id_t,
+            &mut info,
+            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // With WNOHANG and no exited child, waitid leaves si_pid at 0.
+    // SAFETY: si_pid is valid to read after waitid on a SIGCHLD-type result.
+    Ok(unsafe { info.si_pid() } != 0)
 }
 
 fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
