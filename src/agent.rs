@@ -295,7 +295,9 @@ pub fn run(config: &Path, mut options: Options) -> Result<Summary, AgentError> {
             wait = wait.min(t.saturating_duration_since(now));
         }
         if let Some(period) = watchdog {
-            wait = wait.min(period);
+            // Until the next ping is due, not a whole period: an event just before the ping
+            // would otherwise push it out to almost two periods, i.e. to systemd's limit.
+            wait = wait.min(period.saturating_sub(last_ping.elapsed()));
         }
         match pool.events().recv_timeout(wait) {
             Ok(event) => handle(

@@ -36,6 +36,13 @@ struct Member {
     note: &'static str,
 }
 
+/// The slow device's delay before every answer; with its two setup commands and four
+/// commands a session takes about 6 s.
+const SLOW_LATENCY: Duration = Duration::from_secs(1);
+/// Long enough for the slowest session (the slow device's 6 s, or the hanging one's 3 s
+/// timeout after its other commands) started just before the end: the demo loses no records.
+const DRAIN: Duration = Duration::from_secs(10);
+
 const IOS: &[&str] = &[
     "show version",
     "show clock",
@@ -137,14 +144,14 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<i32> {
         "",
     )?;
     let mut slow = profile("cisco_ios", "old-sw")?;
-    slow.latency = Duration::from_millis(1500);
+    slow.latency = SLOW_LATENCY;
     add_telnet(
         "old-sw",
         slow,
         "cisco_ios",
         "admin",
         IOS,
-        "slow: 1.5 s per command",
+        "slow: 1 s per command",
     )?;
     let hang = profile("cisco_ios", "flaky-sw")?.with_fault("show inventory", Fault::Hang);
     add_telnet(
@@ -255,7 +262,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<i32> {
     let summary = agent::run(
         &config,
         Options {
-            drain: Duration::from_secs(5),
+            drain: DRAIN,
             run_for: Some(args.duration),
             on_record: Some(Box::new(on_record)),
             signals: true,
