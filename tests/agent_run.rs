@@ -598,9 +598,16 @@ impl NotifySocket {
 
 #[test]
 fn sd_notify_ready_watchdog_reloading_and_stopping_reach_the_socket() {
-    let a = rack(ios());
+    // Three devices every 300 ms: events keep waking the loop between pings, which is when
+    // a ping scheduled a whole period after the last wake would come late.
+    let (a, b, c) = (rack(ios()), rack(ios()), rack(ios()));
     let dir = TempDir::new("run-notify").unwrap();
-    let config = write_config(&dir, &config_text(&dir, &[Dev::telnet("a", &a)]));
+    let devices = [
+        Dev::telnet("a", &a),
+        Dev::telnet("b", &b),
+        Dev::telnet("c", &c),
+    ];
+    let config = write_config(&dir, &config_text(&dir, &devices));
     let socket_path = dir.join("notify.sock");
     let notify = NotifySocket::bind(&socket_path);
     const WATCHDOG_USEC: u64 = 400_000;
@@ -619,19 +626,22 @@ fn sd_notify_ready_watchdog_reloading_and_stopping_reach_the_socket() {
         vec![ready.clone()],
         "READY=1 is the first message: {seen:?}"
     );
-    assert!(ready.contains("STATUS=collecting 1 devices"), "{ready:?}");
+    assert!(ready.contains("STATUS=collecting 3 devices"), "{ready:?}");
 
-    // Repeated pings, each within the interval systemd enforces.
+    // Repeated pings at half systemd's interval, as sd_watchdog_enabled(3) advises, so a
+    // busy moment never brings the agent near the limit: each gap well under 3/4 of it.
     let (_, mut last) = notify.expect("WATCHDOG=1", &mut seen);
-    for _ in 0..5 {
+    let mut gaps = Vec::new();
+    for _ in 0..10 {
         let (_, at) = notify.expect("WATCHDOG=1", &mut seen);
-        let gap = at - last;
-        assert!(
-            gap < Duration::from_micros(WATCHDOG_USEC),
-            "{gap:?} between pings: systemd would have killed the agent"
-        );
+        gaps.push(at - last);
         last = at;
     }
+    let limit = Duration::from_micros(WATCHDOG_USEC * 3 / 4);
+    assert!(
+        gaps.iter().all(|g| *g < limit),
+        "gaps between pings {gaps:?}: one reached {limit:?} (systemd kills at {WATCHDOG_USEC} µs)"
+    );
     // The agent was working meanwhile, not only pinging.
     agent.wait_records("a record of `a`", |r| !r.is_empty());
 
