@@ -57,11 +57,19 @@ impl Mode {
     }
 }
 
-/// A config for the first `n` devices of `rack`.
-fn write_config(dir: &TempDir, rack: &TelnetRack, n: usize, mode: Mode, interval: &str) -> PathBuf {
+/// A config for the first `n` devices of `rack` (`workers`: the agent's pool; `collect`
+/// overrides it with `--workers`).
+fn write_config(
+    dir: &TempDir,
+    rack: &TelnetRack,
+    n: usize,
+    workers: usize,
+    mode: Mode,
+    interval: &str,
+) -> PathBuf {
     let commands: Vec<String> = COMMANDS.iter().map(|c| format!("{c:?}")).collect();
     let mut text = format!(
-        "[agent]\nid = \"bench\"\nworkers = {n}\nstate_dir = \"{}\"\nlog_level = \"warn\"\n\n\
+        "[agent]\nid = \"bench\"\nworkers = {workers}\nstate_dir = \"{}\"\nlog_level = \"warn\"\n\n\
          [defaults]\nplatform = \"cisco_ios\"\nusername = \"admin\"\npassword = \"admin\"\n\
          transport = \"telnet\"\nconnect_timeout = \"10s\"\ncommand_timeout = \"10s\"\n\
          interval = \"{interval}\"\nisolation = \"{}\"\ncommands = [{}]\n\n\
@@ -210,11 +218,12 @@ fn rack(n: usize, latency: Duration) -> TelnetRack {
     TelnetRack::start(loopback_any_port(), n, profile).expect("start the simulated rack")
 }
 
-/// The agent on `n` devices for `rounds` rounds: its peak RSS just before SIGTERM, records
-/// written, sessions the simulator saw.
-fn agent_rss(dir: &TempDir, n: usize, latency: Duration, rounds: usize) -> (u64, usize, u64) {
+/// The agent on `n` devices and `workers` threads for `rounds` rounds: its peak RSS just
+/// before SIGTERM, records written, sessions the simulator saw.
+fn agent_rss(n: usize, workers: usize, latency: Duration, rounds: usize) -> (u64, usize, u64) {
+    let dir = TempDir::new("bench-agent").expect("temp dir");
     let rack = rack(n, latency);
-    let config = write_config(dir, &rack, n, Mode::Thread, "2s");
+    let config = write_config(&dir, &rack, n, workers, Mode::Thread, "2s");
     let mut m = Measured {
         child: Command::new(env!("CARGO_BIN_EXE_rackhand"))
             .arg("run")
@@ -233,8 +242,8 @@ fn agent_rss(dir: &TempDir, n: usize, latency: Duration, rounds: usize) -> (u64,
     let stats = rack.stats();
     let want = (n * rounds) as u64;
     assert!(
-        poll_until(deadline(Duration::from_secs(60)), || stats.total() >= want),
-        "the agent collected only {} of {want} sessions within 60 s",
+        poll_until(deadline(RUN_LIMIT), || stats.total() >= want),
+        "the agent collected only {} of {want} sessions within {RUN_LIMIT:?}",
         stats.total()
     );
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("agent status");
@@ -266,7 +275,7 @@ fn main() {
 
     // One device's time: a whole collect of a single device.
     let one = rack(1, latency);
-    let one_config = write_config(&tmp, &one, 1, Mode::Thread, "15m");
+    let one_config = write_config(&tmp, &one, 1, 1, Mode::Thread, "15m");
     let mut singles: Vec<Duration> = (0..5)
         .map(|_| collect(&one_config, 1, per_device).wall)
         .collect();
@@ -276,7 +285,7 @@ fn main() {
 
     let mut out = format!(
         "N = {n} devices, L = {} ms per command, {per_device} commands per device \
-         (+ `terminal length 0`), Telnet simulator on loopback; one device alone: {} \
+         (+ 2 setup commands), Telnet simulator on loopback; one device alone: {} \
          (median of 5 whole `rackhand collect` runs).\n\n\
          | run | workers | wall | ideal ⌈N/W⌉×T1 | wall/ideal | CPU (user+sys) | peak RSS | sessions at once |\n\
          |---|---|---|---|---|---|---|---|\n",
@@ -293,7 +302,7 @@ fn main() {
     for (label, mode, workers) in runs {
         // A fresh rack per run, so its session maxima belong to this run alone.
         let rack = rack(n, latency);
-        let config = write_config(&tmp, &rack, n, mode, "15m");
+        let config = write_config(&tmp, &rack, n, workers, mode, "15m");
         let usage = collect(&config, workers, n * per_device);
         let ideal = t1 * n.div_ceil(workers) as u32;
         let row = format!(
@@ -309,14 +318,16 @@ fn main() {
         out.push_str(&row);
     }
 
-    let rounds = 4;
-    let (hwm, records, sessions) = agent_rss(&tmp, n, latency, rounds);
-    writeln!(
-        out,
-        "\n`rackhand run`, {n} devices on {n} threads, interval 2 s, until {rounds} rounds: \
-         peak RSS (VmHWM) {}; {sessions} sessions, {records} records.",
-        mib(hwm)
-    )
-    .unwrap();
+    // The agent itself, on N threads (every device at once) and on the bounded W.
+    for (workers, rounds) in [(n, 4), (w, 2)] {
+        let (hwm, records, sessions) = agent_rss(n, workers, latency, rounds);
+        let line = format!(
+            "\n`rackhand run`, {n} devices on {workers} worker threads, interval 2 s, until \
+             {rounds} rounds: peak RSS (VmHWM) {} ({hwm} kB); {sessions} sessions, {records} records.",
+            mib(hwm)
+        );
+        eprintln!("{line}");
+        writeln!(out, "{line}").unwrap();
+    }
     println!("{out}");
 }
