@@ -211,14 +211,40 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<i32> {
         });
         consoles.push(console);
     }
-    if Path::new("/usr/sbin/sshd").exists() {
-        eprintln!(
-            "rackhand demo: SSH devices are not simulated by the demo yet (the tests run them behind a real sshd)"
-        );
-    } else {
-        eprintln!(
-            "rackhand demo: no sshd on this machine: the rack has Telnet devices and consoles only"
-        );
+    // Behind a real OpenSSH sshd where one can run here (installed, and we are root).
+    let mut ssh_servers = Vec::new();
+    match crate::sim::sshd::available() {
+        Ok(()) => {
+            for (name, platform, commands) in [
+                ("core-3", "cisco_ios", IOS),
+                (
+                    "spine-1",
+                    "arista_eos",
+                    &["show version", "show interfaces status", "show ip route"][..],
+                ),
+            ] {
+                let server = crate::sim::sshd::SshDevice::start(
+                    &dir.join(format!("sshd-{name}")),
+                    &["--platform", platform, "--hostname", name],
+                )
+                .with_context(|| format!("start sshd for the simulated {name}"))?;
+                members.push(Member {
+                    name: name.to_string(),
+                    platform,
+                    endpoint: format!(
+                        "transport = \"ssh\"\nhost = \"127.0.0.1\"\nport = {}\nusername = \"{}\"\nkey_file = \"{}\"\nhost_key_check = \"accept-new\"\n",
+                        server.addr.port(),
+                        server.user,
+                        server.client_key.display()
+                    ),
+                    password: "admin",
+                    commands,
+                    note: "ssh, via OpenSSH sshd",
+                });
+                ssh_servers.push(server);
+            }
+        }
+        Err(why) => eprintln!("rackhand demo: no SSH devices: {why}"),
     }
 
     // Passwords in files readable by us alone, as in the field.
@@ -231,9 +257,10 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<i32> {
     std::fs::write(&config, config_text(&dir, &members))
         .with_context(|| format!("write {}", config.display()))?;
     eprintln!(
-        "rackhand demo: {} devices ({} telnet, {} consoles), config {}",
+        "rackhand demo: {} devices ({} telnet, {} ssh, {} consoles), config {}",
         members.len(),
         racks.len(),
+        ssh_servers.len(),
         consoles.len(),
         config.display()
     );
@@ -277,6 +304,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<i32> {
     for console in consoles {
         console.stop();
     }
+    drop(ssh_servers);
 
     println!("{}", render_summary(&members, &summary));
     println!(

@@ -17,6 +17,7 @@ pub mod engine;
 pub mod outputs;
 pub mod profile;
 pub mod session;
+pub mod sshd;
 pub mod stats;
 pub mod stdio;
 pub mod telnet_server;
