@@ -31,7 +31,9 @@ const MAX_IDLE: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
-    #[error("cannot read the config: {0}")]
+    // Transparent where the inner error already says it all: `anyhow`'s `{:#}` prints the
+    // source chain, so a `{0}` here would print the same message twice.
+    #[error(transparent)]
     Load(#[from] crate::config::LoadError),
     #[error("the config {path} has errors:\n{report}run `rackhand check -c {path}` for details")]
     Invalid { path: PathBuf, report: String },
@@ -39,13 +41,13 @@ pub enum AgentError {
         "upstream sink `{0}` is not available in this version; use sink = \"file\" (records are written as NDJSON files)"
     )]
     SinkUnavailable(&'static str),
-    #[error("{0}")]
+    #[error(transparent)]
     Sequence(#[from] crate::seq::SeqError),
-    #[error("{0}")]
+    #[error(transparent)]
     Sink(#[from] crate::sink::file::FileSinkError),
-    #[error("cannot start the worker pool: {0}")]
+    #[error(transparent)]
     Pool(#[from] crate::pool::PoolError),
-    #[error("cannot set up driver processes: {0}")]
+    #[error(transparent)]
     Isolation(#[from] crate::isolation::IsolationError),
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
