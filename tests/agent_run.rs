@@ -343,7 +343,7 @@ fn wait_sim(what: &str, cond: impl FnMut() -> bool) {
 fn records_reach_the_file_sink_and_sigterm_drains_a_slow_device_then_exits_0() {
     let fast = rack(ios());
     let mut slow_profile = ios();
-    // Latency before every answer, `terminal length 0` included: a session takes ≥ 1.4 s,
+    // Latency before every answer, the two setup commands included: a session takes ≥ 2.1 s,
     // so at a 300 ms interval it is in flight most of the time.
     slow_profile.latency = Duration::from_millis(700);
     let slow = rack(slow_profile);
@@ -398,7 +398,7 @@ fn records_reach_the_file_sink_and_sigterm_drains_a_slow_device_then_exits_0() {
         "the drained session finished normally:\n{}",
         listing(&records)
     );
-    // The in-flight session needed up to 1.4 s more: the agent waited for it, not longer.
+    // The in-flight session needed up to 2.1 s more: the agent waited for it, not longer.
     assert!(took < Duration::from_secs(5), "stopping took {took:?}");
     let fast_records = of(&records, "fast");
     assert!(fast_records.iter().all(|r| r.status == "ok"));
