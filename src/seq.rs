@@ -18,9 +18,9 @@ pub const BLOCK: u64 = 1024;
 #[derive(Debug, thiserror::Error)]
 pub enum SeqError {
     #[error(
-        "cannot keep the record sequence in {path}: {source}; check that state_dir exists and the agent may write it"
+        "cannot keep the record sequence in {path}: {error}; check that state_dir exists and the agent may write it"
     )]
-    Io { path: PathBuf, source: io::Error },
+    Io { path: PathBuf, error: io::Error },
     #[error(
         "{path} is corrupt ({detail}); it holds the record sequence: restore it from a backup, or remove it only if no receiver keeps record ids"
     )]
@@ -45,9 +45,9 @@ impl Sequence {
     /// run could have used.
     pub fn open(dir: &Path) -> Result<Sequence, SeqError> {
         let path = dir.join("seq");
-        let io_err = |source| SeqError::Io {
+        let io_err = |error| SeqError::Io {
             path: path.clone(),
-            source,
+            error,
         };
         fs::create_dir_all(dir).map_err(io_err)?;
         let reserved = match File::open(&path) {
@@ -76,10 +76,10 @@ impl Sequence {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if state.next > state.reserved {
             let reserved = state.next - 1 + BLOCK;
-            write_atomically(&self.path, format!("{reserved}\n").as_bytes()).map_err(|source| {
+            write_atomically(&self.path, format!("{reserved}\n").as_bytes()).map_err(|error| {
                 SeqError::Io {
                     path: self.path.clone(),
-                    source,
+                    error,
                 }
             })?;
             state.reserved = reserved;

@@ -20,28 +20,28 @@ pub use secret::Secret;
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     #[error(
-        "cannot read config {path}: {source}; give one with -c FILE or RACKHAND_CONFIG, or see examples/lab.toml"
+        "cannot read config {path}: {error}; give one with -c FILE or RACKHAND_CONFIG, or see examples/lab.toml"
     )]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
-    #[error("config {path} is not UTF-8 text: {source}")]
+    #[error("config {path} is not UTF-8 text: {error}")]
     NotUtf8 {
         path: PathBuf,
-        source: std::string::FromUtf8Error,
+        error: std::string::FromUtf8Error,
     },
 }
 
 /// Reads and parses the file; the report holds every syntax, key and value problem.
 pub fn load(path: &Path) -> Result<(RawConfig, Report), LoadError> {
-    let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
+    let bytes = std::fs::read(path).map_err(|error| LoadError::Read {
         path: path.to_path_buf(),
-        source,
+        error,
     })?;
-    let text = String::from_utf8(bytes).map_err(|source| LoadError::NotUtf8 {
+    let text = String::from_utf8(bytes).map_err(|error| LoadError::NotUtf8 {
         path: path.to_path_buf(),
-        source,
+        error,
     })?;
     Ok(parse_str(path, &text))
 }

@@ -12,10 +12,10 @@ use std::path::{Path, PathBuf};
 use crate::record::Record;
 
 #[derive(Debug, thiserror::Error)]
-#[error("file sink {path}: {source}; check that the folder exists, is writable and has space")]
+#[error("file sink {path}: {error}; check that the folder exists, is writable and has space")]
 pub struct FileSinkError {
     pub path: PathBuf,
-    pub source: io::Error,
+    pub error: io::Error,
 }
 
 pub struct FileSink {
@@ -31,9 +31,9 @@ const CURRENT: &str = "records.ndjson";
 
 impl FileSink {
     pub fn open(dir: &Path, max_bytes: u64) -> Result<FileSink, FileSinkError> {
-        let err = |source| FileSinkError {
+        let err = |error| FileSinkError {
             path: dir.to_path_buf(),
-            source,
+            error,
         };
         fs::create_dir_all(dir).map_err(err)?;
         let path = dir.join(CURRENT);
@@ -62,10 +62,10 @@ impl FileSink {
         &self.dir
     }
 
-    fn err(&self, source: io::Error) -> FileSinkError {
+    fn err(&self, error: io::Error) -> FileSinkError {
         FileSinkError {
             path: self.current_path(),
-            source,
+            error,
         }
     }
 
