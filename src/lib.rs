@@ -20,5 +20,6 @@ pub mod seq;
 pub mod session;
 pub mod sim;
 pub mod sink;
+pub mod spool;
 pub mod telnet;
 pub mod transport;
