@@ -6,6 +6,7 @@
 //! that tests, benchmarks and the demo run against.
 
 pub mod agent;
+pub mod batch;
 pub mod channel;
 pub mod cli;
 pub mod config;

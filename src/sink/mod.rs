@@ -2,3 +2,4 @@
 //! front of every sink and the `http` and `mqtt` sinks follow (issue 5).
 
 pub mod file;
+pub mod http;

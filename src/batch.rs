@@ -1,0 +1,1 @@
+//! The batcher (being written).

@@ -1,0 +1,1 @@
+//! The HTTP sink (being written).
