@@ -268,6 +268,10 @@ impl Spool {
                 segments.push_back(seg);
             }
         }
+        if report.checkpoint_reset {
+            // Replace it now: left as it is, every start would report the same damage.
+            write_atomically(&checkpoint, b"0\n").map_err(io_err(&checkpoint))?;
+        }
         if acked > floor {
             report.checkpoint_ahead = true;
         }
