@@ -296,6 +296,13 @@ impl Spool {
             blocked_bytes: 0,
             options,
         };
+        if let Some(last) = spool.segments.back() {
+            // Records recovered from the last segment may sit only in the page cache (the
+            // process died, the machine did not); from here on they count as durable.
+            File::open(&last.path)
+                .and_then(|f| f.sync_data())
+                .map_err(io_err(&last.path))?;
+        }
         if let Some(last) = spool.segments.back()
             && last.bytes < spool.options.segment_bytes
         {
