@@ -493,3 +493,18 @@ fn damage_after_open_is_an_error_naming_the_segment_and_the_read_goes_on() {
     assert_eq!(report.corrupt_spans, 1, "{report:?}");
     assert_eq!(seqs(&mut spool), (2..=30).collect::<Vec<_>>());
 }
+
+#[test]
+fn an_unreadable_segment_is_set_aside_not_a_crash_loop() {
+    let dir = TempDir::new("unreadable");
+    fill(&dir.0, SpoolOptions::default(), 1..=3);
+    // A folder with a segment's name: opening works, reading fails (EISDIR), like a bad sector.
+    let bad = dir.0.join(format!("{:020}.seg", 9));
+    fs::create_dir(&bad).unwrap();
+    let (spool, report) = Spool::open(&dir.0, SpoolOptions::default()).unwrap();
+    assert_eq!(report.segments_set_aside, 1, "{report:?}");
+    assert!(report.found_damage());
+    assert!(!bad.exists() && bad.with_extension("unreadable").exists());
+    drop(spool);
+    goes_on(&dir.0, SpoolOptions::default(), &[1, 2, 3]);
+}

@@ -26,6 +26,7 @@ use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use reader::Extent;
 pub use reader::Reader;
@@ -34,6 +35,18 @@ use crate::seq::write_atomically;
 
 const CHECKPOINT: &str = "checkpoint";
 const SEGMENT_EXT: &str = "seg";
+const UNREADABLE_EXT: &str = "unreadable";
+
+/// How often appended records are made durable (issue 5: about once a second by default).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// One fsync for everything appended in this interval (group commit): the SD card sees
+    /// few, large writes, and a crash loses at most this much uncommitted work.
+    Interval(Duration),
+    /// An fsync after every append: the slowest, for racks where every record counts more
+    /// than the card's wear.
+    Always,
+}
 
 /// What to do when an append would pass `max_bytes`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,6 +66,8 @@ pub struct SpoolOptions {
     pub full: FullPolicy,
     /// Largest payload accepted; also the bound on memory a read or a recovery needs.
     pub max_record_bytes: u32,
+    /// The cadence [`Spool::commit_if_due`] applies.
+    pub durability: Durability,
 }
 
 impl Default for SpoolOptions {
@@ -62,6 +77,7 @@ impl Default for SpoolOptions {
             max_bytes: 512 * 1024 * 1024,
             full: FullPolicy::Block,
             max_record_bytes: 16 * 1024 * 1024,
+            durability: Durability::Interval(Duration::from_secs(1)),
         }
     }
 }
@@ -115,6 +131,8 @@ pub struct RecoveryReport {
     pub corrupt_bytes_skipped: u64,
     /// Segments removed because nothing good was left in them.
     pub segments_removed: u64,
+    /// Segments that could not be read (I/O error) and were renamed to `*.unreadable`.
+    pub segments_set_aside: u64,
     /// Segments removed because all their records were acknowledged (a crash between the
     /// checkpoint write and the delete).
     pub acked_segments_removed: u64,
@@ -135,6 +153,7 @@ impl RecoveryReport {
         self.tail_bytes_cut > 0
             || self.corrupt_spans > 0
             || self.segments_removed > 0
+            || self.segments_set_aside > 0
             || self.checkpoint_reset
     }
 }
@@ -191,6 +210,7 @@ pub struct Spool {
     /// A segment was created or deleted since the last fsync of the folder.
     dir_dirty: bool,
     uncommitted: u64,
+    last_commit: Instant,
     dropped_records: u64,
     dropped_bytes: u64,
     blocked_records: u64,
@@ -277,9 +297,12 @@ impl Spool {
         }
         report.segments = segments.len();
         report.records = segments.iter().map(|s| s.records).sum();
-        let dir_dirty =
-            report.segments_removed + report.acked_segments_removed + report.temp_files_removed > 0
-                || report.corrupt_spans > 0;
+        let dir_dirty = report.segments_removed
+            + report.segments_set_aside
+            + report.acked_segments_removed
+            + report.temp_files_removed
+            > 0
+            || report.corrupt_spans > 0;
 
         let mut spool = Spool {
             dir: dir.to_path_buf(),
@@ -290,6 +313,7 @@ impl Spool {
             last_seq: floor.max(acked),
             dir_dirty,
             uncommitted: 0,
+            last_commit: Instant::now(),
             dropped_records: 0,
             dropped_bytes: 0,
             blocked_records: 0,
@@ -473,7 +497,39 @@ impl Spool {
         }
         self.sync_dir()?;
         self.uncommitted = 0;
+        self.last_commit = Instant::now();
         Ok(())
+    }
+
+    /// Commits when the cadence in [`SpoolOptions::durability`] says so at `now`; true when
+    /// it did. The caller calls it after appends and from its idle tick, so records never
+    /// wait much longer than the interval to become durable.
+    pub fn commit_if_due(&mut self, now: Instant) -> Result<bool, SpoolError> {
+        if !self.commit_due(now) {
+            return Ok(false);
+        }
+        self.commit()?;
+        Ok(true)
+    }
+
+    /// Whether records are waiting and the cadence allows an fsync at `now`.
+    pub fn commit_due(&self, now: Instant) -> bool {
+        self.uncommitted > 0
+            && match self.options.durability {
+                Durability::Always => true,
+                Durability::Interval(every) => {
+                    now.saturating_duration_since(self.last_commit) >= every
+                }
+            }
+    }
+
+    /// When the records waiting now must be committed at the latest (`None`: none wait).
+    /// An event loop waits until this deadline instead of polling.
+    pub fn commit_deadline(&self) -> Option<Instant> {
+        (self.uncommitted > 0).then(|| match self.options.durability {
+            Durability::Always => self.last_commit,
+            Durability::Interval(every) => self.last_commit + every,
+        })
     }
 
     fn flush(&mut self) -> Result<(), SpoolError> {
@@ -575,10 +631,29 @@ fn recover_segment(
         path: path.to_path_buf(),
         error,
     };
-    let file = File::open(path).map_err(io_err)?;
-    let on_disk = file.metadata().map_err(io_err)?.len();
-    let mut buf = Vec::with_capacity(on_disk.min(cap) as usize);
-    file.take(cap).read_to_end(&mut buf).map_err(io_err)?;
+    let read = || -> io::Result<(u64, Vec<u8>)> {
+        let file = File::open(path)?;
+        let on_disk = file.metadata()?.len();
+        let mut buf = Vec::with_capacity(on_disk.min(cap) as usize);
+        file.take(cap).read_to_end(&mut buf)?;
+        Ok((on_disk, buf))
+    };
+    let (on_disk, buf) = match read() {
+        Ok(read) => read,
+        Err(error) => {
+            // A bad sector (EIO) would fail every start the same way: set the file aside,
+            // where it is kept for inspection but no longer stops the agent.
+            let aside = path.with_extension(UNREADABLE_EXT);
+            fs::rename(path, &aside).map_err(io_err)?;
+            report.segments_set_aside += 1;
+            report.actions.push(format!(
+                "{} is unreadable ({error}): moved to {}, its records are lost",
+                path.display(),
+                aside.display()
+            ));
+            return Ok(None);
+        }
+    };
     let scan = recover::scan(&buf, floor, options.max_record_bytes);
     // Corrupt spans lie before `good_end`; everything after it is the bad tail.
     let tail = on_disk - scan.good_end as u64;
@@ -643,4 +718,59 @@ fn recover_segment(
         acked_records,
         first_unacked: scan.frames.iter().map(|f| f.seq).find(|&s| s > acked),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct TempDir(PathBuf);
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn temp(tag: &str) -> TempDir {
+        let dir =
+            std::env::temp_dir().join(format!("rackhand-spool-unit-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        TempDir(dir)
+    }
+
+    #[test]
+    fn group_commit_waits_for_the_interval_and_always_does_not() {
+        let dir = temp("cadence");
+        let (mut spool, _) = Spool::open(&dir.0, SpoolOptions::default()).unwrap();
+        let start = Instant::now();
+        assert!(
+            !spool.commit_due(start + Duration::from_secs(5)),
+            "nothing waits"
+        );
+        assert_eq!(spool.commit_deadline(), None);
+        spool.append(1, b"{}").unwrap();
+        let deadline = spool.commit_deadline().expect("a record waits");
+        assert!(
+            !spool
+                .commit_if_due(deadline - Duration::from_millis(1))
+                .unwrap()
+        );
+        assert_eq!(spool.stats().uncommitted_records, 1);
+        assert!(spool.commit_if_due(deadline).unwrap());
+        assert_eq!(spool.stats().uncommitted_records, 0);
+        drop(spool);
+
+        let always = SpoolOptions {
+            durability: Durability::Always,
+            ..SpoolOptions::default()
+        };
+        let (mut spool, _) = Spool::open(&dir.0, always).unwrap();
+        spool.append(2, b"{}").unwrap();
+        assert!(spool.commit_if_due(Instant::now()).unwrap());
+        assert!(
+            !spool.commit_if_due(Instant::now()).unwrap(),
+            "nothing left to commit"
+        );
+    }
 }
