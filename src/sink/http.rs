@@ -1,1 +1,817 @@
-//! The HTTP sink (being written).
+//! The `http` sink: one gzip NDJSON `POST` per batch, retried until the collector takes it.
+//!
+//! Delivery is at-least-once, so a batch leaves the spool only once a 2xx acknowledged it.
+//! Everything that may pass by itself is retried: connect errors, timeouts, 408, 429, 5xx (and
+//! a redirect, which only an operator can fix, but must not lose data meanwhile). The waits
+//! grow exponentially with full jitter (1 s → 60 s by default) and honour `Retry-After`, so a
+//! fleet of agents coming back after an outage does not hammer the collector in step. Any
+//! other 4xx means the collector will never take this batch: it goes to a size-capped
+//! dead-letter file with the response and counts as delivered, so one bad batch cannot block
+//! the stream forever.
+//!
+//! [`HttpSink::send`] blocks, but the agent can always stop it: the caller passes a deadline
+//! and a [`StopFlag`], every wait between attempts is a condvar wait on that flag, and one
+//! attempt never outlasts the configured `timeout` (nor the deadline).
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use flate2::Compression;
+use flate2::write::GzEncoder;
+use ureq::tls::{Certificate, PemItem, RootCerts, TlsConfig};
+
+use crate::batch::Batch;
+use crate::inventory::Upstream;
+
+/// The dead-letter file in [`HttpConfig::dead_letter_dir`]; the previous one is kept as
+/// [`DEAD_LETTER_OLD`] when it reaches its cap.
+pub const DEAD_LETTER_FILE: &str = "dead-letter.ndjson";
+pub const DEAD_LETTER_OLD: &str = "dead-letter.old.ndjson";
+/// Default cap of the dead-letter file (two files at most: this and the previous one).
+pub const DEAD_LETTER_MAX_BYTES: u64 = 16 * 1024 * 1024;
+/// How much of a response body is kept for the dead-letter file and error messages.
+pub const RESPONSE_EXCERPT: usize = 2048;
+/// A `Retry-After` longer than this is cut to it: an HTTP date read with an unsynchronised
+/// clock (a Pi without RTC boots in 1970) could otherwise mean a wait of decades.
+pub const RETRY_AFTER_MAX: Duration = Duration::from_secs(600);
+
+/// Headers the sink sets itself; config may not override them.
+const RESERVED_HEADERS: &[&str] = &[
+    "content-type",
+    "content-encoding",
+    "content-length",
+    "transfer-encoding",
+    "idempotency-key",
+    "host",
+];
+
+/// Exponential backoff with full jitter: the wait before retry `n` (1-based) is uniform in
+/// `0 ..= min(cap, base * 2^(n-1))`, but never under `base / 10`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    pub base: Duration,
+    pub cap: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Backoff {
+        Backoff {
+            base: Duration::from_secs(1),
+            cap: Duration::from_secs(60),
+        }
+    }
+}
+
+impl Backoff {
+    /// The upper bound of the wait before retry `n` (1-based).
+    pub fn ceiling(&self, n: u32) -> Duration {
+        let factor = 1u32 << n.saturating_sub(1).min(30);
+        self.base.saturating_mul(factor).min(self.cap)
+    }
+}
+
+/// What the sink needs, resolved: header values already read from env or files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpConfig {
+    pub url: String,
+    /// Extra headers (e.g. `Authorization`), values already resolved.
+    pub headers: Vec<(String, String)>,
+    /// PEM file with the CA certificate(s) to trust instead of the bundled Mozilla roots.
+    pub ca_file: Option<PathBuf>,
+    /// The longest one attempt may take, connect to last response byte.
+    pub timeout: Duration,
+    pub backoff: Backoff,
+    /// Where `dead-letter.ndjson` goes (the agent passes its `state_dir`).
+    pub dead_letter_dir: PathBuf,
+    pub dead_letter_max_bytes: u64,
+    /// Honour `HTTPS_PROXY` / `HTTP_PROXY` / `NO_PROXY` from the environment.
+    pub proxy_from_env: bool,
+}
+
+impl HttpConfig {
+    /// From `[upstream]`; `headers` replace the upstream's own when the caller resolved
+    /// env/file references in them.
+    pub fn from_upstream(
+        upstream: &Upstream,
+        headers: Vec<(String, String)>,
+        dead_letter_dir: &Path,
+    ) -> HttpConfig {
+        HttpConfig {
+            url: upstream.target.clone(),
+            headers,
+            ca_file: upstream.ca_file.clone(),
+            timeout: upstream.timeout,
+            backoff: Backoff::default(),
+            dead_letter_dir: dead_letter_dir.to_path_buf(),
+            dead_letter_max_bytes: DEAD_LETTER_MAX_BYTES,
+            proxy_from_env: true,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HttpSinkError {
+    #[error(
+        "[upstream] url `{url}` is not usable ({detail}); write it as http(s)://host[:port]/path"
+    )]
+    BadUrl { url: String, detail: String },
+    #[error(
+        "cannot read the CA file {path} for upstream {url}: {error}; check ca_file in [upstream] and that the agent may read it"
+    )]
+    CaFileRead {
+        path: PathBuf,
+        url: String,
+        error: io::Error,
+    },
+    #[error(
+        "the CA file {path} for upstream {url} {detail}; it must hold the collector's CA certificate(s) in PEM (-----BEGIN CERTIFICATE-----)"
+    )]
+    CaFileInvalid {
+        path: PathBuf,
+        url: String,
+        detail: String,
+    },
+    #[error("[upstream] header `{name}` for {url}: {detail}")]
+    BadHeader {
+        name: String,
+        url: String,
+        detail: String,
+    },
+    #[error(
+        "batch {key} to {url} not delivered: stopped after {attempts} attempt(s) (last: {last}); it stays in the spool and is sent again later"
+    )]
+    Stopped {
+        url: String,
+        key: String,
+        attempts: u32,
+        last: String,
+    },
+    #[error(
+        "batch {key} to {url} not delivered before its deadline, {attempts} attempt(s) (last: {last}); it stays in the spool and is sent again"
+    )]
+    DeadlineReached {
+        url: String,
+        key: String,
+        attempts: u32,
+        last: String,
+    },
+    #[error(
+        "{url} refused batch {key} with {status}, and the dead-letter file {path} cannot be written ({error}); the batch stays in the spool: free space in or fix the permissions of that folder"
+    )]
+    DeadLetter {
+        url: String,
+        key: String,
+        status: u16,
+        path: PathBuf,
+        error: io::Error,
+    },
+}
+
+/// How a batch left: acknowledged by the collector, or refused for good and dead-lettered.
+/// Either way it may leave the spool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivery {
+    Acknowledged {
+        status: u16,
+        attempts: u32,
+    },
+    DeadLettered {
+        status: u16,
+        attempts: u32,
+        path: PathBuf,
+    },
+}
+
+/// One failed attempt and the wait chosen before the next, for logs and `rackhand status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Retry {
+    /// The attempt that failed, 1-based.
+    pub attempt: u32,
+    /// What went wrong, in words (names the URL).
+    pub error: String,
+    /// The HTTP status, when there was a response.
+    pub status: Option<u16>,
+    /// The backoff's upper bound for this retry.
+    pub ceiling: Duration,
+    /// The collector's `Retry-After`, when it sent one (already capped).
+    pub retry_after: Option<Duration>,
+    /// The wait before the next attempt: jittered backoff, at least `retry_after`.
+    pub wait: Duration,
+}
+
+/// A stop request the agent raises once; waits between attempts end at once when it does.
+#[derive(Debug, Default)]
+pub struct StopFlag {
+    stopped: Mutex<bool>,
+    changed: Condvar,
+}
+
+impl StopFlag {
+    pub fn new() -> Arc<StopFlag> {
+        Arc::new(StopFlag::default())
+    }
+
+    pub fn stop(&self) {
+        *self.stopped.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        self.changed.notify_all();
+    }
+
+    pub fn is_stopped(&self) -> bool {
+        *self.stopped.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Waits until `deadline` or a stop, whichever is first; true when stopped.
+    pub fn wait_until(&self, deadline: Instant) -> bool {
+        let mut stopped = self.stopped.lock().unwrap_or_else(|e| e.into_inner());
+        // Spurious wakeups loop; each turn waits for what is left of a fixed deadline.
+        while !*stopped {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            stopped = self
+                .changed
+                .wait_timeout(stopped, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        *stopped
+    }
+}
+
+/// What one attempt came to.
+enum Attempt {
+    Acknowledged(u16),
+    Refused {
+        status: u16,
+        excerpt: String,
+    },
+    Retry {
+        error: String,
+        status: Option<u16>,
+        retry_after: Option<Duration>,
+    },
+}
+
+pub struct HttpSink {
+    config: HttpConfig,
+    agent: ureq::Agent,
+    rng: u64,
+}
+
+impl std::fmt::Debug for HttpSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpSink")
+            .field("url", &self.config.url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HttpSink {
+    /// Checks the URL, headers and CA file now, so a mistake shows at start, not at the
+    /// first batch.
+    pub fn new(config: HttpConfig) -> Result<HttpSink, HttpSinkError> {
+        let url = config.url.clone();
+        let uri: ureq::http::Uri = url.parse().map_err(|e| HttpSinkError::BadUrl {
+            url: url.clone(),
+            detail: format!("{e}"),
+        })?;
+        if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
+            return Err(HttpSinkError::BadUrl {
+                url,
+                detail: "it needs an http:// or https:// scheme and a host".into(),
+            });
+        }
+        for (name, value) in &config.headers {
+            check_header(name, value, &url)?;
+        }
+        let mut tls = TlsConfig::builder();
+        if let Some(path) = &config.ca_file {
+            tls = tls.root_certs(read_ca_file(path, &url)?);
+        }
+        let mut builder = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            // A redirected POST would be replayed as a GET (301/302/303) or refused: better
+            // to see the 3xx and tell the operator which URL to configure.
+            .max_redirects(0)
+            .user_agent(format!("rackhand/{}", env!("CARGO_PKG_VERSION")))
+            .timeout_global(Some(config.timeout))
+            .tls_config(tls.build());
+        if !config.proxy_from_env {
+            builder = builder.proxy(None);
+        }
+        let agent = ureq::Agent::new_with_config(builder.build());
+        Ok(HttpSink {
+            rng: seed(),
+            config,
+            agent,
+        })
+    }
+
+    pub fn config(&self) -> &HttpConfig {
+        &self.config
+    }
+
+    /// Sends `batch` until it is acknowledged or dead-lettered, `until` passes or `stop` is
+    /// raised.
+    pub fn send(
+        &mut self,
+        batch: &Batch,
+        until: Instant,
+        stop: &StopFlag,
+    ) -> Result<Delivery, HttpSinkError> {
+        self.send_observed(batch, until, stop, &mut |_| {})
+    }
+
+    /// As [`HttpSink::send`], telling `observe` about every failed attempt before waiting.
+    pub fn send_observed(
+        &mut self,
+        batch: &Batch,
+        until: Instant,
+        stop: &StopFlag,
+        observe: &mut dyn FnMut(&Retry),
+    ) -> Result<Delivery, HttpSinkError> {
+        let body = gzip(batch.body());
+        let key = batch.idempotency_key().to_string();
+        let mut attempts = 0u32;
+        let mut last = String::from("no attempt made");
+        loop {
+            if stop.is_stopped() {
+                return Err(self.not_delivered(true, &key, attempts, last));
+            }
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(self.not_delivered(false, &key, attempts, last));
+            }
+            attempts += 1;
+            let (error, status, retry_after) = match self.attempt(&body, &key, left) {
+                Attempt::Acknowledged(status) => {
+                    return Ok(Delivery::Acknowledged { status, attempts });
+                }
+                Attempt::Refused { status, excerpt } => {
+                    let path = self.dead_letter(batch, status, &excerpt)?;
+                    log::error!(
+                        "{} refused batch {key} ({} records, seq {}-{}) with {status}: {excerpt:?}; it was written to {} and will not be sent again: check the collector's logs and [upstream] headers",
+                        self.config.url,
+                        batch.len(),
+                        batch.first_seq(),
+                        batch.last_seq(),
+                        path.display()
+                    );
+                    return Ok(Delivery::DeadLettered {
+                        status,
+                        attempts,
+                        path,
+                    });
+                }
+                Attempt::Retry {
+                    error,
+                    status,
+                    retry_after,
+                } => (error, status, retry_after),
+            };
+            let ceiling = self.config.backoff.ceiling(attempts);
+            // Full jitter, floored at a tenth of `base`: a run of near-zero draws must not
+            // turn an instant failure (connection refused) into back-to-back attempts.
+            let jittered = ceiling
+                .mul_f64(self.next_unit())
+                .max(self.config.backoff.base / 10);
+            let wait = retry_after.map_or(jittered, |r| r.max(jittered));
+            let retry = Retry {
+                attempt: attempts,
+                error,
+                status,
+                ceiling,
+                retry_after,
+                wait,
+            };
+            log::warn!(
+                "batch {key}: attempt {attempts} failed: {}; retrying in {:.1}s",
+                retry.error,
+                wait.as_secs_f64()
+            );
+            observe(&retry);
+            last = retry.error;
+            let next = Instant::now() + wait;
+            if stop.wait_until(next.min(until)) {
+                return Err(self.not_delivered(true, &key, attempts, last));
+            }
+            if next > until {
+                return Err(self.not_delivered(false, &key, attempts, last));
+            }
+        }
+    }
+
+    fn not_delivered(
+        &self,
+        stopped: bool,
+        key: &str,
+        attempts: u32,
+        last: String,
+    ) -> HttpSinkError {
+        let (url, key) = (self.config.url.clone(), key.to_string());
+        if stopped {
+            HttpSinkError::Stopped {
+                url,
+                key,
+                attempts,
+                last,
+            }
+        } else {
+            HttpSinkError::DeadlineReached {
+                url,
+                key,
+                attempts,
+                last,
+            }
+        }
+    }
+
+    fn attempt(&self, gz: &[u8], key: &str, left: Duration) -> Attempt {
+        let url = &self.config.url;
+        let mut request = self
+            .agent
+            .post(url)
+            .header("Content-Type", "application/x-ndjson")
+            .header("Content-Encoding", "gzip")
+            .header("Idempotency-Key", key);
+        for (name, value) in &self.config.headers {
+            request = request.header(name.as_str(), value.as_str());
+        }
+        let timeout = self.config.timeout.min(left);
+        let result = request
+            .config()
+            .timeout_global(Some(timeout))
+            .build()
+            .send(gz);
+        let mut response = match result {
+            Ok(r) => r,
+            Err(e) => {
+                return Attempt::Retry {
+                    error: describe(&e, url, timeout),
+                    status: None,
+                    retry_after: None,
+                };
+            }
+        };
+        let status = response.status().as_u16();
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let retry_after = header("retry-after")
+            .and_then(|v| parse_retry_after(&v, SystemTime::now()))
+            .map(|d| d.min(RETRY_AFTER_MAX));
+        let location = header("location");
+        // Reading a little of the body lets the connection be reused and gives the
+        // dead-letter file the collector's reason; never more than the excerpt.
+        let mut excerpt = Vec::new();
+        let _ = response
+            .body_mut()
+            .as_reader()
+            .take(RESPONSE_EXCERPT as u64)
+            .read_to_end(&mut excerpt);
+        let excerpt = String::from_utf8_lossy(&excerpt).into_owned();
+        match status {
+            200..=299 => Attempt::Acknowledged(status),
+            408 | 429 | 500..=599 => Attempt::Retry {
+                error: format!("{url} answered {status}: {}", one_line(&excerpt)),
+                status: Some(status),
+                retry_after,
+            },
+            300..=399 => Attempt::Retry {
+                error: format!(
+                    "{url} redirects ({status}) to {}; set [upstream] url to the address it redirects to",
+                    location.as_deref().unwrap_or("an unnamed location")
+                ),
+                status: Some(status),
+                retry_after,
+            },
+            400..=499 => Attempt::Refused { status, excerpt },
+            _ => Attempt::Retry {
+                error: format!("{url} answered with unexpected status {status}"),
+                status: Some(status),
+                retry_after,
+            },
+        }
+    }
+
+    /// Appends the batch to the dead-letter file: one header line (`{"dead_letter":{...}}`)
+    /// with the response, then the batch's records unchanged. Synced before the batch
+    /// counts as delivered.
+    fn dead_letter(
+        &self,
+        batch: &Batch,
+        status: u16,
+        excerpt: &str,
+    ) -> Result<PathBuf, HttpSinkError> {
+        let dir = &self.config.dead_letter_dir;
+        let path = dir.join(DEAD_LETTER_FILE);
+        let max = self.config.dead_letter_max_bytes.max(1);
+        let header = |records_omitted: bool| {
+            let mut line = serde_json::json!({
+                "dead_letter": {
+                    "at": crate::record::rfc3339_millis(SystemTime::now()),
+                    "url": self.config.url,
+                    "status": status,
+                    "response": excerpt,
+                    "idempotency_key": batch.idempotency_key(),
+                    "first_seq": batch.first_seq(),
+                    "last_seq": batch.last_seq(),
+                    "records": batch.len(),
+                    "records_omitted": records_omitted,
+                }
+            })
+            .to_string();
+            line.push('\n');
+            line.into_bytes()
+        };
+        let mut entry = header(false);
+        entry.extend_from_slice(batch.body());
+        if entry.len() as u64 > max {
+            log::error!(
+                "batch {} ({} bytes) is larger than the dead-letter cap ({max} bytes): only its summary is kept in {}",
+                batch.idempotency_key(),
+                batch.body().len(),
+                path.display()
+            );
+            entry = header(true);
+        }
+        let result = (|| -> io::Result<()> {
+            fs::create_dir_all(dir)?;
+            let size = match fs::metadata(&path) {
+                Ok(m) => m.len(),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
+                Err(e) => return Err(e),
+            };
+            if size > 0 && size + entry.len() as u64 > max {
+                fs::rename(&path, dir.join(DEAD_LETTER_OLD))?;
+                File::open(dir)?.sync_all()?;
+            }
+            let mut file = OpenOptions::new().create(true).append(true).open(&path)?;
+            file.write_all(&entry)?;
+            file.sync_data()
+        })();
+        result.map_err(|error| HttpSinkError::DeadLetter {
+            url: self.config.url.clone(),
+            key: batch.idempotency_key().to_string(),
+            status,
+            path: path.clone(),
+            error,
+        })?;
+        Ok(path)
+    }
+
+    /// Uniform in [0, 1): xorshift64*, good enough to spread retries.
+    fn next_unit(&mut self) -> f64 {
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        let x = self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D);
+        (x >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// Different per process and per sink, never zero (xorshift's one fixed point).
+fn seed() -> u64 {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    static SINKS: AtomicU64 = AtomicU64::new(0);
+    let n = SINKS.fetch_add(1, Ordering::Relaxed);
+    let mixed = nanos
+        ^ u64::from(std::process::id()).rotate_left(32)
+        ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    mixed | 1
+}
+
+fn gzip(body: &[u8]) -> Vec<u8> {
+    let mut encoder = GzEncoder::new(
+        Vec::with_capacity(body.len() / 4 + 64),
+        Compression::default(),
+    );
+    encoder
+        .write_all(body)
+        .and_then(|()| encoder.finish())
+        .expect("gzip into a Vec cannot fail")
+}
+
+fn one_line(text: &str) -> String {
+    let line: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    let mut cut: String = line.chars().take(200).collect();
+    if cut.len() < line.len() {
+        cut.push('…');
+    }
+    cut
+}
+
+fn check_header(name: &str, value: &str, url: &str) -> Result<(), HttpSinkError> {
+    let bad = |detail: String| HttpSinkError::BadHeader {
+        name: name.to_string(),
+        url: url.to_string(),
+        detail,
+    };
+    if RESERVED_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
+        return Err(bad(
+            "the http sink sets this header itself; remove it from [upstream] headers".into(),
+        ));
+    }
+    ureq::http::HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+        bad("not a valid header name (letters, digits and -, no spaces or colons)".into())
+    })?;
+    ureq::http::HeaderValue::from_str(value).map_err(|_| {
+        bad("its value holds a control character or newline (a file with a trailing newline is trimmed; check the env variable or file it comes from)".into())
+    })?;
+    Ok(())
+}
+
+fn read_ca_file(path: &Path, url: &str) -> Result<RootCerts, HttpSinkError> {
+    let pem = fs::read(path).map_err(|error| HttpSinkError::CaFileRead {
+        path: path.to_path_buf(),
+        url: url.to_string(),
+        error,
+    })?;
+    let invalid = |detail: String| HttpSinkError::CaFileInvalid {
+        path: path.to_path_buf(),
+        url: url.to_string(),
+        detail,
+    };
+    let mut certs: Vec<Certificate<'static>> = Vec::new();
+    for item in ureq::tls::parse_pem(&pem) {
+        match item {
+            Ok(PemItem::Certificate(cert)) => certs.push(cert),
+            Ok(_) => {}
+            Err(e) => return Err(invalid(format!("is not valid PEM ({e})"))),
+        }
+    }
+    if certs.is_empty() {
+        return Err(invalid("holds no certificate".into()));
+    }
+    Ok(RootCerts::new_with_certs(&certs))
+}
+
+/// Says what a transport error means for the operator.
+fn describe(error: &ureq::Error, url: &str, timeout: Duration) -> String {
+    match error {
+        ureq::Error::Timeout(what) => format!(
+            "{url} did not answer within {:.1}s ({what}); the collector is slow or unreachable (raise [upstream] timeout if it is just slow)",
+            timeout.as_secs_f64()
+        ),
+        ureq::Error::Io(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+            format!("connection to {url} refused: is the collector running and listening there?")
+        }
+        ureq::Error::Io(e) if e.kind() == io::ErrorKind::TimedOut => format!(
+            "{url} did not answer within {:.1}s; the collector is slow or unreachable",
+            timeout.as_secs_f64()
+        ),
+        ureq::Error::Io(e) => format!("network error talking to {url}: {e}"),
+        ureq::Error::HostNotFound => {
+            format!("cannot resolve the host of {url}: check DNS on this machine and the url")
+        }
+        ureq::Error::ConnectionFailed => {
+            format!("cannot connect to {url}: check the network path and the url")
+        }
+        ureq::Error::Tls(_) | ureq::Error::Rustls(_) | ureq::Error::Pem(_) => format!(
+            "TLS with {url} failed ({error}); check ca_file in [upstream] and the collector's certificate"
+        ),
+        other => format!("request to {url} failed: {other}"),
+    }
+}
+
+/// `Retry-After` as seconds or an HTTP date (IMF-fixdate, RFC 850 or asctime, RFC 9110).
+pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = parse_http_date(value)?;
+    let now = now.duration_since(UNIX_EPOCH).ok()?.as_secs() as i64;
+    Some(Duration::from_secs(at.saturating_sub(now).max(0) as u64))
+}
+
+/// Seconds since the epoch of an HTTP date.
+fn parse_http_date(value: &str) -> Option<i64> {
+    let parts: Vec<&str> = value.split([' ', ',']).filter(|p| !p.is_empty()).collect();
+    let (day, month, year, time) = match parts.as_slice() {
+        // Sun, 06 Nov 1994 08:49:37 GMT
+        [_, d, m, y, t, "GMT"] => (*d, *m, y.parse::<i64>().ok()?, *t),
+        // Sunday, 06-Nov-94 08:49:37 GMT
+        [_, dmy, t, "GMT"] => {
+            let mut it = dmy.split('-');
+            let (d, m, y) = (it.next()?, it.next()?, it.next()?);
+            let y: i64 = y.parse().ok()?;
+            (d, m, if y < 70 { 2000 + y } else { 1900 + y }, *t)
+        }
+        // Sun Nov  6 08:49:37 1994
+        [_, m, d, t, y] => (*d, *m, y.parse::<i64>().ok()?, *t),
+        _ => return None,
+    };
+    let day: i64 = day.parse().ok()?;
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let month = MONTHS.iter().position(|m| *m == month)? as i64 + 1;
+    let mut hms = time.split(':').map(|p| p.parse::<i64>().ok());
+    let (h, mi, s) = (hms.next()??, hms.next()??, hms.next()??);
+    if !(1..=31).contains(&day) || h > 23 || mi > 59 || s > 60 {
+        return None;
+    }
+    Some(days_from_civil(year, month, day) * 86_400 + h * 3600 + mi * 60 + s)
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_as_seconds_or_any_http_date_form() {
+        let now = UNIX_EPOCH + Duration::from_secs(784_111_777); // Sun, 06 Nov 1994 08:49:37 GMT
+        let later = |v: &str| parse_retry_after(v, now);
+        assert_eq!(later("120"), Some(Duration::from_secs(120)));
+        assert_eq!(later(" 0 "), Some(Duration::ZERO));
+        assert_eq!(
+            later("Sun, 06 Nov 1994 08:50:37 GMT"),
+            Some(Duration::from_secs(60))
+        );
+        assert_eq!(
+            later("Sunday, 06-Nov-94 08:49:47 GMT"),
+            Some(Duration::from_secs(10))
+        );
+        assert_eq!(
+            later("Sun Nov  6 08:49:40 1994"),
+            Some(Duration::from_secs(3))
+        );
+        assert_eq!(
+            later("Sat, 05 Nov 1994 08:49:37 GMT"),
+            Some(Duration::ZERO),
+            "past dates mean now"
+        );
+        assert_eq!(later("soon"), None);
+        assert_eq!(later("-5"), None);
+        assert_eq!(later("Sun, 06 Foo 1994 08:49:37 GMT"), None);
+        assert_eq!(later("Sun, 06 Nov 1994 25:49:37 GMT"), None);
+        assert_eq!(
+            parse_http_date("Thu, 29 Feb 2024 00:00:00 GMT"),
+            Some(1_709_164_800)
+        );
+    }
+
+    #[test]
+    fn the_backoff_ceiling_doubles_from_base_up_to_cap() {
+        let b = Backoff::default();
+        let secs: Vec<u64> = (1..=9).map(|n| b.ceiling(n).as_secs()).collect();
+        assert_eq!(secs, vec![1, 2, 4, 8, 16, 32, 60, 60, 60]);
+        assert_eq!(b.ceiling(u32::MAX), Duration::from_secs(60));
+    }
+
+    #[test]
+    fn headers_the_sink_owns_or_that_are_malformed_are_refused() {
+        assert!(check_header("Authorization", "Bearer x", "u").is_ok());
+        let err = check_header("Content-Encoding", "br", "u")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("sets this header itself"), "{err}");
+        assert!(check_header("Bad Name", "x", "u").is_err());
+        let err = check_header("Authorization", "Bearer x\n", "u")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("newline"), "{err}");
+    }
+
+    #[test]
+    fn jitter_is_uniform_enough_and_never_leaves_zero_to_one() {
+        let mut sink = HttpSink::new(HttpConfig {
+            url: "http://127.0.0.1:9/ingest".into(),
+            headers: Vec::new(),
+            ca_file: None,
+            timeout: Duration::from_secs(1),
+            backoff: Backoff::default(),
+            dead_letter_dir: std::env::temp_dir(),
+            dead_letter_max_bytes: 1024,
+            proxy_from_env: false,
+        })
+        .unwrap();
+        let draws: Vec<f64> = (0..10_000).map(|_| sink.next_unit()).collect();
+        assert!(draws.iter().all(|u| (0.0..1.0).contains(u)));
+        let low = draws.iter().filter(|u| **u < 0.5).count();
+        assert!((4500..5500).contains(&low), "{low}");
+    }
+}

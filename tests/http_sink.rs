@@ -1,0 +1,709 @@
+//! The http sink against a real HTTP/1.1 receiver on loopback: what the collector sees, and
+//! how the sink behaves when the collector fails, refuses, throttles, is slow or is gone.
+//!
+//! The receiver is a small server on `std::net::TcpListener` (one thread per connection) so a
+//! test can script each answer, delay it, and count every request it read. It stops in
+//! `Drop`, also when an assertion fails.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+use rackhand::batch::{Batch, BatchLimits, Batcher};
+use rackhand::record::{Outcome, Status};
+use rackhand::sink::http::{
+    Backoff, DEAD_LETTER_FILE, DEAD_LETTER_OLD, Delivery, HttpConfig, HttpSink, HttpSinkError,
+    Retry, StopFlag,
+};
+
+/// How long a receiver waits for a client's next bytes before it drops the connection.
+const IDLE: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone)]
+struct Request {
+    at: Instant,
+    method: String,
+    path: String,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Request {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn ndjson(&self) -> Vec<u8> {
+        assert_eq!(self.header("content-encoding"), Some("gzip"));
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(&self.body[..])
+            .read_to_end(&mut out)
+            .expect("the body is valid gzip");
+        out
+    }
+}
+
+/// One scripted answer.
+#[derive(Debug, Clone)]
+struct Reply {
+    delay: Duration,
+    status: u16,
+    headers: Vec<(&'static str, String)>,
+    body: String,
+}
+
+fn reply(status: u16) -> Reply {
+    Reply {
+        delay: Duration::ZERO,
+        status,
+        headers: Vec::new(),
+        body: String::new(),
+    }
+}
+
+type Script = Arc<dyn Fn(usize) -> Reply + Send + Sync>;
+
+struct Shared {
+    requests: Mutex<Vec<Request>>,
+    script: Script,
+    stop: Arc<StopFlag>,
+    stopping: AtomicBool,
+}
+
+struct Receiver {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    acceptor: Option<JoinHandle<()>>,
+}
+
+impl Receiver {
+    fn start(script: impl Fn(usize) -> Reply + Send + Sync + 'static) -> Receiver {
+        Self::start_on(TcpListener::bind("127.0.0.1:0").unwrap(), script)
+    }
+
+    fn start_on(
+        listener: TcpListener,
+        script: impl Fn(usize) -> Reply + Send + Sync + 'static,
+    ) -> Receiver {
+        let addr = listener.local_addr().unwrap();
+        let shared = Arc::new(Shared {
+            requests: Mutex::new(Vec::new()),
+            script: Arc::new(script),
+            stop: StopFlag::new(),
+            stopping: AtomicBool::new(false),
+        });
+        let s = Arc::clone(&shared);
+        let acceptor = std::thread::spawn(move || {
+            let mut connections = Vec::new();
+            for stream in listener.incoming() {
+                if s.stopping.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(stream) = stream else { continue };
+                let s = Arc::clone(&s);
+                connections.push(std::thread::spawn(move || serve(stream, &s)));
+            }
+            for c in connections {
+                let _ = c.join();
+            }
+        });
+        Receiver {
+            addr,
+            shared,
+            acceptor: Some(acceptor),
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}/ingest", self.addr)
+    }
+
+    fn requests(&self) -> Vec<Request> {
+        self.shared.requests.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.shared.stopping.store(true, Ordering::SeqCst);
+        self.shared.stop.stop();
+        // Wakes the blocking accept so the acceptor sees `stopping`.
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
+        if let Some(t) = self.acceptor.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Serves requests on one connection until the client closes it, it idles or the receiver stops.
+fn serve(stream: TcpStream, s: &Shared) {
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
+    let mut writer = match stream.try_clone() {
+        Ok(w) => w,
+        Err(_) => return,
+    };
+    let mut reader = BufReader::new(stream);
+    let idle_until = || Instant::now() + IDLE;
+    let mut deadline = idle_until();
+    loop {
+        let request = match read_request(&mut reader, s, deadline) {
+            Some(r) => r,
+            None => return,
+        };
+        let n = {
+            let mut requests = s.requests.lock().unwrap();
+            requests.push(request);
+            requests.len() - 1
+        };
+        let r = (s.script)(n);
+        if !r.delay.is_zero() && s.stop.wait_until(Instant::now() + r.delay) {
+            return;
+        }
+        let mut head = format!(
+            "HTTP/1.1 {} X\r\nContent-Length: {}\r\n",
+            r.status,
+            r.body.len()
+        );
+        for (k, v) in &r.headers {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        head.push_str("\r\n");
+        if writer
+            .write_all(head.as_bytes())
+            .and_then(|()| writer.write_all(r.body.as_bytes()))
+            .is_err()
+        {
+            return;
+        }
+        deadline = idle_until();
+    }
+}
+
+/// Reads one request; `None` on EOF, error, idle deadline or stop.
+fn read_request(
+    reader: &mut BufReader<TcpStream>,
+    s: &Shared,
+    deadline: Instant,
+) -> Option<Request> {
+    let mut head = Vec::new();
+    let mut at = None;
+    // Read timeouts of 200 ms bound each turn; the deadline bounds the loop.
+    while !head.ends_with(b"\r\n\r\n") {
+        if s.stopping.load(Ordering::SeqCst) || Instant::now() >= deadline || head.len() > 65536 {
+            return None;
+        }
+        let mut line = Vec::new();
+        match reader.read_until(b'\n', &mut line) {
+            Ok(0) => return None,
+            Ok(_) => {}
+            Err(e) if is_timeout(&e) => {}
+            Err(_) => return None,
+        }
+        if !line.is_empty() {
+            at.get_or_insert_with(Instant::now);
+            head.extend_from_slice(&line);
+        }
+    }
+    let text = String::from_utf8_lossy(&head).into_owned();
+    let mut lines = text.split("\r\n");
+    let mut first = lines.next()?.split(' ');
+    let (method, path) = (first.next()?.to_string(), first.next()?.to_string());
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect();
+    let len: usize = headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0);
+    let mut body = vec![0; len];
+    let mut got = 0;
+    while got < len {
+        if s.stopping.load(Ordering::SeqCst) || Instant::now() >= deadline {
+            return None;
+        }
+        match reader.read(&mut body[got..]) {
+            Ok(0) => return None,
+            Ok(n) => got += n,
+            Err(e) if is_timeout(&e) => {}
+            Err(_) => return None,
+        }
+    }
+    Some(Request {
+        at: at?,
+        method,
+        path,
+        headers,
+        body,
+    })
+}
+
+fn is_timeout(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+    )
+}
+
+/// A folder removed at the end of the test.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!(
+            "rackhand-http-{tag}-{}-{}",
+            std::process::id(),
+            SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn config(url: &str, dead_letters: &TempDir) -> HttpConfig {
+    HttpConfig {
+        url: url.to_string(),
+        headers: vec![
+            ("Authorization".into(), "Bearer s3cret".into()),
+            ("X-Rack".into(), "a12".into()),
+        ],
+        ca_file: None,
+        timeout: Duration::from_secs(5),
+        backoff: Backoff {
+            base: Duration::from_millis(20),
+            cap: Duration::from_millis(160),
+        },
+        dead_letter_dir: dead_letters.0.clone(),
+        dead_letter_max_bytes: 1 << 20,
+        proxy_from_env: false,
+    }
+}
+
+/// A batch of real records `first..first+n`.
+fn batch(first: u64, n: u64) -> Batch {
+    let limits = BatchLimits {
+        max_records: n as usize,
+        max_bytes: 1 << 20,
+        max_age: Duration::from_secs(60),
+        jitter: 0.0,
+    };
+    let mut batcher = Batcher::new("rack-a12", limits, 0);
+    let now = Instant::now();
+    let mut closed = Vec::new();
+    for seq in first..first + n {
+        let record = Outcome {
+            device: "core1".into(),
+            transport: "ssh".into(),
+            command: "show version".into(),
+            status: Status::Ok,
+            error: None,
+            output: format!("Cisco IOS Software, run {seq}\n").into_bytes(),
+            started_at: SystemTime::UNIX_EPOCH,
+            duration: Duration::from_millis(12),
+        }
+        .into_record("rack-a12", seq);
+        closed.extend(batcher.push(seq, record.to_json().as_bytes(), now).unwrap());
+    }
+    assert_eq!(closed.len(), 1);
+    closed.pop().unwrap()
+}
+
+fn seqs_of(ndjson: &[u8]) -> Vec<u64> {
+    std::str::from_utf8(ndjson)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["seq"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect()
+}
+
+fn soon() -> Instant {
+    Instant::now() + Duration::from_secs(20)
+}
+
+#[test]
+fn the_receiver_sees_one_gzip_ndjson_post_with_the_batch_key_and_configured_headers() {
+    let receiver = Receiver::start(|_| reply(200));
+    let dir = TempDir::new("headers");
+    let mut sink = HttpSink::new(config(&receiver.url(), &dir)).unwrap();
+    let batch = batch(40, 5);
+    let delivery = sink.send(&batch, soon(), &StopFlag::new()).unwrap();
+    assert_eq!(
+        delivery,
+        Delivery::Acknowledged {
+            status: 200,
+            attempts: 1
+        }
+    );
+    let requests = receiver.requests();
+    assert_eq!(requests.len(), 1);
+    let r = &requests[0];
+    assert_eq!((r.method.as_str(), r.path.as_str()), ("POST", "/ingest"));
+    assert_eq!(r.header("content-type"), Some("application/x-ndjson"));
+    assert_eq!(r.header("idempotency-key"), Some("rack-a12:40-44"));
+    assert_eq!(r.header("authorization"), Some("Bearer s3cret"));
+    assert_eq!(r.header("x-rack"), Some("a12"));
+    let ndjson = r.ndjson();
+    assert_eq!(ndjson, batch.body());
+    assert_eq!(seqs_of(&ndjson), vec![40, 41, 42, 43, 44]);
+    assert!(r.body.len() < ndjson.len(), "gzip made the body smaller");
+}
+
+#[test]
+fn a_503_is_retried_with_the_same_batch_and_key_then_a_200_acknowledges_it() {
+    let receiver = Receiver::start(|n| if n == 0 { reply(503) } else { reply(200) });
+    let dir = TempDir::new("503");
+    let mut sink = HttpSink::new(config(&receiver.url(), &dir)).unwrap();
+    let batch = batch(1, 3);
+    let mut retries = Vec::new();
+    let delivery = sink
+        .send_observed(&batch, soon(), &StopFlag::new(), &mut |r: &Retry| {
+            retries.push(r.clone())
+        })
+        .unwrap();
+    assert_eq!(
+        delivery,
+        Delivery::Acknowledged {
+            status: 200,
+            attempts: 2
+        }
+    );
+    assert_eq!(retries.len(), 1);
+    assert_eq!(retries[0].status, Some(503));
+    assert!(retries[0].error.contains("503"), "{}", retries[0].error);
+    let requests = receiver.requests();
+    assert_eq!(requests.len(), 2);
+    assert_eq!(requests[0].header("idempotency-key"), Some("rack-a12:1-3"));
+    assert_eq!(
+        requests[0].header("idempotency-key"),
+        requests[1].header("idempotency-key")
+    );
+    assert_eq!(requests[0].ndjson(), requests[1].ndjson());
+    assert!(!dir.0.join(DEAD_LETTER_FILE).exists());
+}
+
+#[test]
+fn a_429_with_retry_after_1_waits_at_least_a_second() {
+    let receiver = Receiver::start(|n| {
+        if n == 0 {
+            Reply {
+                headers: vec![("Retry-After", "1".into())],
+                ..reply(429)
+            }
+        } else {
+            reply(204)
+        }
+    });
+    let dir = TempDir::new("429");
+    let mut sink = HttpSink::new(config(&receiver.url(), &dir)).unwrap();
+    let mut retries = Vec::new();
+    let delivery = sink
+        .send_observed(&batch(7, 2), soon(), &StopFlag::new(), &mut |r: &Retry| {
+            retries.push(r.clone())
+        })
+        .unwrap();
+    assert_eq!(
+        delivery,
+        Delivery::Acknowledged {
+            status: 204,
+            attempts: 2
+        }
+    );
+    assert_eq!(retries[0].retry_after, Some(Duration::from_secs(1)));
+    assert!(retries[0].wait >= Duration::from_secs(1));
+    let requests = receiver.requests();
+    let gap = requests[1].at - requests[0].at;
+    assert!(gap >= Duration::from_secs(1), "second try after {gap:?}");
+    assert!(gap < Duration::from_secs(3), "and not much later: {gap:?}");
+}
+
+#[test]
+fn a_400_goes_to_the_dead_letter_file_with_the_response_and_is_not_retried() {
+    let receiver = Receiver::start(|_| Reply {
+        body: "schema mismatch: field `device` is required".into(),
+        ..reply(400)
+    });
+    let dir = TempDir::new("400");
+    let mut sink = HttpSink::new(config(&receiver.url(), &dir)).unwrap();
+    let batch = batch(100, 4);
+    let delivery = sink.send(&batch, soon(), &StopFlag::new()).unwrap();
+    let path = dir.0.join(DEAD_LETTER_FILE);
+    assert_eq!(
+        delivery,
+        Delivery::DeadLettered {
+            status: 400,
+            attempts: 1,
+            path: path.clone()
+        }
+    );
+    assert_eq!(receiver.requests().len(), 1, "a 400 is never retried");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let mut lines = text.lines();
+    let head: serde_json::Value = serde_json::from_str(lines.next().unwrap()).unwrap();
+    let dl = &head["dead_letter"];
+    assert_eq!(dl["status"], 400);
+    assert_eq!(dl["idempotency_key"], "rack-a12:100-103");
+    assert_eq!(dl["url"], receiver.url());
+    assert!(dl["response"].as_str().unwrap().contains("schema mismatch"));
+    assert_eq!(dl["records_omitted"], false);
+    let rest: Vec<&str> = lines.collect();
+    assert_eq!(
+        seqs_of((rest.join("\n") + "\n").as_bytes()),
+        vec![100, 101, 102, 103]
+    );
+}
+
+#[test]
+fn the_dead_letter_file_is_capped_keeping_one_previous_file() {
+    let receiver = Receiver::start(|_| reply(422));
+    let dir = TempDir::new("cap");
+    let one = batch(1, 3);
+    let cap = one.body().len() as u64 * 2 + 600;
+    let mut sink = HttpSink::new(HttpConfig {
+        dead_letter_max_bytes: cap,
+        ..config(&receiver.url(), &dir)
+    })
+    .unwrap();
+    for first in [1, 4, 7, 10, 13] {
+        let delivery = sink
+            .send(&batch(first, 3), soon(), &StopFlag::new())
+            .unwrap();
+        assert!(matches!(
+            delivery,
+            Delivery::DeadLettered { status: 422, .. }
+        ));
+        for name in [DEAD_LETTER_FILE, DEAD_LETTER_OLD] {
+            if let Ok(m) = std::fs::metadata(dir.0.join(name)) {
+                assert!(m.len() <= cap, "{name} is {} bytes, cap {cap}", m.len());
+            }
+        }
+    }
+    let current = std::fs::read_to_string(dir.0.join(DEAD_LETTER_FILE)).unwrap();
+    assert!(
+        current.contains("rack-a12:13-15"),
+        "the newest batch is kept"
+    );
+    assert!(dir.0.join(DEAD_LETTER_OLD).exists());
+    // A batch larger than the cap keeps its summary only.
+    let mut tiny = HttpSink::new(HttpConfig {
+        dead_letter_max_bytes: 400,
+        ..config(&receiver.url(), &dir)
+    })
+    .unwrap();
+    tiny.send(&batch(20, 3), soon(), &StopFlag::new()).unwrap();
+    let current = std::fs::read_to_string(dir.0.join(DEAD_LETTER_FILE)).unwrap();
+    let last: serde_json::Value = serde_json::from_str(current.lines().last().unwrap()).unwrap();
+    assert_eq!(last["dead_letter"]["records_omitted"], true);
+    assert_eq!(last["dead_letter"]["idempotency_key"], "rack-a12:20-22");
+}
+
+#[test]
+fn connection_refused_is_retried_with_growing_backoff_until_the_receiver_is_back() {
+    // A port nothing listens on: bind, note it, close.
+    let addr = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let dir = TempDir::new("refused");
+    let mut sink = HttpSink::new(config(&format!("http://{addr}/ingest"), &dir)).unwrap();
+    let mut retries: Vec<(Instant, Retry)> = Vec::new();
+    let mut receiver = None;
+    let batch = batch(1, 2);
+    let delivery = sink
+        .send_observed(&batch, soon(), &StopFlag::new(), &mut |r: &Retry| {
+            retries.push((Instant::now(), r.clone()));
+            // The collector comes back after the fifth refusal.
+            if retries.len() == 5 {
+                let listener = TcpListener::bind(addr).expect("the freed port is still free");
+                receiver = Some(Receiver::start_on(listener, |_| reply(200)));
+            }
+        })
+        .unwrap();
+    assert_eq!(
+        delivery,
+        Delivery::Acknowledged {
+            status: 200,
+            attempts: 6
+        }
+    );
+    let ceilings: Vec<u64> = retries
+        .iter()
+        .map(|(_, r)| r.ceiling.as_millis() as u64)
+        .collect();
+    assert_eq!(ceilings, vec![20, 40, 80, 160, 160]);
+    for (i, (at, r)) in retries.iter().enumerate() {
+        assert!(r.error.contains("refused"), "{}", r.error);
+        assert!(r.wait <= r.ceiling, "full jitter stays under the ceiling");
+        if let Some((next, _)) = retries.get(i + 1) {
+            assert!(
+                *next - *at >= r.wait,
+                "attempt {} came before its wait was over",
+                i + 2
+            );
+        }
+    }
+    let receiver = receiver.expect("started");
+    assert_eq!(receiver.requests().len(), 1);
+    assert_eq!(receiver.requests()[0].ndjson(), batch.body());
+}
+
+#[test]
+fn a_slow_receiver_times_out_and_is_retried_without_a_retry_storm() {
+    let receiver = Receiver::start(|_| Reply {
+        delay: Duration::from_secs(3),
+        ..reply(200)
+    });
+    let dir = TempDir::new("slow");
+    let timeout = Duration::from_millis(300);
+    let mut sink = HttpSink::new(HttpConfig {
+        timeout,
+        backoff: Backoff {
+            base: Duration::from_millis(100),
+            cap: Duration::from_millis(400),
+        },
+        ..config(&receiver.url(), &dir)
+    })
+    .unwrap();
+    let window = Duration::from_millis(2500);
+    let started = Instant::now();
+    let mut retries = Vec::new();
+    let err = sink
+        .send_observed(
+            &batch(1, 2),
+            started + window,
+            &StopFlag::new(),
+            &mut |r: &Retry| retries.push(r.clone()),
+        )
+        .unwrap_err();
+    let elapsed = started.elapsed();
+    assert!(
+        matches!(err, HttpSinkError::DeadlineReached { .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("stays in the spool"), "{err}");
+    assert!(
+        elapsed < window + Duration::from_millis(500),
+        "the deadline bounds the send: {elapsed:?}"
+    );
+    assert!(
+        retries.iter().all(|r| r.error.contains("did not answer")),
+        "{retries:?}"
+    );
+    let requests = receiver.requests();
+    // Each attempt costs at least the timeout, so the window holds at most window/timeout.
+    let most = (window.as_millis() / timeout.as_millis()) as usize;
+    assert!(
+        (2..=most).contains(&requests.len()),
+        "{} requests in {window:?}",
+        requests.len()
+    );
+    for pair in requests.windows(2) {
+        assert!(
+            pair[1].at - pair[0].at >= timeout,
+            "{:?}",
+            pair[1].at - pair[0].at
+        );
+        assert_eq!(
+            pair[0].header("idempotency-key"),
+            pair[1].header("idempotency-key")
+        );
+    }
+}
+
+#[test]
+fn a_stop_ends_the_wait_for_retry_after_at_once() {
+    let receiver = Receiver::start(|_| Reply {
+        headers: vec![("Retry-After", "30".into())],
+        ..reply(503)
+    });
+    let dir = TempDir::new("stop");
+    let mut sink = HttpSink::new(config(&receiver.url(), &dir)).unwrap();
+    let stop = StopFlag::new();
+    let (tx, rx) = mpsc::channel::<()>();
+    let stopper = {
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            // Raises the stop from another thread once the sink has decided to wait.
+            if rx.recv_timeout(Duration::from_secs(20)).is_ok() {
+                stop.stop();
+            }
+        })
+    };
+    let started = Instant::now();
+    let err = sink
+        .send_observed(&batch(1, 1), soon(), &stop, &mut |r: &Retry| {
+            assert_eq!(r.retry_after, Some(Duration::from_secs(30)));
+            let _ = tx.send(());
+        })
+        .unwrap_err();
+    stopper.join().unwrap();
+    assert!(
+        matches!(err, HttpSinkError::Stopped { attempts: 1, .. }),
+        "{err}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(receiver.requests().len(), 1);
+}
+
+#[test]
+fn bad_urls_headers_and_ca_files_are_refused_at_start_with_what_to_fix() {
+    let dir = TempDir::new("config");
+    let err = HttpSink::new(config("ftp://example.net/x", &dir))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("http(s)://"), "{err}");
+    let err = HttpSink::new(HttpConfig {
+        headers: vec![("Idempotency-Key".into(), "x".into())],
+        ..config("http://127.0.0.1:9/", &dir)
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("sets this header itself"), "{err}");
+    let missing = dir.0.join("missing-ca.pem");
+    let err = HttpSink::new(HttpConfig {
+        ca_file: Some(missing.clone()),
+        ..config("https://127.0.0.1:9/", &dir)
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains(&missing.display().to_string()) && err.contains("ca_file"),
+        "{err}"
+    );
+    let not_pem = dir.0.join("not.pem");
+    std::fs::write(&not_pem, "hello\n").unwrap();
+    let err = HttpSink::new(HttpConfig {
+        ca_file: Some(not_pem),
+        ..config("https://127.0.0.1:9/", &dir)
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("no certificate") && err.contains("PEM"),
+        "{err}"
+    );
+}
