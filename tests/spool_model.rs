@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use proptest::prelude::*;
-use rackhand::spool::{Spool, SpoolOptions};
+use rackhand::spool::{FullPolicy, Spool, SpoolError, SpoolOptions};
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -81,6 +81,8 @@ struct Model {
     pending: Vec<Rec>,
     acked: u64,
     next_seq: u64,
+    dropped: u64,
+    blocked: u64,
 }
 
 impl Model {
@@ -91,14 +93,28 @@ impl Model {
             .cloned()
             .collect()
     }
+
+    /// `DropOldest` deletes whole oldest segments: the oldest live records, in order.
+    fn drop_oldest(&mut self, n: u64) {
+        let n = n as usize;
+        let from_committed = n.min(self.committed.len());
+        self.committed.drain(..from_committed);
+        self.pending.drain(..n - from_committed);
+    }
 }
 
-fn options() -> SpoolOptions {
-    // Small segments so that rolls, multi-segment reads and segment deletion all happen.
-    SpoolOptions {
+/// Small segments so that rolls, multi-segment reads and segment deletion all happen; a
+/// `max_bytes` of two segments so that the full policy is exercised too.
+fn options(full: Option<FullPolicy>) -> SpoolOptions {
+    let mut options = SpoolOptions {
         segment_bytes: 1024,
         ..SpoolOptions::default()
+    };
+    if let Some(full) = full {
+        options.max_bytes = 2 * 1024;
+        options.full = full;
     }
+    options
 }
 
 fn payload(seq: u64, len: usize) -> Vec<u8> {
@@ -127,13 +143,15 @@ fn check_stats(spool: &Spool, model: &Model) -> Result<(), TestCaseError> {
     prop_assert_eq!(stats.records, live.len() as u64);
     prop_assert_eq!(stats.oldest_unshipped, live.first().map(|r| r.0));
     prop_assert_eq!(stats.acked, model.acked);
-    prop_assert_eq!(stats.dropped_records + stats.blocked_records, 0);
+    prop_assert_eq!(stats.dropped_records, model.dropped);
+    prop_assert_eq!(stats.blocked_records, model.blocked);
     Ok(())
 }
 
-fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
+fn run(ops: Vec<Op>, full: Option<FullPolicy>) -> Result<(), TestCaseError> {
     let dir = TempDir::new();
-    let (mut spool, report) = Spool::open(&dir.0, options()).unwrap();
+    let options = options(full);
+    let (mut spool, report) = Spool::open(&dir.0, options.clone()).unwrap();
     prop_assert!(!report.found_damage());
     let mut model = Model {
         next_seq: 1,
@@ -145,8 +163,23 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 let seq = model.next_seq + gap - 1;
                 model.next_seq = seq + 1;
                 let bytes = payload(seq, len);
-                spool.append(seq, &bytes).unwrap();
-                model.pending.push((seq, bytes));
+                let before = spool.stats();
+                match spool.append(seq, &bytes) {
+                    Ok(()) => model.pending.push((seq, bytes)),
+                    Err(SpoolError::Full { .. }) if options.full == FullPolicy::Block => {
+                        let needed = 16 + len as u64;
+                        prop_assert!(
+                            before.bytes + needed > options.max_bytes,
+                            "refused with room left"
+                        );
+                        model.blocked += 1;
+                    }
+                    Err(e) => return Err(TestCaseError::fail(format!("append {seq}: {e}"))),
+                }
+                let dropped = spool.stats().dropped_records - before.dropped_records;
+                model.dropped += dropped;
+                model.drop_oldest(dropped);
+                prop_assert!(spool.stats().bytes <= options.max_bytes);
             }
             Op::Commit => {
                 spool.commit().unwrap();
@@ -187,8 +220,11 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                         .set_len(len - cut)
                         .unwrap();
                 }
-                let (reopened, report) = Spool::open(&dir.0, options()).unwrap();
+                let (reopened, report) = Spool::open(&dir.0, options.clone()).unwrap();
                 spool = reopened;
+                // Loss counters belong to one run of the agent (it reports them as gaps).
+                model.dropped = 0;
+                model.blocked = 0;
                 prop_assert_eq!(
                     report.corrupt_spans,
                     0,
@@ -230,6 +266,16 @@ proptest! {
 
     #[test]
     fn the_spool_behaves_like_its_model(ops in proptest::collection::vec(op(), 1..60)) {
-        run(ops)?;
+        run(ops, None)?;
+    }
+
+    #[test]
+    fn a_full_spool_blocks_exactly_when_full(ops in proptest::collection::vec(op(), 1..60)) {
+        run(ops, Some(FullPolicy::Block))?;
+    }
+
+    #[test]
+    fn a_full_spool_drops_exactly_the_oldest(ops in proptest::collection::vec(op(), 1..60)) {
+        run(ops, Some(FullPolicy::DropOldest))?;
     }
 }
