@@ -23,6 +23,37 @@ use rackhand::sink::http::{
 /// How long a receiver waits for a client's next bytes before it drops the connection.
 const IDLE: Duration = Duration::from_secs(10);
 
+// A throwaway CA and a server certificate for 127.0.0.1 signed by it (EC P-256, valid until
+// 2126), made with the openssl CLI for this test only; the key protects nothing.
+const TEST_CA: &str = "-----BEGIN CERTIFICATE-----
+MIIBnTCCAUOgAwIBAgIUfcLEQ4Sz39rUOEbidjy2AQCCnRgwCgYIKoZIzj0EAwIw
+GzEZMBcGA1UEAwwQcmFja2hhbmQgdGVzdCBDQTAgFw0yNjExMjYwODI0MTFaGA8y
+MTI2MTEwMjA4MjQxMVowGzEZMBcGA1UEAwwQcmFja2hhbmQgdGVzdCBDQTBZMBMG
+ByqGSM49AgEGCCqGSM49AwEHA0IABCyyVu/kxhQz+tpfdeNwGhN3avqxDyq3INGm
+NpE4454JBWko5O495ibEcOV/0GHdzS1z6O409GUOyP9X+nnyEMyjYzBhMB0GA1Ud
+DgQWBBQOL9B1xMmXSV3empWMj7+6/m76OzAfBgNVHSMEGDAWgBQOL9B1xMmXSV3e
+mpWMj7+6/m76OzAPBgNVHRMBAf8EBTADAQH/MA4GA1UdDwEB/wQEAwIBBjAKBggq
+hkjOPQQDAgNIADBFAiEAogU9TZNCf5NLRFDwWPL+IQj5DQQob82+oDKlVuH4pioC
+IA89CFYUiT7HcRUJaQK+e/43K6+GzwBi2//yS2mDuoB5
+-----END CERTIFICATE-----\n";
+const SERVER_CERT: &str = "-----BEGIN CERTIFICATE-----
+MIIBwDCCAWagAwIBAgIUZQX25KUMDoDAh1rpYf84omCeHUkwCgYIKoZIzj0EAwIw
+GzEZMBcGA1UEAwwQcmFja2hhbmQgdGVzdCBDQTAgFw0yNjExMjYwODI0MTFaGA8y
+MTI2MTEwMjA4MjQxMVowFDESMBAGA1UEAwwJbG9jYWxob3N0MFkwEwYHKoZIzj0C
+AQYIKoZIzj0DAQcDQgAEZQE4xiTwCyUYE+i+O2j1bmkfy2VCiua5+wX2pEEVX802
+KvuMikaEWjPV70OCDQO1LKgARDsIXVWfc49DpvxVeqOBjDCBiTAaBgNVHREEEzAR
+gglsb2NhbGhvc3SHBH8AAAEwCQYDVR0TBAIwADALBgNVHQ8EBAMCB4AwEwYDVR0l
+BAwwCgYIKwYBBQUHAwEwHQYDVR0OBBYEFASgKwZI0SnOo98AtcdtE2tQ5vLgMB8G
+A1UdIwQYMBaAFA4v0HXEyZdJXd6alYyPv7r+bvo7MAoGCCqGSM49BAMCA0gAMEUC
+ICxhzaS77geHUXQ+2aEWQ/yzj3MdowxbJvvahjsMtFKyAiEAxL30LL6L3JhFv6ii
+mGoSYFPlOxqYCiQP+xJQbjHrLBc=
+-----END CERTIFICATE-----\n";
+const SERVER_KEY: &str = "-----BEGIN PRIVATE KEY-----
+MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgHvGrkobFF6GaeUQr
+Kcp60qi56PRdTEsI9MNzj9iwnLmhRANCAARlATjGJPALJRgT6L47aPVuaR/LZUKK
+5rn7BfakQRVfzTYq+4yKRoRaM9XvQ4INA7UsqABEOwhdVZ9zj0Om/FV6
+-----END PRIVATE KEY-----\n";
+
 #[derive(Debug, Clone)]
 struct Request {
     at: Instant,
@@ -92,6 +123,32 @@ impl Receiver {
         listener: TcpListener,
         script: impl Fn(usize) -> Reply + Send + Sync + 'static,
     ) -> Receiver {
+        Self::start_with(listener, None, script)
+    }
+
+    /// An HTTPS receiver with the test CA's certificate for 127.0.0.1.
+    fn start_tls(script: impl Fn(usize) -> Reply + Send + Sync + 'static) -> Receiver {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![CertificateDer::from_pem_slice(SERVER_CERT.as_bytes()).unwrap()],
+                PrivateKeyDer::from_pem_slice(SERVER_KEY.as_bytes()).unwrap(),
+            )
+            .unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        Self::start_with(listener, Some(Arc::new(config)), script)
+    }
+
+    fn start_with(
+        listener: TcpListener,
+        tls: Option<Arc<rustls::ServerConfig>>,
+        script: impl Fn(usize) -> Reply + Send + Sync + 'static,
+    ) -> Receiver {
         let addr = listener.local_addr().unwrap();
         let shared = Arc::new(Shared {
             requests: Mutex::new(Vec::new()),
@@ -107,8 +164,17 @@ impl Receiver {
                     break;
                 }
                 let Ok(stream) = stream else { continue };
+                let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
                 let s = Arc::clone(&s);
-                connections.push(std::thread::spawn(move || serve(stream, &s)));
+                let tls = tls.clone();
+                connections.push(std::thread::spawn(move || match tls {
+                    None => serve(stream, &s),
+                    Some(config) => {
+                        if let Ok(conn) = rustls::ServerConnection::new(config) {
+                            serve(rustls::StreamOwned::new(conn, stream), &s);
+                        }
+                    }
+                }));
             }
             for c in connections {
                 let _ = c.join();
@@ -143,12 +209,7 @@ impl Drop for Receiver {
 }
 
 /// Serves requests on one connection until the client closes it, it idles or the receiver stops.
-fn serve(stream: TcpStream, s: &Shared) {
-    let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
-    let mut writer = match stream.try_clone() {
-        Ok(w) => w,
-        Err(_) => return,
-    };
+fn serve<S: Read + Write>(stream: S, s: &Shared) {
     let mut reader = BufReader::new(stream);
     let idle_until = || Instant::now() + IDLE;
     let mut deadline = idle_until();
@@ -175,9 +236,11 @@ fn serve(stream: TcpStream, s: &Shared) {
             head.push_str(&format!("{k}: {v}\r\n"));
         }
         head.push_str("\r\n");
+        head.push_str(&r.body);
+        let writer = reader.get_mut();
         if writer
             .write_all(head.as_bytes())
-            .and_then(|()| writer.write_all(r.body.as_bytes()))
+            .and_then(|()| writer.flush())
             .is_err()
         {
             return;
@@ -187,11 +250,7 @@ fn serve(stream: TcpStream, s: &Shared) {
 }
 
 /// Reads one request; `None` on EOF, error, idle deadline or stop.
-fn read_request(
-    reader: &mut BufReader<TcpStream>,
-    s: &Shared,
-    deadline: Instant,
-) -> Option<Request> {
+fn read_request(reader: &mut impl BufRead, s: &Shared, deadline: Instant) -> Option<Request> {
     let mut head = Vec::new();
     let mut at = None;
     // Read timeouts of 200 ms bound each turn; the deadline bounds the loop.
@@ -713,5 +772,58 @@ fn bad_urls_headers_and_ca_files_are_refused_at_start_with_what_to_fix() {
     assert!(
         err.contains("no certificate") && err.contains("PEM"),
         "{err}"
+    );
+}
+
+#[test]
+fn https_to_a_collector_with_a_private_ca_trusts_exactly_the_ca_file() {
+    let receiver = Receiver::start_tls(|_| reply(200));
+    let dir = TempDir::new("tls");
+    let ca = dir.0.join("collector-ca.pem");
+    std::fs::write(&ca, TEST_CA).unwrap();
+    let url = format!("https://127.0.0.1:{}/ingest", receiver.addr.port());
+    let mut sink = HttpSink::new(HttpConfig {
+        ca_file: Some(ca),
+        ..config(&url, &dir)
+    })
+    .unwrap();
+    let batch = batch(9, 3);
+    let delivery = sink.send(&batch, soon(), &StopFlag::new()).unwrap();
+    assert_eq!(
+        delivery,
+        Delivery::Acknowledged {
+            status: 200,
+            attempts: 1
+        }
+    );
+    let requests = receiver.requests();
+    assert_eq!(requests.len(), 1);
+    assert_eq!(requests[0].ndjson(), batch.body());
+    assert_eq!(requests[0].header("idempotency-key"), Some("rack-a12:9-11"));
+
+    // Without the CA file the bundled public roots do not know this CA: retried, never sent.
+    let mut public_roots = HttpSink::new(config(&url, &dir)).unwrap();
+    let mut retries = Vec::new();
+    let err = public_roots
+        .send_observed(
+            &batch,
+            Instant::now() + Duration::from_millis(600),
+            &StopFlag::new(),
+            &mut |r: &Retry| retries.push(r.error.clone()),
+        )
+        .unwrap_err();
+    assert!(
+        matches!(err, HttpSinkError::DeadlineReached { .. }),
+        "{err}"
+    );
+    assert!(
+        retries[0].contains("TLS") && retries[0].contains("ca_file"),
+        "{}",
+        retries[0]
+    );
+    assert_eq!(
+        receiver.requests().len(),
+        1,
+        "no request passed the handshake"
     );
 }

@@ -671,6 +671,15 @@ fn describe(error: &ureq::Error, url: &str, timeout: Duration) -> String {
             "{url} did not answer within {:.1}s; the collector is slow or unreachable",
             timeout.as_secs_f64()
         ),
+        // rustls reports a failed handshake (unknown CA, expired or mismatched certificate)
+        // as invalid data on the socket.
+        ureq::Error::Io(e)
+            if e.kind() == io::ErrorKind::InvalidData && url.starts_with("https:") =>
+        {
+            format!(
+                "TLS with {url} failed ({e}); check ca_file in [upstream] (the CA that signed the collector's certificate) and that the certificate names this host"
+            )
+        }
         ureq::Error::Io(e) => format!("network error talking to {url}: {e}"),
         ureq::Error::HostNotFound => {
             format!("cannot resolve the host of {url}: check DNS on this machine and the url")
