@@ -75,7 +75,7 @@ impl Backoff {
 }
 
 /// What the sink needs, resolved: header values already read from env or files.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct HttpConfig {
     pub url: String,
     /// Extra headers (e.g. `Authorization`), values already resolved.
@@ -92,9 +92,26 @@ pub struct HttpConfig {
     pub proxy_from_env: bool,
 }
 
+/// Header values are left out: they are often credentials (`Authorization`).
+impl std::fmt::Debug for HttpConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.headers.iter().map(|(n, _)| n.as_str()).collect();
+        f.debug_struct("HttpConfig")
+            .field("url", &self.url)
+            .field("headers", &names)
+            .field("ca_file", &self.ca_file)
+            .field("timeout", &self.timeout)
+            .field("backoff", &self.backoff)
+            .field("dead_letter_dir", &self.dead_letter_dir)
+            .field("dead_letter_max_bytes", &self.dead_letter_max_bytes)
+            .field("proxy_from_env", &self.proxy_from_env)
+            .finish()
+    }
+}
+
 impl HttpConfig {
-    /// From `[upstream]`; `headers` replace the upstream's own when the caller resolved
-    /// env/file references in them.
+    /// From `[upstream]`. `headers` are the upstream's `headers` with the values the caller
+    /// resolved (read from env or files); the sink never reads secrets itself.
     pub fn from_upstream(
         upstream: &Upstream,
         headers: Vec<(String, String)>,
@@ -805,19 +822,29 @@ mod tests {
         assert!(err.contains("newline"), "{err}");
     }
 
-    #[test]
-    fn jitter_is_uniform_enough_and_never_leaves_zero_to_one() {
-        let mut sink = HttpSink::new(HttpConfig {
+    fn config() -> HttpConfig {
+        HttpConfig {
             url: "http://127.0.0.1:9/ingest".into(),
-            headers: Vec::new(),
+            headers: vec![("Authorization".into(), "Bearer s3cret".into())],
             ca_file: None,
             timeout: Duration::from_secs(1),
             backoff: Backoff::default(),
             dead_letter_dir: std::env::temp_dir(),
             dead_letter_max_bytes: 1024,
             proxy_from_env: false,
-        })
-        .unwrap();
+        }
+    }
+
+    #[test]
+    fn debug_output_names_headers_but_never_shows_their_values() {
+        let text = format!("{:?}", config());
+        assert!(text.contains("Authorization"), "{text}");
+        assert!(!text.contains("s3cret"), "{text}");
+    }
+
+    #[test]
+    fn jitter_is_uniform_enough_and_never_leaves_zero_to_one() {
+        let mut sink = HttpSink::new(config()).unwrap();
         let draws: Vec<f64> = (0..10_000).map(|_| sink.next_unit()).collect();
         assert!(draws.iter().all(|u| (0.0..1.0).contains(u)));
         let low = draws.iter().filter(|u| **u < 0.5).count();
