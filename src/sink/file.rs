@@ -9,7 +9,12 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
+use std::time::Instant;
+
+use crate::batch::Batch;
 use crate::record::Record;
+
+use super::{Retry, Shipped, Sink, SinkError, StopFlag};
 
 #[derive(Debug, thiserror::Error)]
 #[error("file sink {path}: {error}; check that the folder exists, is writable and has space")]
@@ -83,6 +88,19 @@ impl FileSink {
         self.first_seq.get_or_insert(record.seq);
         self.dirty = true;
         Ok(())
+    }
+
+    /// Appends a batch's NDJSON lines and makes them durable before returning (the spool
+    /// may then drop them). A batch is never split across two files.
+    pub fn write_batch(&mut self, batch: &Batch) -> Result<(), FileSinkError> {
+        if self.size >= self.max_bytes {
+            self.rotate()?;
+        }
+        self.out.write_all(batch.body()).map_err(|e| self.err(e))?;
+        self.size += batch.body().len() as u64;
+        self.first_seq.get_or_insert(batch.first_seq());
+        self.dirty = true;
+        self.sync()
     }
 
     /// Flushes and fsyncs what was written since the last sync.
@@ -164,5 +182,27 @@ mod tests {
         seqs.sort();
         assert_eq!(seqs, (1..=10).collect::<Vec<_>>());
         fs::remove_dir_all(&dir).unwrap();
+    }
+}
+
+impl Sink for FileSink {
+    /// A local disk either takes the batch or fails in a way a retry within this call would
+    /// not fix (full, read-only): the error goes back and the shipper's own backoff retries.
+    fn ship(
+        &mut self,
+        batch: &Batch,
+        _until: Instant,
+        _stop: &StopFlag,
+        _observe: &mut dyn FnMut(&Retry),
+    ) -> Result<Shipped, SinkError> {
+        self.write_batch(batch)?;
+        Ok(Shipped {
+            attempts: 1,
+            dead_letter: None,
+        })
+    }
+
+    fn describe(&self) -> String {
+        format!("file {}", self.dir.display())
     }
 }

@@ -17,13 +17,13 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use flate2::Compression;
 use flate2::write::GzEncoder;
 use ureq::tls::{Certificate, PemItem, RootCerts, TlsConfig};
 
+pub use super::{Backoff, Retry, StopFlag};
 use crate::batch::Batch;
 use crate::inventory::Upstream;
 
@@ -48,31 +48,6 @@ const RESERVED_HEADERS: &[&str] = &[
     "idempotency-key",
     "host",
 ];
-
-/// Exponential backoff with full jitter: the wait before retry `n` (1-based) is uniform in
-/// `0 ..= min(cap, base * 2^(n-1))`, but never under `base / 10`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Backoff {
-    pub base: Duration,
-    pub cap: Duration,
-}
-
-impl Default for Backoff {
-    fn default() -> Backoff {
-        Backoff {
-            base: Duration::from_secs(1),
-            cap: Duration::from_secs(60),
-        }
-    }
-}
-
-impl Backoff {
-    /// The upper bound of the wait before retry `n` (1-based).
-    pub fn ceiling(&self, n: u32) -> Duration {
-        let factor = 1u32 << n.saturating_sub(1).min(30);
-        self.base.saturating_mul(factor).min(self.cap)
-    }
-}
 
 /// What the sink needs, resolved: header values already read from env or files.
 #[derive(Clone, PartialEq, Eq)]
@@ -201,63 +176,6 @@ pub enum Delivery {
         attempts: u32,
         path: PathBuf,
     },
-}
-
-/// One failed attempt and the wait chosen before the next, for logs and `rackhand status`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Retry {
-    /// The attempt that failed, 1-based.
-    pub attempt: u32,
-    /// What went wrong, in words (names the URL).
-    pub error: String,
-    /// The HTTP status, when there was a response.
-    pub status: Option<u16>,
-    /// The backoff's upper bound for this retry.
-    pub ceiling: Duration,
-    /// The collector's `Retry-After`, when it sent one (already capped).
-    pub retry_after: Option<Duration>,
-    /// The wait before the next attempt: jittered backoff, at least `retry_after`.
-    pub wait: Duration,
-}
-
-/// A stop request the agent raises once; waits between attempts end at once when it does.
-#[derive(Debug, Default)]
-pub struct StopFlag {
-    stopped: Mutex<bool>,
-    changed: Condvar,
-}
-
-impl StopFlag {
-    pub fn new() -> Arc<StopFlag> {
-        Arc::new(StopFlag::default())
-    }
-
-    pub fn stop(&self) {
-        *self.stopped.lock().unwrap_or_else(|e| e.into_inner()) = true;
-        self.changed.notify_all();
-    }
-
-    pub fn is_stopped(&self) -> bool {
-        *self.stopped.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Waits until `deadline` or a stop, whichever is first; true when stopped.
-    pub fn wait_until(&self, deadline: Instant) -> bool {
-        let mut stopped = self.stopped.lock().unwrap_or_else(|e| e.into_inner());
-        // Spurious wakeups loop; each turn waits for what is left of a fixed deadline.
-        while !*stopped {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                break;
-            }
-            stopped = self
-                .changed
-                .wait_timeout(stopped, left)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
-        *stopped
-    }
 }
 
 /// What one attempt came to.
@@ -849,5 +767,30 @@ mod tests {
         assert!(draws.iter().all(|u| (0.0..1.0).contains(u)));
         let low = draws.iter().filter(|u| **u < 0.5).count();
         assert!((4500..5500).contains(&low), "{low}");
+    }
+}
+
+impl super::Sink for HttpSink {
+    fn ship(
+        &mut self,
+        batch: &Batch,
+        until: Instant,
+        stop: &StopFlag,
+        observe: &mut dyn FnMut(&Retry),
+    ) -> Result<super::Shipped, super::SinkError> {
+        Ok(match self.send_observed(batch, until, stop, observe)? {
+            Delivery::Acknowledged { attempts, .. } => super::Shipped {
+                attempts,
+                dead_letter: None,
+            },
+            Delivery::DeadLettered { attempts, path, .. } => super::Shipped {
+                attempts,
+                dead_letter: Some(path),
+            },
+        })
+    }
+
+    fn describe(&self) -> String {
+        format!("http {}", self.config.url)
     }
 }

@@ -1,5 +1,140 @@
-//! Sinks: where records leave the agent. Today the `file` sink (NDJSON files); the spool in
-//! front of every sink and the `http` and `mqtt` sinks follow (issue 5).
+//! Sinks: where records leave the agent, one [`Batch`] at a time.
+//!
+//! Every sink sits behind the spool (`spool` → `batch` → sink): the shipper hands it a
+//! batch cut from the spool and removes those records only once [`Sink::ship`] returns
+//! `Ok`, i.e. once upstream acknowledged them (a 2xx, every PUBACK, or the file written and
+//! fsynced). So a sink never needs its own buffer, and a crash anywhere leaves the batch in
+//! the spool to be sent again (at-least-once). What the sinks share lives here: the trait,
+//! the retry backoff, the stop flag that ends every wait, and the description of a failed
+//! attempt that logs and `rackhand status` show.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::batch::Batch;
 
 pub mod file;
 pub mod http;
+pub mod mqtt;
+
+/// How a batch left the agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shipped {
+    /// Attempts it took, at least 1.
+    pub attempts: u32,
+    /// Set when upstream refused the batch for good and it went to this dead-letter file
+    /// instead (it leaves the spool all the same, so one bad batch cannot block the rest).
+    pub dead_letter: Option<PathBuf>,
+}
+
+/// Why a batch did not leave; it stays in the spool and is shipped again.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error(transparent)]
+    Http(#[from] http::HttpSinkError),
+    #[error(transparent)]
+    Mqtt(#[from] mqtt::MqttSinkError),
+    #[error(transparent)]
+    File(#[from] file::FileSinkError),
+}
+
+/// Where batches go. Implementations block, retrying by themselves with [`Backoff`], until
+/// the batch is acknowledged, `until` passes or `stop` is raised; every wait between
+/// attempts is a [`StopFlag::wait_until`], so the agent can always stop a sink promptly.
+pub trait Sink: Send {
+    /// Delivers `batch`, telling `observe` about every failed attempt before its wait.
+    fn ship(
+        &mut self,
+        batch: &Batch,
+        until: Instant,
+        stop: &StopFlag,
+        observe: &mut dyn FnMut(&Retry),
+    ) -> Result<Shipped, SinkError>;
+
+    /// The sink and its target for logs and `rackhand status`, e.g. `http https://c/ingest`.
+    /// Never includes credentials.
+    fn describe(&self) -> String;
+}
+
+/// Exponential backoff with full jitter: the wait before retry `n` (1-based) is uniform in
+/// `0 ..= min(cap, base * 2^(n-1))`, but never under `base / 10`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    pub base: Duration,
+    pub cap: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Backoff {
+        Backoff {
+            base: Duration::from_secs(1),
+            cap: Duration::from_secs(60),
+        }
+    }
+}
+
+impl Backoff {
+    /// The upper bound of the wait before retry `n` (1-based).
+    pub fn ceiling(&self, n: u32) -> Duration {
+        let factor = 1u32 << n.saturating_sub(1).min(30);
+        self.base.saturating_mul(factor).min(self.cap)
+    }
+}
+
+/// One failed attempt and the wait chosen before the next, for logs and `rackhand status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Retry {
+    /// The attempt that failed, 1-based.
+    pub attempt: u32,
+    /// What went wrong, in words (names the URL).
+    pub error: String,
+    /// The HTTP status, when there was a response.
+    pub status: Option<u16>,
+    /// The backoff's upper bound for this retry.
+    pub ceiling: Duration,
+    /// The collector's `Retry-After`, when it sent one (already capped).
+    pub retry_after: Option<Duration>,
+    /// The wait before the next attempt: jittered backoff, at least `retry_after`.
+    pub wait: Duration,
+}
+
+/// A stop request the agent raises once; waits between attempts end at once when it does.
+#[derive(Debug, Default)]
+pub struct StopFlag {
+    stopped: Mutex<bool>,
+    changed: Condvar,
+}
+
+impl StopFlag {
+    pub fn new() -> Arc<StopFlag> {
+        Arc::new(StopFlag::default())
+    }
+
+    pub fn stop(&self) {
+        *self.stopped.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        self.changed.notify_all();
+    }
+
+    pub fn is_stopped(&self) -> bool {
+        *self.stopped.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Waits until `deadline` or a stop, whichever is first; true when stopped.
+    pub fn wait_until(&self, deadline: Instant) -> bool {
+        let mut stopped = self.stopped.lock().unwrap_or_else(|e| e.into_inner());
+        // Spurious wakeups loop; each turn waits for what is left of a fixed deadline.
+        while !*stopped {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            stopped = self
+                .changed
+                .wait_timeout(stopped, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        *stopped
+    }
+}
