@@ -8,6 +8,7 @@
 pub mod agent;
 pub mod batch;
 pub mod channel;
+pub mod clock;
 pub mod cli;
 pub mod config;
 pub mod driver;
@@ -19,8 +20,10 @@ pub mod record;
 pub mod scheduler;
 pub mod seq;
 pub mod session;
+pub mod ship;
 pub mod sim;
 pub mod sink;
 pub mod spool;
+pub mod status;
 pub mod telnet;
 pub mod transport;
