@@ -1,1 +1,603 @@
-//! Placeholder: being written (issue 5).
+//! The agent's status file: `status.json` in `agent.state_dir`.
+//!
+//! `rackhand status` runs as a separate process, often as another user, while the agent works;
+//! it cannot ask the agent anything. So the agent writes what an engineer needs to know (spool
+//! depth, the oldest unshipped record, the upstream's state and last error, every device's last
+//! good collection) to one small JSON file every few seconds, and `status` reads it. The file
+//! is also the agent's memory across restarts of each device's last good collection
+//! ([`AgentStatus::load_or_default`]).
+//!
+//! The file is replaced atomically (temp file + rename), so a reader sees the previous or the
+//! next status, never half of one. Fields are `#[serde(default)]`: a file written by an older
+//! or newer rackhand still loads.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::record::rfc3339_millis;
+
+/// The status file's name inside `agent.state_dir`.
+pub const STATUS_FILE: &str = "status.json";
+
+/// The agent saves about every 2 s; a status older than this means the agent is gone or stuck.
+pub const STALE_AFTER: Duration = Duration::from_secs(30);
+
+/// The temp file `save` writes before renaming it over `status.json`. One fixed name: there is
+/// one writer per state folder (the agent), and a crash leaves at most this one file behind,
+/// overwritten by the next save.
+const TEMP_FILE: &str = ".status.json.tmp";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    #[error(
+        "cannot read the agent status {path}: {source}; check that this user may read agent.state_dir (run as the agent's user or with sudo)"
+    )]
+    Read { path: PathBuf, source: io::Error },
+    #[error(
+        "the agent status {path} is not valid JSON ({source}); a running agent rewrites it within seconds, a stopped one starts a new one: delete the file if it stays broken"
+    )]
+    Corrupt {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error(
+        "cannot write the agent status {path}: {source}; check that agent.state_dir exists, is writable by the agent's user and that the disk is not full"
+    )]
+    Write { path: PathBuf, source: io::Error },
+}
+
+/// Everything `rackhand status` shows, as the agent last saved it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AgentStatus {
+    pub agent: String,
+    pub pid: u32,
+    pub version: String,
+    /// RFC 3339 with milliseconds ([`rfc3339_millis`]).
+    pub started_at: String,
+    /// Wall clock when saved.
+    pub updated_at: String,
+    /// `None`: cannot tell.
+    pub clock_synced: Option<bool>,
+    pub spool: SpoolStatus,
+    pub upstream: UpstreamStatus,
+    pub devices: BTreeMap<String, DeviceStatus>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SpoolStatus {
+    pub dir: String,
+    /// Unshipped records.
+    pub records: u64,
+    pub bytes: u64,
+    pub max_bytes: u64,
+    pub segments: u64,
+    /// `block` | `drop_oldest`.
+    pub full_policy: String,
+    pub oldest_unshipped_seq: Option<u64>,
+    /// That record's `started_at`.
+    pub oldest_unshipped_at: Option<String>,
+    pub acked_seq: u64,
+    pub last_seq: u64,
+    /// Lost to `drop_oldest` since the agent started.
+    pub dropped_records: u64,
+    pub dropped_bytes: u64,
+    /// `block` policy: collections are paused now because the spool is full.
+    pub paused: bool,
+    /// Collections not started because of it, since the agent started.
+    pub paused_collections: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct UpstreamStatus {
+    /// `file` | `http` | `mqtt`.
+    pub sink: String,
+    /// URL, broker or path; never credentials.
+    pub target: String,
+    /// `idle` | `shipping` | `retrying` | `stopped`.
+    pub state: String,
+    pub last_error: Option<String>,
+    pub last_error_at: Option<String>,
+    pub last_ack_at: Option<String>,
+    pub consecutive_failures: u32,
+    /// Since the agent started.
+    pub shipped_records: u64,
+    pub shipped_batches: u64,
+    pub dead_lettered_batches: u64,
+    pub dead_letter_file: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DeviceStatus {
+    /// The last collection whose records were all `ok` (RFC 3339).
+    pub last_good_at: Option<String>,
+    pub last_attempt_at: Option<String>,
+    /// The record status string, e.g. `ok`, `timeout`.
+    pub last_status: Option<String>,
+    pub last_error: Option<String>,
+    pub consecutive_failures: u32,
+}
+
+impl DeviceStatus {
+    /// Notes one finished collection (all the records of one pass over the device): `status`
+    /// and `error` are those of its first failed record, or `ok` and `None`.
+    pub fn collected(&mut self, at: &str, status: &str, error: Option<&str>) {
+        self.last_attempt_at = Some(at.to_string());
+        self.last_status = Some(status.to_string());
+        self.last_error = error.map(str::to_string);
+        if status == "ok" {
+            self.last_good_at = Some(at.to_string());
+            self.consecutive_failures = 0;
+        } else {
+            self.consecutive_failures = self.consecutive_failures.saturating_add(1);
+        }
+    }
+}
+
+impl AgentStatus {
+    /// A status for this process, started now, with nothing known yet.
+    pub fn new(agent: &str) -> AgentStatus {
+        let now = rfc3339_millis(SystemTime::now());
+        AgentStatus {
+            agent: agent.to_string(),
+            pid: std::process::id(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            started_at: now.clone(),
+            updated_at: now,
+            ..AgentStatus::default()
+        }
+    }
+
+    /// `state_dir/status.json`.
+    pub fn path(state_dir: &Path) -> PathBuf {
+        state_dir.join(STATUS_FILE)
+    }
+
+    /// Ok(None) when there is no status file yet.
+    pub fn load(state_dir: &Path) -> Result<Option<AgentStatus>, StatusError> {
+        let path = Self::path(state_dir);
+        let bytes = match fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => return Err(StatusError::Read { path, source }),
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|source| StatusError::Corrupt { path, source })
+    }
+
+    /// The status a starting agent begins with: [`AgentStatus::new`] for this process, keeping
+    /// from the previous run's file what outlives a restart (each device's last collection,
+    /// the upstream's last acknowledgement). Spool and shipping counters start again. A missing
+    /// file is a first start; an unreadable or corrupt one is logged as a warning and replaced.
+    pub fn load_or_default(state_dir: &Path, agent: &str) -> AgentStatus {
+        let mut fresh = AgentStatus::new(agent);
+        match Self::load(state_dir) {
+            Ok(None) => {}
+            Ok(Some(previous)) => {
+                fresh.devices = previous.devices;
+                fresh.upstream.last_ack_at = previous.upstream.last_ack_at;
+            }
+            Err(err) => {
+                log::warn!("{err}; starting a new status (last good collections forgotten)")
+            }
+        }
+        fresh
+    }
+
+    /// Forgets devices that are no longer in the inventory (after a reload or restart).
+    pub fn retain_devices<'a>(&mut self, names: impl IntoIterator<Item = &'a str>) {
+        let keep: std::collections::BTreeSet<&str> = names.into_iter().collect();
+        self.devices.retain(|name, _| keep.contains(name.as_str()));
+    }
+
+    /// Sets `updated_at` to now and saves.
+    pub fn touch_and_save(&mut self, state_dir: &Path) -> Result<(), StatusError> {
+        self.updated_at = rfc3339_millis(SystemTime::now());
+        self.save(state_dir)
+    }
+
+    /// Atomic replace: writes a temp file in the same folder and renames it over
+    /// `status.json`, so readers see the old or the new status, never half of one.
+    pub fn save(&self, state_dir: &Path) -> Result<(), StatusError> {
+        let path = Self::path(state_dir);
+        let tmp = state_dir.join(TEMP_FILE);
+        let mut bytes = serde_json::to_vec_pretty(self).map_err(|e| StatusError::Write {
+            path: path.clone(),
+            source: io::Error::other(e),
+        })?;
+        bytes.push(b'\n');
+        // No fsync, on purpose: the status is rewritten every few seconds, losing the last one
+        // to a power cut is harmless (the agent writes a new one at start), and syncing this
+        // often would wear the Pi's SD card for nothing. The rename alone still guarantees a
+        // whole file: after a crash the name points at the old or the new content (ext4's
+        // rename heuristics flush the new data first; at worst it is empty, which `load`
+        // reports and the agent replaces).
+        let written = fs::File::create(&tmp)
+            .and_then(|mut f| f.write_all(&bytes))
+            .and_then(|()| fs::rename(&tmp, &path));
+        written.map_err(|source| {
+            let _ = fs::remove_file(&tmp);
+            StatusError::Write { path, source }
+        })
+    }
+
+    /// Whether the process that wrote this status is alive and saving (see [`Liveness`]).
+    pub fn liveness(&self, now: SystemTime) -> Liveness {
+        if !pid_is_rackhand(self.pid) {
+            return Liveness::Gone;
+        }
+        match age(&self.updated_at, now) {
+            Some(Age::Past(a)) if a > STALE_AFTER => Liveness::Stalled,
+            // In the future: the clock was set back since; the pid is the better witness.
+            _ => Liveness::Running,
+        }
+    }
+}
+
+/// What `rackhand status` concludes about the agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Liveness {
+    /// Its pid is a live rackhand process and the status is fresh.
+    Running,
+    /// Its pid is a live rackhand process, but it has not saved for longer than
+    /// [`STALE_AFTER`]: the loop is stuck (systemd's watchdog should restart it).
+    Stalled,
+    /// No rackhand process with that pid.
+    Gone,
+}
+
+/// Whether `pid` is a live process running rackhand. Signal 0 checks for existence (EPERM: it
+/// exists but belongs to another user, like the `rackhand` service user); the program name in
+/// `/proc/<pid>/cmdline` guards against the pid having been reused since the agent died.
+pub fn pid_is_rackhand(pid: u32) -> bool {
+    // 0 and negative pids address process groups, never one process.
+    let Ok(raw) = i32::try_from(pid) else {
+        return false;
+    };
+    if raw <= 0 {
+        return false;
+    }
+    use nix::errno::Errno;
+    match nix::sys::signal::kill(nix::unistd::Pid::from_raw(raw), None) {
+        Ok(()) | Err(Errno::EPERM) => {}
+        Err(_) => return false,
+    }
+    match fs::read(format!("/proc/{pid}/cmdline")) {
+        // The program's own name, not any argument (`vim /etc/rackhand/rackhand.toml` is not
+        // the agent). A zombie has an empty command line: it is not saving anything either.
+        Ok(cmdline) => {
+            let argv0 = cmdline.split(|&b| b == 0).next().unwrap_or_default();
+            let program = argv0.rsplit(|&b| b == b'/').next().unwrap_or_default();
+            program.starts_with(b"rackhand")
+        }
+        // No /proc (or hidepid): the signal is all we can go by.
+        Err(_) => true,
+    }
+}
+
+/// How long ago an RFC 3339 time was, by the wall clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Age {
+    Past(Duration),
+    /// Later than now: the clock was set back since (or the writer's clock was ahead).
+    Future(Duration),
+}
+
+/// The age of `rfc3339` at `now`; `None` when it does not parse.
+pub fn age(rfc3339: &str, now: SystemTime) -> Option<Age> {
+    let then = parse_rfc3339(rfc3339)?;
+    Some(match now.duration_since(then) {
+        Ok(d) => Age::Past(d),
+        Err(e) => Age::Future(e.duration()),
+    })
+}
+
+/// Parses `2026-11-25T10:00:00.123Z` (what [`rfc3339_millis`] writes), also with other
+/// fraction lengths, a lowercase `t`/`z` or a `+HH:MM`/`-HH:MM` offset.
+pub fn parse_rfc3339(text: &str) -> Option<SystemTime> {
+    let b = text.trim().as_bytes();
+    let num = |range: std::ops::Range<usize>| -> Option<i64> {
+        let s = b.get(range)?;
+        if s.is_empty() || !s.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        std::str::from_utf8(s).ok()?.parse().ok()
+    };
+    if b.len() < 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || !matches!(b[10], b'T' | b't' | b' ')
+        || b[13] != b':'
+        || b[16] != b':'
+    {
+        return None;
+    }
+    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (h, mi, s) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || s > 60 {
+        return None;
+    }
+    let mut i = 19;
+    let mut nanos: u64 = 0;
+    if b.get(i) == Some(&b'.') {
+        i += 1;
+        let start = i;
+        while b.get(i).is_some_and(u8::is_ascii_digit) {
+            if i - start < 9 {
+                nanos = nanos * 10 + u64::from(b[i] - b'0');
+            }
+            i += 1;
+        }
+        if i == start {
+            return None;
+        }
+        for _ in (i - start)..9 {
+            nanos *= 10;
+        }
+    }
+    let offset = match b.get(i)? {
+        b'Z' | b'z' if i + 1 == b.len() => 0,
+        sign @ (b'+' | b'-') if i + 6 == b.len() && b[i + 3] == b':' => {
+            let minutes = num(i + 1..i + 3)? * 60 + num(i + 4..i + 6)?;
+            if *sign == b'+' {
+                minutes * 60
+            } else {
+                -minutes * 60
+            }
+        }
+        _ => return None,
+    };
+    let secs = days_from_civil(y, mo as u32, d as u32) * 86_400 + h * 3600 + mi * 60 + s - offset;
+    let secs = u64::try_from(secs).ok()?;
+    UNIX_EPOCH.checked_add(Duration::new(secs, nanos as u32))
+}
+
+/// A proleptic Gregorian date to days since 1970-01-01 (H. Hinnant's algorithm; the inverse
+/// of the one in `record`).
+fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = i64::from((m + 9) % 12);
+    let doy = (153 * mp + 2) / 5 + i64::from(d) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(tag: &str) -> TempDir {
+            let dir = std::env::temp_dir().join(format!(
+                "rackhand-status-{tag}-{}-{:?}",
+                std::process::id(),
+                std::thread::current().id()
+            ));
+            let _ = fs::remove_dir_all(&dir);
+            fs::create_dir_all(&dir).unwrap();
+            TempDir(dir)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn busy_agent() -> AgentStatus {
+        let mut status = AgentStatus::new("rack-a12");
+        status.clock_synced = Some(true);
+        status.spool = SpoolStatus {
+            dir: "/var/lib/rackhand/spool".into(),
+            records: 1200,
+            bytes: 3 << 20,
+            max_bytes: 512 << 20,
+            segments: 4,
+            full_policy: "block".into(),
+            oldest_unshipped_seq: Some(4711),
+            oldest_unshipped_at: Some("2026-11-25T10:00:00.123Z".into()),
+            acked_seq: 4710,
+            last_seq: 5910,
+            ..SpoolStatus::default()
+        };
+        status.upstream = UpstreamStatus {
+            sink: "http".into(),
+            target: "https://collector.example/ingest".into(),
+            state: "retrying".into(),
+            last_error: Some("HTTP 503 Service Unavailable".into()),
+            last_error_at: Some("2026-11-25T10:05:00.000Z".into()),
+            consecutive_failures: 3,
+            ..UpstreamStatus::default()
+        };
+        status.devices.entry("core1".into()).or_default().collected(
+            "2026-11-25T10:00:00.123Z",
+            "ok",
+            None,
+        );
+        status
+    }
+
+    #[test]
+    fn what_the_agent_saves_is_what_status_reads() {
+        let dir = TempDir::new("roundtrip");
+        assert_eq!(AgentStatus::load(&dir.0).unwrap(), None, "no file yet");
+        let status = busy_agent();
+        status.save(&dir.0).unwrap();
+        assert_eq!(AgentStatus::load(&dir.0).unwrap(), Some(status));
+    }
+
+    #[test]
+    fn saving_over_and_over_leaves_only_the_status_file() {
+        let dir = TempDir::new("atomic");
+        let mut status = busy_agent();
+        for n in 0..20 {
+            status.spool.records = n;
+            status.touch_and_save(&dir.0).unwrap();
+        }
+        let names: Vec<String> = fs::read_dir(&dir.0)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, [STATUS_FILE]);
+        assert_eq!(
+            AgentStatus::load(&dir.0).unwrap().unwrap().spool.records,
+            19
+        );
+    }
+
+    #[test]
+    fn a_missing_state_folder_is_named_when_saving() {
+        let dir = TempDir::new("nofolder");
+        let gone = dir.0.join("not-there");
+        let err = busy_agent().save(&gone).unwrap_err().to_string();
+        assert!(
+            err.contains(&gone.join(STATUS_FILE).display().to_string()),
+            "{err}"
+        );
+        assert!(err.contains("agent.state_dir"), "{err}");
+    }
+
+    #[test]
+    fn a_corrupt_status_file_is_named_and_the_agent_starts_over() {
+        let dir = TempDir::new("corrupt");
+        let path = AgentStatus::path(&dir.0);
+        fs::write(&path, "{\"agent\": \"rack-a12\", \"pid\": ").unwrap();
+        let err = AgentStatus::load(&dir.0).unwrap_err();
+        assert!(matches!(err, StatusError::Corrupt { .. }), "{err:?}");
+        let text = err.to_string();
+        assert!(text.contains(&path.display().to_string()), "{text}");
+        assert!(text.contains("delete the file"), "{text}");
+
+        let fresh = AgentStatus::load_or_default(&dir.0, "rack-a12");
+        assert_eq!(fresh.agent, "rack-a12");
+        assert_eq!(fresh.pid, std::process::id());
+        assert!(fresh.devices.is_empty());
+    }
+
+    #[test]
+    fn a_restarted_agent_remembers_each_devices_last_good_collection() {
+        let dir = TempDir::new("restart");
+        let mut before = busy_agent();
+        before.pid = 1;
+        before.started_at = "2026-11-25T09:00:00.000Z".into();
+        before.upstream.last_ack_at = Some("2026-11-25T10:04:00.000Z".into());
+        before.upstream.shipped_records = 99;
+        before.save(&dir.0).unwrap();
+
+        let after = AgentStatus::load_or_default(&dir.0, "rack-a12");
+        assert_eq!(after.pid, std::process::id());
+        assert_ne!(after.started_at, before.started_at);
+        assert_eq!(after.devices, before.devices);
+        assert_eq!(after.upstream.last_ack_at, before.upstream.last_ack_at);
+        assert_eq!(after.upstream.shipped_records, 0, "counters are per run");
+    }
+
+    #[test]
+    fn files_from_older_or_newer_versions_still_load() {
+        let dir = TempDir::new("compat");
+        fs::write(
+            AgentStatus::path(&dir.0),
+            r#"{"agent":"rack-a12","pid":42,"added_in_v9":{"x":1},
+                "spool":{"records":7,"future_field":true},
+                "devices":{"core1":{"last_status":"timeout","whatever":null}}}"#,
+        )
+        .unwrap();
+        let status = AgentStatus::load(&dir.0).unwrap().unwrap();
+        assert_eq!(status.pid, 42);
+        assert_eq!(status.spool.records, 7);
+        assert_eq!(status.upstream, UpstreamStatus::default());
+        assert_eq!(
+            status.devices["core1"].last_status.as_deref(),
+            Some("timeout")
+        );
+    }
+
+    #[test]
+    fn a_device_failing_keeps_its_last_good_time_and_counts_failures() {
+        let mut device = DeviceStatus::default();
+        device.collected("2026-11-25T10:00:00.000Z", "ok", None);
+        device.collected("2026-11-25T10:15:00.000Z", "timeout", Some("timed out"));
+        device.collected("2026-11-25T10:30:00.000Z", "timeout", Some("timed out"));
+        assert_eq!(
+            device.last_good_at.as_deref(),
+            Some("2026-11-25T10:00:00.000Z")
+        );
+        assert_eq!(
+            device.last_attempt_at.as_deref(),
+            Some("2026-11-25T10:30:00.000Z")
+        );
+        assert_eq!(device.consecutive_failures, 2);
+        device.collected("2026-11-25T10:45:00.000Z", "ok", None);
+        assert_eq!(device.consecutive_failures, 0);
+        assert_eq!(device.last_error, None);
+    }
+
+    #[test]
+    fn times_written_by_the_agent_parse_back_exactly() {
+        for t in [
+            UNIX_EPOCH,
+            UNIX_EPOCH + Duration::from_millis(1_764_064_800_123),
+            UNIX_EPOCH + Duration::from_millis(951_782_400_999), // 2000-02-29
+            SystemTime::now(),
+        ] {
+            let text = rfc3339_millis(t);
+            let millis = |t: SystemTime| t.duration_since(UNIX_EPOCH).unwrap().as_millis();
+            assert_eq!(parse_rfc3339(&text).map(millis), Some(millis(t)), "{text}");
+        }
+        assert_eq!(
+            parse_rfc3339("2026-11-25T12:00:00+02:00"),
+            parse_rfc3339("2026-11-25T10:00:00Z")
+        );
+        for bad in [
+            "",
+            "yesterday",
+            "2026-11-25",
+            "2026-13-01T00:00:00Z",
+            "2026-11-25T10:00:00",
+        ] {
+            assert_eq!(parse_rfc3339(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn ages_before_and_after_a_clock_change() {
+        let now = parse_rfc3339("2026-11-25T10:00:10.000Z").unwrap();
+        assert_eq!(
+            age("2026-11-25T10:00:00.000Z", now),
+            Some(Age::Past(Duration::from_secs(10)))
+        );
+        assert_eq!(
+            age("2026-11-25T10:01:00.000Z", now),
+            Some(Age::Future(Duration::from_secs(50)))
+        );
+        assert_eq!(age("garbage", now), None);
+    }
+
+    #[test]
+    fn only_a_live_rackhand_process_counts_as_the_agent() {
+        // The unit tests' binary is `rackhand-<hash>`: alive and named like the agent.
+        assert!(pid_is_rackhand(std::process::id()));
+        // A process that has exited (and was reaped) is gone.
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        assert!(!pid_is_rackhand(dead));
+        // Never process groups.
+        assert!(!pid_is_rackhand(0));
+        assert!(!pid_is_rackhand(u32::MAX));
+    }
+}

@@ -12,6 +12,7 @@ pub mod driver;
 pub mod logging;
 pub mod run;
 pub mod sim;
+pub mod status;
 
 /// Where the config comes from when `-c` is not given.
 pub const DEFAULT_CONFIG: &str = "/etc/rackhand/rackhand.toml";
@@ -36,6 +37,8 @@ pub enum Command {
     Demo(demo::DemoArgs),
     /// One pass now over all devices (or the named ones); prints records, ships nothing.
     Collect(collect::CollectArgs),
+    /// What the running agent is doing: spool, upstream, each device's last good collection.
+    Status(status::StatusArgs),
     /// The child side of process isolation: runs one device's session, JSON lines on stdio.
     #[command(hide = true)]
     Driver(driver::DriverArgs),
@@ -77,6 +80,7 @@ pub fn main() -> i32 {
         Command::Check(args) => check::run(&config_path(&cli), args),
         Command::Collect(args) => collect::run(&config_path(&cli), args),
         Command::Run(args) => run::run(&config_path(&cli), args),
+        Command::Status(args) => status::run(&config_path(&cli), args),
         Command::Demo(args) => demo::run(args),
         Command::Sim(args) => sim::run(args),
         Command::Driver(args) => driver::run(args),

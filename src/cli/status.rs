@@ -1,0 +1,426 @@
+//! `rackhand status`: what the agent is doing, from another shell, while it runs.
+//!
+//! The agent keeps `status.json` in its state folder (see `crate::status`); this command reads
+//! the config only to find that folder, reads the file, checks that the process that wrote it
+//! is still a live rackhand that keeps saving, and prints a short report or the JSON.
+
+use std::io::Write;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use crate::config::units::{format_duration, format_size};
+use crate::inventory;
+use crate::status::{self, Age, AgentStatus, Liveness};
+
+/// The exit status is in the help (`after_help`): 0 running; 1 stopped, stuck or never run
+/// with this state_dir; 2 the config is invalid or the status file cannot be read.
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Exit status: 0 the agent is running (its pid is a live rackhand that \
+    saved the status in the last 30 s); 1 not running, stuck, or no status yet; 2 config error \
+    or unreadable status file."
+)]
+pub struct StatusArgs {
+    /// `text`: a short report for people; `json`: the status file as one JSON object, plus
+    /// `"running": true|false`.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Text,
+    Json,
+}
+
+/// Device errors longer than this are cut in the table (the JSON has them whole).
+const ERROR_WIDTH: usize = 60;
+
+pub fn run(path: &Path, args: &StatusArgs) -> anyhow::Result<i32> {
+    let (inventory, report) = inventory::load(path)?;
+    if report.has_errors() {
+        let stderr = std::io::stderr();
+        let mut err = stderr.lock();
+        let count = report.errors().count();
+        for d in report.errors() {
+            writeln!(err, "{}", report.render(d))?;
+        }
+        writeln!(
+            err,
+            "rackhand status: {count} error{} in {}; fix them (`rackhand check -c {}`) so status can find agent.state_dir",
+            if count == 1 { "" } else { "s" },
+            path.display(),
+            path.display()
+        )?;
+        return Ok(2);
+    }
+    let state_dir = &inventory.agent.state_dir;
+    let file = AgentStatus::path(state_dir);
+    let status = match AgentStatus::load(state_dir) {
+        Ok(Some(status)) => status,
+        Ok(None) => {
+            eprintln!(
+                "rackhand status: no status in {}: the agent has not run with this state_dir yet; \
+                 start it with `systemctl start rackhand` or `rackhand run -c {}`",
+                file.display(),
+                path.display()
+            );
+            if args.format == Format::Json {
+                println!("{}", serde_json::json!({ "running": false }));
+            }
+            return Ok(1);
+        }
+        Err(err) => {
+            eprintln!("rackhand status: {err}");
+            return Ok(2);
+        }
+    };
+    let now = SystemTime::now();
+    let liveness = status.liveness(now);
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    match args.format {
+        Format::Json => {
+            // `running` first, then the file's fields in their order.
+            #[derive(serde::Serialize)]
+            struct WithRunning<'a> {
+                running: bool,
+                #[serde(flatten)]
+                status: &'a AgentStatus,
+            }
+            let json = serde_json::to_string(&WithRunning {
+                running: liveness == Liveness::Running,
+                status: &status,
+            })?;
+            writeln!(out, "{json}")?;
+        }
+        Format::Text => write!(out, "{}", render(&status, &file, liveness, now))?,
+    }
+    Ok(if liveness == Liveness::Running { 0 } else { 1 })
+}
+
+/// The human report.
+pub fn render(status: &AgentStatus, file: &Path, liveness: Liveness, now: SystemTime) -> String {
+    let mut text = String::new();
+    let mut line = |s: String| {
+        text.push_str(&s);
+        text.push('\n');
+    };
+    let updated = ago(&status.updated_at, now);
+    let state = match liveness {
+        Liveness::Running => format!("running (pid {}, updated {updated})", status.pid),
+        Liveness::Stalled => format!(
+            "stuck (pid {} alive, but the status was last saved {updated}; see `journalctl -u rackhand`)",
+            status.pid
+        ),
+        Liveness::Gone => format!("not running (last seen {updated}, pid {})", status.pid),
+    };
+    line(format!(
+        "agent {}: {state}",
+        if status.agent.is_empty() {
+            "(unnamed)"
+        } else {
+            &status.agent
+        }
+    ));
+    line(format!(
+        "  version {}, started {}; status file {}",
+        or_unknown(&status.version),
+        ago(&status.started_at, now),
+        file.display()
+    ));
+    line(format!(
+        "  clock: {}",
+        match status.clock_synced {
+            Some(true) => "synchronised",
+            Some(false) => "NOT synchronised: record times and the ages below may be wrong",
+            None => "unknown (cannot tell whether it is synchronised)",
+        }
+    ));
+
+    let spool = &status.spool;
+    line(String::new());
+    line(format!(
+        "spool {}: {} record{}, {} of {}{}, {} segment{}, when full: {}",
+        or_unknown(&spool.dir),
+        spool.records,
+        plural(spool.records),
+        approx_size(spool.bytes),
+        format_size(spool.max_bytes),
+        spool
+            .bytes
+            .saturating_mul(100)
+            .checked_div(spool.max_bytes)
+            .map_or(String::new(), |pct| format!(" ({pct}%)")),
+        spool.segments,
+        plural(spool.segments),
+        or_unknown(&spool.full_policy)
+    ));
+    match (spool.oldest_unshipped_seq, &spool.oldest_unshipped_at) {
+        (Some(seq), Some(at)) => line(format!(
+            "  oldest unshipped: seq {seq}, collected {}",
+            ago(at, now)
+        )),
+        (Some(seq), None) => line(format!("  oldest unshipped: seq {seq}")),
+        _ => line("  nothing unshipped".into()),
+    }
+    line(format!(
+        "  acked up to seq {}, last seq {}",
+        spool.acked_seq, spool.last_seq
+    ));
+    if spool.dropped_records > 0 {
+        line(format!(
+            "  WARNING: {} record{} ({}) dropped since start: the spool was full (drop_oldest)",
+            spool.dropped_records,
+            plural(spool.dropped_records),
+            approx_size(spool.dropped_bytes)
+        ));
+    }
+    if spool.paused || spool.paused_collections > 0 {
+        line(format!(
+            "  WARNING: {}{} collection{} not started since start because the spool was full (block)",
+            if spool.paused {
+                "collections paused now; "
+            } else {
+                ""
+            },
+            spool.paused_collections,
+            plural(spool.paused_collections)
+        ));
+    }
+
+    let up = &status.upstream;
+    line(String::new());
+    line(format!(
+        "upstream {} {}: {}{}",
+        or_unknown(&up.sink),
+        up.target,
+        or_unknown(&up.state),
+        if up.consecutive_failures > 0 {
+            format!(
+                ", {} consecutive failure{}",
+                up.consecutive_failures,
+                plural(u64::from(up.consecutive_failures))
+            )
+        } else {
+            String::new()
+        }
+    ));
+    line(format!(
+        "  last ack: {}",
+        up.last_ack_at
+            .as_deref()
+            .map_or("never".to_string(), |at| ago(at, now))
+    ));
+    if let Some(error) = &up.last_error {
+        let when = up
+            .last_error_at
+            .as_deref()
+            .map_or(String::new(), |at| format!(" ({})", ago(at, now)));
+        line(format!("  last error{when}: {error}"));
+    }
+    line(format!(
+        "  shipped since start: {} record{} in {} batch{}",
+        up.shipped_records,
+        plural(up.shipped_records),
+        up.shipped_batches,
+        if up.shipped_batches == 1 { "" } else { "es" }
+    ));
+    if up.dead_lettered_batches > 0 || up.dead_letter_file.is_some() {
+        line(format!(
+            "  dead letters: {} batch{} rejected by the upstream{}",
+            up.dead_lettered_batches,
+            if up.dead_lettered_batches == 1 {
+                ""
+            } else {
+                "es"
+            },
+            up.dead_letter_file
+                .as_deref()
+                .map_or(String::new(), |f| format!(", kept in {f}"))
+        ));
+    }
+
+    line(String::new());
+    if status.devices.is_empty() {
+        line("no device has been collected yet".into());
+    } else {
+        let header = [
+            "DEVICE",
+            "LAST GOOD",
+            "LAST STATUS",
+            "FAILURES",
+            "LAST ERROR",
+        ];
+        let rows: Vec<[String; 5]> = status
+            .devices
+            .iter()
+            .map(|(name, d)| {
+                [
+                    name.clone(),
+                    d.last_good_at
+                        .as_deref()
+                        .map_or("never".to_string(), |at| ago(at, now)),
+                    d.last_status.clone().unwrap_or_else(|| "-".into()),
+                    d.consecutive_failures.to_string(),
+                    d.last_error
+                        .as_deref()
+                        .map_or(String::new(), |e| truncate(e, ERROR_WIDTH)),
+                ]
+            })
+            .collect();
+        let mut widths = header.map(str::len);
+        for row in &rows {
+            for (w, cell) in widths.iter_mut().zip(row) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+        let mut row_line = |cells: [&str; 5]| {
+            let mut s = String::new();
+            for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
+                if i + 1 == cells.len() {
+                    s.push_str(cell);
+                } else {
+                    s.push_str(&format!("{cell:<w$}  "));
+                }
+            }
+            line(s.trim_end().to_string());
+        };
+        row_line(header);
+        for row in &rows {
+            row_line([&row[0], &row[1], &row[2], &row[3], &row[4]]);
+        }
+    }
+    text
+}
+
+/// `5m ago`, `in the future (clock changed?)`, or the raw text when it does not parse.
+fn ago(rfc3339: &str, now: SystemTime) -> String {
+    match status::age(rfc3339, now) {
+        // Within a second ahead is rounding between writer and reader, not a clock change.
+        Some(Age::Past(d)) => format!("{} ago", short_duration(d)),
+        Some(Age::Future(d)) if d < Duration::from_secs(1) => "0s ago".into(),
+        Some(Age::Future(_)) => format!("in the future (clock changed?): {rfc3339}"),
+        None if rfc3339.is_empty() => "at an unknown time".into(),
+        None => format!("at `{rfc3339}` (unreadable time)"),
+    }
+}
+
+/// Whole seconds, and from an hour on whole minutes: `42s`, `5m3s`, `3h12m`, `2d4h`.
+fn short_duration(d: Duration) -> String {
+    let secs = d.as_secs();
+    let secs = match secs {
+        0..3600 => secs,
+        3600..86_400 => secs - secs % 60,
+        _ => secs - secs % 3600,
+    };
+    format_duration(Duration::from_secs(secs))
+}
+
+/// Like `format_size`, but a size that is not a whole number of units is shown with one
+/// decimal (`3.2MiB`) instead of in bytes.
+fn approx_size(bytes: u64) -> String {
+    for (unit, size) in [("GiB", 1u64 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
+        if bytes >= size {
+            if bytes % size == 0 {
+                return format_size(bytes);
+            }
+            return format!("{:.1}{unit}", bytes as f64 / size as f64);
+        }
+    }
+    format_size(bytes)
+}
+
+fn truncate(text: &str, width: usize) -> String {
+    let one_line = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if one_line.chars().count() <= width {
+        return one_line;
+    }
+    let mut cut: String = one_line.chars().take(width.saturating_sub(1)).collect();
+    cut.push('…');
+    cut
+}
+
+fn or_unknown(text: &str) -> &str {
+    if text.is_empty() { "?" } else { text }
+}
+
+fn plural(n: u64) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::status::{DeviceStatus, parse_rfc3339};
+
+    #[test]
+    fn ages_read_naturally_and_survive_a_clock_change() {
+        let now = parse_rfc3339("2026-11-25T12:00:00.000Z").unwrap();
+        assert_eq!(ago("2026-11-25T11:59:58.000Z", now), "2s ago");
+        assert_eq!(ago("2026-11-25T11:55:00.000Z", now), "5m ago");
+        assert_eq!(ago("2026-11-25T08:47:30.000Z", now), "3h12m ago");
+        assert_eq!(ago("2026-11-23T08:00:00.000Z", now), "2d4h ago");
+        assert_eq!(ago("2026-11-25T12:00:00.400Z", now), "0s ago");
+        assert!(
+            ago("2026-11-25T13:00:00.000Z", now).starts_with("in the future (clock changed?)"),
+            "{}",
+            ago("2026-11-25T13:00:00.000Z", now)
+        );
+        assert_eq!(ago("", now), "at an unknown time");
+    }
+
+    #[test]
+    fn sizes_are_short() {
+        assert_eq!(approx_size(0), "0B");
+        assert_eq!(approx_size(1500), "1.5KiB");
+        assert_eq!(approx_size(512 << 20), "512MiB");
+        assert_eq!(approx_size((3 << 20) + (1 << 19)), "3.5MiB");
+    }
+
+    #[test]
+    fn long_errors_are_cut_to_one_short_line() {
+        let e = "connect to 10.0.0.9:22 failed:\nconnection refused ".repeat(5);
+        let cut = truncate(&e, 30);
+        assert_eq!(cut.chars().count(), 30);
+        assert!(cut.ends_with('…') && !cut.contains('\n'), "{cut}");
+    }
+
+    #[test]
+    fn the_report_warns_about_lost_records_and_lists_devices() {
+        let now = parse_rfc3339("2026-11-25T12:00:00.000Z").unwrap();
+        let mut s = AgentStatus {
+            agent: "rack-a12".into(),
+            pid: 4242,
+            updated_at: "2026-11-25T11:59:58.000Z".into(),
+            clock_synced: Some(false),
+            ..AgentStatus::default()
+        };
+        s.spool.dropped_records = 37;
+        s.spool.dropped_bytes = 40_000;
+        s.spool.max_bytes = 512 << 20;
+        s.upstream.dead_letter_file = Some("/var/lib/rackhand/dead-letter.ndjson".into());
+        s.upstream.dead_lettered_batches = 2;
+        s.devices.insert(
+            "pdu1".into(),
+            DeviceStatus {
+                last_status: Some("timeout".into()),
+                last_error: Some("command `show version` timed out after 30s".into()),
+                consecutive_failures: 3,
+                ..DeviceStatus::default()
+            },
+        );
+        let text = render(&s, Path::new("/x/status.json"), Liveness::Running, now);
+        for needle in [
+            "agent rack-a12: running (pid 4242, updated 2s ago)",
+            "NOT synchronised",
+            "WARNING: 37 records (39.1KiB) dropped",
+            "2 batches rejected by the upstream, kept in /var/lib/rackhand/dead-letter.ndjson",
+            "last ack: never",
+            "pdu1    never      timeout      3         command `show version` timed out after 30s",
+        ] {
+            assert!(text.contains(needle), "{needle:?} missing:\n{text}");
+        }
+        assert!(!text.contains("paused"), "{text}");
+    }
+}

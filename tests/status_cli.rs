@@ -1,0 +1,288 @@
+//! `rackhand status`: the story of an engineer asking, from another shell, what the agent on
+//! the rack's Pi is doing.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, SystemTime};
+
+use rackhand::record::rfc3339_millis;
+use rackhand::status::{AgentStatus, STATUS_FILE};
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!(
+            "rackhand-status-cli-{tag}-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("state")).unwrap();
+        TempDir(dir)
+    }
+
+    fn state_dir(&self) -> PathBuf {
+        self.0.join("state")
+    }
+
+    /// A valid config whose `[agent] state_dir` is this folder's `state`.
+    fn config(&self) -> PathBuf {
+        self.write_config(&format!(
+            "[agent]\nid = \"rack-a12\"\nstate_dir = \"{}\"\n\n\
+             [defaults]\nplatform = \"cisco_ios\"\nusername = \"admin\"\npassword_env = \"RACKHAND_PASSWORD\"\n\
+             commands = [\"show version\"]\n\n\
+             [[device]]\nname = \"core1\"\ntransport = \"telnet\"\nhost = \"127.0.0.1\"\n",
+            self.state_dir().display()
+        ))
+    }
+
+    fn write_config(&self, text: &str) -> PathBuf {
+        let path = self.0.join("rackhand.toml");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A real rackhand process standing in for the agent (the simulator on stdio, waiting for
+/// input), so the status command sees a live process named rackhand. Killed on drop.
+struct StandIn(Child);
+
+impl StandIn {
+    fn start() -> StandIn {
+        StandIn(
+            Command::new(env!("CARGO_BIN_EXE_rackhand"))
+                .args(["sim", "--stdio", "--platform", "cisco_ios"])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start rackhand sim --stdio"),
+        )
+    }
+
+    fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for StandIn {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The pid of a process that has exited and been reaped.
+fn dead_pid() -> u32 {
+    let mut child = Command::new("true").spawn().unwrap();
+    let pid = child.id();
+    child.wait().unwrap();
+    pid
+}
+
+struct Outcome {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+fn status(config: &Path, extra: &[&str]) -> Outcome {
+    let out = Command::new(env!("CARGO_BIN_EXE_rackhand"))
+        .args(["status", "-c"])
+        .arg(config)
+        .args(extra)
+        .env_remove("RACKHAND_CONFIG")
+        .output()
+        .expect("run rackhand status");
+    Outcome {
+        code: out.status.code().expect("exit code"),
+        stdout: String::from_utf8(out.stdout).unwrap(),
+        stderr: String::from_utf8(out.stderr).unwrap(),
+    }
+}
+
+/// What an agent that has been busy for a while saves.
+fn busy_status(pid: u32, updated: SystemTime) -> AgentStatus {
+    let mut s = AgentStatus::new("rack-a12");
+    s.pid = pid;
+    s.updated_at = rfc3339_millis(updated);
+    s.clock_synced = Some(true);
+    s.spool.dir = "/var/lib/rackhand/spool".into();
+    s.spool.records = 1200;
+    s.spool.bytes = 3 << 20;
+    s.spool.max_bytes = 512 << 20;
+    s.spool.full_policy = "block".into();
+    s.spool.oldest_unshipped_seq = Some(4711);
+    s.spool.oldest_unshipped_at = Some(rfc3339_millis(
+        SystemTime::now() - Duration::from_secs(5 * 60),
+    ));
+    s.upstream.sink = "http".into();
+    s.upstream.target = "https://collector.example/ingest".into();
+    s.upstream.state = "retrying".into();
+    s.upstream.last_error = Some("HTTP 503 Service Unavailable".into());
+    s.upstream.last_error_at = Some(rfc3339_millis(SystemTime::now()));
+    s.upstream.consecutive_failures = 3;
+    let two_minutes_ago = rfc3339_millis(SystemTime::now() - Duration::from_secs(120));
+    s.devices
+        .entry("core1".into())
+        .or_default()
+        .collected(&two_minutes_ago, "ok", None);
+    s.devices.entry("pdu1".into()).or_default().collected(
+        &two_minutes_ago,
+        "timeout",
+        Some("command `show version` timed out after 30s"),
+    );
+    s
+}
+
+#[test]
+fn before_the_agent_ever_ran_status_says_how_to_start_it() {
+    let dir = TempDir::new("nofile");
+    let out = status(&dir.config(), &[]);
+    assert_eq!(out.code, 1, "stderr:\n{}", out.stderr);
+    let file = dir.state_dir().join(STATUS_FILE);
+    assert!(
+        out.stderr
+            .contains(&format!("no status in {}", file.display())),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("rackhand run"), "{}", out.stderr);
+
+    let out = status(&dir.config(), &["--format", "json"]);
+    assert_eq!(out.code, 1);
+    let json: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(json["running"], false);
+}
+
+#[test]
+fn a_running_agent_is_reported_with_its_spool_upstream_and_devices() {
+    let dir = TempDir::new("running");
+    let agent = StandIn::start();
+    busy_status(agent.pid(), SystemTime::now())
+        .save(&dir.state_dir())
+        .unwrap();
+    let out = status(&dir.config(), &[]);
+    assert_eq!(
+        out.code, 0,
+        "stdout:\n{}\nstderr:\n{}",
+        out.stdout, out.stderr
+    );
+    for needle in [
+        format!("agent rack-a12: running (pid {}, updated ", agent.pid()),
+        "clock: synchronised".into(),
+        "1200 records, 3MiB of 512MiB (0%)".into(),
+        "oldest unshipped: seq 4711, collected 5m".into(),
+        "upstream http https://collector.example/ingest: retrying, 3 consecutive failures".into(),
+        "HTTP 503 Service Unavailable".into(),
+        "DEVICE".into(),
+        "core1".into(),
+        "timed out after 30s".into(),
+    ] {
+        assert!(
+            out.stdout.contains(&needle),
+            "{needle:?} missing:\n{}",
+            out.stdout
+        );
+    }
+    assert!(!out.stdout.contains("WARNING"), "{}", out.stdout);
+}
+
+#[test]
+fn an_agent_that_died_is_not_running_and_its_last_status_is_still_shown() {
+    let dir = TempDir::new("dead");
+    busy_status(dead_pid(), SystemTime::now() - Duration::from_secs(600))
+        .save(&dir.state_dir())
+        .unwrap();
+    let out = status(&dir.config(), &[]);
+    assert_eq!(
+        out.code, 1,
+        "stdout:\n{}\nstderr:\n{}",
+        out.stdout, out.stderr
+    );
+    assert!(
+        out.stdout
+            .contains("agent rack-a12: not running (last seen 10m ago"),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("core1"), "{}", out.stdout);
+}
+
+#[test]
+fn a_live_agent_that_stopped_saving_is_reported_stuck() {
+    let dir = TempDir::new("stuck");
+    let agent = StandIn::start();
+    busy_status(agent.pid(), SystemTime::now() - Duration::from_secs(300))
+        .save(&dir.state_dir())
+        .unwrap();
+    let out = status(&dir.config(), &[]);
+    assert_eq!(out.code, 1, "stdout:\n{}", out.stdout);
+    assert!(out.stdout.contains("stuck (pid"), "{}", out.stdout);
+    assert!(out.stdout.contains("journalctl"), "{}", out.stdout);
+}
+
+#[test]
+fn json_is_the_status_file_plus_whether_the_agent_runs() {
+    let dir = TempDir::new("json");
+    let agent = StandIn::start();
+    let saved = busy_status(agent.pid(), SystemTime::now());
+    saved.save(&dir.state_dir()).unwrap();
+
+    let out = status(&dir.config(), &["--format", "json"]);
+    assert_eq!(out.code, 0, "stderr:\n{}", out.stderr);
+    assert_eq!(out.stdout.lines().count(), 1, "one object:\n{}", out.stdout);
+    let json: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(json["running"], true);
+    let read: AgentStatus = serde_json::from_value(json.clone()).unwrap();
+    assert_eq!(read, saved);
+    assert_eq!(json["devices"]["pdu1"]["last_status"], "timeout");
+    assert_eq!(json["spool"]["oldest_unshipped_seq"], 4711);
+
+    drop(agent);
+    let out = status(&dir.config(), &["--format", "json"]);
+    assert_eq!(out.code, 1);
+    let json: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(json["running"], false);
+}
+
+#[test]
+fn a_broken_config_is_reported_like_check_does() {
+    let dir = TempDir::new("badconfig");
+    let config = dir.write_config("[agent]\nworkers = \"many\"\nstate_dirr = \"/tmp\"\n");
+    let out = status(&config, &[]);
+    assert_eq!(out.code, 2, "stderr:\n{}", out.stderr);
+    assert!(
+        out.stderr.contains(&format!("{}:2:", config.display())),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("rackhand check"), "{}", out.stderr);
+    assert!(out.stdout.is_empty(), "{}", out.stdout);
+
+    let out = status(&dir.0.join("missing.toml"), &[]);
+    assert_eq!(out.code, 2, "stderr:\n{}", out.stderr);
+    assert!(out.stderr.contains("missing.toml"), "{}", out.stderr);
+}
+
+#[test]
+fn a_corrupt_status_file_is_named_with_what_to_do() {
+    let dir = TempDir::new("corrupt");
+    let file = dir.state_dir().join(STATUS_FILE);
+    std::fs::write(&file, "{\"agent\": \"rack-a12\", \"pi").unwrap();
+    let out = status(&dir.config(), &[]);
+    assert_eq!(out.code, 2, "stderr:\n{}", out.stderr);
+    assert!(
+        out.stderr.contains(&file.display().to_string()),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("delete the file"), "{}", out.stderr);
+}
