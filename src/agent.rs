@@ -8,24 +8,35 @@
 //! systemd the loop sends READY=1 once running and WATCHDOG=1 only while it goes round, so a
 //! wedged agent is restarted rather than left silent.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::inventory::{self, Device, Inventory, Isolation, SinkKind};
+use crate::batch::BatchLimits;
+use crate::inventory::{self, Device, Inventory, Isolation, SinkKind, Upstream};
 use crate::isolation::Isolator;
 use crate::notify::Notifier;
-use crate::pool::{Pool, PoolEvent, Work};
-use crate::record::{Outcome, Record, Status};
+use crate::pool::{Pool, PoolEvent, RunSummary, Work};
+use crate::record::{Gap, Outcome, Record, Status, rfc3339_millis};
 use crate::scheduler::{DeviceId, Scheduler};
 use crate::seq::Sequence;
+use crate::ship::{ShipReport, Shipper, ShipperOptions, SpoolShare};
 use crate::sink::file::FileSink;
+use crate::sink::http::{HttpConfig, HttpSink};
+use crate::sink::{Backoff, Sink, SinkError};
+use crate::spool::{Durability, FullPolicy, Spool, SpoolError, SpoolOptions};
+use crate::status::{AgentStatus, SpoolStatus, UpstreamStatus};
 
-/// How often buffered records are made durable (group commit).
+/// How often spooled records are made durable (group commit), unless `fsync = "always"`.
 const SYNC_EVERY: Duration = Duration::from_secs(1);
+/// How often `state_dir/status.json` is rewritten for `rackhand status`.
+const STATUS_EVERY: Duration = Duration::from_secs(2);
+/// How long a stopping agent keeps shipping what is spooled before it leaves the rest for
+/// the next start.
+const SHIP_GRACE: Duration = Duration::from_secs(5);
 /// The loop wakes at least this often, so the watchdog sees it alive while nothing is due.
 const MAX_IDLE: Duration = Duration::from_secs(5);
 
@@ -44,7 +55,15 @@ pub enum AgentError {
     #[error(transparent)]
     Sequence(#[from] crate::seq::SeqError),
     #[error(transparent)]
-    Sink(#[from] crate::sink::file::FileSinkError),
+    Sink(#[from] SinkError),
+    #[error(transparent)]
+    FileSink(#[from] crate::sink::file::FileSinkError),
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+    #[error("[upstream] header `{name}`: {detail}")]
+    Header { name: String, detail: String },
+    #[error("cannot start a thread: {0}")]
+    Thread(std::io::Error),
     #[error(transparent)]
     Pool(#[from] crate::pool::PoolError),
     #[error(transparent)]
@@ -125,21 +144,317 @@ pub fn load_config(path: &Path) -> Result<Inventory, AgentError> {
     Ok(inventory)
 }
 
-/// Where records go: the file sink's folder.
-fn outbox_of(inventory: &Inventory) -> Result<(PathBuf, u64), AgentError> {
-    match &inventory.upstream {
-        None => Ok((
-            inventory.agent.state_dir.join("outbox"),
-            inventory::defaults::FILE_MAX_BYTES,
-        )),
-        Some(u) => match u.sink {
-            SinkKind::File => Ok((PathBuf::from(&u.target), u.file_max_bytes)),
-            SinkKind::Http => Err(AgentError::SinkUnavailable("http")),
-            SinkKind::Mqtt => Err(AgentError::SinkUnavailable("mqtt")),
+/// The upstream in force: `[upstream]`, or the file sink in `state_dir/outbox` by default.
+fn upstream_of(inventory: &Inventory) -> Upstream {
+    inventory.upstream.clone().unwrap_or_else(|| Upstream {
+        sink: SinkKind::File,
+        target: inventory
+            .agent
+            .state_dir
+            .join("outbox")
+            .display()
+            .to_string(),
+        topic: inventory::defaults::MQTT_TOPIC.to_string(),
+        client_id: None,
+        headers: Vec::new(),
+        ca_file: None,
+        username: None,
+        password: None,
+        timeout: inventory::defaults::UPSTREAM_TIMEOUT,
+        batch_max_records: inventory::defaults::BATCH_MAX_RECORDS,
+        batch_max_bytes: inventory::defaults::BATCH_MAX_BYTES,
+        // Files are local: no reason to hold records back for long.
+        batch_max_age: Duration::from_secs(1),
+        spool_max_bytes: inventory::defaults::SPOOL_MAX_BYTES,
+        drop_oldest_when_full: false,
+        fsync_always: false,
+        file_max_bytes: inventory::defaults::FILE_MAX_BYTES,
+    })
+}
+
+/// Header values may name a secret instead of holding it: `{env:NAME}` and `{file:PATH}`
+/// are replaced by that variable or that file's content (trimmed), e.g.
+/// `Authorization = "Bearer {file:/etc/rackhand/collector.token}"`.
+pub fn resolve_header(name: &str, value: &str) -> Result<String, AgentError> {
+    let mut out = String::new();
+    let mut rest = value;
+    // Each turn consumes one placeholder: bounded by the value's length.
+    while let Some(open) = rest.find('{') {
+        let Some(close) = rest[open..].find('}').map(|c| open + c) else {
+            break;
+        };
+        let inner = &rest[open + 1..close];
+        let resolved = if let Some(var) = inner.strip_prefix("env:") {
+            std::env::var(var).map_err(|_| AgentError::Header {
+                name: name.to_string(),
+                detail: format!(
+                    "environment variable {var} is not set; set it for the service (systemd: Environment= or EnvironmentFile=)"
+                ),
+            })?
+        } else if let Some(path) = inner.strip_prefix("file:") {
+            std::fs::read_to_string(path)
+                .map(|s| s.trim().to_string())
+                .map_err(|e| AgentError::Header {
+                    name: name.to_string(),
+                    detail: format!(
+                        "cannot read {path}: {e}; check the path and that the agent may read it"
+                    ),
+                })?
+        } else {
+            out.push_str(&rest[..=open]);
+            rest = &rest[open + 1..];
+            continue;
+        };
+        out.push_str(&rest[..open]);
+        out.push_str(&resolved);
+        rest = &rest[close + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// The sink `[upstream]` asks for, checked now so a mistake shows at start.
+fn build_sink(inventory: &Inventory, upstream: &Upstream) -> Result<Box<dyn Sink>, AgentError> {
+    Ok(match upstream.sink {
+        SinkKind::File => Box::new(FileSink::open(
+            Path::new(&upstream.target),
+            upstream.file_max_bytes,
+        )?),
+        SinkKind::Http => {
+            let mut headers = Vec::new();
+            for (name, value) in &upstream.headers {
+                headers.push((name.clone(), resolve_header(name, value)?));
+            }
+            let config = HttpConfig::from_upstream(upstream, headers, &inventory.agent.state_dir);
+            Box::new(HttpSink::new(config).map_err(SinkError::from)?)
+        }
+        SinkKind::Mqtt => return Err(AgentError::SinkUnavailable("mqtt")),
+    })
+}
+
+/// The spool's settings from `[upstream]`.
+fn spool_options(inventory: &Inventory, upstream: &Upstream) -> SpoolOptions {
+    let max_bytes = upstream.spool_max_bytes;
+    // A record carries its output JSON-escaped (and base64 too when it is not UTF-8).
+    let largest_output = inventory
+        .devices
+        .iter()
+        .map(|d| d.max_output)
+        .max()
+        .unwrap_or(inventory::defaults::MAX_OUTPUT);
+    let max_record = (largest_output.saturating_mul(2) + (1 << 20))
+        .max(16 << 20)
+        .min(max_bytes / 4)
+        .clamp(4096, u64::from(u32::MAX)) as u32;
+    SpoolOptions {
+        // Small against the bound, so acknowledged space comes back in fine steps.
+        segment_bytes: (max_bytes / 8).clamp(64 << 10, 4 << 20),
+        max_bytes,
+        full: if upstream.drop_oldest_when_full {
+            FullPolicy::DropOldest
+        } else {
+            FullPolicy::Block
+        },
+        max_record_bytes: max_record,
+        durability: if upstream.fsync_always {
+            Durability::Always
+        } else {
+            Durability::Interval(SYNC_EVERY)
         },
     }
 }
 
+/// Numbers outcomes, appends them to the spool, and applies the full-spool policy.
+struct Spooler {
+    share: Arc<SpoolShare>,
+    seq: Sequence,
+    agent: String,
+    policy: FullPolicy,
+    max_bytes: u64,
+    max_record: u32,
+    /// Block policy: records refused for lack of room, appended once there is room.
+    pending: VecDeque<(u64, Vec<u8>)>,
+    paused_since: Option<Instant>,
+    paused_collections: u64,
+    paused_total: u64,
+    reported_drops: (u64, u64),
+    clock: Option<(Instant, Option<bool>)>,
+}
+
+impl Spooler {
+    /// The clock's sync state, asked of the kernel at most every 10 s.
+    fn clock_synced(&mut self) -> Option<bool> {
+        match self.clock {
+            Some((at, synced)) if at.elapsed() < Duration::from_secs(10) => synced,
+            _ => {
+                let synced = crate::clock::synchronised();
+                self.clock = Some((Instant::now(), synced));
+                synced
+            }
+        }
+    }
+
+    /// Numbers `outcome` and spools it; returns the record.
+    fn outcome(&mut self, outcome: Outcome) -> Result<Record, AgentError> {
+        let mut record = outcome.into_record(&self.agent, self.seq.next()?);
+        record.clock_synced = self.clock_synced();
+        self.spool_record(&mut record)?;
+        Ok(record)
+    }
+
+    fn spool_record(&mut self, record: &mut Record) -> Result<(), AgentError> {
+        let mut json = record.to_json().into_bytes();
+        if json.len() > self.max_record as usize {
+            let keep = self.max_record as usize / 8;
+            log::error!(
+                "{}: record {} of `{}` is {} bytes, above the spool's record limit of {} bytes; its output is cut to {keep} bytes: lower max_output for that command",
+                record.device,
+                record.id,
+                record.command,
+                json.len(),
+                self.max_record
+            );
+            let mut cut = keep.min(record.output.len());
+            while !record.output.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            record.output.truncate(cut);
+            record.output_base64 = None;
+            record.status = Status::OutputTooLarge;
+            record.error = Some(format!(
+                "output cut to {keep} bytes: the whole record was above the spool's limit of {} bytes",
+                self.max_record
+            ));
+            json = record.to_json().into_bytes();
+        }
+        self.append(record.seq, json)
+    }
+
+    fn append(&mut self, seq: u64, json: Vec<u8>) -> Result<(), AgentError> {
+        if !self.pending.is_empty() {
+            self.pending.push_back((seq, json));
+            return Ok(());
+        }
+        let result = self.share.lock().append(seq, &json);
+        match result {
+            Ok(()) => Ok(()),
+            Err(SpoolError::Full { .. }) if self.policy == FullPolicy::Block => {
+                self.pending.push_back((seq, json));
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Appends what waited for room, as far as there is room now.
+    fn retry_pending(&mut self) -> Result<(), AgentError> {
+        // Each turn appends one record or stops: bounded by the queue.
+        while let Some((seq, json)) = self.pending.pop_front() {
+            let result = self.share.lock().append(seq, &json);
+            match result {
+                Ok(()) => {}
+                Err(SpoolError::Full { .. }) => {
+                    self.pending.push_front((seq, json));
+                    break;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Block policy: whether new collections must wait. Pauses near the bound (records of
+    /// sessions in flight still need room) and resumes only well below it, so the agent
+    /// does not flap around the limit.
+    fn update_pause(&mut self, now: Instant) -> Result<bool, AgentError> {
+        if self.policy != FullPolicy::Block {
+            return Ok(false);
+        }
+        self.retry_pending()?;
+        let bytes = self.share.lock().stats().bytes;
+        match self.paused_since {
+            None if !self.pending.is_empty() || bytes >= self.max_bytes / 16 * 15 => {
+                log::warn!(
+                    "spool full ({bytes} of {} bytes): new collections pause until upstream takes records (spool_full = \"block\")",
+                    self.max_bytes
+                );
+                self.paused_since = Some(now);
+            }
+            Some(since) if self.pending.is_empty() && bytes < self.max_bytes / 4 * 3 => {
+                let paused = now.saturating_duration_since(since);
+                log::warn!(
+                    "spool has room again: collections resume after {:.1} s paused, {} collections not started",
+                    paused.as_secs_f64(),
+                    self.paused_collections
+                );
+                self.paused_since = None;
+                let paused_collections = std::mem::take(&mut self.paused_collections);
+                self.gap(Gap {
+                    policy: "block".into(),
+                    paused_collections,
+                    paused_ms: paused.as_millis() as u64,
+                    ..Gap::default()
+                })?;
+            }
+            _ => {}
+        }
+        Ok(self.paused_since.is_some())
+    }
+
+    /// Drop-oldest policy: a gap record for every loss since the last one.
+    fn report_drops(&mut self) -> Result<(), AgentError> {
+        let stats = self.share.lock().stats();
+        let (records, bytes) = (
+            stats.dropped_records - self.reported_drops.0,
+            stats.dropped_bytes - self.reported_drops.1,
+        );
+        if records == 0 && bytes == 0 {
+            return Ok(());
+        }
+        self.reported_drops = (stats.dropped_records, stats.dropped_bytes);
+        self.gap(Gap {
+            policy: "drop_oldest".into(),
+            dropped_records: records,
+            dropped_bytes: bytes,
+            ..Gap::default()
+        })
+    }
+
+    fn gap(&mut self, gap: Gap) -> Result<(), AgentError> {
+        let mut record = Record::gap(&self.agent, self.seq.next()?, gap, SystemTime::now());
+        record.clock_synced = self.clock_synced();
+        log::warn!("{}", record.error.as_deref().unwrap_or("spool gap"));
+        self.spool_record(&mut record)
+    }
+
+    /// At shutdown: nothing collected may be lost, so what waited for room goes in past the
+    /// bound (at most what the sessions in flight produced), with the pause reported.
+    fn close(&mut self) -> Result<(), AgentError> {
+        if let Some(since) = self.paused_since.take() {
+            let gap = Gap {
+                policy: "block".into(),
+                paused_collections: std::mem::take(&mut self.paused_collections),
+                paused_ms: since.elapsed().as_millis() as u64,
+                ..Gap::default()
+            };
+            let mut record = Record::gap(&self.agent, self.seq.next()?, gap, SystemTime::now());
+            record.clock_synced = self.clock_synced();
+            self.pending
+                .push_back((record.seq, record.to_json().into_bytes()));
+        }
+        let mut spool = self.share.lock();
+        if !self.pending.is_empty() {
+            log::warn!(
+                "stopping with the spool full: {} records collected meanwhile go in past spool_max_bytes rather than being lost",
+                self.pending.len()
+            );
+        }
+        while let Some((seq, json)) = self.pending.pop_front() {
+            spool.append_over_limit(seq, &json)?;
+        }
+        Ok(())
+    }
+}
 fn work(isolator: Isolator) -> Arc<Work> {
     Arc::new(move |device: &Device, emit: &mut dyn FnMut(Outcome)| {
         if device.isolation == Isolation::Process || device.driver_exec.is_some() {
@@ -173,12 +488,186 @@ fn install_signals(flags: &Arc<Flags>, pool: &Pool<DeviceId>) -> Result<(), Agen
     Ok(())
 }
 
+/// What the agent tracks for `status.json`, kept across restarts for `last_good_at`.
+struct StatusKeeper {
+    state_dir: PathBuf,
+    status: AgentStatus,
+    last_saved: Option<Instant>,
+    oldest: Option<(u64, Option<String>)>,
+    failing: BTreeMap<String, (Status, Option<String>)>,
+}
+
+impl StatusKeeper {
+    fn new(inventory: &Inventory, upstream: &Upstream, spool_dir: &Path) -> StatusKeeper {
+        let state_dir = inventory.agent.state_dir.clone();
+        let mut status = AgentStatus::load_or_default(&state_dir, &inventory.agent.id);
+        status.agent = inventory.agent.id.clone();
+        status.pid = std::process::id();
+        status.version = env!("CARGO_PKG_VERSION").to_string();
+        status.started_at = rfc3339_millis(SystemTime::now());
+        status.spool = SpoolStatus {
+            dir: spool_dir.display().to_string(),
+            max_bytes: upstream.spool_max_bytes,
+            full_policy: if upstream.drop_oldest_when_full {
+                "drop_oldest"
+            } else {
+                "block"
+            }
+            .into(),
+            ..SpoolStatus::default()
+        };
+        status.upstream = UpstreamStatus {
+            sink: match upstream.sink {
+                SinkKind::File => "file",
+                SinkKind::Http => "http",
+                SinkKind::Mqtt => "mqtt",
+            }
+            .into(),
+            target: upstream.target.clone(),
+            state: "idle".into(),
+            ..UpstreamStatus::default()
+        };
+        // Devices no longer configured are forgotten.
+        status.retain_devices(inventory.devices.iter().map(|d| d.name.as_str()));
+        StatusKeeper {
+            state_dir,
+            status,
+            last_saved: None,
+            oldest: None,
+            failing: BTreeMap::new(),
+        }
+    }
+
+    /// Remembers a device's first failed record of the collection under way.
+    fn record(&mut self, record: &Record) {
+        if record.status != Status::Ok && record.status != Status::Gap {
+            self.failing
+                .entry(record.device.clone())
+                .or_insert_with(|| (record.status, record.error.clone()));
+        }
+    }
+
+    /// A collection ended: `ok` when every record was, else its first failure.
+    fn finished(&mut self, device: &str, run: &RunSummary) {
+        let now = rfc3339_millis(SystemTime::now());
+        let first_failure = self.failing.remove(device);
+        let (status, error) = match (run.all_ok(), &first_failure) {
+            (true, _) => ("ok", None),
+            (false, Some((status, error))) => (status.as_str(), error.as_deref()),
+            (false, None) => (
+                run.session_failure.map_or("failed", Status::as_str),
+                run.error.as_deref(),
+            ),
+        };
+        self.status
+            .devices
+            .entry(device.to_string())
+            .or_default()
+            .collected(&now, status, error);
+    }
+
+    fn due(&self, now: Instant) -> Instant {
+        self.last_saved.map_or(now, |t| t + STATUS_EVERY)
+    }
+
+    fn save(&mut self, share: &SpoolShare, spooler: &Spooler, ship: &ShipReport, now: Instant) {
+        let stats = {
+            let mut spool = share.lock();
+            let stats = spool.stats();
+            // The oldest unshipped record's time: read once per record, not per save.
+            if self.oldest.as_ref().map(|o| o.0) != stats.oldest_unshipped {
+                self.oldest = stats.oldest_unshipped.map(|seq| {
+                    let at = spool
+                        .read_from(seq)
+                        .ok()
+                        .and_then(|mut r| r.next())
+                        .and_then(Result::ok)
+                        .and_then(|(_, json)| {
+                            serde_json::from_slice::<serde_json::Value>(&json).ok()
+                        })
+                        .and_then(|v| v["started_at"].as_str().map(str::to_string));
+                    (seq, at)
+                });
+            }
+            stats
+        };
+        let s = &mut self.status;
+        s.updated_at = rfc3339_millis(SystemTime::now());
+        s.clock_synced = crate::clock::synchronised();
+        s.spool.records = stats.records;
+        s.spool.bytes = stats.bytes;
+        s.spool.segments = stats.segments as u64;
+        s.spool.oldest_unshipped_seq = stats.oldest_unshipped;
+        s.spool.oldest_unshipped_at = self.oldest.as_ref().and_then(|o| o.1.clone());
+        s.spool.acked_seq = stats.acked;
+        s.spool.last_seq = stats.last_seq;
+        s.spool.dropped_records = stats.dropped_records;
+        s.spool.dropped_bytes = stats.dropped_bytes;
+        s.spool.paused = spooler.paused_since.is_some();
+        s.spool.paused_collections = spooler.paused_total;
+        let u = &mut s.upstream;
+        u.state = ship.state.as_str().to_string();
+        u.last_error = ship.last_error.clone();
+        u.last_error_at = ship.last_error_at.map(rfc3339_millis);
+        u.last_ack_at = ship.last_ack_at.map(rfc3339_millis);
+        u.consecutive_failures = ship.consecutive_failures;
+        u.shipped_records = ship.shipped_records;
+        u.shipped_batches = ship.shipped_batches;
+        u.dead_lettered_batches = ship.dead_lettered_batches;
+        u.dead_letter_file = ship
+            .dead_letter_file
+            .as_ref()
+            .map(|p| p.display().to_string());
+        if let Err(e) = self.status.save(&self.state_dir) {
+            log::warn!("{e}");
+        }
+        self.last_saved = Some(now);
+    }
+}
+
 /// Runs the agent until stopped; returns what each device did.
 pub fn run(config: &Path, mut options: Options) -> Result<Summary, AgentError> {
     let mut inventory = load_config(config)?;
-    let (outbox, max_bytes) = outbox_of(&inventory)?;
-    let seq = Sequence::open(&inventory.agent.state_dir)?;
-    let mut sink = FileSink::open(&outbox, max_bytes)?;
+    let state_dir = inventory.agent.state_dir.clone();
+    let agent_id = inventory.agent.id.clone();
+    let upstream = upstream_of(&inventory);
+    let sink = build_sink(&inventory, &upstream)?;
+    let sink_name = sink.describe();
+    let spool_dir = state_dir.join("spool");
+    let spool_opts = spool_options(&inventory, &upstream);
+    let (spool, recovery) = Spool::open(&spool_dir, spool_opts.clone())?;
+    if recovery.found_damage() {
+        for action in &recovery.actions {
+            log::warn!("spool recovery: {action}");
+        }
+    }
+    let stats = spool.stats();
+    if stats.records > 0 {
+        log::info!(
+            "spool {}: {} records ({} bytes) from before the restart wait to be shipped",
+            spool_dir.display(),
+            stats.records,
+            stats.bytes
+        );
+    }
+    let seq = Sequence::open_above(&state_dir, stats.last_seq)?;
+    let share = SpoolShare::new(spool);
+    let mut status = StatusKeeper::new(&inventory, &upstream, &spool_dir);
+    let mut spooler = Spooler {
+        share: Arc::clone(&share),
+        seq,
+        agent: agent_id.clone(),
+        policy: spool_opts.full,
+        max_bytes: spool_opts.max_bytes,
+        max_record: spool_opts.max_record_bytes,
+        pending: VecDeque::new(),
+        paused_since: None,
+        paused_collections: 0,
+        paused_total: 0,
+        reported_drops: (0, 0),
+        clock: None,
+    };
+
     let notifier = Notifier::from_env().unwrap_or_else(|e| {
         log::warn!(
             "NOTIFY_SOCKET is set but unusable ({e}); running without systemd notifications"
@@ -194,14 +683,33 @@ pub fn run(config: &Path, mut options: Options) -> Result<Summary, AgentError> {
     if options.signals {
         install_signals(&flags, &pool)?;
     }
+    let waker = pool.waker();
+    let shipper = Shipper::start(
+        Arc::clone(&share),
+        sink,
+        ShipperOptions {
+            agent: agent_id.clone(),
+            limits: BatchLimits::from_upstream(&upstream),
+            state_dir: state_dir.clone(),
+            backoff: Backoff::default(),
+            seed: jitter_seed(&agent_id),
+        },
+        Box::new(move || {
+            let _ = waker.send(PoolEvent::Wake);
+        }),
+    )
+    .map_err(AgentError::Thread)?;
+
     let started = Instant::now();
     let stop_at = options.run_for.map(|d| started + d);
     let mut scheduler = Scheduler::new(&inventory, started, SystemTime::now());
     let mut summary = Summary {
-        outbox: sink.current_path(),
+        outbox: match upstream.sink {
+            SinkKind::File => Path::new(&upstream.target).join(crate::sink::file::CURRENT),
+            _ => spool_dir.clone(),
+        },
         ..Summary::default()
     };
-    let mut last_sync = Instant::now();
     let mut last_ping = Instant::now();
     let watchdog = notifier.watchdog_period();
     let _ = notifier.ready(&format!(
@@ -209,23 +717,22 @@ pub fn run(config: &Path, mut options: Options) -> Result<Summary, AgentError> {
         inventory.devices.len()
     ));
     log::info!(
-        "agent {} running: {} devices, {workers} workers, records to {}",
-        inventory.agent.id,
+        "agent {agent_id} running: {} devices, {workers} workers, spool {}, shipping to {sink_name}",
         inventory.devices.len(),
-        sink.current_path().display()
+        spool_dir.display(),
     );
 
     let mut handle = |event: PoolEvent<DeviceId>,
                       scheduler: &mut Scheduler,
-                      sink: &mut FileSink,
-                      summary: &mut Summary,
-                      agent_id: &str|
+                      spooler: &mut Spooler,
+                      status: &mut StatusKeeper,
+                      summary: &mut Summary|
      -> Result<(), AgentError> {
         match event {
             PoolEvent::Started { .. } | PoolEvent::Wake => {}
             PoolEvent::Outcome { outcome, .. } => {
-                let record = outcome.into_record(agent_id, seq.next()?);
-                sink.write(&record)?;
+                let record = spooler.outcome(outcome)?;
+                status.record(&record);
                 let tally = summary.devices.entry(record.device.clone()).or_default();
                 tally.records += 1;
                 if record.status == Status::Ok {
@@ -244,7 +751,9 @@ pub fn run(config: &Path, mut options: Options) -> Result<Summary, AgentError> {
                 elapsed,
             } => {
                 if let Some(device) = scheduler.device(key) {
-                    let tally = summary.devices.entry(device.name.clone()).or_default();
+                    let name = device.name.clone();
+                    status.finished(&name, &run);
+                    let tally = summary.devices.entry(name).or_default();
                     tally.runs += 1;
                     tally.busy += elapsed;
                 }
@@ -276,45 +785,68 @@ pub fn run(config: &Path, mut options: Options) -> Result<Summary, AgentError> {
                             new.agent.workers
                         );
                     }
+                    if new.upstream != inventory.upstream || new.agent.state_dir != state_dir {
+                        log::warn!(
+                            "[upstream] or state_dir changed; this takes effect at the next restart"
+                        );
+                    }
                     inventory = new;
+                    status
+                        .status
+                        .retain_devices(inventory.devices.iter().map(|d| d.name.as_str()));
                 }
                 Err(e) => log::error!("reload refused, keeping the running config: {e}"),
             }
             let _ = notifier.ready(&format!("collecting {} devices", inventory.devices.len()));
         }
-        for d in scheduler.take_due(now, pool.vacancies()) {
-            if let Err(e) = pool.submit(d.id, d.device) {
-                log::debug!("{e}");
-                scheduler.unstarted(d.id);
+        if spooler.update_pause(now)? {
+            let passed = scheduler.pass_due(now);
+            spooler.paused_collections += passed;
+            spooler.paused_total += passed;
+        } else {
+            for d in scheduler.take_due(now, pool.vacancies()) {
+                if let Err(e) = pool.submit(d.id, d.device) {
+                    log::debug!("{e}");
+                    scheduler.unstarted(d.id);
+                }
             }
         }
-        let mut wait = match scheduler.next_due() {
-            Some(at) if pool.vacancies() > 0 => at.saturating_duration_since(now),
-            _ => MAX_IDLE,
+        let mut wake_at = match scheduler.next_due() {
+            Some(at) if pool.vacancies() > 0 => at,
+            _ => now + MAX_IDLE,
         }
-        .min(MAX_IDLE);
+        .min(now + MAX_IDLE)
+        .min(status.due(now));
+        if let Some(at) = share.lock().commit_deadline() {
+            wake_at = wake_at.min(at);
+        }
         if let Some(t) = stop_at {
-            wait = wait.min(t.saturating_duration_since(now));
+            wake_at = wake_at.min(t);
         }
         if let Some(period) = watchdog {
             // Until the next ping is due, not a whole period: an event just before the ping
             // would otherwise push it out to almost two periods, i.e. to systemd's limit.
-            wait = wait.min(period.saturating_sub(last_ping.elapsed()));
+            wake_at = wake_at.min(last_ping + period);
         }
-        match pool.events().recv_timeout(wait) {
+        match pool
+            .events()
+            .recv_timeout(wake_at.saturating_duration_since(now))
+        {
             Ok(event) => handle(
                 event,
                 &mut scheduler,
-                &mut sink,
+                &mut spooler,
+                &mut status,
                 &mut summary,
-                &inventory.agent.id,
             )?,
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break,
         }
-        if last_sync.elapsed() >= SYNC_EVERY {
-            sink.sync()?;
-            last_sync = Instant::now();
+        let now = Instant::now();
+        spooler.report_drops()?;
+        share.commit(now, false)?;
+        if now >= status.due(now) {
+            status.save(&share, &spooler, &shipper.report(), now);
         }
         // The loop went round: that is the progress the watchdog vouches for.
         if watchdog.is_some_and(|p| last_ping.elapsed() >= p) {
@@ -344,12 +876,13 @@ pub fn run(config: &Path, mut options: Options) -> Result<Summary, AgentError> {
             Ok(event) => handle(
                 event,
                 &mut scheduler,
-                &mut sink,
+                &mut spooler,
+                &mut status,
                 &mut summary,
-                &inventory.agent.id,
             )?,
             Err(_) => break,
         }
+        share.commit(Instant::now(), false)?;
     }
     summary.abandoned = scheduler.in_flight();
     if summary.abandoned > 0 {
@@ -358,9 +891,27 @@ pub fn run(config: &Path, mut options: Options) -> Result<Summary, AgentError> {
             summary.abandoned
         );
     }
-    sink.sync()?;
+    spooler.close()?;
+    spooler.report_drops()?;
+    share.commit(Instant::now(), true)?;
+    let report = shipper.finish(SHIP_GRACE, upstream.timeout + Duration::from_secs(1));
+    status.save(&share, &spooler, &report, Instant::now());
+    let left = share.lock().stats();
+    if left.records > 0 {
+        log::info!(
+            "{} records stay in the spool and are shipped at the next start",
+            left.records
+        );
+    }
     for (name, tally) in &summary.devices {
         log::debug!("{name}: {} records, {} ok", tally.records, tally.ok);
     }
     Ok(summary)
+}
+
+/// Per-agent, so a fleet started together does not flush its batches in step.
+fn jitter_seed(agent: &str) -> u64 {
+    agent.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    }) ^ u64::from(std::process::id())
 }

@@ -32,6 +32,9 @@ pub enum Status {
     Disconnected,
     /// The serial port is held by another program (minicom, screen, ser2net).
     PortBusy,
+    /// Not a command's record: the agent's own report that records were lost or collections
+    /// paused because the spool was full (see [`Gap`]). Never produced by a driver.
+    Gap,
 }
 
 impl Status {
@@ -47,6 +50,7 @@ impl Status {
             Status::DriverCrashed => "driver_crashed",
             Status::Disconnected => "disconnected",
             Status::PortBusy => "port_busy",
+            Status::Gap => "gap",
         }
     }
 }
@@ -67,6 +71,27 @@ pub struct Record {
     pub output_base64: Option<String>,
     pub started_at: String,
     pub duration_ms: u64,
+    /// Whether the wall clock (and so `started_at`) was NTP-synchronised when the record was
+    /// taken; absent when that cannot be told. See [`crate::clock`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub clock_synced: Option<bool>,
+    /// Only on `status = "gap"` records: what was lost or paused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gap: Option<Gap>,
+}
+
+/// What a full spool cost, reported upstream as its own record so a loss is never silent.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Gap {
+    /// `drop_oldest` or `block` (the `spool_full` in force).
+    pub policy: String,
+    /// Unshipped records deleted to make room (drop_oldest), since the previous gap record.
+    pub dropped_records: u64,
+    pub dropped_bytes: u64,
+    /// Collections not started while the spool was full (block), since the previous one.
+    pub paused_collections: u64,
+    /// How long collections were paused (block), in milliseconds.
+    pub paused_ms: u64,
 }
 
 /// A record before the agent numbers it.
@@ -108,11 +133,45 @@ impl Outcome {
             output_base64,
             started_at: rfc3339_millis(self.started_at),
             duration_ms: self.duration.as_millis() as u64,
+            clock_synced: None,
+            gap: None,
         }
     }
 }
 
 impl Record {
+    /// The agent's report of a spool-full loss or pause, as record `seq` of agent `agent`.
+    pub fn gap(agent: &str, seq: u64, gap: Gap, at: SystemTime) -> Record {
+        let error = if gap.policy == "drop_oldest" {
+            format!(
+                "spool full: {} unshipped records ({} bytes) were dropped to make room (spool_full = \"drop_oldest\"); raise spool_max_bytes or fix the uplink",
+                gap.dropped_records, gap.dropped_bytes
+            )
+        } else {
+            format!(
+                "spool full: collections were paused for {:.1} s, {} collections not started (spool_full = \"block\"); raise spool_max_bytes or fix the uplink",
+                gap.paused_ms as f64 / 1000.0,
+                gap.paused_collections
+            )
+        };
+        Record {
+            id: format!("{agent}:{seq}"),
+            agent: agent.to_string(),
+            seq,
+            device: agent.to_string(),
+            transport: "agent".into(),
+            command: "spool".into(),
+            status: Status::Gap,
+            error: Some(error),
+            output: String::new(),
+            output_base64: None,
+            started_at: rfc3339_millis(at),
+            duration_ms: 0,
+            clock_synced: None,
+            gap: Some(gap),
+        }
+    }
+
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).expect("a record always serialises")
     }

@@ -360,6 +360,30 @@ impl Scheduler {
         out
     }
 
+    /// The agent is paused (its spool is full): every device due at `now` and not running
+    /// passes this slot, counted as skipped, and waits for its next one. Returns how many
+    /// collections were passed over, for the gap record that reports the pause.
+    pub fn pass_due(&mut self, now: Instant) -> u64 {
+        let due: Vec<DeviceId> = self
+            .entries
+            .values()
+            .filter(|e| e.due <= now && !self.in_flight.contains_key(&e.id))
+            .map(|e| e.id)
+            .collect();
+        let mut passed = 0;
+        for id in due {
+            let entry = &self.entries[&id];
+            let (offset, interval, was_due) = (entry.offset, entry.interval, entry.due);
+            let missed = 1 + self.slots_in(was_due, now, offset, interval);
+            let slot = self.next_slot_after(now, offset, interval);
+            let entry = self.entries.get_mut(&id).expect("listed above");
+            entry.skipped += missed;
+            entry.due = slot;
+            passed += missed;
+        }
+        passed
+    }
+
     /// Slots that arrive while a device is in flight are skipped: count them and move on.
     fn count_skips_in_flight(&mut self, now: Instant) {
         let anchor = (self.anchor, self.anchor_wall);

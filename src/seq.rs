@@ -71,6 +71,26 @@ impl Sequence {
         })
     }
 
+    /// As [`Sequence::open`], but never hands out `floor` or anything below: the agent passes
+    /// the last seq found in its spool, so a lost or restored-from-backup `seq` file cannot
+    /// make a new record reuse an id that may already be upstream.
+    pub fn open_above(dir: &Path, floor: u64) -> Result<Sequence, SeqError> {
+        let sequence = Sequence::open(dir)?;
+        {
+            let mut state = sequence.state.lock().unwrap_or_else(|e| e.into_inner());
+            if state.next <= floor {
+                log::warn!(
+                    "{} is behind the spool (next {} but the spool holds seq {floor}); continuing above {floor}",
+                    sequence.path.display(),
+                    state.next
+                );
+                state.next = floor + 1;
+                state.reserved = floor;
+            }
+        }
+        Ok(sequence)
+    }
+
     /// The next number; persists a new reservation first when the current one is used up.
     pub fn next(&self) -> Result<u64, SeqError> {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());

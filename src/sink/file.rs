@@ -32,7 +32,8 @@ pub struct FileSink {
     dirty: bool,
 }
 
-const CURRENT: &str = "records.ndjson";
+/// The file records are appended to; rotated ones are named by their first seq.
+pub const CURRENT: &str = "records.ndjson";
 
 impl FileSink {
     pub fn open(dir: &Path, max_bytes: u64) -> Result<FileSink, FileSinkError> {
@@ -136,6 +137,28 @@ impl FileSink {
     }
 }
 
+impl Sink for FileSink {
+    /// A local disk either takes the batch or fails in a way a retry within this call would
+    /// not fix (full, read-only): the error goes back and the shipper's own backoff retries.
+    fn ship(
+        &mut self,
+        batch: &Batch,
+        _until: Instant,
+        _stop: &StopFlag,
+        _observe: &mut dyn FnMut(&Retry),
+    ) -> Result<Shipped, SinkError> {
+        self.write_batch(batch)?;
+        Ok(Shipped {
+            attempts: 1,
+            dead_letter: None,
+        })
+    }
+
+    fn describe(&self) -> String {
+        format!("file {}", self.dir.display())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -182,27 +205,5 @@ mod tests {
         seqs.sort();
         assert_eq!(seqs, (1..=10).collect::<Vec<_>>());
         fs::remove_dir_all(&dir).unwrap();
-    }
-}
-
-impl Sink for FileSink {
-    /// A local disk either takes the batch or fails in a way a retry within this call would
-    /// not fix (full, read-only): the error goes back and the shipper's own backoff retries.
-    fn ship(
-        &mut self,
-        batch: &Batch,
-        _until: Instant,
-        _stop: &StopFlag,
-        _observe: &mut dyn FnMut(&Retry),
-    ) -> Result<Shipped, SinkError> {
-        self.write_batch(batch)?;
-        Ok(Shipped {
-            attempts: 1,
-            dead_letter: None,
-        })
-    }
-
-    fn describe(&self) -> String {
-        format!("file {}", self.dir.display())
     }
 }

@@ -681,6 +681,31 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
+impl super::Sink for HttpSink {
+    fn ship(
+        &mut self,
+        batch: &Batch,
+        until: Instant,
+        stop: &StopFlag,
+        observe: &mut dyn FnMut(&Retry),
+    ) -> Result<super::Shipped, super::SinkError> {
+        Ok(match self.send_observed(batch, until, stop, observe)? {
+            Delivery::Acknowledged { attempts, .. } => super::Shipped {
+                attempts,
+                dead_letter: None,
+            },
+            Delivery::DeadLettered { attempts, path, .. } => super::Shipped {
+                attempts,
+                dead_letter: Some(path),
+            },
+        })
+    }
+
+    fn describe(&self) -> String {
+        format!("http {}", self.config.url)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -767,30 +792,5 @@ mod tests {
         assert!(draws.iter().all(|u| (0.0..1.0).contains(u)));
         let low = draws.iter().filter(|u| **u < 0.5).count();
         assert!((4500..5500).contains(&low), "{low}");
-    }
-}
-
-impl super::Sink for HttpSink {
-    fn ship(
-        &mut self,
-        batch: &Batch,
-        until: Instant,
-        stop: &StopFlag,
-        observe: &mut dyn FnMut(&Retry),
-    ) -> Result<super::Shipped, super::SinkError> {
-        Ok(match self.send_observed(batch, until, stop, observe)? {
-            Delivery::Acknowledged { attempts, .. } => super::Shipped {
-                attempts,
-                dead_letter: None,
-            },
-            Delivery::DeadLettered { attempts, path, .. } => super::Shipped {
-                attempts,
-                dead_letter: Some(path),
-            },
-        })
-    }
-
-    fn describe(&self) -> String {
-        format!("http {}", self.config.url)
     }
 }

@@ -361,6 +361,18 @@ impl Spool {
 
     /// Appends one record (buffered). It is durable only after the next [`Spool::commit`].
     pub fn append(&mut self, seq: u64, payload: &[u8]) -> Result<(), SpoolError> {
+        self.append_inner(seq, payload, true)
+    }
+
+    /// Appends past `max_bytes` if need be. Only for records already collected when the
+    /// agent stops under `FullPolicy::Block`: the bound is there to protect the disk, and
+    /// the overshoot is limited to what the sessions in flight produced, whereas refusing
+    /// would lose records that exist nowhere else.
+    pub fn append_over_limit(&mut self, seq: u64, payload: &[u8]) -> Result<(), SpoolError> {
+        self.append_inner(seq, payload, false)
+    }
+
+    fn append_inner(&mut self, seq: u64, payload: &[u8], bounded: bool) -> Result<(), SpoolError> {
         let max = self.options.max_record_bytes;
         if payload.len() > max as usize {
             return Err(SpoolError::TooLarge {
@@ -377,7 +389,9 @@ impl Spool {
             });
         }
         let needed = frame::HEADER as u64 + payload.len() as u64;
-        self.make_room(seq, needed)?;
+        if bounded {
+            self.make_room(seq, needed)?;
+        }
         let roll = match (&self.writer, self.segments.back()) {
             (Some(_), Some(seg)) => seg.bytes + needed > self.options.segment_bytes,
             _ => true,
