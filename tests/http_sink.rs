@@ -429,6 +429,39 @@ fn the_receiver_sees_one_gzip_ndjson_post_with_the_batch_key_and_configured_head
 }
 
 #[test]
+fn an_expired_token_is_waited_out_not_dead_lettered() {
+    // The operator fixes the token after two refusals; nothing went to the dead-letter file.
+    let receiver = Receiver::start(|n| match n {
+        0 => reply(401),
+        1 => reply(403),
+        _ => reply(200),
+    });
+    let dir = TempDir::new("401");
+    let mut sink = HttpSink::new(config(&receiver.url(), &dir)).unwrap();
+    let mut retries = Vec::new();
+    let delivery = sink
+        .send_observed(&batch(1, 2), soon(), &StopFlag::new(), &mut |r: &Retry| {
+            retries.push(r.clone())
+        })
+        .unwrap();
+    assert_eq!(
+        delivery,
+        Delivery::Acknowledged {
+            status: 200,
+            attempts: 3
+        }
+    );
+    let statuses: Vec<Option<u16>> = retries.iter().map(|r| r.status).collect();
+    assert_eq!(statuses, vec![Some(401), Some(403)]);
+    assert!(
+        retries[0].error.contains("credentials"),
+        "{}",
+        retries[0].error
+    );
+    assert!(!dir.0.join(DEAD_LETTER_FILE).exists());
+}
+
+#[test]
 fn a_503_is_retried_with_the_same_batch_and_key_then_a_200_acknowledges_it() {
     let receiver = Receiver::start(|n| if n == 0 { reply(503) } else { reply(200) });
     let dir = TempDir::new("503");

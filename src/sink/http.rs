@@ -2,7 +2,8 @@
 //!
 //! Delivery is at-least-once, so a batch leaves the spool only once a 2xx acknowledged it.
 //! Everything that may pass by itself is retried: connect errors, timeouts, 408, 429, 5xx (and
-//! a redirect, which only an operator can fix, but must not lose data meanwhile). The waits
+//! a redirect or a refused credential or path (401, 403, 404, 405, 407), which only an
+//! operator can fix, but must not lose data meanwhile). The waits
 //! grow exponentially with full jitter (1 s → 60 s by default) and honour `Retry-After`, so a
 //! fleet of agents coming back after an outage does not hammer the collector in step. Any
 //! other 4xx means the collector will never take this batch: it goes to a size-capped
@@ -425,6 +426,23 @@ impl HttpSink {
                 error: format!(
                     "{url} redirects ({status}) to {}; set [upstream] url to the address it redirects to",
                     location.as_deref().unwrap_or("an unnamed location")
+                ),
+                status: Some(status),
+                retry_after,
+            },
+            // The collector refuses *us*, not this batch: a wrong or expired credential, a
+            // wrong path. Every batch would fail alike, so dead-lettering would empty the
+            // spool into the dead-letter file; wait for the operator instead.
+            401 | 403 | 404 | 405 | 407 => Attempt::Retry {
+                error: format!(
+                    "{url} answered {status} ({}): {}; check [upstream] url and headers (credentials); records stay in the spool meanwhile",
+                    match status {
+                        401 | 407 => "not authenticated",
+                        403 => "forbidden",
+                        404 => "no such path",
+                        _ => "method not allowed",
+                    },
+                    one_line(&excerpt)
                 ),
                 status: Some(status),
                 retry_after,
