@@ -915,3 +915,44 @@ fn jitter_seed(agent: &str) -> u64 {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
     }) ^ u64::from(std::process::id())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_values_take_secrets_from_env_and_files() {
+        let dir = std::env::temp_dir().join(format!("rackhand-header-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let token = dir.join("token");
+        std::fs::write(&token, "s3cret\n").unwrap();
+        let value = format!("Bearer {{file:{}}}", token.display());
+        assert_eq!(
+            resolve_header("Authorization", &value).unwrap(),
+            "Bearer s3cret"
+        );
+        // SAFETY: this test is the only one touching this variable.
+        unsafe { std::env::set_var("RACKHAND_TEST_RACK", "a12") };
+        assert_eq!(
+            resolve_header("X-Rack", "rack-{env:RACKHAND_TEST_RACK}").unwrap(),
+            "rack-a12"
+        );
+        assert_eq!(
+            resolve_header("X", "{not a placeholder}").unwrap(),
+            "{not a placeholder}"
+        );
+        let missing = resolve_header("X", "{env:RACKHAND_TEST_UNSET}").unwrap_err();
+        assert!(
+            missing
+                .to_string()
+                .contains("RACKHAND_TEST_UNSET is not set"),
+            "{missing}"
+        );
+        let unreadable = resolve_header("X", "{file:/nonexistent/token}").unwrap_err();
+        assert!(
+            unreadable.to_string().contains("/nonexistent/token"),
+            "{unreadable}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
