@@ -64,6 +64,15 @@ pub enum AgentError {
     Header { name: String, detail: String },
     #[error("cannot start a thread: {0}")]
     Thread(std::io::Error),
+    #[error(
+        "another rackhand{holder} is running with state_dir {dir}: two agents on one spool would corrupt it; stop the other one (systemctl stop rackhand) or give this one its own [agent] state_dir"
+    )]
+    StateDirBusy { dir: PathBuf, holder: String },
+    #[error("cannot lock {path}: {error}; check that state_dir exists and is writable")]
+    Lock {
+        path: PathBuf,
+        error: std::io::Error,
+    },
     #[error(transparent)]
     Pool(#[from] crate::pool::PoolError),
     #[error(transparent)]
@@ -625,10 +634,61 @@ impl StatusKeeper {
     }
 }
 
+/// Holds `state_dir/lock` (flock) while the agent runs: one agent per spool. The kernel
+/// drops the lock when the process dies, however it dies, so a crash never needs a manual
+/// unlock.
+pub struct StateLock {
+    _file: nix::fcntl::Flock<std::fs::File>,
+}
+
+impl StateLock {
+    pub fn acquire(state_dir: &Path) -> Result<StateLock, AgentError> {
+        use std::io::{Read, Seek, Write};
+        let path = state_dir.join("lock");
+        let err = |error| AgentError::Lock {
+            path: path.clone(),
+            error,
+        };
+        std::fs::create_dir_all(state_dir).map_err(err)?;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(err)?;
+        match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+            Ok(mut file) => {
+                // The holder's pid, for the message another instance gives.
+                let _ = file
+                    .set_len(0)
+                    .and_then(|()| file.rewind())
+                    .and_then(|()| write!(file, "{}\n", std::process::id()));
+                Ok(StateLock { _file: file })
+            }
+            Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {
+                let mut pid = String::new();
+                let _ = file.read_to_string(&mut pid);
+                let pid = pid.trim();
+                Err(AgentError::StateDirBusy {
+                    dir: state_dir.to_path_buf(),
+                    holder: if pid.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" (pid {pid})")
+                    },
+                })
+            }
+            Err((_, errno)) => Err(err(std::io::Error::from(errno))),
+        }
+    }
+}
+
 /// Runs the agent until stopped; returns what each device did.
 pub fn run(config: &Path, mut options: Options) -> Result<Summary, AgentError> {
     let mut inventory = load_config(config)?;
     let state_dir = inventory.agent.state_dir.clone();
+    let _lock = StateLock::acquire(&state_dir)?;
     let agent_id = inventory.agent.id.clone();
     let upstream = upstream_of(&inventory);
     let sink = build_sink(&inventory, &upstream)?;
@@ -919,6 +979,23 @@ fn jitter_seed(agent: &str) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_agent_per_state_dir() {
+        let dir = std::env::temp_dir().join(format!("rackhand-lock-{}", std::process::id()));
+        let first = StateLock::acquire(&dir).unwrap();
+        let second = StateLock::acquire(&dir)
+            .err()
+            .expect("the second agent is refused");
+        let text = second.to_string();
+        assert!(
+            text.contains(&format!("(pid {})", std::process::id())),
+            "{text}"
+        );
+        drop(first);
+        StateLock::acquire(&dir).expect("free again once the first is gone");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn header_values_take_secrets_from_env_and_files() {
