@@ -663,7 +663,7 @@ impl StateLock {
                 let _ = file
                     .set_len(0)
                     .and_then(|()| file.rewind())
-                    .and_then(|()| write!(file, "{}\n", std::process::id()));
+                    .and_then(|()| writeln!(file, "{}", std::process::id()));
                 Ok(StateLock { _file: file })
             }
             Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {
