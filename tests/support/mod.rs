@@ -10,6 +10,7 @@
 pub mod client;
 pub mod device;
 pub mod fixtures;
+pub mod mosquitto;
 pub mod process;
 pub mod sshd;
 
