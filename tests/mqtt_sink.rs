@@ -11,6 +11,7 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::{Duration, Instant, SystemTime};
 
 use rackhand::batch::{Batch, BatchLimits, Batcher};
+use rackhand::config::Secret;
 use rackhand::record::{Outcome, Status};
 use rackhand::sink::mqtt::{Backoff, KEEP_ALIVE, MqttConfig, MqttSink, MqttSinkError, Retry};
 use rackhand::sink::{Shipped, Sink, SinkError, StopFlag};
@@ -545,5 +546,100 @@ fn mqtts_to_a_broker_with_a_private_ca_trusts_exactly_the_ca_file() {
     assert!(
         err.contains("holds no certificate") && err.contains(&url),
         "{err}"
+    );
+}
+
+#[test]
+fn a_broker_that_wants_a_login_refuses_a_wrong_password_and_takes_the_right_one() {
+    let dir = TempDir::new("mqtt-login").unwrap();
+    let passwords = support::mosquitto::password_file(dir.path(), "agent", "s3cret pw").unwrap();
+    let broker = Mosquitto::start_with(
+        dir.path(),
+        &format!(
+            "allow_anonymous false\npassword_file {}\n",
+            passwords.display()
+        ),
+    )
+    .unwrap();
+    let subscriber =
+        Subscriber::start_with_login(broker.addr(), "rackhand/#", Some(("agent", "s3cret pw")));
+    let stop = StopFlag::new();
+
+    // A password from an environment variable the agent does not have: refused at start.
+    let mut unset = config(&broker.url());
+    unset.username = Some("agent".into());
+    unset.password = Some(Secret::from_env("RACKHAND_TEST_MQTT_PASSWORD_NEVER_SET"));
+    let err = MqttSink::new(unset).unwrap_err().to_string();
+    assert!(
+        err.contains("$RACKHAND_TEST_MQTT_PASSWORD_NEVER_SET") && err.contains(&broker.url()),
+        "{err}"
+    );
+
+    // A wrong password: every attempt is refused, and says what to check.
+    let mut wrong = config(&broker.url());
+    wrong.username = Some("agent".into());
+    wrong.password = Some(Secret::inline("guess"));
+    let mut sink = MqttSink::new(wrong).unwrap();
+    let mut errors = Vec::new();
+    let err = sink
+        .ship(
+            &batch(1, 2, core1),
+            deadline(Duration::from_millis(1500)),
+            &stop,
+            &mut |r| errors.push(r.error.clone()),
+        )
+        .unwrap_err();
+    assert!(
+        matches!(err, SinkError::Mqtt(MqttSinkError::DeadlineReached { .. })),
+        "{err:?}"
+    );
+    assert!(!errors.is_empty());
+    assert!(
+        errors
+            .iter()
+            .all(|e| e.contains("refused the login") && e.contains("username and password")),
+        "{errors:#?}"
+    );
+    assert!(!err.to_string().contains("guess"), "{err}");
+    drop(sink);
+
+    let mut right = config(&broker.url());
+    right.username = Some("agent".into());
+    right.password = Some(Secret::inline("s3cret pw"));
+    let mut sink = MqttSink::new(right).unwrap();
+    let records = batch(1, 3, core1);
+    sink.ship(
+        &records,
+        deadline(Duration::from_secs(20)),
+        &stop,
+        &mut |r| panic!("{r:?}"),
+    )
+    .unwrap();
+    let want = ids(&records);
+    assert!(subscriber.wait_messages(deadline(Duration::from_secs(10)), |m| has_all(m, &want)));
+}
+
+#[test]
+fn a_batch_far_larger_than_the_in_flight_window_is_shipped_whole_in_one_attempt() {
+    let dir = TempDir::new("mqtt-large").unwrap();
+    let broker = Mosquitto::start(dir.path()).unwrap();
+    let subscriber = Subscriber::start(broker.addr(), "rackhand/#");
+    let mut sink = MqttSink::new(config(&broker.url())).unwrap();
+    // 1000 records: ten times the 100 PUBLISHes in flight, four times the request queue.
+    let records = batch(1, 1000, |seq| format!("dev{}", seq % 7));
+    let shipped = sink
+        .ship(
+            &records,
+            deadline(Duration::from_secs(60)),
+            &StopFlag::new(),
+            &mut |r| panic!("{r:?}"),
+        )
+        .unwrap();
+    assert_eq!(shipped.attempts, 1);
+    let want = ids(&records);
+    assert!(
+        subscriber.wait_messages(deadline(Duration::from_secs(20)), |m| has_all(m, &want)),
+        "got {} of 1000",
+        received_ids(&subscriber.messages()).len()
     );
 }

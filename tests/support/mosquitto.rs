@@ -42,6 +42,27 @@ pub fn mosquitto_bin() -> PathBuf {
     );
 }
 
+/// Writes a mosquitto password file with one `user` (hashed by `mosquitto_passwd`).
+pub fn password_file(dir: &Path, user: &str, password: &str) -> io::Result<PathBuf> {
+    let path = dir.join("passwords");
+    let out = Command::new("mosquitto_passwd")
+        .arg("-c")
+        .arg("-b")
+        .arg(&path)
+        .arg(user)
+        .arg(password)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot run mosquitto_passwd (from Debian's mosquitto; run scripts/install-deps): {e}")))?;
+    if !out.status.success() {
+        return Err(io::Error::other(format!(
+            "mosquitto_passwd failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )));
+    }
+    Ok(path)
+}
+
 /// A running `mosquitto -c <dir>/mosquitto-<port>.conf`, killed on `Drop`.
 pub struct Mosquitto {
     guard: ChildGuard,
@@ -236,6 +257,15 @@ pub struct Subscriber {
 impl Subscriber {
     /// Connects to `addr`, subscribes to `filter` and waits (bounded) for the SUBACK.
     pub fn start(addr: SocketAddr, filter: &str) -> Subscriber {
+        Self::start_with_login(addr, filter, None)
+    }
+
+    /// As [`Subscriber::start`], logging in with `(username, password)`.
+    pub fn start_with_login(
+        addr: SocketAddr,
+        filter: &str,
+        login: Option<(&str, &str)>,
+    ) -> Subscriber {
         static N: AtomicU64 = AtomicU64::new(0);
         let id = format!(
             "test-sub-{}-{}",
@@ -246,6 +276,9 @@ impl Subscriber {
         options.set_clean_session(true);
         options.set_keep_alive(Duration::from_secs(5));
         options.set_max_packet_size(16 << 20, 64 << 10);
+        if let Some((user, password)) = login {
+            options.set_credentials(user, password);
+        }
         let (client, mut connection) = Client::new(options, 16);
         let mut network = connection.eventloop.network_options();
         network.set_connection_timeout(1);
