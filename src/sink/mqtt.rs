@@ -122,6 +122,10 @@ pub enum MqttSinkError {
         url: String,
         detail: String,
     },
+    #[error(
+        "[upstream] client_id for broker {url} is empty; remove it (the default is rackhand-<agent id>) or name one"
+    )]
+    EmptyClientId { url: String },
     #[error("[upstream] credentials for broker {url}: {detail}")]
     BadCredentials { url: String, detail: String },
     #[error(
@@ -241,12 +245,7 @@ impl MqttSink {
         let (tls, host, port) = parse_broker(&url)?;
         check_topic(&config.topic, &url)?;
         if config.client_id.is_empty() {
-            return Err(MqttSinkError::BadCredentials {
-                url,
-                detail:
-                    "client_id is empty; remove it (the default is rackhand-<agent id>) or name one"
-                        .into(),
-            });
+            return Err(MqttSinkError::EmptyClientId { url });
         }
         let mut options = MqttOptions::new(config.client_id.clone(), host.clone(), port);
         options
@@ -416,31 +415,32 @@ impl MqttSink {
 
     /// The batch as (topic, payload) pairs: one per NDJSON line, without its newline.
     fn messages(&self, batch: &Batch) -> Vec<(String, Vec<u8>)> {
+        batch
+            .body()
+            .split(|b| *b == b'\n')
+            .filter(|line| !line.is_empty())
+            .map(|line| (self.topic_of(line, batch.idempotency_key()), line.to_vec()))
+            .collect()
+    }
+
+    /// The topic of one record, from its `agent` and `device` fields.
+    fn topic_of(&self, line: &[u8], key: &str) -> String {
         #[derive(serde::Deserialize)]
         struct Fields {
             agent: Option<String>,
             device: Option<String>,
         }
-        batch
-            .body()
-            .split(|b| *b == b'\n')
-            .filter(|line| !line.is_empty())
-            .map(|line| {
-                let (agent, device) = match serde_json::from_slice::<Fields>(line) {
-                    Ok(f) => (f.agent, f.device),
-                    Err(e) => {
-                        log::warn!(
-                            "a record of batch {} is not the JSON object expected ({e}); it is published with `_` for its device",
-                            batch.idempotency_key()
-                        );
-                        (None, None)
-                    }
-                };
-                let agent = agent.unwrap_or_else(|| self.config.agent.clone());
-                let topic = render_topic(&self.config.topic, &agent, device.as_deref().unwrap_or(""));
-                (topic, line.to_vec())
-            })
-            .collect()
+        let (agent, device) = match serde_json::from_slice::<Fields>(line) {
+            Ok(f) => (f.agent, f.device),
+            Err(e) => {
+                log::warn!(
+                    "a record of batch {key} is not the JSON object expected ({e}); it is published with `_` for its device"
+                );
+                (None, None)
+            }
+        };
+        let agent = agent.unwrap_or_else(|| self.config.agent.clone());
+        render_topic(&self.config.topic, &agent, device.as_deref().unwrap_or(""))
     }
 
     /// One attempt: a usable connection, every record published on it, every PUBACK back.
@@ -1106,6 +1106,15 @@ mod tests {
             super::super::Sink::describe(&sink),
             "mqtt mqtt://127.0.0.1:9"
         );
+    }
+
+    #[test]
+    fn each_record_gets_the_topic_of_its_own_agent_and_device() {
+        let sink = MqttSink::new(config()).unwrap();
+        let line = br#"{"id":"x:1","agent":"rack-b","seq":1,"device":"pdu/2"}"#;
+        assert_eq!(sink.topic_of(line, "k"), "rackhand/rack-b/pdu_2");
+        assert_eq!(sink.topic_of(br#"{"seq":1}"#, "k"), "rackhand/a/_");
+        assert_eq!(sink.topic_of(b"not json", "k"), "rackhand/a/_");
     }
 
     #[test]

@@ -53,7 +53,13 @@ pub fn password_file(dir: &Path, user: &str, password: &str) -> io::Result<PathB
         .arg(password)
         .stdin(Stdio::null())
         .output()
-        .map_err(|e| io::Error::new(e.kind(), format!("cannot run mosquitto_passwd (from Debian's mosquitto; run scripts/install-deps): {e}")))?;
+        .map_err(|e| {
+            let hint = "from Debian's mosquitto; run scripts/install-deps";
+            io::Error::new(
+                e.kind(),
+                format!("cannot run mosquitto_passwd ({hint}): {e}"),
+            )
+        })?;
     if !out.status.success() {
         return Err(io::Error::other(format!(
             "mosquitto_passwd failed: {}",
