@@ -7,7 +7,9 @@
 //! `mod support;` and uses only part of it, hence the `dead_code` allowance.
 #![allow(dead_code)]
 
+pub mod agent;
 pub mod client;
+pub mod collector;
 pub mod device;
 pub mod fixtures;
 pub mod mosquitto;
