@@ -26,6 +26,7 @@ use crate::seq::Sequence;
 use crate::ship::{ShipReport, Shipper, ShipperOptions, SpoolShare};
 use crate::sink::file::FileSink;
 use crate::sink::http::{HttpConfig, HttpSink};
+use crate::sink::mqtt::{MqttConfig, MqttSink};
 use crate::sink::{Backoff, Sink, SinkError};
 use crate::spool::{Durability, FullPolicy, Spool, SpoolError, SpoolOptions};
 use crate::status::{AgentStatus, SpoolStatus, UpstreamStatus};
@@ -48,10 +49,6 @@ pub enum AgentError {
     Load(#[from] crate::config::LoadError),
     #[error("the config {path} has errors:\n{report}run `rackhand check -c {path}` for details")]
     Invalid { path: PathBuf, report: String },
-    #[error(
-        "upstream sink `{0}` is not available in this version; use sink = \"file\" (records are written as NDJSON files)"
-    )]
-    SinkUnavailable(&'static str),
     #[error(transparent)]
     Sequence(#[from] crate::seq::SeqError),
     #[error(transparent)]
@@ -237,7 +234,10 @@ fn build_sink(inventory: &Inventory, upstream: &Upstream) -> Result<Box<dyn Sink
             let config = HttpConfig::from_upstream(upstream, headers, &inventory.agent.state_dir);
             Box::new(HttpSink::new(config).map_err(SinkError::from)?)
         }
-        SinkKind::Mqtt => return Err(AgentError::SinkUnavailable("mqtt")),
+        SinkKind::Mqtt => {
+            let config = MqttConfig::from_upstream(upstream, &inventory.agent.id);
+            Box::new(MqttSink::new(config).map_err(SinkError::from)?)
+        }
     })
 }
 
