@@ -376,6 +376,76 @@ fn a_collector_slower_than_the_timeout_gets_few_attempts_spaced_by_the_backoff()
     );
 }
 
+#[test]
+fn a_collector_answering_429_with_retry_after_is_not_asked_again_sooner() {
+    let devices = rack(2);
+    let collector = Collector::start();
+    collector.set_mode(Mode::Throttle { retry_after: 2 });
+    let dir = TempDir::new("up-429").unwrap();
+    let setup = setup(
+        &dir,
+        &devices,
+        &["show clock"],
+        http_upstream(
+            &collector.url(),
+            &["timeout = \"2s\"", "batch_max_age = \"200ms\""],
+        ),
+    );
+    let config = setup.write(dir.path());
+    let mut agent = Agent::start(&config, &setup.state_dir);
+    assert!(
+        poll_until(deadline(STEP), || collector.post_count() >= 3),
+        "fewer than 3 POSTs within {STEP:?}; log:\n{}",
+        agent.stderr()
+    );
+    let status = agent.wait_status("retrying after a 429", STEP, |s| {
+        s["upstream"]["state"] == "retrying"
+            && s["upstream"]["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("429"))
+    });
+    let times: Vec<Instant> = collector.with_posts(|p| p.iter().map(|p| p.at).collect());
+    for (i, pair) in times.windows(2).enumerate() {
+        let gap = pair[1] - pair[0];
+        assert!(
+            gap >= Duration::from_millis(2000 - 50),
+            "attempt {} came {gap:?} after a 429 that said Retry-After: 2",
+            i + 2
+        );
+    }
+    collector.set_mode(Mode::Accept);
+    let upto = received(&collector)
+        .keys()
+        .next_back()
+        .copied()
+        .unwrap_or(0)
+        + 10;
+    assert!(
+        poll_until(deadline(STEP), || {
+            received(&collector)
+                .keys()
+                .next_back()
+                .copied()
+                .unwrap_or(0)
+                > upto
+        }),
+        "nothing new arrived once the collector took batches again; log:\n{}",
+        agent.stderr()
+    );
+    let exit = agent.stop();
+    assert!(exit.success(), "exit {exit}");
+    agent.assert_no_panic("429");
+    assert_batches(&collector);
+    let got = received(&collector);
+    assert!(missing_seqs(&got).is_empty(), "{:?}", missing_seqs(&got));
+    println!(
+        "429: {} throttled attempts, last error {}; then {} records delivered",
+        times.len(),
+        status["upstream"]["last_error"],
+        got.len()
+    );
+}
+
 // ---------------------------------------------------------------------------------------
 // Spool full
 
