@@ -287,6 +287,10 @@ struct Spooler {
     paused_collections: u64,
     paused_total: u64,
     reported_drops: (u64, u64),
+    /// Drop-oldest gap records not yet shipped, with what they report.
+    unshipped_gaps: BTreeMap<u64, (u64, u64)>,
+    /// What gap records that were themselves dropped had reported.
+    gap_carry: (u64, u64),
     clock: Option<(Instant, Option<bool>)>,
 }
 
@@ -410,17 +414,35 @@ impl Spooler {
         Ok(self.paused_since.is_some())
     }
 
-    /// Drop-oldest policy: a gap record for every loss since the last one.
+    /// Drop-oldest policy: a gap record for every loss since the last one. A gap record can
+    /// itself be dropped before it is shipped; what it reported then goes into the next one,
+    /// so the gap records a receiver gets always add up to every record it will never get.
     fn report_drops(&mut self) -> Result<(), AgentError> {
-        let stats = self.share.lock().stats();
-        let (records, bytes) = (
-            stats.dropped_records - self.reported_drops.0,
-            stats.dropped_bytes - self.reported_drops.1,
-        );
+        let (stats, lost_ranges) = {
+            let mut spool = self.share.lock();
+            (spool.stats(), spool.take_lost_ranges())
+        };
+        self.unshipped_gaps.retain(|&seq, _| seq > stats.acked);
+        for (first, last) in lost_ranges {
+            let lost: Vec<u64> = self
+                .unshipped_gaps
+                .range(first..=last)
+                .map(|(&seq, _)| seq)
+                .collect();
+            for seq in lost {
+                if let Some((records, bytes)) = self.unshipped_gaps.remove(&seq) {
+                    self.gap_carry.0 += records;
+                    self.gap_carry.1 += bytes;
+                }
+            }
+        }
+        let records = stats.dropped_records - self.reported_drops.0 + self.gap_carry.0;
+        let bytes = stats.dropped_bytes - self.reported_drops.1 + self.gap_carry.1;
         if records == 0 && bytes == 0 {
             return Ok(());
         }
         self.reported_drops = (stats.dropped_records, stats.dropped_bytes);
+        self.gap_carry = (0, 0);
         self.gap(Gap {
             policy: "drop_oldest".into(),
             dropped_records: records,
@@ -429,8 +451,47 @@ impl Spooler {
         })
     }
 
+    /// After the shipper stopped: records drop-oldest deleted while the shipper held them,
+    /// and that upstream did not take, are lost now; reported for the next start to ship.
+    fn report_held_losses(&mut self) -> Result<(), AgentError> {
+        let held = self.share.lock().held_dropped_seqs();
+        if held.is_empty() {
+            return Ok(());
+        }
+        // A gap record among them takes what it reported down with it.
+        let (mut records, mut bytes) = (held.len() as u64, 0);
+        for seq in &held {
+            if let Some((r, b)) = self.unshipped_gaps.remove(seq) {
+                records += r;
+                bytes += b;
+            }
+        }
+        let mut record = Record::gap(
+            &self.agent,
+            self.seq.next()?,
+            Gap {
+                policy: "drop_oldest".into(),
+                dropped_records: records,
+                dropped_bytes: bytes,
+                ..Gap::default()
+            },
+            SystemTime::now(),
+        );
+        record.clock_synced = self.clock_synced();
+        log::warn!("{}", record.error.as_deref().unwrap_or("spool gap"));
+        self.share
+            .lock()
+            .append_over_limit(record.seq, record.to_json().as_bytes())?;
+        Ok(())
+    }
+
     fn gap(&mut self, gap: Gap) -> Result<(), AgentError> {
-        let mut record = Record::gap(&self.agent, self.seq.next()?, gap, SystemTime::now());
+        let seq = self.seq.next()?;
+        if gap.dropped_records > 0 || gap.dropped_bytes > 0 {
+            self.unshipped_gaps
+                .insert(seq, (gap.dropped_records, gap.dropped_bytes));
+        }
+        let mut record = Record::gap(&self.agent, seq, gap, SystemTime::now());
         record.clock_synced = self.clock_synced();
         log::warn!("{}", record.error.as_deref().unwrap_or("spool gap"));
         self.spool_record(&mut record)
@@ -725,6 +786,8 @@ pub fn run(config: &Path, mut options: Options) -> Result<Summary, AgentError> {
         paused_collections: 0,
         paused_total: 0,
         reported_drops: (0, 0),
+        unshipped_gaps: BTreeMap::new(),
+        gap_carry: (0, 0),
         clock: None,
     };
 
@@ -955,6 +1018,8 @@ pub fn run(config: &Path, mut options: Options) -> Result<Summary, AgentError> {
     spooler.report_drops()?;
     share.commit(Instant::now(), true)?;
     let report = shipper.finish(SHIP_GRACE, upstream.timeout + Duration::from_secs(1));
+    spooler.report_held_losses()?;
+    share.commit(Instant::now(), true)?;
     status.save(&share, &spooler, &report, Instant::now());
     let left = share.lock().stats();
     if left.records > 0 {

@@ -307,6 +307,7 @@ impl Worker {
         // The first seq not yet given to the batcher.
         let mut next = acked + 1;
         let mut reader: Option<Reader> = None;
+        let mut generation = self.share.lock().generation();
         let mut held: Option<(u64, Vec<u8>)> = None;
         let mut ready: VecDeque<Batch> = VecDeque::new();
         loop {
@@ -344,17 +345,29 @@ impl Worker {
                 let item = match held.take() {
                     Some(item) => Some(Ok(item)),
                     None => {
+                        // Under the spool's lock, so drop-oldest sees exactly what was read:
+                        // a record read before its segment is dropped is in memory and will
+                        // be shipped; one not read by then is lost, and never read after.
+                        let mut spool = self.share.lock();
+                        if spool.generation() != generation {
+                            generation = spool.generation();
+                            reader = None;
+                        }
                         if reader.is_none() {
-                            let opened = self.share.lock().read_from(next);
-                            match opened {
+                            match spool.read_from(next) {
                                 Ok(r) => reader = Some(r),
                                 Err(e) => {
+                                    drop(spool);
                                     self.failed(&format!("cannot read the spool: {e}"));
                                     break;
                                 }
                             }
                         }
-                        reader.as_mut().and_then(Iterator::next)
+                        let item = reader.as_mut().and_then(Iterator::next);
+                        if let Some(Ok((seq, _))) = &item {
+                            spool.note_read(*seq);
+                        }
+                        item
                     }
                 };
                 match item {

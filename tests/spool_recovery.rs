@@ -412,6 +412,53 @@ fn drop_oldest_makes_room_and_counts_the_loss() {
 }
 
 #[test]
+fn drop_oldest_counts_as_lost_only_what_the_shipper_had_not_read() {
+    let dir = TempDir::new("dropread");
+    let options = SpoolOptions {
+        segment_bytes: 512,
+        max_bytes: 1536,
+        full: FullPolicy::DropOldest,
+        ..SpoolOptions::default()
+    };
+    let (mut spool, _) = Spool::open(&dir.0, options).unwrap();
+    for seq in 1..=10 {
+        spool.append(seq, &payload(seq)).unwrap();
+    }
+    // The shipper has 1..=5 in memory (a batch on its way) and upstream acked 1..=2.
+    spool.commit().unwrap();
+    spool.note_read(5);
+    spool.ack(2).unwrap();
+    let generation = spool.generation();
+    for seq in 11..=100 {
+        spool.append(seq, &payload(seq)).unwrap();
+    }
+    let stats = spool.stats();
+    assert!(
+        spool.generation() > generation,
+        "a reader must know it went stale"
+    );
+    // 3, 4, 5 were deleted but are in the shipper's hands: at risk, not lost.
+    assert_eq!(spool.held_dropped_seqs(), vec![3, 4, 5]);
+    assert_eq!(stats.held_dropped, 3);
+    let left = seqs(&mut spool);
+    assert_eq!(
+        2 + 3 + stats.dropped_records + left.len() as u64,
+        100,
+        "acked + held + lost + left is everything: {stats:?}"
+    );
+    // The lost ranges name exactly the lost seqs: 6 up to just before what is left.
+    let ranges = spool.take_lost_ranges();
+    let lost: u64 = ranges.iter().map(|(a, b)| b - a + 1).sum();
+    assert_eq!(lost, stats.dropped_records);
+    assert_eq!(ranges.first().map(|r| r.0), Some(6));
+    assert_eq!(ranges.last().map(|r| r.1), left.first().map(|s| s - 1));
+    assert!(spool.take_lost_ranges().is_empty(), "taken once");
+    // Upstream takes the batch: nothing is at risk any more.
+    spool.ack(5).unwrap();
+    assert!(spool.held_dropped_seqs().is_empty());
+}
+
+#[test]
 fn oversized_and_out_of_order_records_are_refused_with_a_reason() {
     let dir = TempDir::new("refuse");
     let options = SpoolOptions {

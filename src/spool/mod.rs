@@ -178,6 +178,9 @@ pub struct Stats {
     pub blocked_bytes: u64,
     /// Records appended but not yet made durable by [`Spool::commit`].
     pub uncommitted_records: u64,
+    /// Records drop-oldest deleted while the shipper held them in memory, not yet acked:
+    /// lost if the agent stops now.
+    pub held_dropped: u64,
 }
 
 #[derive(Debug)]
@@ -215,6 +218,15 @@ pub struct Spool {
     dropped_bytes: u64,
     blocked_records: u64,
     blocked_bytes: u64,
+    /// The highest seq the shipper has read into memory ([`Spool::note_read`]).
+    read_through: u64,
+    /// Seqs deleted by drop-oldest that the shipper had already read (so not lost yet: they
+    /// are lost only if the agent stops before upstream takes them). In seq order.
+    at_risk: VecDeque<u64>,
+    /// Seq ranges deleted by drop-oldest before anyone read them: lost.
+    lost_ranges: Vec<(u64, u64)>,
+    /// Counts drop-oldest deletions, so a reader knows its snapshot went stale.
+    generation: u64,
 }
 
 fn segment_name(first_seq: u64) -> String {
@@ -318,6 +330,10 @@ impl Spool {
             dropped_bytes: 0,
             blocked_records: 0,
             blocked_bytes: 0,
+            read_through: 0,
+            at_risk: VecDeque::new(),
+            lost_ranges: Vec::new(),
+            generation: 0,
             options,
         };
         if let Some(last) = spool.segments.back() {
@@ -446,20 +462,87 @@ impl Spool {
                 self.seal()?;
             }
             let seg = self.segments.pop_front().expect("checked non-empty");
+            let (lost, lost_bytes, held) = self.sort_out_dropped(&seg);
             fs::remove_file(&seg.path).map_err(self.io(&seg.path))?;
             self.dir_dirty = true;
+            self.generation += 1;
             self.bytes -= seg.bytes;
-            self.dropped_records += seg.unacked();
-            self.dropped_bytes += seg.bytes;
+            self.dropped_records += lost;
+            self.dropped_bytes += lost_bytes;
             log::warn!(
-                "spool {} is full: dropped {} unshipped records ({} bytes) of {}",
+                "spool {} is full: dropped {lost} unshipped records ({lost_bytes} bytes) of {}{}",
                 self.dir.display(),
-                seg.unacked(),
-                seg.bytes,
-                seg.path.display()
+                seg.path.display(),
+                if held > 0 {
+                    format!(
+                        "; {held} more were already read for shipping and are lost only if the agent stops before upstream takes them"
+                    )
+                } else {
+                    String::new()
+                }
             );
         }
         Ok(())
+    }
+
+    /// A segment drop-oldest is about to delete: which of its records are lost (not yet read
+    /// by the shipper; their seq range is noted) and which the shipper holds in memory (at
+    /// risk). Returns (lost, lost bytes, held).
+    fn sort_out_dropped(&mut self, seg: &Segment) -> (u64, u64, u64) {
+        let extent = Extent {
+            path: seg.path.clone(),
+            end: seg.bytes,
+        };
+        let frames = match reader::frame_seqs(&extent) {
+            Ok(frames) => frames,
+            Err(e) => {
+                log::warn!(
+                    "cannot list the records of {} before dropping it ({e}); all its unshipped records count as lost",
+                    seg.path.display()
+                );
+                return (seg.unacked(), seg.bytes, 0);
+            }
+        };
+        let (mut lost, mut lost_bytes, mut held) = (0, 0, 0);
+        let mut range: Option<(u64, u64)> = None;
+        for (seq, len) in frames {
+            if seq <= self.acked {
+                continue;
+            }
+            if seq <= self.read_through {
+                self.at_risk.push_back(seq);
+                held += 1;
+            } else {
+                lost += 1;
+                lost_bytes += len;
+                range = Some(range.map_or((seq, seq), |(first, _)| (first, seq)));
+            }
+        }
+        self.lost_ranges.extend(range);
+        (lost, lost_bytes, held)
+    }
+
+    /// The shipper has read `seq` into memory: should drop-oldest delete it now, it is not
+    /// lost unless the agent stops before upstream takes it.
+    pub fn note_read(&mut self, seq: u64) {
+        self.read_through = self.read_through.max(seq);
+    }
+
+    /// The seqs counted in [`Stats::held_dropped`].
+    pub fn held_dropped_seqs(&self) -> Vec<u64> {
+        self.at_risk.iter().copied().collect()
+    }
+
+    /// Changes whenever drop-oldest deletes a segment: a [`Reader`] made before may hold
+    /// records that now count as lost, and must be made again.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// The seq ranges drop-oldest deleted unread since the last call (each range may hold
+    /// fewer records than its width: seqs need not be consecutive).
+    pub fn take_lost_ranges(&mut self) -> Vec<(u64, u64)> {
+        std::mem::take(&mut self.lost_ranges)
     }
 
     /// Closes the segment being written (flush and fsync), if any.
@@ -571,6 +654,9 @@ impl Spool {
         write_atomically(&checkpoint, format!("{seq}\n").as_bytes())
             .map_err(self.io(&checkpoint))?;
         self.acked = seq;
+        while self.at_risk.front().is_some_and(|&s| s <= seq) {
+            self.at_risk.pop_front();
+        }
         // Each turn deletes one segment: bounded by their number.
         while self.segments.front().is_some_and(|s| s.last_seq <= seq) {
             if self.segments.len() == 1 {
@@ -627,6 +713,7 @@ impl Spool {
             blocked_records: self.blocked_records,
             blocked_bytes: self.blocked_bytes,
             uncommitted_records: self.uncommitted,
+            held_dropped: self.at_risk.len() as u64,
         }
     }
 }

@@ -135,3 +135,20 @@ pub(crate) fn count_acked(extent: &Extent, acked: u64) -> io::Result<(u64, Optio
     }
     Ok((count, None))
 }
+
+/// Every record's seq and frame length in a segment, in order. Reads headers only.
+pub(crate) fn frame_seqs(extent: &Extent) -> io::Result<Vec<(u64, u64)>> {
+    let mut file = BufReader::with_capacity(64 * 1024, File::open(&extent.path)?);
+    let mut pos = 0u64;
+    let mut out = Vec::new();
+    // Bounded by the extent: each turn moves past one frame.
+    while pos + HEADER as u64 <= extent.end {
+        let mut head = [0u8; HEADER];
+        file.read_exact(&mut head)?;
+        let h = Header::parse(&head);
+        out.push((h.seq, h.frame_len()));
+        pos += h.frame_len();
+        file.seek_relative(i64::from(h.len))?;
+    }
+    Ok(out)
+}
