@@ -97,11 +97,22 @@ impl FileSink {
         if self.size >= self.max_bytes {
             self.rotate()?;
         }
-        self.out.write_all(batch.body()).map_err(|e| self.err(e))?;
+        // Straight to the file, not through the buffer: should the disk fill up half way, the
+        // file is cut back to where the batch began, so a retry never leaves half a line.
+        self.out.flush().map_err(|e| self.err(e))?;
+        let before = self.size;
+        let written = self
+            .out
+            .get_mut()
+            .write_all(batch.body())
+            .and_then(|()| self.out.get_ref().sync_data());
+        if let Err(e) = written {
+            let _ = self.out.get_ref().set_len(before);
+            return Err(self.err(e));
+        }
         self.size += batch.body().len() as u64;
         self.first_seq.get_or_insert(batch.first_seq());
-        self.dirty = true;
-        self.sync()
+        Ok(())
     }
 
     /// Flushes and fsyncs what was written since the last sync.
