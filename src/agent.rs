@@ -771,7 +771,7 @@ pub fn run(config: &Path, mut options: Options) -> Result<Summary, AgentError> {
             stats.bytes
         );
     }
-    let seq = Sequence::open_above(&state_dir, stats.last_seq)?;
+    let seq = Sequence::open_above(&state_dir, stats.last_seq.max(stats.acked))?;
     let share = SpoolShare::new(spool);
     let mut status = StatusKeeper::new(&inventory, &upstream, &spool_dir);
     let mut spooler = Spooler {

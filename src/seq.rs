@@ -74,8 +74,28 @@ impl Sequence {
     /// As [`Sequence::open`], but never hands out `floor` or anything below: the agent passes
     /// the last seq found in its spool, so a lost or restored-from-backup `seq` file cannot
     /// make a new record reuse an id that may already be upstream.
+    ///
+    /// A damaged `seq` file does not stop the agent either (no crash loop, no manual step):
+    /// every seq that can have reached upstream is at most `floor` (the shipper sends only
+    /// records committed to the spool, and the spool's last and acked seqs cover those), so
+    /// continuing above `floor` reuses nothing.
     pub fn open_above(dir: &Path, floor: u64) -> Result<Sequence, SeqError> {
-        let sequence = Sequence::open(dir)?;
+        let sequence = match Sequence::open(dir) {
+            Err(SeqError::Corrupt { path, detail }) => {
+                log::warn!(
+                    "{} is damaged ({detail}); continuing above seq {floor}, the highest the spool has seen",
+                    path.display()
+                );
+                Sequence {
+                    path,
+                    state: Mutex::new(State {
+                        next: floor + 1,
+                        reserved: floor,
+                    }),
+                }
+            }
+            other => other?,
+        };
         {
             let mut state = sequence.state.lock().unwrap_or_else(|e| e.into_inner());
             if state.next <= floor {
@@ -172,6 +192,28 @@ mod tests {
             fs::read_to_string(dir.join("seq")).unwrap().trim(),
             (2 * BLOCK).to_string()
         );
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_agent_continues_above_its_spool_when_the_file_is_lost_or_damaged() {
+        let dir = temp("above");
+        fs::create_dir_all(&dir).unwrap();
+        // Lost (restored from an old backup, say): behind what the spool holds.
+        fs::write(dir.join("seq"), "5\n").unwrap();
+        let seq = Sequence::open_above(&dir, 5000).unwrap();
+        assert_eq!(seq.next().unwrap(), 5001);
+        drop(seq);
+        // Zero-filled by a power cut on a filesystem that lied about fsync.
+        fs::write(dir.join("seq"), [0u8; 8]).unwrap();
+        let seq = Sequence::open_above(&dir, 7000).unwrap();
+        assert_eq!(seq.next().unwrap(), 7001);
+        let reserved: u64 = fs::read_to_string(dir.join("seq"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert!(reserved >= 7001, "the file is whole again: {reserved}");
         fs::remove_dir_all(&dir).unwrap();
     }
 
