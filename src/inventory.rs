@@ -600,6 +600,33 @@ fn resolve_agent(layer: &Layer) -> Agent {
     }
 }
 
+/// What is wrong here with the `{env:NAME}` / `{file:PATH}` placeholders of a header value
+/// (the agent resolves them at start; `check` warns ahead).
+fn header_secret_problems(value: &str) -> Vec<String> {
+    let mut problems = Vec::new();
+    let mut rest = value;
+    // Each turn consumes one `{...}`: bounded by the value's length.
+    while let Some(open) = rest.find('{') {
+        let Some(close) = rest[open..].find('}').map(|c| open + c) else {
+            break;
+        };
+        let inner = &rest[open + 1..close];
+        if let Some(var) = inner.strip_prefix("env:") {
+            if std::env::var_os(var).is_none() {
+                problems.push(format!(
+                    "environment variable {var} is not set here (the service's environment must set it)"
+                ));
+            }
+        } else if let Some(path) = inner.strip_prefix("file:") {
+            if let Err(e) = std::fs::File::open(path) {
+                problems.push(format!("cannot read {path}: {e}"));
+            }
+        }
+        rest = &rest[close + 1..];
+    }
+    problems
+}
+
 /// The machine's hostname, the agent id when none is configured.
 pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -655,6 +682,18 @@ fn resolve_upstream(layer: &Layer, report: &mut Report) -> Option<Upstream> {
         );
         return None;
     }
+    if let Some(headers) = layer.get("headers") {
+        if let Value::Map(map) = &headers.value {
+            for (name, value) in map {
+                for problem in header_secret_problems(value) {
+                    report.warning(
+                        headers.span.clone(),
+                        format!("[upstream] header `{name}`: {problem}; the agent will refuse to start until it is"),
+                    );
+                }
+            }
+        }
+    }
     let size = |key: &str, default: u64| match layer.get(key).map(|s| &s.value) {
         Some(Value::Size(n)) => *n,
         _ => default,
@@ -696,6 +735,22 @@ mod tests {
         let (raw, mut report) = parse_str(Path::new("/etc/rackhand/rackhand.toml"), text);
         let inv = resolve(&raw, &mut report);
         (inv, report)
+    }
+
+    #[test]
+    fn header_secrets_that_cannot_be_found_are_warned_about() {
+        let (_, report) = resolve_text(
+            r#"
+[upstream]
+sink = "http"
+url = "http://127.0.0.1:9/ingest"
+headers = { Authorization = "Bearer {env:RACKHAND_TEST_NO_SUCH_TOKEN}", X-Key = "{file:/nonexistent/key}", X-Plain = "rack {7}" }
+"#,
+        );
+        let warnings: Vec<String> = report.warnings().map(|d| d.message.clone()).collect();
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert!(warnings[0].contains("RACKHAND_TEST_NO_SUCH_TOKEN is not set"));
+        assert!(warnings[1].contains("/nonexistent/key"));
     }
 
     #[test]
