@@ -8,8 +8,8 @@
 pub mod agent;
 pub mod batch;
 pub mod channel;
-pub mod clock;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod driver;
 pub mod inventory;
