@@ -292,6 +292,8 @@ struct Spooler {
     /// What gap records that were themselves dropped had reported.
     gap_carry: (u64, u64),
     clock: Option<(Instant, Option<bool>)>,
+    /// The last seq given to a command's record.
+    last_seq: u64,
 }
 
 impl Spooler {
@@ -310,6 +312,7 @@ impl Spooler {
     /// Numbers `outcome` and spools it; returns the record.
     fn outcome(&mut self, outcome: Outcome) -> Result<Record, AgentError> {
         let mut record = outcome.into_record(&self.agent, self.seq.next()?);
+        self.last_seq = record.seq;
         record.clock_synced = self.clock_synced();
         self.spool_record(&mut record)?;
         Ok(record)
@@ -565,6 +568,9 @@ struct StatusKeeper {
     last_saved: Option<Instant>,
     oldest: Option<(u64, Option<String>)>,
     failing: BTreeMap<String, (Status, Option<String>)>,
+    /// Finished collections whose records are not yet all committed: (last seq, device,
+    /// when, status, error). A collection counts as done once its records are durable.
+    awaiting: VecDeque<(u64, String, String, &'static str, Option<String>)>,
 }
 
 impl StatusKeeper {
@@ -605,6 +611,7 @@ impl StatusKeeper {
             last_saved: None,
             oldest: None,
             failing: BTreeMap::new(),
+            awaiting: VecDeque::new(),
         }
     }
 
@@ -617,23 +624,33 @@ impl StatusKeeper {
         }
     }
 
-    /// A collection ended: `ok` when every record was, else its first failure.
-    fn finished(&mut self, device: &str, run: &RunSummary) {
+    /// A collection ended: `ok` when every record was, else its first failure. It shows in
+    /// the status once every record up to `last_seq` is durable ([`Self::durable`]).
+    fn finished(&mut self, device: &str, run: &RunSummary, last_seq: u64) {
         let now = rfc3339_millis(SystemTime::now());
         let first_failure = self.failing.remove(device);
-        let (status, error) = match (run.all_ok(), &first_failure) {
+        let (status, error) = match (run.all_ok(), first_failure) {
             (true, _) => ("ok", None),
-            (false, Some((status, error))) => (status.as_str(), error.as_deref()),
+            (false, Some((status, error))) => (status.as_str(), error),
             (false, None) => (
                 run.session_failure.map_or("failed", Status::as_str),
-                run.error.as_deref(),
+                run.error.clone(),
             ),
         };
-        self.status
-            .devices
-            .entry(device.to_string())
-            .or_default()
-            .collected(&now, status, error);
+        self.awaiting
+            .push_back((last_seq, device.to_string(), now, status, error));
+    }
+
+    /// Records up to `seq` are committed: the collections they complete are done.
+    fn durable(&mut self, seq: u64) {
+        while self.awaiting.front().is_some_and(|a| a.0 <= seq) {
+            let (_, device, at, status, error) = self.awaiting.pop_front().expect("checked");
+            self.status
+                .devices
+                .entry(device)
+                .or_default()
+                .collected(&at, status, error.as_deref());
+        }
     }
 
     fn due(&self, now: Instant) -> Instant {
@@ -789,6 +806,7 @@ pub fn run(config: &Path, mut options: Options) -> Result<Summary, AgentError> {
         unshipped_gaps: BTreeMap::new(),
         gap_carry: (0, 0),
         clock: None,
+        last_seq: 0,
     };
 
     let notifier = Notifier::from_env().unwrap_or_else(|e| {
@@ -875,7 +893,7 @@ pub fn run(config: &Path, mut options: Options) -> Result<Summary, AgentError> {
             } => {
                 if let Some(device) = scheduler.device(key) {
                     let name = device.name.clone();
-                    status.finished(&name, &run);
+                    status.finished(&name, &run, spooler.last_seq);
                     let tally = summary.devices.entry(name).or_default();
                     tally.runs += 1;
                     tally.busy += elapsed;
@@ -968,6 +986,7 @@ pub fn run(config: &Path, mut options: Options) -> Result<Summary, AgentError> {
         let now = Instant::now();
         spooler.report_drops()?;
         share.commit(now, false)?;
+        status.durable(share.durable());
         if now >= status.due(now) {
             status.save(&share, &spooler, &shipper.report(), now);
         }
@@ -1006,6 +1025,7 @@ pub fn run(config: &Path, mut options: Options) -> Result<Summary, AgentError> {
             Err(_) => break,
         }
         share.commit(Instant::now(), false)?;
+        status.durable(share.durable());
     }
     summary.abandoned = scheduler.in_flight();
     if summary.abandoned > 0 {
@@ -1017,6 +1037,7 @@ pub fn run(config: &Path, mut options: Options) -> Result<Summary, AgentError> {
     spooler.close()?;
     spooler.report_drops()?;
     share.commit(Instant::now(), true)?;
+    status.durable(share.durable());
     let report = shipper.finish(SHIP_GRACE, upstream.timeout + Duration::from_secs(1));
     spooler.report_held_losses()?;
     share.commit(Instant::now(), true)?;

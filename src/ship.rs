@@ -77,6 +77,11 @@ impl SpoolShare {
         self.progress.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Every record up to this seq is committed.
+    pub fn durable(&self) -> u64 {
+        self.progress().durable
+    }
+
     /// Records up to `seq` are committed: the shipper may send them.
     pub fn committed(&self, seq: u64) {
         let mut p = self.progress();
