@@ -985,7 +985,9 @@ pub fn run(config: &Path, mut options: Options) -> Result<Summary, AgentError> {
         }
         let now = Instant::now();
         spooler.report_drops()?;
-        share.commit(now, false)?;
+        // Under `block` with the spool full, waiting for the next group commit would only
+        // keep the shipper from freeing room: commit now.
+        share.commit(now, spooler.paused_since.is_some())?;
         status.durable(share.durable());
         if now >= status.due(now) {
             status.save(&share, &spooler, &shipper.report(), now);

@@ -91,12 +91,16 @@ impl SpoolShare {
         }
     }
 
-    /// Commits the spool if its cadence says so (or `force`), and tells the shipper.
+    /// Commits the spool if its cadence says so (or now, with `force`, when anything waits),
+    /// and tells the shipper.
     pub fn commit(&self, now: Instant, force: bool) -> Result<bool, SpoolError> {
         let last = {
             let mut spool = self.lock();
             let done = if force {
-                spool.commit().map(|()| true)?
+                if spool.stats().uncommitted_records > 0 {
+                    spool.commit()?;
+                }
+                true
             } else {
                 spool.commit_if_due(now)?
             };
