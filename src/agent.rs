@@ -35,6 +35,8 @@ use crate::status::{AgentStatus, SpoolStatus, UpstreamStatus};
 const SYNC_EVERY: Duration = Duration::from_secs(1);
 /// How often `state_dir/status.json` is rewritten for `rackhand status`.
 const STATUS_EVERY: Duration = Duration::from_secs(2);
+/// Under `spool_full = "block"`, at most one gap record (and one warning) per this long.
+const BLOCK_REPORT_EVERY: Duration = Duration::from_secs(10);
 /// How long a stopping agent keeps shipping what is spooled before it leaves the rest for
 /// the next start.
 const SHIP_GRACE: Duration = Duration::from_secs(5);
@@ -294,6 +296,9 @@ struct Spooler {
     clock: Option<(Instant, Option<bool>)>,
     /// The last seq given to a command's record.
     last_seq: u64,
+    /// Block policy: pause time (ms) not yet in a gap record.
+    block_unreported_ms: u64,
+    block_reported_at: Option<Instant>,
 }
 
 impl Spooler {
@@ -390,7 +395,17 @@ impl Spooler {
         let bytes = self.share.lock().stats().bytes;
         match self.paused_since {
             None if !self.pending.is_empty() || bytes >= self.max_bytes / 16 * 15 => {
-                log::warn!(
+                // A spool that flaps around its bound would otherwise log twice a second.
+                let quiet = self
+                    .block_reported_at
+                    .is_some_and(|t| now.saturating_duration_since(t) < BLOCK_REPORT_EVERY);
+                let level = if quiet {
+                    log::Level::Debug
+                } else {
+                    log::Level::Warn
+                };
+                log::log!(
+                    level,
                     "spool full ({bytes} of {} bytes): new collections pause until upstream takes records (spool_full = \"block\")",
                     self.max_bytes
                 );
@@ -398,23 +413,44 @@ impl Spooler {
             }
             Some(since) if self.pending.is_empty() && bytes < self.max_bytes / 4 * 3 => {
                 let paused = now.saturating_duration_since(since);
-                log::warn!(
-                    "spool has room again: collections resume after {:.1} s paused, {} collections not started",
-                    paused.as_secs_f64(),
-                    self.paused_collections
+                log::info!(
+                    "spool has room again: collections resume after {:.1} s paused",
+                    paused.as_secs_f64()
                 );
                 self.paused_since = None;
-                let paused_collections = std::mem::take(&mut self.paused_collections);
-                self.gap(Gap {
-                    policy: "block".into(),
-                    paused_collections,
-                    paused_ms: paused.as_millis() as u64,
-                    ..Gap::default()
-                })?;
+                self.block_unreported_ms += paused.as_millis() as u64;
+                self.report_pause(now, false)?;
             }
-            _ => {}
+            // Pauses held back by the rate limit go out once it allows.
+            None => self.report_pause(now, false)?,
+            Some(_) => {}
         }
         Ok(self.paused_since.is_some())
+    }
+
+    /// Block policy: a gap record for the pauses since the last one, at most one per
+    /// [`BLOCK_REPORT_EVERY`] (a spool flapping at its bound would send one per flap), and
+    /// always at stop (`force`).
+    fn report_pause(&mut self, now: Instant, force: bool) -> Result<(), AgentError> {
+        let (collections, ms) = (self.paused_collections, self.block_unreported_ms);
+        if collections == 0 && ms == 0 {
+            return Ok(());
+        }
+        let due = self
+            .block_reported_at
+            .is_none_or(|t| now.saturating_duration_since(t) >= BLOCK_REPORT_EVERY);
+        if !(due || force) {
+            return Ok(());
+        }
+        self.paused_collections = 0;
+        self.block_unreported_ms = 0;
+        self.block_reported_at = Some(now);
+        self.gap(Gap {
+            policy: "block".into(),
+            paused_collections: collections,
+            paused_ms: ms,
+            ..Gap::default()
+        })
     }
 
     /// Drop-oldest policy: a gap record for every loss since the last one. A gap record can
@@ -504,10 +540,16 @@ impl Spooler {
     /// bound (at most what the sessions in flight produced), with the pause reported.
     fn close(&mut self) -> Result<(), AgentError> {
         if let Some(since) = self.paused_since.take() {
+            self.block_unreported_ms += since.elapsed().as_millis() as u64;
+        }
+        let (collections, ms) = (self.paused_collections, self.block_unreported_ms);
+        if collections > 0 || ms > 0 {
+            self.paused_collections = 0;
+            self.block_unreported_ms = 0;
             let gap = Gap {
                 policy: "block".into(),
-                paused_collections: std::mem::take(&mut self.paused_collections),
-                paused_ms: since.elapsed().as_millis() as u64,
+                paused_collections: collections,
+                paused_ms: ms,
                 ..Gap::default()
             };
             let mut record = Record::gap(&self.agent, self.seq.next()?, gap, SystemTime::now());
@@ -807,6 +849,8 @@ pub fn run(config: &Path, mut options: Options) -> Result<Summary, AgentError> {
         gap_carry: (0, 0),
         clock: None,
         last_seq: 0,
+        block_unreported_ms: 0,
+        block_reported_at: None,
     };
 
     let notifier = Notifier::from_env().unwrap_or_else(|e| {
