@@ -273,6 +273,40 @@ fn a_broken_config_is_reported_like_check_does() {
 }
 
 #[test]
+fn a_config_being_edited_with_errors_outside_agent_still_shows_the_agent() {
+    // The agent runs on the config it loaded; someone is half way through adding a device.
+    let dir = TempDir::new("editing");
+    busy_status(dead_pid(), SystemTime::now() - Duration::from_secs(600))
+        .save(&dir.state_dir())
+        .unwrap();
+    let config = dir.config();
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str("\n[[device]]\nname = \"core2\"\ntransport = \"telnt\"\n");
+    let config = dir.write_config(&text);
+    let out = status(&config, &[]);
+    assert_eq!(
+        out.code, 1,
+        "stdout:\n{}\nstderr:\n{}",
+        out.stdout, out.stderr
+    );
+    assert!(
+        out.stdout.contains("agent rack-a12: not running"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stderr.contains("outside [agent]") && out.stderr.contains("rackhand check"),
+        "{}",
+        out.stderr
+    );
+
+    // A file that is not TOML at all says nothing reliable about state_dir.
+    let config = dir.write_config("[agent\nid = \"rack-a12\"\n");
+    let out = status(&config, &[]);
+    assert_eq!(out.code, 2, "stderr:\n{}", out.stderr);
+}
+
+#[test]
 fn a_corrupt_status_file_is_named_with_what_to_do() {
     let dir = TempDir::new("corrupt");
     let file = dir.state_dir().join(STATUS_FILE);

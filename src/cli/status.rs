@@ -13,12 +13,14 @@ use crate::inventory;
 use crate::status::{self, Age, AgentStatus, Liveness};
 
 /// The exit status is in the help (`after_help`): 0 running; 1 stopped, stuck or never run
-/// with this state_dir; 2 the config is invalid or the status file cannot be read.
+/// with this state_dir; 2 the config is not TOML or `[agent]` has errors (so `state_dir` is
+/// unknown), or the status file cannot be read. Errors elsewhere in the config are warned.
 #[derive(Debug, clap::Args)]
 #[command(
     after_help = "Exit status: 0 the agent is running (its pid is a live rackhand that \
-    saved the status in the last 30 s); 1 not running, stuck, or no status yet; 2 config error \
-    or unreadable status file."
+    saved the status in the last 30 s); 1 not running, stuck, or no status yet; 2 the config is \
+    not TOML or [agent] has errors, or the status file is unreadable (errors elsewhere in the \
+    config are only warned about: a running agent keeps the config it loaded)."
 )]
 pub struct StatusArgs {
     /// `text`: a short report for people; `json`: the status file as one JSON object, plus
@@ -33,12 +35,54 @@ pub enum Format {
     Json,
 }
 
+/// Whether `[agent]` can be trusted in a config with errors: the file is valid TOML and no
+/// error lies in the `[agent]` table (where `state_dir` is).
+fn agent_table_is_sound(report: &crate::config::Report) -> bool {
+    if report.text.parse::<toml::Table>().is_err() {
+        return false;
+    }
+    let Some(agent) = agent_table_span(&report.text) else {
+        return true;
+    };
+    report
+        .errors()
+        .all(|d| d.span.end <= agent.start || d.span.start >= agent.end)
+}
+
+/// The bytes from the `[agent]` header to the next table header (or the end).
+fn agent_table_span(text: &str) -> Option<std::ops::Range<usize>> {
+    let mut offset = 0;
+    let mut start = None;
+    for line in text.split_inclusive('\n') {
+        let header = line.trim_start().starts_with('[');
+        match start {
+            None if line.trim() == "[agent]" || line.trim_start().starts_with("[agent]") => {
+                start = Some(offset);
+            }
+            Some(begin) if header => return Some(begin..offset),
+            _ => {}
+        }
+        offset += line.len();
+    }
+    start.map(|begin| begin..text.len())
+}
+
 /// Device errors longer than this are cut in the table (the JSON has them whole).
 const ERROR_WIDTH: usize = 60;
 
 pub fn run(path: &Path, args: &StatusArgs) -> anyhow::Result<i32> {
     let (inventory, report) = inventory::load(path)?;
-    if report.has_errors() {
+    // An engineer who is editing the config while the agent runs on the previous one still
+    // wants to see the agent: errors outside `[agent]` do not hide where its state is.
+    if report.has_errors() && agent_table_is_sound(&report) {
+        let count = report.errors().count();
+        eprintln!(
+            "rackhand status: {count} error{} in {} outside [agent] (see `rackhand check -c {}`); a running agent keeps the config it loaded last",
+            if count == 1 { "" } else { "s" },
+            path.display(),
+            path.display()
+        );
+    } else if report.has_errors() {
         let stderr = std::io::stderr();
         let mut err = stderr.lock();
         let count = report.errors().count();
