@@ -16,6 +16,7 @@ use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::batch::BatchLimits;
+use crate::config::secret::{SecretRef, substitute};
 use crate::inventory::{self, Device, Inventory, Isolation, SinkKind, Upstream};
 use crate::isolation::Isolator;
 use crate::notify::Notifier;
@@ -184,41 +185,26 @@ fn upstream_of(inventory: &Inventory) -> Upstream {
 /// are replaced by that variable or that file's content (trimmed), e.g.
 /// `Authorization = "Bearer {file:/etc/rackhand/collector.token}"`.
 pub fn resolve_header(name: &str, value: &str) -> Result<String, AgentError> {
-    let mut out = String::new();
-    let mut rest = value;
-    // Each turn consumes one placeholder: bounded by the value's length.
-    while let Some(open) = rest.find('{') {
-        let Some(close) = rest[open..].find('}').map(|c| open + c) else {
-            break;
-        };
-        let inner = &rest[open + 1..close];
-        let resolved = if let Some(var) = inner.strip_prefix("env:") {
-            std::env::var(var).map_err(|_| AgentError::Header {
-                name: name.to_string(),
-                detail: format!(
-                    "environment variable {var} is not set; set it for the service (systemd: Environment= or EnvironmentFile=)"
-                ),
-            })?
-        } else if let Some(path) = inner.strip_prefix("file:") {
-            std::fs::read_to_string(path)
-                .map(|s| s.trim().to_string())
-                .map_err(|e| AgentError::Header {
-                    name: name.to_string(),
-                    detail: format!(
-                        "cannot read {path}: {e}; check the path and that the agent may read it"
-                    ),
-                })?
-        } else {
-            out.push_str(&rest[..=open]);
-            rest = &rest[open + 1..];
-            continue;
-        };
-        out.push_str(&rest[..open]);
-        out.push_str(&resolved);
-        rest = &rest[close + 1..];
+    let failed = |detail: String| AgentError::Header {
+        name: name.to_string(),
+        detail,
+    };
+    substitute(value, |named| {
+        match named {
+        SecretRef::Env(var) => std::env::var(var).map_err(|_| {
+            failed(format!(
+                "environment variable {var} is not set; set it for the service (systemd: Environment= or EnvironmentFile=)"
+            ))
+        }),
+        SecretRef::File(path) => std::fs::read_to_string(path)
+            .map(|s| s.trim().to_string())
+            .map_err(|e| {
+                failed(format!(
+                    "cannot read {path}: {e}; check the path and that the agent may read it"
+                ))
+            }),
     }
-    out.push_str(rest);
-    Ok(out)
+    })
 }
 
 /// The sink `[upstream]` asks for, checked now so a mistake shows at start.
@@ -419,34 +405,42 @@ impl Spooler {
                 );
                 self.paused_since = None;
                 self.block_unreported_ms += paused.as_millis() as u64;
-                self.report_pause(now, false)?;
+                self.report_pause(now)?;
             }
             // Pauses held back by the rate limit go out once it allows.
-            None => self.report_pause(now, false)?,
+            None => self.report_pause(now)?,
             Some(_) => {}
         }
         Ok(self.paused_since.is_some())
     }
 
     /// Block policy: a gap record for the pauses since the last one, at most one per
-    /// [`BLOCK_REPORT_EVERY`] (a spool flapping at its bound would send one per flap), and
-    /// always at stop (`force`).
-    fn report_pause(&mut self, now: Instant, force: bool) -> Result<(), AgentError> {
-        let (collections, ms) = (self.paused_collections, self.block_unreported_ms);
-        if collections == 0 && ms == 0 {
-            return Ok(());
-        }
+    /// [`BLOCK_REPORT_EVERY`] (a spool flapping at its bound would send one per flap); what
+    /// is held back goes out once allowed, or at stop ([`Spooler::close`]).
+    fn report_pause(&mut self, now: Instant) -> Result<(), AgentError> {
         let due = self
             .block_reported_at
             .is_none_or(|t| now.saturating_duration_since(t) >= BLOCK_REPORT_EVERY);
-        if !(due || force) {
+        if !due {
             return Ok(());
+        }
+        let Some(gap) = self.take_pause() else {
+            return Ok(());
+        };
+        self.block_reported_at = Some(now);
+        self.gap(gap)
+    }
+
+    /// The pauses not yet reported, as a gap, and counting starts again; `None`: none.
+    fn take_pause(&mut self) -> Option<Gap> {
+        let (collections, ms) = (self.paused_collections, self.block_unreported_ms);
+        if collections == 0 && ms == 0 {
+            return None;
         }
         self.paused_collections = 0;
         self.block_unreported_ms = 0;
-        self.block_reported_at = Some(now);
-        self.gap(Gap {
-            policy: "block".into(),
+        Some(Gap {
+            policy: FullPolicy::Block.as_str().into(),
             paused_collections: collections,
             paused_ms: ms,
             ..Gap::default()
@@ -457,6 +451,9 @@ impl Spooler {
     /// itself be dropped before it is shipped; what it reported then goes into the next one,
     /// so the gap records a receiver gets always add up to every record it will never get.
     fn report_drops(&mut self) -> Result<(), AgentError> {
+        if self.policy != FullPolicy::DropOldest {
+            return Ok(());
+        }
         let (stats, lost_ranges) = {
             let mut spool = self.share.lock();
             (spool.stats(), spool.take_lost_ranges())
@@ -483,7 +480,7 @@ impl Spooler {
         self.reported_drops = (stats.dropped_records, stats.dropped_bytes);
         self.gap_carry = (0, 0);
         self.gap(Gap {
-            policy: "drop_oldest".into(),
+            policy: FullPolicy::DropOldest.as_str().into(),
             dropped_records: records,
             dropped_bytes: bytes,
             ..Gap::default()
@@ -505,19 +502,12 @@ impl Spooler {
                 bytes += b;
             }
         }
-        let mut record = Record::gap(
-            &self.agent,
-            self.seq.next()?,
-            Gap {
-                policy: "drop_oldest".into(),
-                dropped_records: records,
-                dropped_bytes: bytes,
-                ..Gap::default()
-            },
-            SystemTime::now(),
-        );
-        record.clock_synced = self.clock_synced();
-        log::warn!("{}", record.error.as_deref().unwrap_or("spool gap"));
+        let record = self.gap_record(Gap {
+            policy: FullPolicy::DropOldest.as_str().into(),
+            dropped_records: records,
+            dropped_bytes: bytes,
+            ..Gap::default()
+        })?;
         self.share
             .lock()
             .append_over_limit(record.seq, record.to_json().as_bytes())?;
@@ -525,6 +515,12 @@ impl Spooler {
     }
 
     fn gap(&mut self, gap: Gap) -> Result<(), AgentError> {
+        let mut record = self.gap_record(gap)?;
+        self.spool_record(&mut record)
+    }
+
+    /// Numbers a gap record, logs it, and remembers what it reports until it is shipped.
+    fn gap_record(&mut self, gap: Gap) -> Result<Record, AgentError> {
         let seq = self.seq.next()?;
         if gap.dropped_records > 0 || gap.dropped_bytes > 0 {
             self.unshipped_gaps
@@ -533,7 +529,7 @@ impl Spooler {
         let mut record = Record::gap(&self.agent, seq, gap, SystemTime::now());
         record.clock_synced = self.clock_synced();
         log::warn!("{}", record.error.as_deref().unwrap_or("spool gap"));
-        self.spool_record(&mut record)
+        Ok(record)
     }
 
     /// At shutdown: nothing collected may be lost, so what waited for room goes in past the
@@ -542,18 +538,8 @@ impl Spooler {
         if let Some(since) = self.paused_since.take() {
             self.block_unreported_ms += since.elapsed().as_millis() as u64;
         }
-        let (collections, ms) = (self.paused_collections, self.block_unreported_ms);
-        if collections > 0 || ms > 0 {
-            self.paused_collections = 0;
-            self.block_unreported_ms = 0;
-            let gap = Gap {
-                policy: "block".into(),
-                paused_collections: collections,
-                paused_ms: ms,
-                ..Gap::default()
-            };
-            let mut record = Record::gap(&self.agent, self.seq.next()?, gap, SystemTime::now());
-            record.clock_synced = self.clock_synced();
+        if let Some(gap) = self.take_pause() {
+            let record = self.gap_record(gap)?;
             self.pending
                 .push_back((record.seq, record.to_json().into_bytes()));
         }
@@ -616,31 +602,23 @@ struct StatusKeeper {
 }
 
 impl StatusKeeper {
-    fn new(inventory: &Inventory, upstream: &Upstream, spool_dir: &Path) -> StatusKeeper {
+    fn new(
+        inventory: &Inventory,
+        upstream: &Upstream,
+        spool: &SpoolOptions,
+        spool_dir: &Path,
+    ) -> StatusKeeper {
         let state_dir = inventory.agent.state_dir.clone();
+        // A status for this process (pid, version, start), keeping the devices' history.
         let mut status = AgentStatus::load_or_default(&state_dir, &inventory.agent.id);
-        status.agent = inventory.agent.id.clone();
-        status.pid = std::process::id();
-        status.version = env!("CARGO_PKG_VERSION").to_string();
-        status.started_at = rfc3339_millis(SystemTime::now());
         status.spool = SpoolStatus {
             dir: spool_dir.display().to_string(),
-            max_bytes: upstream.spool_max_bytes,
-            full_policy: if upstream.drop_oldest_when_full {
-                "drop_oldest"
-            } else {
-                "block"
-            }
-            .into(),
+            max_bytes: spool.max_bytes,
+            full_policy: spool.full.as_str().into(),
             ..SpoolStatus::default()
         };
         status.upstream = UpstreamStatus {
-            sink: match upstream.sink {
-                SinkKind::File => "file",
-                SinkKind::Http => "http",
-                SinkKind::Mqtt => "mqtt",
-            }
-            .into(),
+            sink: upstream.sink.as_str().into(),
             target: upstream.target.clone(),
             state: "idle".into(),
             ..UpstreamStatus::default()
@@ -832,7 +810,7 @@ pub fn run(config: &Path, mut options: Options) -> Result<Summary, AgentError> {
     }
     let seq = Sequence::open_above(&state_dir, stats.last_seq.max(stats.acked))?;
     let share = SpoolShare::new(spool);
-    let mut status = StatusKeeper::new(&inventory, &upstream, &spool_dir);
+    let mut status = StatusKeeper::new(&inventory, &upstream, &spool_opts, &spool_dir);
     let mut spooler = Spooler {
         share: Arc::clone(&share),
         seq,

@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::config::schema::{SECRET_FAMILIES, Setting, Value};
+use crate::config::secret::{SecretRef, substitute};
 use crate::config::{Layer, RawConfig, Report, Secret};
 
 /// Built-in defaults, used when neither the device, its groups nor `[defaults]` set a key.
@@ -211,6 +212,17 @@ pub enum SinkKind {
     File,
     Http,
     Mqtt,
+}
+
+impl SinkKind {
+    /// Its name in the config (`sink`) and in status.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SinkKind::File => "file",
+            SinkKind::Http => "http",
+            SinkKind::Mqtt => "mqtt",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -604,26 +616,20 @@ fn resolve_agent(layer: &Layer) -> Agent {
 /// (the agent resolves them at start; `check` warns ahead).
 fn header_secret_problems(value: &str) -> Vec<String> {
     let mut problems = Vec::new();
-    let mut rest = value;
-    // Each turn consumes one `{...}`: bounded by the value's length.
-    while let Some(open) = rest.find('{') {
-        let Some(close) = rest[open..].find('}').map(|c| open + c) else {
-            break;
-        };
-        let inner = &rest[open + 1..close];
-        if let Some(var) = inner.strip_prefix("env:") {
-            if std::env::var_os(var).is_none() {
-                problems.push(format!(
-                    "environment variable {var} is not set here (the service's environment must set it)"
-                ));
+    let _ = substitute(value, |named| {
+        match named {
+            SecretRef::Env(var) if std::env::var_os(var).is_none() => problems.push(format!(
+                "environment variable {var} is not set here (the service's environment must set it)"
+            )),
+            SecretRef::File(path) => {
+                if let Err(e) = std::fs::File::open(path) {
+                    problems.push(format!("cannot read {path}: {e}"));
+                }
             }
-        } else if let Some(path) = inner.strip_prefix("file:") {
-            if let Err(e) = std::fs::File::open(path) {
-                problems.push(format!("cannot read {path}: {e}"));
-            }
+            SecretRef::Env(_) => {}
         }
-        rest = &rest[close + 1..];
-    }
+        Ok::<_, std::convert::Infallible>(String::new())
+    });
     problems
 }
 

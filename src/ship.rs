@@ -27,7 +27,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::batch::{Batch, BatchLimits, Batcher};
 use crate::seq::write_atomically;
-use crate::sink::{Backoff, Retry, Sink, StopFlag};
+use crate::sink::{Backoff, Jitter, Retry, Sink, StopFlag};
 use crate::spool::{Reader, Spool, SpoolError};
 
 /// The file in `state_dir` that names the last seq of the batch in flight.
@@ -234,7 +234,7 @@ impl Shipper {
             cut_path: options.state_dir.join(SHIP_CUT_FILE),
             backoff: options.backoff,
             batcher: Batcher::new(&options.agent, options.limits, options.seed),
-            rng: options.seed | 1,
+            jitter: Jitter::from_seed(options.seed),
         };
         let thread = std::thread::Builder::new()
             .name("rackhand-ship".into())
@@ -298,7 +298,7 @@ struct Worker {
     cut_path: PathBuf,
     backoff: Backoff,
     batcher: Batcher,
-    rng: u64,
+    jitter: Jitter,
 }
 
 impl Worker {
@@ -508,13 +508,7 @@ impl Worker {
             r.consecutive_failures += 1;
             r.consecutive_failures
         };
-        let ceiling = self.backoff.ceiling(n);
-        // xorshift: full jitter, floored at a tenth of the base so it never spins.
-        self.rng ^= self.rng << 13;
-        self.rng ^= self.rng >> 7;
-        self.rng ^= self.rng << 17;
-        let unit = (self.rng >> 11) as f64 / (1u64 << 53) as f64;
-        let wait = ceiling.mul_f64(unit).max(self.backoff.base / 10);
+        let wait = self.backoff.wait(n, &mut self.jitter);
         self.stop.wait_until(Instant::now() + wait);
     }
 }

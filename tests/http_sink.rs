@@ -20,39 +20,13 @@ use rackhand::sink::http::{
     Retry, StopFlag,
 };
 
+// Only the certificates of the shared harness: this file has its own receiver.
+#[path = "support/tls.rs"]
+mod tls;
+use tls::{SERVER_CERT, SERVER_KEY, TEST_CA};
+
 /// How long a receiver waits for a client's next bytes before it drops the connection.
 const IDLE: Duration = Duration::from_secs(10);
-
-// A throwaway CA and a server certificate for 127.0.0.1 signed by it (EC P-256, valid until
-// 2126), made with the openssl CLI for this test only; the key protects nothing.
-const TEST_CA: &str = "-----BEGIN CERTIFICATE-----
-MIIBnTCCAUOgAwIBAgIUfcLEQ4Sz39rUOEbidjy2AQCCnRgwCgYIKoZIzj0EAwIw
-GzEZMBcGA1UEAwwQcmFja2hhbmQgdGVzdCBDQTAgFw0yNjExMjYwODI0MTFaGA8y
-MTI2MTEwMjA4MjQxMVowGzEZMBcGA1UEAwwQcmFja2hhbmQgdGVzdCBDQTBZMBMG
-ByqGSM49AgEGCCqGSM49AwEHA0IABCyyVu/kxhQz+tpfdeNwGhN3avqxDyq3INGm
-NpE4454JBWko5O495ibEcOV/0GHdzS1z6O409GUOyP9X+nnyEMyjYzBhMB0GA1Ud
-DgQWBBQOL9B1xMmXSV3empWMj7+6/m76OzAfBgNVHSMEGDAWgBQOL9B1xMmXSV3e
-mpWMj7+6/m76OzAPBgNVHRMBAf8EBTADAQH/MA4GA1UdDwEB/wQEAwIBBjAKBggq
-hkjOPQQDAgNIADBFAiEAogU9TZNCf5NLRFDwWPL+IQj5DQQob82+oDKlVuH4pioC
-IA89CFYUiT7HcRUJaQK+e/43K6+GzwBi2//yS2mDuoB5
------END CERTIFICATE-----\n";
-const SERVER_CERT: &str = "-----BEGIN CERTIFICATE-----
-MIIBwDCCAWagAwIBAgIUZQX25KUMDoDAh1rpYf84omCeHUkwCgYIKoZIzj0EAwIw
-GzEZMBcGA1UEAwwQcmFja2hhbmQgdGVzdCBDQTAgFw0yNjExMjYwODI0MTFaGA8y
-MTI2MTEwMjA4MjQxMVowFDESMBAGA1UEAwwJbG9jYWxob3N0MFkwEwYHKoZIzj0C
-AQYIKoZIzj0DAQcDQgAEZQE4xiTwCyUYE+i+O2j1bmkfy2VCiua5+wX2pEEVX802
-KvuMikaEWjPV70OCDQO1LKgARDsIXVWfc49DpvxVeqOBjDCBiTAaBgNVHREEEzAR
-gglsb2NhbGhvc3SHBH8AAAEwCQYDVR0TBAIwADALBgNVHQ8EBAMCB4AwEwYDVR0l
-BAwwCgYIKwYBBQUHAwEwHQYDVR0OBBYEFASgKwZI0SnOo98AtcdtE2tQ5vLgMB8G
-A1UdIwQYMBaAFA4v0HXEyZdJXd6alYyPv7r+bvo7MAoGCCqGSM49BAMCA0gAMEUC
-ICxhzaS77geHUXQ+2aEWQ/yzj3MdowxbJvvahjsMtFKyAiEAxL30LL6L3JhFv6ii
-mGoSYFPlOxqYCiQP+xJQbjHrLBc=
------END CERTIFICATE-----\n";
-const SERVER_KEY: &str = "-----BEGIN PRIVATE KEY-----
-MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgHvGrkobFF6GaeUQr
-Kcp60qi56PRdTEsI9MNzj9iwnLmhRANCAARlATjGJPALJRgT6L47aPVuaR/LZUKK
-5rn7BfakQRVfzTYq+4yKRoRaM9XvQ4INA7UsqABEOwhdVZ9zj0Om/FV6
------END PRIVATE KEY-----\n";
 
 #[derive(Debug, Clone)]
 struct Request {

@@ -7,6 +7,46 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+/// A secret named inside a longer value (an `[upstream]` header): `{env:NAME}` or
+/// `{file:PATH}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecretRef<'a> {
+    Env(&'a str),
+    File(&'a str),
+}
+
+/// Replaces every `{env:NAME}` and `{file:PATH}` in `value` by what `resolve` returns for it;
+/// any other braces stay as written. The agent resolves header values with this at start,
+/// `check` with a `resolve` that only notes what it cannot find.
+pub fn substitute<E>(
+    value: &str,
+    mut resolve: impl FnMut(SecretRef<'_>) -> Result<String, E>,
+) -> Result<String, E> {
+    let mut out = String::new();
+    let mut rest = value;
+    // Each turn consumes at least one `{`: bounded by the value's length.
+    while let Some(open) = rest.find('{') {
+        let Some(close) = rest[open..].find('}').map(|c| open + c) else {
+            break;
+        };
+        let inner = &rest[open + 1..close];
+        let named = if let Some(var) = inner.strip_prefix("env:") {
+            SecretRef::Env(var)
+        } else if let Some(path) = inner.strip_prefix("file:") {
+            SecretRef::File(path)
+        } else {
+            out.push_str(&rest[..=open]);
+            rest = &rest[open + 1..];
+            continue;
+        };
+        out.push_str(&rest[..open]);
+        out.push_str(&resolve(named)?);
+        rest = &rest[close + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
 #[derive(Clone, PartialEq, Eq)]
 pub enum SecretSource {
     Inline,

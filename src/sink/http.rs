@@ -17,13 +17,13 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use flate2::Compression;
 use flate2::write::GzEncoder;
 use ureq::tls::{Certificate, PemItem, RootCerts, TlsConfig};
 
+use super::Jitter;
 pub use super::{Backoff, Retry, StopFlag};
 use crate::batch::Batch;
 use crate::inventory::Upstream;
@@ -196,7 +196,7 @@ enum Attempt {
 pub struct HttpSink {
     config: HttpConfig,
     agent: ureq::Agent,
-    rng: u64,
+    jitter: Jitter,
 }
 
 impl std::fmt::Debug for HttpSink {
@@ -242,7 +242,7 @@ impl HttpSink {
         }
         let agent = ureq::Agent::new_with_config(builder.build());
         Ok(HttpSink {
-            rng: seed(),
+            jitter: Jitter::new(),
             config,
             agent,
         })
@@ -311,11 +311,7 @@ impl HttpSink {
                 } => (error, status, retry_after),
             };
             let ceiling = self.config.backoff.ceiling(attempts);
-            // Full jitter, floored at a tenth of `base`: a run of near-zero draws must not
-            // turn an instant failure (connection refused) into back-to-back attempts.
-            let jittered = ceiling
-                .mul_f64(self.next_unit())
-                .max(self.config.backoff.base / 10);
+            let jittered = self.config.backoff.wait(attempts, &mut self.jitter);
             let wait = retry_after.map_or(jittered, |r| r.max(jittered));
             let retry = Retry {
                 attempt: attempts,
@@ -521,28 +517,6 @@ impl HttpSink {
         })?;
         Ok(path)
     }
-
-    /// Uniform in [0, 1): xorshift64*, good enough to spread retries.
-    fn next_unit(&mut self) -> f64 {
-        self.rng ^= self.rng >> 12;
-        self.rng ^= self.rng << 25;
-        self.rng ^= self.rng >> 27;
-        let x = self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D);
-        (x >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
-
-/// Different per process and per sink, never zero (xorshift's one fixed point).
-fn seed() -> u64 {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
-    static SINKS: AtomicU64 = AtomicU64::new(0);
-    let n = SINKS.fetch_add(1, Ordering::Relaxed);
-    let mixed = nanos
-        ^ u64::from(std::process::id()).rotate_left(32)
-        ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    mixed | 1
 }
 
 fn gzip(body: &[u8]) -> Vec<u8> {
@@ -801,14 +775,5 @@ mod tests {
         let text = format!("{:?}", config());
         assert!(text.contains("Authorization"), "{text}");
         assert!(!text.contains("s3cret"), "{text}");
-    }
-
-    #[test]
-    fn jitter_is_uniform_enough_and_never_leaves_zero_to_one() {
-        let mut sink = HttpSink::new(config()).unwrap();
-        let draws: Vec<f64> = (0..10_000).map(|_| sink.next_unit()).collect();
-        assert!(draws.iter().all(|u| (0.0..1.0).contains(u)));
-        let low = draws.iter().filter(|u| **u < 0.5).count();
-        assert!((4500..5500).contains(&low), "{low}");
     }
 }

@@ -9,8 +9,9 @@
 //! attempt that logs and `rackhand status` show.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::batch::Batch;
 
@@ -80,6 +81,53 @@ impl Backoff {
         let factor = 1u32 << n.saturating_sub(1).min(30);
         self.base.saturating_mul(factor).min(self.cap)
     }
+
+    /// The wait before retry `n`: full jitter under [`Backoff::ceiling`], floored at a tenth
+    /// of `base`, so a run of near-zero draws never turns an instant failure (a refused
+    /// connection) into back-to-back attempts.
+    pub fn wait(&self, n: u32, jitter: &mut Jitter) -> Duration {
+        self.ceiling(n).mul_f64(jitter.unit()).max(self.base / 10)
+    }
+}
+
+/// The random draws behind [`Backoff::wait`]: xorshift64*, good enough to spread retries.
+#[derive(Debug, Clone)]
+pub struct Jitter(u64);
+
+impl Jitter {
+    /// Different per process and per instance.
+    pub fn new() -> Jitter {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        static INSTANCES: AtomicU64 = AtomicU64::new(0);
+        let n = INSTANCES.fetch_add(1, Ordering::Relaxed);
+        Jitter::from_seed(
+            nanos
+                ^ u64::from(std::process::id()).rotate_left(32)
+                ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15),
+        )
+    }
+
+    /// Reproducible draws (never zero: xorshift's one fixed point).
+    pub fn from_seed(seed: u64) -> Jitter {
+        Jitter(seed | 1)
+    }
+
+    /// Uniform in [0, 1).
+    pub fn unit(&mut self) -> f64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        let x = self.0.wrapping_mul(0x2545_F491_4F6C_DD1D);
+        (x >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+impl Default for Jitter {
+    fn default() -> Jitter {
+        Jitter::new()
+    }
 }
 
 /// One failed attempt and the wait chosen before the next, for logs and `rackhand status`.
@@ -136,5 +184,19 @@ impl StopFlag {
                 .0;
         }
         *stopped
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_is_uniform_enough_and_never_leaves_zero_to_one() {
+        let mut jitter = Jitter::new();
+        let draws: Vec<f64> = (0..10_000).map(|_| jitter.unit()).collect();
+        assert!(draws.iter().all(|u| (0.0..1.0).contains(u)));
+        let low = draws.iter().filter(|u| **u < 0.5).count();
+        assert!((4500..5500).contains(&low), "{low}");
     }
 }

@@ -38,10 +38,9 @@ use std::collections::HashSet;
 use std::fs;
 use std::io;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use rumqttc::{
     Client, ClientError, ConnectReturnCode, Connection, ConnectionError, Event, MqttOptions,
@@ -50,6 +49,7 @@ use rumqttc::{
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 
+use super::Jitter;
 pub use super::{Backoff, Retry, StopFlag};
 use crate::batch::Batch;
 use crate::config::Secret;
@@ -225,7 +225,7 @@ pub struct MqttSink {
     client: Client,
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
-    rng: u64,
+    jitter: Jitter,
 }
 
 impl std::fmt::Debug for MqttSink {
@@ -329,7 +329,7 @@ impl MqttSink {
             client,
             shared,
             thread: Some(thread),
-            rng: seed(),
+            jitter: Jitter::new(),
         })
     }
 
@@ -383,11 +383,7 @@ impl MqttSink {
                 Err(Failure::Retry(error)) => error,
             };
             let ceiling = self.config.backoff.ceiling(attempts);
-            // Full jitter, floored at a tenth of `base`, as the http sink does: a run of
-            // near-zero draws must not turn a refused connection into back-to-back attempts.
-            let wait = ceiling
-                .mul_f64(self.next_unit())
-                .max(self.config.backoff.base / 10);
+            let wait = self.config.backoff.wait(attempts, &mut self.jitter);
             let retry = Retry {
                 attempt: attempts,
                 error,
@@ -597,15 +593,6 @@ impl MqttSink {
                 last,
             }
         }
-    }
-
-    /// Uniform in [0, 1): xorshift64*, good enough to spread retries.
-    fn next_unit(&mut self) -> f64 {
-        self.rng ^= self.rng >> 12;
-        self.rng ^= self.rng << 25;
-        self.rng ^= self.rng >> 27;
-        let x = self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D);
-        (x >> 11) as f64 / (1u64 << 53) as f64
     }
 }
 
@@ -1015,19 +1002,6 @@ fn tls_config(config: &MqttConfig, url: &str) -> Result<Arc<rustls::ClientConfig
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(Arc::new(tls))
-}
-
-/// Different per process and per sink, never zero (xorshift's one fixed point).
-fn seed() -> u64 {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
-    static SINKS: AtomicU64 = AtomicU64::new(0);
-    let n = SINKS.fetch_add(1, Ordering::Relaxed);
-    let mixed = nanos
-        ^ u64::from(std::process::id()).rotate_left(32)
-        ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    mixed | 1
 }
 
 #[cfg(test)]

@@ -57,6 +57,16 @@ pub enum FullPolicy {
     DropOldest,
 }
 
+impl FullPolicy {
+    /// Its name in the config (`spool_full`), status and gap records.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FullPolicy::Block => "block",
+            FullPolicy::DropOldest => "drop_oldest",
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct SpoolOptions {
     /// A segment is closed and a new one started when the next frame would pass this size.

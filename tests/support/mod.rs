@@ -15,6 +15,7 @@ pub mod fixtures;
 pub mod mosquitto;
 pub mod process;
 pub mod sshd;
+pub mod tls;
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
