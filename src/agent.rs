@@ -21,23 +21,23 @@ use crate::inventory::{self, Device, Inventory, Isolation, SinkKind, Upstream};
 use crate::isolation::Isolator;
 use crate::notify::Notifier;
 use crate::pool::{Pool, PoolEvent, RunSummary, Work};
-use crate::record::{Gap, Outcome, Record, Status, rfc3339_millis};
+use crate::record::{Outcome, Record, Status, rfc3339_millis};
 use crate::scheduler::{DeviceId, Scheduler};
 use crate::seq::Sequence;
-use crate::ship::{ShipReport, Shipper, ShipperOptions, SpoolShare};
+use crate::ship::{ShipReport, Shipper, ShipperOptions};
 use crate::sink::file::FileSink;
 use crate::sink::http::{HttpConfig, HttpSink};
 use crate::sink::mqtt::{MqttConfig, MqttSink};
 use crate::sink::{Backoff, Sink, SinkError};
-use crate::spool::{Durability, FullPolicy, Spool, SpoolError, SpoolOptions};
+use crate::spool::{Durability, FullPolicy, Spool, SpoolError, SpoolOptions, Stats};
+use crate::spooler::{Spooler, record_limit};
+use crate::state_dir::StateLock;
 use crate::status::{AgentStatus, SpoolStatus, UpstreamStatus};
 
 /// How often spooled records are made durable (group commit), unless `fsync = "always"`.
 const SYNC_EVERY: Duration = Duration::from_secs(1);
 /// How often `state_dir/status.json` is rewritten for `rackhand status`.
 const STATUS_EVERY: Duration = Duration::from_secs(2);
-/// Under `spool_full = "block"`, at most one gap record (and one warning) per this long.
-const BLOCK_REPORT_EVERY: Duration = Duration::from_secs(10);
 /// How long a stopping agent keeps shipping what is spooled before it leaves the rest for
 /// the next start.
 const SHIP_GRACE: Duration = Duration::from_secs(5);
@@ -64,15 +64,8 @@ pub enum AgentError {
     Header { name: String, detail: String },
     #[error("cannot start a thread: {0}")]
     Thread(std::io::Error),
-    #[error(
-        "another rackhand{holder} is running with state_dir {dir}: two agents on one spool would corrupt it; stop the other one (systemctl stop rackhand) or give this one its own [agent] state_dir"
-    )]
-    StateDirBusy { dir: PathBuf, holder: String },
-    #[error("cannot lock {path}: {error}; check that state_dir exists and is writable")]
-    Lock {
-        path: PathBuf,
-        error: std::io::Error,
-    },
+    #[error(transparent)]
+    StateDir(#[from] crate::state_dir::StateDirError),
     #[error(transparent)]
     Pool(#[from] crate::pool::PoolError),
     #[error(transparent)]
@@ -232,17 +225,18 @@ fn build_sink(inventory: &Inventory, upstream: &Upstream) -> Result<Box<dyn Sink
 /// The spool's settings from `[upstream]`.
 fn spool_options(inventory: &Inventory, upstream: &Upstream) -> SpoolOptions {
     let max_bytes = upstream.spool_max_bytes;
-    // A record carries its output JSON-escaped (and base64 too when it is not UTF-8).
     let largest_output = inventory
         .devices
         .iter()
         .map(|d| d.max_output)
         .max()
         .unwrap_or(inventory::defaults::MAX_OUTPUT);
-    let max_record = (largest_output.saturating_mul(2) + (1 << 20))
+    // Any output within max_output fits whole (counted in bytes of the encoding), but no
+    // record may take more than half the spool.
+    let max_record = record_limit(largest_output)
         .max(16 << 20)
-        .min(max_bytes / 4)
-        .clamp(4096, u64::from(u32::MAX)) as u32;
+        .min(max_bytes / 2)
+        .clamp(4096, u64::from(crate::spool::frame::MAX_PAYLOAD)) as u32;
     SpoolOptions {
         // Small against the bound, so acknowledged space comes back in fine steps.
         segment_bytes: (max_bytes / 8).clamp(64 << 10, 4 << 20),
@@ -261,301 +255,6 @@ fn spool_options(inventory: &Inventory, upstream: &Upstream) -> SpoolOptions {
     }
 }
 
-/// Numbers outcomes, appends them to the spool, and applies the full-spool policy.
-struct Spooler {
-    share: Arc<SpoolShare>,
-    seq: Sequence,
-    agent: String,
-    policy: FullPolicy,
-    max_bytes: u64,
-    max_record: u32,
-    /// Block policy: records refused for lack of room, appended once there is room.
-    pending: VecDeque<(u64, Vec<u8>)>,
-    paused_since: Option<Instant>,
-    paused_collections: u64,
-    paused_total: u64,
-    reported_drops: (u64, u64),
-    /// Drop-oldest gap records not yet shipped, with what they report.
-    unshipped_gaps: BTreeMap<u64, (u64, u64)>,
-    /// What gap records that were themselves dropped had reported.
-    gap_carry: (u64, u64),
-    clock: Option<(Instant, Option<bool>)>,
-    /// The last seq given to a command's record.
-    last_seq: u64,
-    /// Block policy: pause time (ms) not yet in a gap record.
-    block_unreported_ms: u64,
-    block_reported_at: Option<Instant>,
-}
-
-impl Spooler {
-    /// The clock's sync state, asked of the kernel at most every 10 s.
-    fn clock_synced(&mut self) -> Option<bool> {
-        match self.clock {
-            Some((at, synced)) if at.elapsed() < Duration::from_secs(10) => synced,
-            _ => {
-                let synced = crate::clock::synchronised();
-                self.clock = Some((Instant::now(), synced));
-                synced
-            }
-        }
-    }
-
-    /// Numbers `outcome` and spools it; returns the record.
-    fn outcome(&mut self, outcome: Outcome) -> Result<Record, AgentError> {
-        let mut record = outcome.into_record(&self.agent, self.seq.next()?);
-        self.last_seq = record.seq;
-        record.clock_synced = self.clock_synced();
-        self.spool_record(&mut record)?;
-        Ok(record)
-    }
-
-    fn spool_record(&mut self, record: &mut Record) -> Result<(), AgentError> {
-        let mut json = record.to_json().into_bytes();
-        if json.len() > self.max_record as usize {
-            let keep = self.max_record as usize / 8;
-            log::error!(
-                "{}: record {} of `{}` is {} bytes, above the spool's record limit of {} bytes; its output is cut to {keep} bytes: lower max_output for that command",
-                record.device,
-                record.id,
-                record.command,
-                json.len(),
-                self.max_record
-            );
-            let mut cut = keep.min(record.output.len());
-            while !record.output.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            record.output.truncate(cut);
-            record.output_base64 = None;
-            record.status = Status::OutputTooLarge;
-            record.error = Some(format!(
-                "output cut to {keep} bytes: the whole record was above the spool's limit of {} bytes",
-                self.max_record
-            ));
-            json = record.to_json().into_bytes();
-        }
-        self.append(record.seq, json)
-    }
-
-    fn append(&mut self, seq: u64, json: Vec<u8>) -> Result<(), AgentError> {
-        if !self.pending.is_empty() {
-            self.pending.push_back((seq, json));
-            return Ok(());
-        }
-        let result = self.share.lock().append(seq, &json);
-        match result {
-            Ok(()) => Ok(()),
-            Err(SpoolError::Full { .. }) if self.policy == FullPolicy::Block => {
-                self.pending.push_back((seq, json));
-                Ok(())
-            }
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    /// Appends what waited for room, as far as there is room now.
-    fn retry_pending(&mut self) -> Result<(), AgentError> {
-        // Each turn appends one record or stops: bounded by the queue.
-        while let Some((seq, json)) = self.pending.pop_front() {
-            let result = self.share.lock().append(seq, &json);
-            match result {
-                Ok(()) => {}
-                Err(SpoolError::Full { .. }) => {
-                    self.pending.push_front((seq, json));
-                    break;
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Ok(())
-    }
-
-    /// Block policy: whether new collections must wait. Pauses near the bound (records of
-    /// sessions in flight still need room) and resumes only well below it, so the agent
-    /// does not flap around the limit.
-    fn update_pause(&mut self, now: Instant) -> Result<bool, AgentError> {
-        if self.policy != FullPolicy::Block {
-            return Ok(false);
-        }
-        self.retry_pending()?;
-        let bytes = self.share.lock().stats().bytes;
-        match self.paused_since {
-            None if !self.pending.is_empty() || bytes >= self.max_bytes / 16 * 15 => {
-                // A spool that flaps around its bound would otherwise log twice a second.
-                let quiet = self
-                    .block_reported_at
-                    .is_some_and(|t| now.saturating_duration_since(t) < BLOCK_REPORT_EVERY);
-                let level = if quiet {
-                    log::Level::Debug
-                } else {
-                    log::Level::Warn
-                };
-                log::log!(
-                    level,
-                    "spool full ({bytes} of {} bytes): new collections pause until upstream takes records (spool_full = \"block\")",
-                    self.max_bytes
-                );
-                self.paused_since = Some(now);
-            }
-            Some(since) if self.pending.is_empty() && bytes < self.max_bytes / 4 * 3 => {
-                let paused = now.saturating_duration_since(since);
-                log::info!(
-                    "spool has room again: collections resume after {:.1} s paused",
-                    paused.as_secs_f64()
-                );
-                self.paused_since = None;
-                self.block_unreported_ms += paused.as_millis() as u64;
-                self.report_pause(now)?;
-            }
-            // Pauses held back by the rate limit go out once it allows.
-            None => self.report_pause(now)?,
-            Some(_) => {}
-        }
-        Ok(self.paused_since.is_some())
-    }
-
-    /// Block policy: a gap record for the pauses since the last one, at most one per
-    /// [`BLOCK_REPORT_EVERY`] (a spool flapping at its bound would send one per flap); what
-    /// is held back goes out once allowed, or at stop ([`Spooler::close`]).
-    fn report_pause(&mut self, now: Instant) -> Result<(), AgentError> {
-        let due = self
-            .block_reported_at
-            .is_none_or(|t| now.saturating_duration_since(t) >= BLOCK_REPORT_EVERY);
-        if !due {
-            return Ok(());
-        }
-        let Some(gap) = self.take_pause() else {
-            return Ok(());
-        };
-        self.block_reported_at = Some(now);
-        self.gap(gap)
-    }
-
-    /// The pauses not yet reported, as a gap, and counting starts again; `None`: none.
-    fn take_pause(&mut self) -> Option<Gap> {
-        let (collections, ms) = (self.paused_collections, self.block_unreported_ms);
-        if collections == 0 && ms == 0 {
-            return None;
-        }
-        self.paused_collections = 0;
-        self.block_unreported_ms = 0;
-        Some(Gap {
-            policy: FullPolicy::Block.as_str().into(),
-            paused_collections: collections,
-            paused_ms: ms,
-            ..Gap::default()
-        })
-    }
-
-    /// Drop-oldest policy: a gap record for every loss since the last one. A gap record can
-    /// itself be dropped before it is shipped; what it reported then goes into the next one,
-    /// so the gap records a receiver gets always add up to every record it will never get.
-    fn report_drops(&mut self) -> Result<(), AgentError> {
-        if self.policy != FullPolicy::DropOldest {
-            return Ok(());
-        }
-        let (stats, lost_ranges) = {
-            let mut spool = self.share.lock();
-            (spool.stats(), spool.take_lost_ranges())
-        };
-        self.unshipped_gaps.retain(|&seq, _| seq > stats.acked);
-        for (first, last) in lost_ranges {
-            let lost: Vec<u64> = self
-                .unshipped_gaps
-                .range(first..=last)
-                .map(|(&seq, _)| seq)
-                .collect();
-            for seq in lost {
-                if let Some((records, bytes)) = self.unshipped_gaps.remove(&seq) {
-                    self.gap_carry.0 += records;
-                    self.gap_carry.1 += bytes;
-                }
-            }
-        }
-        let records = stats.dropped_records - self.reported_drops.0 + self.gap_carry.0;
-        let bytes = stats.dropped_bytes - self.reported_drops.1 + self.gap_carry.1;
-        if records == 0 && bytes == 0 {
-            return Ok(());
-        }
-        self.reported_drops = (stats.dropped_records, stats.dropped_bytes);
-        self.gap_carry = (0, 0);
-        self.gap(Gap {
-            policy: FullPolicy::DropOldest.as_str().into(),
-            dropped_records: records,
-            dropped_bytes: bytes,
-            ..Gap::default()
-        })
-    }
-
-    /// After the shipper stopped: records drop-oldest deleted while the shipper held them,
-    /// and that upstream did not take, are lost now; reported for the next start to ship.
-    fn report_held_losses(&mut self) -> Result<(), AgentError> {
-        let held = self.share.lock().held_dropped_seqs();
-        if held.is_empty() {
-            return Ok(());
-        }
-        // A gap record among them takes what it reported down with it.
-        let (mut records, mut bytes) = (held.len() as u64, 0);
-        for seq in &held {
-            if let Some((r, b)) = self.unshipped_gaps.remove(seq) {
-                records += r;
-                bytes += b;
-            }
-        }
-        let record = self.gap_record(Gap {
-            policy: FullPolicy::DropOldest.as_str().into(),
-            dropped_records: records,
-            dropped_bytes: bytes,
-            ..Gap::default()
-        })?;
-        self.share
-            .lock()
-            .append_over_limit(record.seq, record.to_json().as_bytes())?;
-        Ok(())
-    }
-
-    fn gap(&mut self, gap: Gap) -> Result<(), AgentError> {
-        let mut record = self.gap_record(gap)?;
-        self.spool_record(&mut record)
-    }
-
-    /// Numbers a gap record, logs it, and remembers what it reports until it is shipped.
-    fn gap_record(&mut self, gap: Gap) -> Result<Record, AgentError> {
-        let seq = self.seq.next()?;
-        if gap.dropped_records > 0 || gap.dropped_bytes > 0 {
-            self.unshipped_gaps
-                .insert(seq, (gap.dropped_records, gap.dropped_bytes));
-        }
-        let mut record = Record::gap(&self.agent, seq, gap, SystemTime::now());
-        record.clock_synced = self.clock_synced();
-        log::warn!("{}", record.error.as_deref().unwrap_or("spool gap"));
-        Ok(record)
-    }
-
-    /// At shutdown: nothing collected may be lost, so what waited for room goes in past the
-    /// bound (at most what the sessions in flight produced), with the pause reported.
-    fn close(&mut self) -> Result<(), AgentError> {
-        if let Some(since) = self.paused_since.take() {
-            self.block_unreported_ms += since.elapsed().as_millis() as u64;
-        }
-        if let Some(gap) = self.take_pause() {
-            let record = self.gap_record(gap)?;
-            self.pending
-                .push_back((record.seq, record.to_json().into_bytes()));
-        }
-        let mut spool = self.share.lock();
-        if !self.pending.is_empty() {
-            log::warn!(
-                "stopping with the spool full: {} records collected meanwhile go in past spool_max_bytes rather than being lost",
-                self.pending.len()
-            );
-        }
-        while let Some((seq, json)) = self.pending.pop_front() {
-            spool.append_over_limit(seq, &json)?;
-        }
-        Ok(())
-    }
-}
 fn work(isolator: Isolator) -> Arc<Work> {
     Arc::new(move |device: &Device, emit: &mut dyn FnMut(Outcome)| {
         if device.isolation == Isolation::Process || device.driver_exec.is_some() {
@@ -594,7 +293,10 @@ struct StatusKeeper {
     state_dir: PathBuf,
     status: AgentStatus,
     last_saved: Option<Instant>,
-    oldest: Option<(u64, Option<String>)>,
+    /// The last save failed (logged once until one works again).
+    save_failing: bool,
+    /// Collections not started while new ones were paused, since the agent started.
+    paused_collections: u64,
     failing: BTreeMap<String, (Status, Option<String>)>,
     /// Finished collections whose records are not yet all committed: (last seq, device,
     /// when, status, error). A collection counts as done once its records are durable.
@@ -629,7 +331,8 @@ impl StatusKeeper {
             state_dir,
             status,
             last_saved: None,
-            oldest: None,
+            save_failing: false,
+            paused_collections: 0,
             failing: BTreeMap::new(),
             awaiting: VecDeque::new(),
         }
@@ -677,27 +380,7 @@ impl StatusKeeper {
         self.last_saved.map_or(now, |t| t + STATUS_EVERY)
     }
 
-    fn save(&mut self, share: &SpoolShare, spooler: &Spooler, ship: &ShipReport, now: Instant) {
-        let stats = {
-            let mut spool = share.lock();
-            let stats = spool.stats();
-            // The oldest unshipped record's time: read once per record, not per save.
-            if self.oldest.as_ref().map(|o| o.0) != stats.oldest_unshipped {
-                self.oldest = stats.oldest_unshipped.map(|seq| {
-                    let at = spool
-                        .read_from(seq)
-                        .ok()
-                        .and_then(|mut r| r.next())
-                        .and_then(Result::ok)
-                        .and_then(|(_, json)| {
-                            serde_json::from_slice::<serde_json::Value>(&json).ok()
-                        })
-                        .and_then(|v| v["started_at"].as_str().map(str::to_string));
-                    (seq, at)
-                });
-            }
-            stats
-        };
+    fn save(&mut self, stats: &Stats, paused: bool, ship: &ShipReport, now: Instant) {
         let s = &mut self.status;
         s.updated_at = rfc3339_millis(SystemTime::now());
         s.clock_synced = crate::clock::synchronised();
@@ -705,13 +388,34 @@ impl StatusKeeper {
         s.spool.bytes = stats.bytes;
         s.spool.segments = stats.segments as u64;
         s.spool.oldest_unshipped_seq = stats.oldest_unshipped;
-        s.spool.oldest_unshipped_at = self.oldest.as_ref().and_then(|o| o.1.clone());
+        s.spool.oldest_unshipped_at = ship
+            .oldest_unshipped
+            .as_ref()
+            .filter(|o| Some(o.0) == stats.oldest_unshipped)
+            .and_then(|o| o.1.clone());
         s.spool.acked_seq = stats.acked;
         s.spool.last_seq = stats.last_seq;
         s.spool.dropped_records = stats.dropped_records;
         s.spool.dropped_bytes = stats.dropped_bytes;
-        s.spool.paused = spooler.paused_since.is_some();
-        s.spool.paused_collections = spooler.paused_total;
+        s.spool.paused = paused;
+        s.spool.paused_collections = self.paused_collections;
+        s.spool.waiting_in_memory = stats.waiting_in_memory;
+        s.spool.storage_error = stats.storage_trouble.as_ref().map(|t| t.error.clone());
+        s.spool.storage_error_cause = stats
+            .storage_trouble
+            .as_ref()
+            .map(|t| t.cause.as_str().to_string());
+        s.spool.storage_error_since = stats
+            .storage_trouble
+            .as_ref()
+            .map(|t| rfc3339_millis(t.since));
+        s.spool.checkpoint_error = stats.checkpoint_trouble;
+        s.spool.lost = stats
+            .lost
+            .iter()
+            .map(|(cause, n)| (cause.as_str().to_string(), *n))
+            .collect();
+        s.spool.unreported_lost = stats.unreported_lost;
         let u = &mut s.upstream;
         u.state = ship.state.as_str().to_string();
         u.last_error = ship.last_error.clone();
@@ -721,64 +425,25 @@ impl StatusKeeper {
         u.shipped_records = ship.shipped_records;
         u.shipped_batches = ship.shipped_batches;
         u.dead_lettered_batches = ship.dead_lettered_batches;
+        u.rejected_records = ship.rejected_records;
         u.dead_letter_file = ship
             .dead_letter_file
             .as_ref()
             .map(|p| p.display().to_string());
-        if let Err(e) = self.status.save(&self.state_dir) {
-            log::warn!("{e}");
+        match self.status.save(&self.state_dir) {
+            Ok(()) if self.save_failing => {
+                self.save_failing = false;
+                log::info!("status.json is written again");
+            }
+            Ok(()) => {}
+            // Once per condition: a full disk would otherwise log every two seconds.
+            Err(e) if !self.save_failing => {
+                self.save_failing = true;
+                log::warn!("{e}");
+            }
+            Err(e) => log::debug!("{e}"),
         }
         self.last_saved = Some(now);
-    }
-}
-
-/// Holds `state_dir/lock` (flock) while the agent runs: one agent per spool. The kernel
-/// drops the lock when the process dies, however it dies, so a crash never needs a manual
-/// unlock.
-pub struct StateLock {
-    _file: nix::fcntl::Flock<std::fs::File>,
-}
-
-impl StateLock {
-    pub fn acquire(state_dir: &Path) -> Result<StateLock, AgentError> {
-        use std::io::{Read, Seek, Write};
-        let path = state_dir.join("lock");
-        let err = |error| AgentError::Lock {
-            path: path.clone(),
-            error,
-        };
-        std::fs::create_dir_all(state_dir).map_err(err)?;
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(err)?;
-        match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
-            Ok(mut file) => {
-                // The holder's pid, for the message another instance gives.
-                let _ = file
-                    .set_len(0)
-                    .and_then(|()| file.rewind())
-                    .and_then(|()| writeln!(file, "{}", std::process::id()));
-                Ok(StateLock { _file: file })
-            }
-            Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {
-                let mut pid = String::new();
-                let _ = file.read_to_string(&mut pid);
-                let pid = pid.trim();
-                Err(AgentError::StateDirBusy {
-                    dir: state_dir.to_path_buf(),
-                    holder: if pid.is_empty() {
-                        String::new()
-                    } else {
-                        format!(" (pid {pid})")
-                    },
-                })
-            }
-            Err((_, errno)) => Err(err(std::io::Error::from(errno))),
-        }
     }
 }
 
@@ -786,6 +451,7 @@ impl StateLock {
 pub fn run(config: &Path, mut options: Options) -> Result<Summary, AgentError> {
     let mut inventory = load_config(config)?;
     let state_dir = inventory.agent.state_dir.clone();
+    crate::state_dir::prepare(&state_dir)?;
     let _lock = StateLock::acquire(&state_dir)?;
     let agent_id = inventory.agent.id.clone();
     let upstream = upstream_of(&inventory);
@@ -793,13 +459,18 @@ pub fn run(config: &Path, mut options: Options) -> Result<Summary, AgentError> {
     let sink_name = sink.describe();
     let spool_dir = state_dir.join("spool");
     let spool_opts = spool_options(&inventory, &upstream);
-    let (spool, recovery) = Spool::open(&spool_dir, spool_opts.clone())?;
-    if recovery.found_damage() {
-        for action in &recovery.actions {
-            log::warn!("spool recovery: {action}");
-        }
+    let (writer, reader, recovery) = Spool::open(&spool_dir, spool_opts.clone())?;
+    for action in &recovery.actions {
+        log::warn!("spool recovery: {action}");
     }
-    let stats = spool.stats();
+    if recovery.segments_scanned > 0 {
+        log::info!(
+            "spool {}: {} sealed segments had no footer (written by an older rackhand) and were scanned once",
+            spool_dir.display(),
+            recovery.segments_scanned
+        );
+    }
+    let stats = writer.stats();
     if stats.records > 0 {
         log::info!(
             "spool {}: {} records ({} bytes) from before the restart wait to be shipped",
@@ -809,27 +480,16 @@ pub fn run(config: &Path, mut options: Options) -> Result<Summary, AgentError> {
         );
     }
     let seq = Sequence::open_above(&state_dir, stats.last_seq.max(stats.acked))?;
-    let share = SpoolShare::new(spool);
     let mut status = StatusKeeper::new(&inventory, &upstream, &spool_opts, &spool_dir);
-    let mut spooler = Spooler {
-        share: Arc::clone(&share),
+    let mut spooler = Spooler::new(
+        writer,
         seq,
-        agent: agent_id.clone(),
-        policy: spool_opts.full,
-        max_bytes: spool_opts.max_bytes,
-        max_record: spool_opts.max_record_bytes,
-        pending: VecDeque::new(),
-        paused_since: None,
-        paused_collections: 0,
-        paused_total: 0,
-        reported_drops: (0, 0),
-        unshipped_gaps: BTreeMap::new(),
-        gap_carry: (0, 0),
-        clock: None,
-        last_seq: 0,
-        block_unreported_ms: 0,
-        block_reported_at: None,
-    };
+        &agent_id,
+        spool_opts.full,
+        spool_opts.max_record_bytes,
+    );
+    // What opening found lost goes upstream first.
+    spooler.report_losses(Instant::now(), true);
 
     let notifier = Notifier::from_env().unwrap_or_else(|e| {
         log::warn!(
@@ -848,7 +508,7 @@ pub fn run(config: &Path, mut options: Options) -> Result<Summary, AgentError> {
     }
     let waker = pool.waker();
     let shipper = Shipper::start(
-        Arc::clone(&share),
+        reader,
         sink,
         ShipperOptions {
             agent: agent_id.clone(),
@@ -889,12 +549,13 @@ pub fn run(config: &Path, mut options: Options) -> Result<Summary, AgentError> {
                       scheduler: &mut Scheduler,
                       spooler: &mut Spooler,
                       status: &mut StatusKeeper,
-                      summary: &mut Summary|
-     -> Result<(), AgentError> {
+                      summary: &mut Summary| {
         match event {
             PoolEvent::Started { .. } | PoolEvent::Wake => {}
             PoolEvent::Outcome { outcome, .. } => {
-                let record = spooler.outcome(outcome)?;
+                let Some(record) = spooler.outcome(outcome) else {
+                    return;
+                };
                 status.record(&record);
                 let tally = summary.devices.entry(record.device.clone()).or_default();
                 tally.records += 1;
@@ -915,7 +576,7 @@ pub fn run(config: &Path, mut options: Options) -> Result<Summary, AgentError> {
             } => {
                 if let Some(device) = scheduler.device(key) {
                     let name = device.name.clone();
-                    status.finished(&name, &run, spooler.last_seq);
+                    status.finished(&name, &run, spooler.last_seq());
                     let tally = summary.devices.entry(name).or_default();
                     tally.runs += 1;
                     tally.busy += elapsed;
@@ -923,9 +584,9 @@ pub fn run(config: &Path, mut options: Options) -> Result<Summary, AgentError> {
                 scheduler.finished(key, &run, Instant::now());
             }
         }
-        Ok(())
     };
 
+    let mut paused = false;
     loop {
         let now = Instant::now();
         if flags.stop.load(Ordering::SeqCst) || stop_at.is_some_and(|t| now >= t) {
@@ -962,10 +623,11 @@ pub fn run(config: &Path, mut options: Options) -> Result<Summary, AgentError> {
             }
             let _ = notifier.ready(&format!("collecting {} devices", inventory.devices.len()));
         }
-        if spooler.update_pause(now)? {
+        paused = spooler.paused(now);
+        if paused {
             let passed = scheduler.pass_due(now);
-            spooler.paused_collections += passed;
-            spooler.paused_total += passed;
+            spooler.passed_over(passed);
+            status.paused_collections += passed;
         } else {
             for d in scheduler.take_due(now, pool.vacancies()) {
                 if let Err(e) = pool.submit(d.id, d.device) {
@@ -980,7 +642,7 @@ pub fn run(config: &Path, mut options: Options) -> Result<Summary, AgentError> {
         }
         .min(now + MAX_IDLE)
         .min(status.due(now));
-        if let Some(at) = share.lock().commit_deadline() {
+        if let Some(at) = spooler.deadline() {
             wake_at = wake_at.min(at);
         }
         if let Some(t) = stop_at {
@@ -1001,18 +663,17 @@ pub fn run(config: &Path, mut options: Options) -> Result<Summary, AgentError> {
                 &mut spooler,
                 &mut status,
                 &mut summary,
-            )?,
+            ),
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break,
         }
         let now = Instant::now();
-        spooler.report_drops()?;
-        // Under `block` with the spool full, waiting for the next group commit would only
-        // keep the shipper from freeing room: commit now.
-        share.commit(now, spooler.paused_since.is_some())?;
-        status.durable(share.durable());
+        // Commits (group commit, or at once while paused for room), retries after a storage
+        // error, and turns losses into gap records.
+        spooler.tick(now);
+        status.durable(spooler.durable_seq());
         if now >= status.due(now) {
-            status.save(&share, &spooler, &shipper.report(), now);
+            status.save(&spooler.stats(), paused, &shipper.report(), now);
         }
         // The loop went round: that is the progress the watchdog vouches for.
         if watchdog.is_some_and(|p| last_ping.elapsed() >= p) {
@@ -1045,11 +706,11 @@ pub fn run(config: &Path, mut options: Options) -> Result<Summary, AgentError> {
                 &mut spooler,
                 &mut status,
                 &mut summary,
-            )?,
+            ),
             Err(_) => break,
         }
-        share.commit(Instant::now(), false)?;
-        status.durable(share.durable());
+        spooler.tick(Instant::now());
+        status.durable(spooler.durable_seq());
     }
     summary.abandoned = scheduler.in_flight();
     if summary.abandoned > 0 {
@@ -1058,15 +719,15 @@ pub fn run(config: &Path, mut options: Options) -> Result<Summary, AgentError> {
             summary.abandoned
         );
     }
-    spooler.close()?;
-    spooler.report_drops()?;
-    share.commit(Instant::now(), true)?;
-    status.durable(share.durable());
+    spooler.report_losses(Instant::now(), true);
+    spooler.commit();
+    status.durable(spooler.durable_seq());
     let report = shipper.finish(SHIP_GRACE, upstream.timeout + Duration::from_secs(1));
-    spooler.report_held_losses()?;
-    share.commit(Instant::now(), true)?;
-    status.save(&share, &spooler, &report, Instant::now());
-    let left = share.lock().stats();
+    spooler.shipper_stopped();
+    spooler.close();
+    status.durable(spooler.durable_seq());
+    status.save(&spooler.stats(), paused, &report, Instant::now());
+    let left = spooler.stats();
     if left.records > 0 {
         log::info!(
             "{} records stay in the spool and are shipped at the next start",
@@ -1089,23 +750,6 @@ fn jitter_seed(agent: &str) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn one_agent_per_state_dir() {
-        let dir = std::env::temp_dir().join(format!("rackhand-lock-{}", std::process::id()));
-        let first = StateLock::acquire(&dir).unwrap();
-        let second = StateLock::acquire(&dir)
-            .err()
-            .expect("the second agent is refused");
-        let text = second.to_string();
-        assert!(
-            text.contains(&format!("(pid {})", std::process::id())),
-            "{text}"
-        );
-        drop(first);
-        StateLock::acquire(&dir).expect("free again once the first is gone");
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
 
     #[test]
     fn header_values_take_secrets_from_env_and_files() {

@@ -220,6 +220,11 @@ impl Batcher {
 
     /// When the open batch's age limit passes: the caller waits (on its own events) until
     /// then and calls [`Batcher::poll`]. `None` when no batch is open.
+    /// The NDJSON body of the batch still open (not yet closed), if any.
+    pub fn open_body(&self) -> Option<&[u8]> {
+        self.open.as_ref().map(|o| o.body.as_slice())
+    }
+
     pub fn deadline(&self) -> Option<Instant> {
         self.open.as_ref().map(|o| o.deadline)
     }

@@ -33,7 +33,7 @@ pub enum Status {
     /// The serial port is held by another program (minicom, screen, ser2net).
     PortBusy,
     /// Not a command's record: the agent's own report that records were lost or collections
-    /// paused because the spool was full (see [`Gap`]). Never produced by a driver.
+    /// paused (see [`Gap`] and [`GapCause`]). Never produced by a driver.
     Gap,
 }
 
@@ -80,17 +80,68 @@ pub struct Record {
     pub gap: Option<Gap>,
 }
 
-/// What a full spool cost, reported upstream as its own record so a loss is never silent.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+/// Why records were lost or collections did not happen: a gap record's `gap.cause`.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum GapCause {
+    /// The spool reached `spool_max_bytes`: `drop_oldest` deleted unshipped records, or
+    /// `block` paused collections.
+    SpoolFull,
+    /// A spooled record was damaged on the card (a bad checksum, a torn or garbled frame).
+    Corrupt,
+    /// A spool segment could not be read at all (an I/O error on the card).
+    Unreadable,
+    /// Writing the spool failed for another reason than space (EIO on the card).
+    IoError,
+    /// The filesystem holding `state_dir` was full.
+    DiskFull,
+    /// Upstream refused records for good (e.g. too large for it); they went whole to the
+    /// dead-letter file.
+    Rejected,
+}
+
+impl GapCause {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GapCause::SpoolFull => "spool_full",
+            GapCause::Corrupt => "corrupt",
+            GapCause::Unreadable => "unreadable",
+            GapCause::IoError => "io_error",
+            GapCause::DiskFull => "disk_full",
+            GapCause::Rejected => "rejected",
+        }
+    }
+
+    pub const ALL: [GapCause; 6] = [
+        GapCause::SpoolFull,
+        GapCause::Corrupt,
+        GapCause::Unreadable,
+        GapCause::IoError,
+        GapCause::DiskFull,
+        GapCause::Rejected,
+    ];
+}
+
+/// What was lost or paused, reported upstream as its own record so a loss is never silent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Gap {
-    /// `drop_oldest` or `block` (the `spool_full` in force).
+    pub cause: GapCause,
+    /// The `spool_full` policy in force (`block` or `drop_oldest`).
     pub policy: String,
-    /// Unshipped records deleted to make room (drop_oldest), since the previous gap record.
+    /// The seqs of the lost records as `[first, last]` ranges, where they are known. A range
+    /// may be wider than what it lost (seqs are not always consecutive: a restart skips some).
+    pub lost: Vec<[u64; 2]>,
+    /// True when more ranges were lost than one record can list; the counts stay exact.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub lost_incomplete: bool,
+    /// Records that will never arrive, since the previous gap record of this cause.
     pub dropped_records: u64,
     pub dropped_bytes: u64,
-    /// Collections not started while the spool was full (block), since the previous one.
+    /// Collections not started (the spool full under `block`, or the disk full or failing).
     pub paused_collections: u64,
-    /// How long collections were paused (block), in milliseconds.
+    /// How long collections were paused, in milliseconds.
     pub paused_ms: u64,
 }
 
@@ -140,19 +191,57 @@ impl Outcome {
 }
 
 impl Record {
-    /// The agent's report of a spool-full loss or pause, as record `seq` of agent `agent`.
-    pub fn gap(agent: &str, seq: u64, gap: Gap, at: SystemTime) -> Record {
-        let error = if gap.policy == "drop_oldest" {
+    /// The agent's report of a loss or pause, as record `seq` of agent `agent`. `detail`
+    /// says where it happened (a segment and offset, an error), when known.
+    pub fn gap(agent: &str, seq: u64, gap: Gap, detail: Option<&str>, at: SystemTime) -> Record {
+        let lost = if gap.dropped_records > 0 || gap.dropped_bytes > 0 {
             format!(
-                "spool full: {} unshipped records ({} bytes) were dropped to make room (spool_full = \"drop_oldest\"); raise spool_max_bytes or fix the uplink",
+                "{} records ({} bytes) will never arrive",
                 gap.dropped_records, gap.dropped_bytes
             )
         } else {
+            String::new()
+        };
+        let paused = if gap.paused_collections > 0 || gap.paused_ms > 0 {
             format!(
-                "spool full: collections were paused for {:.1} s, {} collections not started (spool_full = \"block\"); raise spool_max_bytes or fix the uplink",
+                "collections were paused for {:.1} s, {} not started",
                 gap.paused_ms as f64 / 1000.0,
                 gap.paused_collections
             )
+        } else {
+            String::new()
+        };
+        let what = [lost, paused]
+            .into_iter()
+            .filter(|s| !s.is_empty())
+            .collect::<Vec<_>>()
+            .join("; ");
+        let why = match gap.cause {
+            GapCause::SpoolFull if gap.policy == "drop_oldest" => {
+                "spool full: the oldest unshipped records were dropped to make room (spool_full = \"drop_oldest\"); raise spool_max_bytes or fix the uplink"
+            }
+            GapCause::SpoolFull => {
+                "spool full (spool_full = \"block\"); raise spool_max_bytes or fix the uplink"
+            }
+            GapCause::Corrupt => {
+                "damaged records in the spool (bad checksum or torn frame): check the SD card (dmesg, fsck) and the power supply"
+            }
+            GapCause::Unreadable => {
+                "a spool segment could not be read (I/O error): the SD card is failing, replace it"
+            }
+            GapCause::IoError => {
+                "writing the spool failed (I/O error): the SD card is failing, replace it"
+            }
+            GapCause::DiskFull => {
+                "the disk holding state_dir is full: free space there or lower spool_max_bytes below the free space"
+            }
+            GapCause::Rejected => {
+                "upstream refused these records for good; they are in the dead-letter file"
+            }
+        };
+        let error = match detail {
+            Some(d) => format!("{why}: {what} ({d})"),
+            None => format!("{why}: {what}"),
         };
         Record {
             id: format!("{agent}:{seq}"),

@@ -7,10 +7,12 @@
 //! (temp file, fsync, rename, fsync of the folder) before any of it is handed out. After a
 //! crash the agent starts above the reservation: numbers may be skipped, never repeated.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::fs::{self, File};
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+
+use crate::durable_file::write_durably;
 
 /// How many numbers one write of the seq file reserves.
 pub const BLOCK: u64 = 1024;
@@ -81,34 +83,43 @@ impl Sequence {
     /// continuing above `floor` reuses nothing.
     pub fn open_above(dir: &Path, floor: u64) -> Result<Sequence, SeqError> {
         let sequence = match Sequence::open(dir) {
-            Err(SeqError::Corrupt { path, detail }) => {
-                log::warn!(
-                    "{} is damaged ({detail}); continuing above seq {floor}, the highest the spool has seen",
-                    path.display()
-                );
-                Sequence {
-                    path,
-                    state: Mutex::new(State {
-                        next: floor + 1,
-                        reserved: floor,
-                    }),
-                }
-            }
+            // Unreadable (a bad sector) is no better than damaged; neither stops the agent.
+            Err(SeqError::Io { path, error }) => Sequence::damaged(path, &error.to_string(), floor),
+            Err(SeqError::Corrupt { path, detail }) => Sequence::damaged(path, &detail, floor),
             other => other?,
         };
+        Ok(sequence.above(floor))
+    }
+
+    fn damaged(path: PathBuf, detail: &str, floor: u64) -> Sequence {
+        log::warn!(
+            "{} is damaged ({detail}); continuing above seq {floor}, the highest the spool has seen",
+            path.display()
+        );
+        Sequence {
+            path,
+            state: Mutex::new(State {
+                next: floor + 1,
+                reserved: floor,
+            }),
+        }
+    }
+
+    /// Never hands out `floor` or below.
+    fn above(self, floor: u64) -> Sequence {
         {
-            let mut state = sequence.state.lock().unwrap_or_else(|e| e.into_inner());
+            let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
             if state.next <= floor {
                 log::warn!(
                     "{} is behind the spool (next {} but the spool holds seq {floor}); continuing above {floor}",
-                    sequence.path.display(),
+                    self.path.display(),
                     state.next
                 );
                 state.next = floor + 1;
                 state.reserved = floor;
             }
         }
-        Ok(sequence)
+        self
     }
 
     /// The next number; persists a new reservation first when the current one is used up.
@@ -116,7 +127,7 @@ impl Sequence {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if state.next > state.reserved {
             let reserved = state.next - 1 + BLOCK;
-            write_atomically(&self.path, format!("{reserved}\n").as_bytes()).map_err(|error| {
+            write_durably(&self.path, format!("{reserved}\n").as_bytes()).map_err(|error| {
                 SeqError::Io {
                     path: self.path.clone(),
                     error,
@@ -128,26 +139,6 @@ impl Sequence {
         state.next += 1;
         Ok(n)
     }
-}
-
-/// temp file, fsync, rename over, fsync the folder: the file is the old or the new content,
-/// never a torn mix, also across power loss.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-    }
-    fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        File::open(dir)?.sync_all()?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

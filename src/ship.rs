@@ -1,9 +1,10 @@
 //! The shipper: the thread that moves records from the spool to the sink.
 //!
-//! The agent's loop appends records to the spool and commits them (group commit); only then
-//! does it tell the shipper how far the spool is durable. The shipper reads from the first
-//! record upstream has not acknowledged, cuts batches ([`Batcher`]), hands each to the sink
-//! and acknowledges it in the spool only once the sink returned `Ok`. So a record leaves the
+//! The agent's loop appends records to the spool and commits them (group commit); the
+//! shipper holds the spool's reader, which sees only committed records. It reads from the
+//! first record upstream has not acknowledged, cuts batches ([`Batcher`]), hands each to the
+//! sink and acknowledges it in the spool only once the sink returned `Ok`; records the sink
+//! says upstream refused for good are counted lost (`rejected`) before that. So a record leaves the
 //! spool after upstream has it, never before, and nothing is shipped that a crash could take
 //! back: delivery is at-least-once across crashes of the agent and outages of the uplink.
 //!
@@ -14,21 +15,22 @@
 //!
 //! The sink retries by itself; the shipper only adds a backoff between calls that failed
 //! outright (a full disk under the file sink) and keeps the [`ShipReport`] that logs and
-//! `rackhand status` show.
+//! `rackhand status` show. Damage met while reading is the reader's to count; the shipper
+//! never sees it.
 
 use std::collections::VecDeque;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::batch::{Batch, BatchLimits, Batcher};
-use crate::seq::write_atomically;
-use crate::sink::{Backoff, Jitter, Retry, Sink, StopFlag};
-use crate::spool::{Reader, Spool, SpoolError};
+use crate::durable_file::write_atomically;
+use crate::sink::{Backoff, Jitter, Retry, Shipped, Sink, StopFlag};
+use crate::spool::{Loss, SpoolReader, Waker};
 
 /// The file in `state_dir` that names the last seq of the batch in flight.
 pub const SHIP_CUT_FILE: &str = "ship-cut";
@@ -36,113 +38,6 @@ pub const SHIP_CUT_FILE: &str = "ship-cut";
 /// How long one call to the sink may retry by itself before the shipper looks again (it
 /// calls again at once with the same batch; this only bounds a single call).
 const SHIP_CALL: Duration = Duration::from_secs(3600);
-
-/// The spool, shared by the agent's loop (append, commit) and the shipper (read, ack), and
-/// how far it is durable.
-pub struct SpoolShare {
-    spool: Mutex<Spool>,
-    progress: Mutex<Progress>,
-    changed: Condvar,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Progress {
-    /// Every record up to this seq is committed.
-    durable: u64,
-    /// The agent stops: ship what is durable, then end.
-    closing: bool,
-    stopped: bool,
-}
-
-impl SpoolShare {
-    /// Everything a freshly opened spool holds is on disk already.
-    pub fn new(spool: Spool) -> Arc<SpoolShare> {
-        let durable = spool.stats().last_seq;
-        Arc::new(SpoolShare {
-            spool: Mutex::new(spool),
-            progress: Mutex::new(Progress {
-                durable,
-                closing: false,
-                stopped: false,
-            }),
-            changed: Condvar::new(),
-        })
-    }
-
-    pub fn lock(&self) -> MutexGuard<'_, Spool> {
-        self.spool.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn progress(&self) -> MutexGuard<'_, Progress> {
-        self.progress.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Every record up to this seq is committed.
-    pub fn durable(&self) -> u64 {
-        self.progress().durable
-    }
-
-    /// Records up to `seq` are committed: the shipper may send them.
-    pub fn committed(&self, seq: u64) {
-        let mut p = self.progress();
-        if seq > p.durable {
-            p.durable = seq;
-            self.changed.notify_all();
-        }
-    }
-
-    /// Commits the spool if its cadence says so (or now, with `force`, when anything waits),
-    /// and tells the shipper.
-    pub fn commit(&self, now: Instant, force: bool) -> Result<bool, SpoolError> {
-        let last = {
-            let mut spool = self.lock();
-            let done = if force {
-                if spool.stats().uncommitted_records > 0 {
-                    spool.commit()?;
-                }
-                true
-            } else {
-                spool.commit_if_due(now)?
-            };
-            if !done {
-                return Ok(false);
-            }
-            spool.stats().last_seq
-        };
-        self.committed(last);
-        Ok(true)
-    }
-
-    fn set(&self, f: impl FnOnce(&mut Progress)) {
-        f(&mut self.progress());
-        self.changed.notify_all();
-    }
-
-    /// Waits until records after `seen` are durable, the agent closes or stops, or
-    /// `deadline` passes.
-    fn wait(&self, seen: u64, deadline: Option<Instant>) -> Progress {
-        let mut p = self.progress();
-        // Spurious wakeups loop; each turn waits for what is left of a fixed deadline.
-        while p.durable <= seen && !p.closing && !p.stopped {
-            let left = match deadline {
-                Some(d) => d.saturating_duration_since(Instant::now()),
-                None => Duration::from_secs(60),
-            };
-            if left.is_zero() {
-                break;
-            }
-            p = self
-                .changed
-                .wait_timeout(p, left)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-            if deadline.is_none() {
-                break;
-            }
-        }
-        *p
-    }
-}
 
 /// Where the shipper stands, for logs and `rackhand status`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -156,7 +51,11 @@ pub struct ShipReport {
     pub shipped_records: u64,
     pub shipped_batches: u64,
     pub dead_lettered_batches: u64,
+    /// Records upstream refused for good (in the dead-letter file, reported as `rejected`).
+    pub rejected_records: u64,
     pub dead_letter_file: Option<PathBuf>,
+    /// The oldest record not yet acknowledged: its seq and `started_at`.
+    pub oldest_unshipped: Option<(u64, Option<String>)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -195,7 +94,7 @@ pub struct ShipperOptions {
 
 /// The running shipper thread.
 pub struct Shipper {
-    share: Arc<SpoolShare>,
+    waker: Waker,
     stop: Arc<StopFlag>,
     report: Arc<Mutex<ShipReport>>,
     done: mpsc::Receiver<()>,
@@ -206,7 +105,7 @@ impl Shipper {
     /// Starts shipping from the first unacknowledged record. `on_ack` runs after every
     /// acknowledgement (the agent wakes up: a full spool may have room again).
     pub fn start(
-        share: Arc<SpoolShare>,
+        reader: SpoolReader,
         sink: Box<dyn Sink>,
         options: ShipperOptions,
         on_ack: Box<dyn Fn() + Send>,
@@ -222,11 +121,14 @@ impl Shipper {
             shipped_records: 0,
             shipped_batches: 0,
             dead_lettered_batches: 0,
+            rejected_records: 0,
             dead_letter_file: None,
+            oldest_unshipped: None,
         }));
         let (done_tx, done) = mpsc::channel();
+        let waker = reader.waker();
         let mut worker = Worker {
-            share: Arc::clone(&share),
+            reader,
             sink,
             stop: Arc::clone(&stop),
             report: Arc::clone(&report),
@@ -244,7 +146,7 @@ impl Shipper {
                 let _ = done_tx.send(());
             })?;
         Ok(Shipper {
-            share,
+            waker,
             stop,
             report,
             done,
@@ -262,10 +164,10 @@ impl Shipper {
     /// Ships what is durable for up to `grace`, then stops; what is left stays in the spool
     /// for the next start. Waits at most `attempt` more for a request already on the wire.
     pub fn finish(mut self, grace: Duration, attempt: Duration) -> ShipReport {
-        self.share.set(|p| p.closing = true);
+        self.waker.close();
         if self.done.recv_timeout(grace).is_err() {
             self.stop.stop();
-            self.share.set(|p| p.stopped = true);
+            self.waker.wake();
             if self.done.recv_timeout(attempt).is_err() {
                 log::warn!(
                     "the shipper did not stop within {attempt:?} (a request to upstream is still open); the batch stays in the spool and is sent again at the next start"
@@ -284,13 +186,13 @@ impl Drop for Shipper {
     fn drop(&mut self) {
         if self.thread.is_some() {
             self.stop.stop();
-            self.share.set(|p| p.stopped = true);
+            self.waker.wake();
         }
     }
 }
 
 struct Worker {
-    share: Arc<SpoolShare>,
+    reader: SpoolReader,
     sink: Box<dyn Sink>,
     stop: Arc<StopFlag>,
     report: Arc<Mutex<ShipReport>>,
@@ -307,17 +209,12 @@ impl Worker {
     }
 
     fn run(&mut self) {
-        let acked = self.share.lock().stats().acked;
+        let acked = self.reader.acked();
         let mut cut_written = read_cut(&self.cut_path);
         if let Some(cut) = cut_written.filter(|&c| c > acked) {
             log::info!("resuming the batch that ends at seq {cut} (sent before the restart)");
             self.batcher.resume_cut(cut);
         }
-        // The first seq not yet given to the batcher.
-        let mut next = acked + 1;
-        let mut reader: Option<Reader> = None;
-        let mut generation = self.share.lock().generation();
-        let mut held: Option<(u64, Vec<u8>)> = None;
         let mut ready: VecDeque<Batch> = VecDeque::new();
         loop {
             if self.stop.is_stopped() {
@@ -339,76 +236,33 @@ impl Worker {
                 }
                 if self.ship(batch) {
                     ready.pop_front();
+                    let next = ready
+                        .front()
+                        .map(|b| b.body())
+                        .or_else(|| self.batcher.open_body());
+                    let oldest = next.and_then(first_record);
+                    self.report().oldest_unshipped = oldest;
                 }
                 continue;
             }
-            let progress = *self.share.progress();
-            if progress.stopped {
-                return;
-            }
-            // Read durable records into the batcher until a batch closes or none are left.
+            // Read committed records into the batcher until a batch closes or none are left.
             let now = Instant::now();
             let mut drained = false;
-            // Bounded: each turn consumes one record or ends the reader.
+            // Bounded: each turn consumes one record or ends.
             loop {
-                let item = match held.take() {
-                    Some(item) => Some(Ok(item)),
-                    None => {
-                        // Under the spool's lock, so drop-oldest sees exactly what was read:
-                        // a record read before its segment is dropped is in memory and will
-                        // be shipped; one not read by then is lost, and never read after.
-                        let mut spool = self.share.lock();
-                        if spool.generation() != generation {
-                            generation = spool.generation();
-                            reader = None;
-                        }
-                        if reader.is_none() {
-                            match spool.read_from(next) {
-                                Ok(r) => reader = Some(r),
-                                Err(e) => {
-                                    drop(spool);
-                                    self.failed(&format!("cannot read the spool: {e}"));
-                                    break;
-                                }
-                            }
-                        }
-                        let item = reader.as_mut().and_then(Iterator::next);
-                        if let Some(Ok((seq, _))) = &item {
-                            spool.note_read(*seq);
-                        }
-                        item
-                    }
+                let Some((seq, payload)) = self.reader.next_record() else {
+                    drained = true;
+                    break;
                 };
-                match item {
-                    None => {
-                        reader = None;
-                        drained = true;
-                        break;
-                    }
-                    Some(Err(e)) => {
-                        // The reader goes on with the next segment; the damaged part is
-                        // repaired (and counted) at the next start.
-                        log::error!("{e}");
-                        self.note(&e.to_string());
-                    }
-                    Some(Ok((seq, payload))) => {
-                        if seq > progress.durable {
-                            held = Some((seq, payload));
-                            drained = true;
-                            break;
-                        }
-                        if seq < next {
-                            continue;
-                        }
-                        next = seq + 1;
-                        match self.batcher.push(seq, &payload, now) {
-                            Ok(closed) => ready.extend(closed),
-                            Err(e) => log::error!("{e}"),
-                        }
-                        if !ready.is_empty() {
-                            break;
-                        }
-                    }
+                if self.report().oldest_unshipped.is_none() {
+                    self.report().oldest_unshipped = first_record(&payload);
+                }
+                match self.batcher.push(seq, &payload, now) {
+                    Ok(closed) => ready.extend(closed),
+                    Err(e) => log::error!("{e}"),
+                }
+                if !ready.is_empty() {
+                    break;
                 }
             }
             if !ready.is_empty() {
@@ -418,7 +272,7 @@ impl Worker {
                 ready.push_back(batch);
                 continue;
             }
-            if drained && progress.closing && next > progress.durable {
+            if drained && self.reader.closing() {
                 match self.batcher.flush() {
                     Some(batch) => {
                         ready.push_back(batch);
@@ -429,7 +283,7 @@ impl Worker {
             }
             if drained {
                 self.report().state = ShipState::Idle;
-                self.share.wait(next - 1, self.batcher.deadline());
+                self.reader.wait(self.batcher.deadline());
             }
         }
     }
@@ -448,35 +302,7 @@ impl Worker {
         let until = Instant::now() + SHIP_CALL;
         match self.sink.ship(batch, until, &self.stop, &mut observe) {
             Ok(shipped) => {
-                let acked = self.share.lock().ack(batch.last_seq());
-                if let Err(e) = acked {
-                    // Delivered, but not marked: it is sent again later (a duplicate, not a
-                    // loss). Wait before trying, so a broken disk does not spin.
-                    self.failed(&format!(
-                        "batch {} was delivered but cannot be acknowledged in the spool: {e}",
-                        batch.idempotency_key()
-                    ));
-                    return false;
-                }
-                let mut r = self.report();
-                if r.consecutive_failures > 0 {
-                    log::info!(
-                        "{}: delivering again after {} failed attempt(s)",
-                        r.sink,
-                        r.consecutive_failures
-                    );
-                }
-                r.state = ShipState::Idle;
-                r.consecutive_failures = 0;
-                r.last_ack_at = Some(SystemTime::now());
-                r.shipped_records += batch.len() as u64;
-                r.shipped_batches += 1;
-                if let Some(path) = shipped.dead_letter {
-                    r.dead_lettered_batches += 1;
-                    r.dead_letter_file = Some(path);
-                }
-                drop(r);
-                (self.on_ack)();
+                self.delivered(batch, shipped);
                 true
             }
             Err(e) => {
@@ -491,11 +317,52 @@ impl Worker {
         }
     }
 
-    /// Records an error that does not stop shipping (a damaged record skipped).
-    fn note(&mut self, error: &str) {
+    /// Upstream took `batch` (but what it refused for good, which is counted lost first):
+    /// it leaves the spool.
+    fn delivered(&mut self, batch: &Batch, shipped: Shipped) {
+        let mut rejected_records = 0;
+        for r in &shipped.rejected {
+            rejected_records += r.records;
+            log::error!(
+                "{} record(s) (seq {}-{}) refused for good: {}; they are in {}",
+                r.records,
+                r.first_seq,
+                r.last_seq,
+                r.reason,
+                r.dead_letter.display()
+            );
+            self.reader.rejected(
+                Loss::range(r.first_seq, r.last_seq, r.records, r.bytes).with_detail(format!(
+                    "{}; written whole to {}",
+                    r.reason,
+                    r.dead_letter.display()
+                )),
+            );
+        }
+        if let Err(e) = self.reader.ack(batch.last_seq()) {
+            // Only a bug gets here (acknowledging what was never read).
+            log::error!("batch {}: {e}", batch.idempotency_key());
+        }
         let mut r = self.report();
-        r.last_error = Some(error.to_string());
-        r.last_error_at = Some(SystemTime::now());
+        if r.consecutive_failures > 0 {
+            log::info!(
+                "{}: delivering again after {} failed attempt(s)",
+                r.sink,
+                r.consecutive_failures
+            );
+        }
+        r.state = ShipState::Idle;
+        r.consecutive_failures = 0;
+        r.last_ack_at = Some(SystemTime::now());
+        r.shipped_records += batch.len() as u64 - rejected_records;
+        r.shipped_batches += 1;
+        if let Some(first) = shipped.rejected.first() {
+            r.dead_lettered_batches += 1;
+            r.rejected_records += rejected_records;
+            r.dead_letter_file = Some(first.dead_letter.clone());
+        }
+        drop(r);
+        (self.on_ack)();
     }
 
     /// Records a failure and waits the backoff (or until stopped).
@@ -513,6 +380,14 @@ impl Worker {
     }
 }
 
+/// The seq and `started_at` of the first record in an NDJSON body (or one record's JSON).
+fn first_record(body: &[u8]) -> Option<(u64, Option<String>)> {
+    let line = body.split(|&b| b == b'\n').next()?;
+    let v: serde_json::Value = serde_json::from_slice(line).ok()?;
+    let seq = v["seq"].as_u64()?;
+    Some((seq, v["started_at"].as_str().map(str::to_string)))
+}
+
 fn read_cut(path: &Path) -> Option<u64> {
     fs::read_to_string(path).ok()?.trim().parse().ok()
 }
@@ -520,8 +395,8 @@ fn read_cut(path: &Path) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sink::{Shipped, SinkError};
-    use crate::spool::SpoolOptions;
+    use crate::sink::SinkError;
+    use crate::spool::{Spool, SpoolOptions, SpoolWriter};
 
     /// A sink that keeps what it was given and fails its first `fail` calls.
     #[derive(Clone, Default)]
@@ -554,7 +429,7 @@ mod tests {
             ));
             Ok(Shipped {
                 attempts: 1,
-                dead_letter: None,
+                rejected: Vec::new(),
             })
         }
 
@@ -581,18 +456,14 @@ mod tests {
         }
     }
 
-    fn spool(dir: &Path) -> Arc<SpoolShare> {
-        SpoolShare::new(
-            Spool::open(&dir.join("spool"), SpoolOptions::default())
-                .unwrap()
-                .0,
-        )
+    fn spool(dir: &Path) -> (SpoolWriter, SpoolReader) {
+        let (w, r, _) = Spool::open(&dir.join("spool"), SpoolOptions::default()).unwrap();
+        (w, r)
     }
 
-    fn append(share: &SpoolShare, seqs: std::ops::RangeInclusive<u64>) {
-        let mut spool = share.lock();
+    fn append(writer: &mut SpoolWriter, seqs: std::ops::RangeInclusive<u64>) {
         for seq in seqs {
-            spool
+            writer
                 .append(seq, format!("{{\"seq\":{seq}}}").as_bytes())
                 .unwrap();
         }
@@ -610,9 +481,9 @@ mod tests {
     }
 
     /// Waits (bounded) until the spool has acknowledged `seq`, woken by each ack.
-    fn wait_acked(share: &SpoolShare, acked: &mpsc::Receiver<()>, seq: u64) {
+    fn wait_acked(writer: &SpoolWriter, acked: &mpsc::Receiver<()>, seq: u64) {
         let until = Instant::now() + Duration::from_secs(10);
-        while share.lock().stats().acked < seq {
+        while writer.stats().acked < seq {
             let left = until.saturating_duration_since(Instant::now());
             assert!(
                 acked.recv_timeout(left).is_ok(),
@@ -625,30 +496,25 @@ mod tests {
     fn committed_records_leave_in_seq_ordered_batches_and_uncommitted_ones_wait() {
         let tmp = TempDir::new();
         let dir = tmp.0.clone();
-        let share = spool(&dir);
+        let (mut writer, reader) = spool(&dir);
         let sink = Recorder::default();
         let (on_ack, acked) = acks();
-        let shipper = Shipper::start(
-            Arc::clone(&share),
-            Box::new(sink.clone()),
-            options(&dir, 4),
-            on_ack,
-        )
-        .unwrap();
-        append(&share, 1..=10);
-        share.commit(Instant::now(), true).unwrap();
-        append(&share, 11..=12);
-        wait_acked(&share, &acked, 10);
+        let shipper =
+            Shipper::start(reader, Box::new(sink.clone()), options(&dir, 4), on_ack).unwrap();
+        append(&mut writer, 1..=10);
+        writer.commit();
+        append(&mut writer, 11..=12);
+        wait_acked(&writer, &acked, 10);
         // 11 and 12 are in the spool but not durable: nothing of them may be shipped.
         assert!(sink.got.lock().unwrap().iter().all(|b| b.2 <= 10));
-        share.commit(Instant::now(), true).unwrap();
+        writer.commit();
         let report = shipper.finish(Duration::from_secs(5), Duration::from_secs(1));
         let got = sink.got.lock().unwrap().clone();
         let ranges: Vec<(u64, u64)> = got.iter().map(|b| (b.1, b.2)).collect();
         assert_eq!(ranges, vec![(1, 4), (5, 8), (9, 10), (11, 12)]);
         assert_eq!(got[0].0, "a:1-4");
         assert_eq!(report.shipped_records, 12);
-        assert_eq!(share.lock().stats().records, 0);
+        assert_eq!(writer.stats().records, 0);
         assert_eq!(report.state, ShipState::Stopped);
     }
 
@@ -656,22 +522,17 @@ mod tests {
     fn a_failing_sink_gets_the_same_batch_again_until_it_takes_it() {
         let tmp = TempDir::new();
         let dir = tmp.0.clone();
-        let share = spool(&dir);
+        let (mut writer, reader) = spool(&dir);
         let sink = Recorder {
             fail: 3,
             ..Recorder::default()
         };
         let (on_ack, acked) = acks();
-        let shipper = Shipper::start(
-            Arc::clone(&share),
-            Box::new(sink.clone()),
-            options(&dir, 5),
-            on_ack,
-        )
-        .unwrap();
-        append(&share, 1..=5);
-        share.commit(Instant::now(), true).unwrap();
-        wait_acked(&share, &acked, 5);
+        let shipper =
+            Shipper::start(reader, Box::new(sink.clone()), options(&dir, 5), on_ack).unwrap();
+        append(&mut writer, 1..=5);
+        writer.commit();
+        wait_acked(&writer, &acked, 5);
         let report = shipper.finish(Duration::from_secs(5), Duration::from_secs(1));
         assert_eq!(*sink.calls.lock().unwrap(), 4);
         assert_eq!(sink.got.lock().unwrap()[0].0, "a:1-5");
@@ -685,19 +546,14 @@ mod tests {
         let dir = tmp.0.clone();
         // Before the crash: a batch 1-3 was cut by its age and sent, never acknowledged.
         std::fs::write(dir.join(SHIP_CUT_FILE), "3\n").unwrap();
-        let share = spool(&dir);
-        append(&share, 1..=8);
-        share.commit(Instant::now(), true).unwrap();
+        let (mut writer, reader) = spool(&dir);
+        append(&mut writer, 1..=8);
+        writer.commit();
         let sink = Recorder::default();
         let (on_ack, acked) = acks();
-        let shipper = Shipper::start(
-            Arc::clone(&share),
-            Box::new(sink.clone()),
-            options(&dir, 100),
-            on_ack,
-        )
-        .unwrap();
-        wait_acked(&share, &acked, 8);
+        let shipper =
+            Shipper::start(reader, Box::new(sink.clone()), options(&dir, 100), on_ack).unwrap();
+        wait_acked(&writer, &acked, 8);
         shipper.finish(Duration::from_secs(5), Duration::from_secs(1));
         let keys: Vec<String> = sink
             .got

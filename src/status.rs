@@ -92,6 +92,19 @@ pub struct SpoolStatus {
     pub paused: bool,
     /// Collections not started because of it, since the agent started.
     pub paused_collections: u64,
+    /// Records collected that wait in memory because the disk refuses writes.
+    pub waiting_in_memory: u64,
+    /// The disk refuses writes: the error (naming the file and the free space), its cause
+    /// (`disk_full`, `io_error`) and since when. `None` while the spool writes fine.
+    pub storage_error: Option<String>,
+    pub storage_error_cause: Option<String>,
+    pub storage_error_since: Option<String>,
+    /// The checkpoint could not be written at the last acknowledgement.
+    pub checkpoint_error: bool,
+    /// Records counted lost since the agent started, per cause (`corrupt`, `disk_full`, …).
+    pub lost: BTreeMap<String, u64>,
+    /// Records counted lost and not yet reported upstream in a gap record.
+    pub unreported_lost: u64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -111,6 +124,8 @@ pub struct UpstreamStatus {
     pub shipped_records: u64,
     pub shipped_batches: u64,
     pub dead_lettered_batches: u64,
+    /// Records upstream refused for good (reported as `rejected`).
+    pub rejected_records: u64,
     pub dead_letter_file: Option<String>,
 }
 
@@ -221,9 +236,17 @@ impl AgentStatus {
         // whole file: after a crash the name points at the old or the new content (ext4's
         // rename heuristics flush the new data first; at worst it is empty, which `load`
         // reports and the agent replaces).
-        let written = fs::File::create(&tmp)
-            .and_then(|mut f| f.write_all(&bytes))
-            .and_then(|()| fs::rename(&tmp, &path));
+        let written = {
+            use std::os::unix::fs::OpenOptionsExt;
+            fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(crate::durable_file::FILE_MODE)
+                .open(&tmp)
+        }
+        .and_then(|mut f| f.write_all(&bytes))
+        .and_then(|()| fs::rename(&tmp, &path));
         written.map_err(|source| {
             let _ = fs::remove_file(&tmp);
             StatusError::Write { path, source }

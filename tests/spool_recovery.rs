@@ -1,11 +1,18 @@
-//! The spool after each known kind of crash damage: it opens without a manual step, reports
-//! what it did, keeps every intact record, and goes on appending and reading.
+//! The spool after each known kind of crash damage on a real filesystem: it opens without a
+//! manual step, reports what it did, keeps every intact record, counts every lost one in its
+//! ledger, and goes on appending and reading. (Faults a real disk cannot be made to produce on
+//! cue are in tests/spool_faults.rs, on the in-memory filesystem.)
 
 use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use rackhand::spool::{FullPolicy, Spool, SpoolError, SpoolOptions};
+use std::time::Instant;
+
+use rackhand::record::GapCause;
+use rackhand::spool::{
+    FullPolicy, Loss, RecoveryReport, Spool, SpoolError, SpoolOptions, SpoolReader, SpoolWriter,
+};
 
 /// A fresh folder per test, removed in `Drop` (also when the test fails).
 struct TempDir(PathBuf);
@@ -39,25 +46,32 @@ fn small_segments() -> SpoolOptions {
     }
 }
 
-fn fill(dir: &Path, options: SpoolOptions, seqs: impl IntoIterator<Item = u64>) {
-    let (mut spool, report) = Spool::open(dir, options).unwrap();
-    assert!(!report.found_damage(), "{report:?}");
-    for seq in seqs {
-        spool.append(seq, &payload(seq)).unwrap();
-    }
-    spool.commit().unwrap();
+fn open(dir: &Path, options: SpoolOptions) -> (SpoolWriter, SpoolReader, RecoveryReport) {
+    Spool::open(dir, options).unwrap()
 }
 
-fn seqs(spool: &mut Spool) -> Vec<u64> {
-    spool
-        .read_from(0)
-        .unwrap()
-        .map(|r| {
-            let (seq, bytes) = r.unwrap();
+fn fill(dir: &Path, options: SpoolOptions, seqs: impl IntoIterator<Item = u64>) {
+    let (mut writer, _, report) = open(dir, options);
+    assert!(!report.found_damage(), "{report:?}");
+    for seq in seqs {
+        writer.append(seq, &payload(seq)).unwrap();
+    }
+    writer.commit();
+}
+
+/// Every record the reader gives, checked against what was written.
+fn seqs(reader: &mut SpoolReader) -> Vec<u64> {
+    std::iter::from_fn(|| reader.next_record())
+        .map(|(seq, bytes)| {
             assert_eq!(bytes, payload(seq), "payload of {seq}");
             seq
         })
         .collect()
+}
+
+/// The losses the ledger holds for gap records, all of them.
+fn losses(writer: &mut SpoolWriter) -> Vec<(GapCause, Loss)> {
+    writer.take_losses(Instant::now(), true)
 }
 
 fn segment_files(dir: &Path) -> Vec<PathBuf> {
@@ -76,20 +90,20 @@ fn last_segment(dir: &Path) -> PathBuf {
 
 /// Reopens after damage, and shows the spool still takes and gives records.
 fn goes_on(dir: &Path, options: SpoolOptions, expect: &[u64]) {
-    let (mut spool, _) = Spool::open(dir, options.clone()).unwrap();
-    assert_eq!(seqs(&mut spool), expect);
-    let next = spool.stats().last_seq + 1;
-    spool.append(next, &payload(next)).unwrap();
-    spool.commit().unwrap();
-    drop(spool);
-    let (mut spool, report) = Spool::open(dir, options).unwrap();
+    let (mut writer, mut reader, _) = open(dir, options.clone());
+    assert_eq!(seqs(&mut reader), expect);
+    let next = writer.stats().last_seq + 1;
+    writer.append(next, &payload(next)).unwrap();
+    writer.commit();
+    drop((writer, reader));
+    let (_, mut reader, report) = open(dir, options);
     assert!(
         !report.found_damage(),
         "a repaired spool reopens clean: {report:?}"
     );
     let mut with_next = expect.to_vec();
     with_next.push(next);
-    assert_eq!(seqs(&mut spool), with_next);
+    assert_eq!(seqs(&mut reader), with_next);
 }
 
 #[test]
@@ -100,27 +114,25 @@ fn a_clean_spool_reopens_with_every_record() {
         segment_files(&dir.0).len() > 1,
         "the test needs several segments"
     );
-    let (mut spool, report) = Spool::open(&dir.0, small_segments()).unwrap();
+    let (writer, mut reader, report) = open(&dir.0, small_segments());
     assert!(!report.found_damage(), "{report:?}");
     assert_eq!(report.records, 30);
-    assert_eq!(seqs(&mut spool), (1..=30).collect::<Vec<_>>());
-    let stats = spool.stats();
+    assert_eq!(
+        report.segments_scanned, 0,
+        "sealed segments open by their footer"
+    );
+    assert_eq!(seqs(&mut reader), (1..=30).collect::<Vec<_>>());
+    let stats = writer.stats();
     assert_eq!(
         (stats.records, stats.oldest_unshipped, stats.last_seq),
         (30, Some(1), 30)
     );
-    assert_eq!(
-        spool
-            .read_from(17)
-            .unwrap()
-            .map(|r| r.unwrap().0)
-            .collect::<Vec<_>>(),
-        (17..=30).collect::<Vec<_>>()
-    );
+    reader.seek(17);
+    assert_eq!(seqs(&mut reader), (17..=30).collect::<Vec<_>>());
 }
 
 #[test]
-fn a_torn_tail_is_cut_to_the_last_whole_record() {
+fn a_torn_tail_is_cut_to_the_last_whole_record_and_its_record_counted() {
     let dir = TempDir::new("torn");
     fill(&dir.0, SpoolOptions::default(), 1..=10);
     let seg = last_segment(&dir.0);
@@ -131,11 +143,19 @@ fn a_torn_tail_is_cut_to_the_last_whole_record() {
         .unwrap()
         .set_len(len - 5)
         .unwrap();
-    let (spool, report) = Spool::open(&dir.0, SpoolOptions::default()).unwrap();
+    let (mut writer, reader, report) = open(&dir.0, SpoolOptions::default());
     let last_frame = 16 + payload(10).len() as u64;
     assert_eq!(report.tail_bytes_cut, last_frame - 5, "{report:?}");
     assert_eq!(fs::metadata(&seg).unwrap().len(), len - last_frame);
-    drop(spool);
+    let lost = losses(&mut writer);
+    assert_eq!(lost.len(), 1, "{lost:?}");
+    assert_eq!(lost[0].0, GapCause::Corrupt);
+    assert_eq!(
+        lost[0].1.lost,
+        vec![(10, 10)],
+        "the torn frame names its record"
+    );
+    drop((writer, reader));
     goes_on(
         &dir.0,
         SpoolOptions::default(),
@@ -156,10 +176,10 @@ fn a_garbage_tail_is_cut() {
         .unwrap()
         .write_all(&garbage)
         .unwrap();
-    let (spool, report) = Spool::open(&dir.0, SpoolOptions::default()).unwrap();
+    let (writer, reader, report) = open(&dir.0, SpoolOptions::default());
     assert_eq!(report.tail_bytes_cut, garbage.len() as u64, "{report:?}");
     assert_eq!(report.corrupt_spans, 0);
-    drop(spool);
+    drop((writer, reader));
     goes_on(
         &dir.0,
         SpoolOptions::default(),
@@ -177,13 +197,17 @@ fn a_zero_filled_tail_is_cut() {
         .unwrap()
         .write_all(&[0u8; 4096])
         .unwrap();
-    let (spool, report) = Spool::open(&dir.0, SpoolOptions::default()).unwrap();
+    let (mut writer, reader, report) = open(&dir.0, SpoolOptions::default());
     assert_eq!(report.tail_bytes_cut, 4096, "{report:?}");
     assert!(
         report.actions.iter().any(|a| a.contains(".seg")),
         "{report:?}"
     );
-    drop(spool);
+    // Zeros name no record: reported by size only.
+    let lost = losses(&mut writer);
+    assert_eq!(lost.len(), 1, "{lost:?}");
+    assert_eq!((lost[0].1.records, lost[0].1.bytes), (0, 4096));
+    drop((writer, reader));
     goes_on(
         &dir.0,
         SpoolOptions::default(),
@@ -192,7 +216,7 @@ fn a_zero_filled_tail_is_cut() {
 }
 
 #[test]
-fn a_flipped_bit_mid_segment_skips_that_record_only() {
+fn a_flipped_bit_in_the_tail_found_at_open_loses_that_record_only_and_counts_it() {
     let dir = TempDir::new("bitflip");
     fill(&dir.0, SpoolOptions::default(), 1..=10);
     let seg = last_segment(&dir.0);
@@ -200,14 +224,30 @@ fn a_flipped_bit_mid_segment_skips_that_record_only() {
     let fifth: usize = (1..5).map(|s| 16 + payload(s).len()).sum();
     bytes[fifth + 16 + 3] ^= 0x04;
     fs::write(&seg, &bytes).unwrap();
-    let (spool, report) = Spool::open(&dir.0, SpoolOptions::default()).unwrap();
+    let (mut writer, mut reader, report) = open(&dir.0, SpoolOptions::default());
     assert_eq!(report.corrupt_spans, 1, "{report:?}");
     assert_eq!(report.corrupt_bytes_skipped, (16 + payload(5).len()) as u64);
     assert_eq!(report.tail_bytes_cut, 0);
+    assert_eq!(report.records_lost, 1);
     assert!(report.found_damage());
-    drop(spool);
     let expect: Vec<u64> = (1..=10).filter(|&s| s != 5).collect();
-    goes_on(&dir.0, SpoolOptions::default(), &expect);
+    assert_eq!(seqs(&mut reader), expect, "the reader passes it by, once");
+    let lost = losses(&mut writer);
+    assert_eq!(
+        lost.len(),
+        1,
+        "counted once, at open, not again by the reader: {lost:?}"
+    );
+    assert_eq!((lost[0].0, lost[0].1.records), (GapCause::Corrupt, 1));
+    assert_eq!(lost[0].1.lost, vec![(5, 5)]);
+    drop((writer, reader));
+    // The damage stays in the file until its segment goes: a restart does not count it
+    // again (and the loss, taken above but never written as a gap record, is still due once).
+    let (mut writer, mut reader, _) = open(&dir.0, SpoolOptions::default());
+    assert_eq!(seqs(&mut reader), expect);
+    let lost = losses(&mut writer);
+    assert_eq!(lost.len(), 1, "{lost:?}");
+    assert_eq!(lost[0].1.records, 1, "counted once: {lost:?}");
 }
 
 #[test]
@@ -219,11 +259,81 @@ fn a_flipped_bit_in_a_length_field_is_resynchronised() {
     let third: usize = (1..3).map(|s| 16 + payload(s).len()).sum();
     bytes[third + 3] ^= 0x80; // the length's top byte: an impossible length
     fs::write(&seg, &bytes).unwrap();
-    let (spool, report) = Spool::open(&dir.0, SpoolOptions::default()).unwrap();
+    let (mut writer, mut reader, report) = open(&dir.0, SpoolOptions::default());
     assert_eq!(report.corrupt_spans, 1, "{report:?}");
-    drop(spool);
     let expect: Vec<u64> = (1..=10).filter(|&s| s != 3).collect();
-    goes_on(&dir.0, SpoolOptions::default(), &expect);
+    assert_eq!(seqs(&mut reader), expect);
+    let lost = losses(&mut writer);
+    assert_eq!(
+        lost[0].1.lost,
+        vec![(3, 3)],
+        "bounded by its good neighbours"
+    );
+}
+
+#[test]
+fn damage_in_a_sealed_segment_found_while_shipping_loses_only_that_record_and_is_counted() {
+    let dir = TempDir::new("rot");
+    fill(&dir.0, small_segments(), 1..=30);
+    let first = &segment_files(&dir.0)[0];
+    let mut bytes = fs::read(first).unwrap();
+    // Inside the payload of the second record of the first (sealed) segment.
+    let second = 16 + payload(1).len();
+    bytes[second + 16 + 2] ^= 0x01;
+    fs::write(first, &bytes).unwrap();
+    let (mut writer, mut reader, report) = open(&dir.0, small_segments());
+    assert!(
+        !report.found_damage(),
+        "opening reads no sealed segment: {report:?}"
+    );
+    let got = seqs(&mut reader);
+    let expect: Vec<u64> = (1..=30).filter(|&s| s != 2).collect();
+    assert_eq!(got, expect, "the rest of the damaged segment is still read");
+    let lost = losses(&mut writer);
+    assert_eq!(lost.len(), 1, "{lost:?}");
+    assert_eq!(lost[0].0, GapCause::Corrupt);
+    assert_eq!(
+        (lost[0].1.records, lost[0].1.lost.clone()),
+        (1, vec![(2, 2)])
+    );
+    assert!(
+        lost[0].1.detail.as_deref().unwrap().contains(".seg"),
+        "{lost:?}"
+    );
+    // Acknowledging past it deletes the segment: the loss is already counted.
+    reader.ack(30).unwrap();
+    assert_eq!(writer.stats().records, 0);
+}
+
+#[test]
+fn records_spooled_under_a_larger_config_are_read_whole_after_a_restart_with_a_smaller_one() {
+    let dir = TempDir::new("shrink");
+    let big = SpoolOptions {
+        segment_bytes: 8 << 20,
+        max_bytes: 64 << 20,
+        max_record_bytes: 4 << 20,
+        ..SpoolOptions::default()
+    };
+    let large: Vec<u8> = (0..(3 << 20)).map(|i| b'a' + (i % 26) as u8).collect();
+    {
+        let (mut writer, _, _) = open(&dir.0, big);
+        for seq in 1..=5 {
+            writer.append(seq, &large).unwrap();
+        }
+        writer.commit();
+    }
+    let small = SpoolOptions {
+        segment_bytes: 64 << 10,
+        max_bytes: 1 << 20,
+        max_record_bytes: 64 << 10,
+        ..SpoolOptions::default()
+    };
+    let (mut writer, mut reader, report) = open(&dir.0, small);
+    assert!(!report.found_damage(), "{report:?}");
+    let got: Vec<(u64, Vec<u8>)> = std::iter::from_fn(|| reader.next_record()).collect();
+    assert_eq!(got.len(), 5);
+    assert!(got.iter().all(|(_, p)| *p == large), "delivered whole");
+    assert!(losses(&mut writer).is_empty());
 }
 
 #[test]
@@ -235,20 +345,20 @@ fn a_missing_middle_segment_leaves_the_others_readable() {
         files.len() >= 3,
         "the test needs three segments, has {files:?}"
     );
-    let (mut spool, _) = Spool::open(&dir.0, small_segments()).unwrap();
-    let all = seqs(&mut spool);
-    drop(spool);
+    let (_, mut reader, _) = open(&dir.0, small_segments());
+    let all = seqs(&mut reader);
+    drop(reader);
     fs::remove_file(&files[1]).unwrap();
-    let (mut spool, report) = Spool::open(&dir.0, small_segments()).unwrap();
+    let (_, mut reader, report) = open(&dir.0, small_segments());
     assert_eq!(report.segments, files.len() - 1);
-    let left = seqs(&mut spool);
+    let left = seqs(&mut reader);
     assert!(
         left.len() < all.len() && left.windows(2).all(|w| w[0] < w[1]),
         "{left:?}"
     );
     assert_eq!(left.first(), all.first());
     assert_eq!(left.last(), all.last());
-    drop(spool);
+    drop(reader);
     goes_on(&dir.0, small_segments(), &left);
 }
 
@@ -257,11 +367,34 @@ fn a_segment_with_nothing_intact_is_removed() {
     let dir = TempDir::new("allbad");
     fill(&dir.0, SpoolOptions::default(), 1..=3);
     fs::write(dir.0.join(format!("{:020}.seg", 100)), [0u8; 700]).unwrap();
-    let (spool, report) = Spool::open(&dir.0, SpoolOptions::default()).unwrap();
+    let (writer, reader, report) = open(&dir.0, SpoolOptions::default());
     assert_eq!(report.segments_removed, 1, "{report:?}");
     assert_eq!(report.tail_bytes_cut, 700);
-    drop(spool);
+    drop((writer, reader));
     goes_on(&dir.0, SpoolOptions::default(), &[1, 2, 3]);
+}
+
+#[test]
+fn a_segment_sealed_by_an_older_rackhand_is_scanned_once_and_given_a_footer() {
+    let dir = TempDir::new("legacy");
+    fill(&dir.0, small_segments(), 1..=30);
+    let files = segment_files(&dir.0);
+    // Strip the footer of the first segment, as rackhand 0.1 wrote them.
+    let len = fs::metadata(&files[0]).unwrap().len();
+    OpenOptions::new()
+        .write(true)
+        .open(&files[0])
+        .unwrap()
+        .set_len(len - 48)
+        .unwrap();
+    let (_, mut reader, report) = open(&dir.0, small_segments());
+    assert_eq!(report.segments_scanned, 1, "{report:?}");
+    assert!(!report.found_damage(), "{report:?}");
+    assert_eq!(seqs(&mut reader), (1..=30).collect::<Vec<_>>());
+    drop(reader);
+    assert_eq!(fs::metadata(&files[0]).unwrap().len(), len, "footer added");
+    let (_, _, report) = open(&dir.0, small_segments());
+    assert_eq!(report.segments_scanned, 0);
 }
 
 #[test]
@@ -271,11 +404,11 @@ fn orphan_temp_files_are_removed_and_other_files_left_alone() {
     fs::write(dir.0.join("checkpoint.tmp"), "4").unwrap();
     fs::write(dir.0.join(format!("{:020}.tmp", 1)), b"half a rewrite").unwrap();
     fs::write(dir.0.join("README"), "kept").unwrap();
-    let (spool, report) = Spool::open(&dir.0, SpoolOptions::default()).unwrap();
+    let (writer, reader, report) = open(&dir.0, SpoolOptions::default());
     assert_eq!(report.temp_files_removed, 2, "{report:?}");
     assert!(!dir.0.join("checkpoint.tmp").exists());
     assert!(dir.0.join("README").exists());
-    drop(spool);
+    drop((writer, reader));
     goes_on(&dir.0, SpoolOptions::default(), &[1, 2, 3, 4, 5]);
 }
 
@@ -284,12 +417,12 @@ fn a_checkpoint_ahead_of_the_data_acknowledges_it_and_keeps_seqs_above_it() {
     let dir = TempDir::new("ahead");
     fill(&dir.0, small_segments(), 1..=20);
     fs::write(dir.0.join("checkpoint"), "1000\n").unwrap();
-    let (mut spool, report) = Spool::open(&dir.0, small_segments()).unwrap();
+    let (mut writer, mut reader, report) = open(&dir.0, small_segments());
     assert!(report.checkpoint_ahead, "{report:?}");
     assert!(report.acked_segments_removed >= 1);
     assert!(segment_files(&dir.0).is_empty());
-    assert_eq!(seqs(&mut spool), Vec::<u64>::new());
-    let err = spool.append(21, &payload(21)).unwrap_err();
+    assert_eq!(seqs(&mut reader), Vec::<u64>::new());
+    let err = writer.append(21, &payload(21)).unwrap_err();
     assert!(
         matches!(err, SpoolError::NotIncreasing { last: 1000, .. }),
         "{err}"
@@ -298,7 +431,7 @@ fn a_checkpoint_ahead_of_the_data_acknowledges_it_and_keeps_seqs_above_it() {
         err.to_string().contains(&dir.0.display().to_string()),
         "{err}"
     );
-    drop(spool);
+    drop((writer, reader));
     goes_on(&dir.0, small_segments(), &[]);
 }
 
@@ -307,12 +440,12 @@ fn an_unreadable_checkpoint_replays_everything() {
     let dir = TempDir::new("badcheckpoint");
     fill(&dir.0, SpoolOptions::default(), 1..=5);
     fs::write(dir.0.join("checkpoint"), "\0\0\0").unwrap();
-    let (spool, report) = Spool::open(&dir.0, SpoolOptions::default()).unwrap();
+    let (writer, reader, report) = open(&dir.0, SpoolOptions::default());
     assert!(
         report.checkpoint_reset && report.found_damage(),
         "{report:?}"
     );
-    drop(spool);
+    drop((writer, reader));
     goes_on(&dir.0, SpoolOptions::default(), &[1, 2, 3, 4, 5]);
 }
 
@@ -321,59 +454,77 @@ fn acked_records_never_come_back_and_their_segments_go() {
     let dir = TempDir::new("ack");
     fill(&dir.0, small_segments(), 1..=40);
     let before = segment_files(&dir.0).len();
-    let (mut spool, _) = Spool::open(&dir.0, small_segments()).unwrap();
-    spool.ack(25).unwrap();
+    let (writer, mut reader, _) = open(&dir.0, small_segments());
+    reader.ack(25).unwrap();
     assert!(segment_files(&dir.0).len() < before);
-    let stats = spool.stats();
+    let stats = writer.stats();
     assert_eq!(
         (stats.records, stats.oldest_unshipped, stats.acked),
         (15, Some(26), 25)
     );
-    assert_eq!(seqs(&mut spool), (26..=40).collect::<Vec<_>>());
-    let err = spool.ack(41).unwrap_err();
+    assert_eq!(seqs(&mut reader), (26..=40).collect::<Vec<_>>());
+    let err = reader.ack(41).unwrap_err();
     assert!(matches!(err, SpoolError::AckBeyondData { .. }), "{err}");
-    drop(spool);
-    let (mut spool, report) = Spool::open(&dir.0, small_segments()).unwrap();
+    drop((writer, reader));
+    let (mut writer, mut reader, report) = open(&dir.0, small_segments());
     assert!(!report.found_damage());
-    assert_eq!(spool.stats().records, 15);
-    assert_eq!(seqs(&mut spool), (26..=40).collect::<Vec<_>>());
-    spool.ack(40).unwrap();
-    assert!(segment_files(&dir.0).is_empty());
-    assert_eq!(spool.stats().oldest_unshipped, None);
-    goes_on(&dir.0, small_segments(), &[]);
+    assert_eq!(writer.stats().records, 15);
+    assert_eq!(seqs(&mut reader), (26..=40).collect::<Vec<_>>());
+    reader.ack(40).unwrap();
+    // The last segment is the writer's until it rolls: it goes at the next roll.
+    writer.append(41, &payload(41)).unwrap();
+    writer.commit();
+    assert_eq!(writer.stats().oldest_unshipped, Some(41));
+    drop((writer, reader));
+    goes_on(&dir.0, small_segments(), &[41]);
 }
 
 #[test]
-fn block_refuses_records_when_full_and_counts_them() {
+fn block_pauses_admission_near_the_bound_never_refuses_and_resumes_well_below_it() {
     let dir = TempDir::new("block");
     let options = SpoolOptions {
         segment_bytes: 512,
-        max_bytes: 1024,
+        max_bytes: 2048,
         full: FullPolicy::Block,
         ..SpoolOptions::default()
     };
-    let (mut spool, _) = Spool::open(&dir.0, options.clone()).unwrap();
-    let mut taken = Vec::new();
-    let mut seq = 1;
-    // Bounded: the spool fills within a few dozen small records.
-    let err = loop {
-        assert!(seq < 1000, "a 1 KiB spool never filled");
-        match spool.append(seq, &payload(seq)) {
-            Ok(()) => taken.push(seq),
-            Err(e) => break e,
-        }
+    let (mut writer, mut reader, _) = open(&dir.0, options.clone());
+    let now = Instant::now();
+    let mut seq = 0;
+    // Bounded: the spool nears its bound within a few dozen small records.
+    while writer.admission(now).is_none() {
         seq += 1;
-    };
-    assert!(matches!(err, SpoolError::Full { .. }), "{err}");
-    assert!(err.to_string().contains("spool_full"), "{err}");
-    let stats = spool.stats();
-    assert_eq!(stats.blocked_records, 1);
-    assert!(stats.bytes <= 1024);
-    assert_eq!(seqs(&mut spool), taken);
-    spool.commit().unwrap();
-    spool.ack(*taken.last().unwrap()).unwrap();
-    spool.append(seq, &payload(seq)).unwrap();
-    assert_eq!(seqs(&mut spool), vec![seq]);
+        assert!(seq < 1000, "a 2 KiB spool never filled");
+        writer.append(seq, &payload(seq)).unwrap();
+    }
+    assert_eq!(writer.admission(now), Some(GapCause::SpoolFull));
+    // Records of sessions already running still go in, past the bound if need be.
+    for extra in seq + 1..=seq + 20 {
+        writer.append(extra, &payload(extra)).unwrap();
+    }
+    writer.commit();
+    let last = seq + 20;
+    assert!(writer.stats().bytes > 2048);
+    assert_eq!(
+        seqs(&mut reader),
+        (1..=last).collect::<Vec<_>>(),
+        "nothing lost"
+    );
+    writer.passed_over(3);
+    reader.ack(last / 2).unwrap();
+    assert_eq!(
+        writer.admission(now),
+        Some(GapCause::SpoolFull),
+        "still above 3/4: {:?}",
+        writer.stats()
+    );
+    reader.ack(last).unwrap();
+    writer.append(last + 1, &payload(last + 1)).unwrap();
+    assert_eq!(writer.admission(now), None, "{:?}", writer.stats());
+    let lost = losses(&mut writer);
+    assert_eq!(lost.len(), 1, "{lost:?}");
+    assert_eq!(lost[0].0, GapCause::SpoolFull);
+    assert_eq!((lost[0].1.records, lost[0].1.paused_collections), (0, 3));
 }
 
 #[test]
@@ -385,18 +536,18 @@ fn drop_oldest_makes_room_and_counts_the_loss() {
         full: FullPolicy::DropOldest,
         ..SpoolOptions::default()
     };
-    let (mut spool, _) = Spool::open(&dir.0, options.clone()).unwrap();
+    let (mut writer, mut reader, _) = open(&dir.0, options.clone());
     for seq in 1..=100 {
-        spool.append(seq, &payload(seq)).unwrap();
+        writer.append(seq, &payload(seq)).unwrap();
     }
-    spool.commit().unwrap();
-    let stats = spool.stats();
+    writer.commit();
+    let stats = writer.stats();
     assert!(stats.bytes <= 1536, "{stats:?}");
     assert!(
         stats.dropped_records > 0 && stats.dropped_bytes > 0,
         "{stats:?}"
     );
-    let left = seqs(&mut spool);
+    let left = seqs(&mut reader);
     assert_eq!(
         left.len() as u64 + stats.dropped_records,
         100,
@@ -409,6 +560,10 @@ fn drop_oldest_makes_room_and_counts_the_loss() {
         "the newest are kept"
     );
     assert_eq!(stats.oldest_unshipped, left.first().copied());
+    let lost = losses(&mut writer);
+    assert_eq!(lost[0].0, GapCause::SpoolFull);
+    assert_eq!(lost[0].1.records, stats.dropped_records);
+    assert_eq!(lost[0].1.lost, vec![(1, left[0] - 1)]);
 }
 
 #[test]
@@ -420,42 +575,72 @@ fn drop_oldest_counts_as_lost_only_what_the_shipper_had_not_read() {
         full: FullPolicy::DropOldest,
         ..SpoolOptions::default()
     };
-    let (mut spool, _) = Spool::open(&dir.0, options).unwrap();
+    let (mut writer, mut reader, _) = open(&dir.0, options);
     for seq in 1..=10 {
-        spool.append(seq, &payload(seq)).unwrap();
+        writer.append(seq, &payload(seq)).unwrap();
     }
+    writer.commit();
     // The shipper has 1..=5 in memory (a batch on its way) and upstream acked 1..=2.
-    spool.commit().unwrap();
-    spool.note_read(5);
-    spool.ack(2).unwrap();
-    let generation = spool.generation();
-    for seq in 11..=100 {
-        spool.append(seq, &payload(seq)).unwrap();
+    for _ in 1..=5 {
+        reader.next_record().unwrap();
     }
-    let stats = spool.stats();
-    assert!(
-        spool.generation() > generation,
-        "a reader must know it went stale"
-    );
+    reader.ack(2).unwrap();
+    for seq in 11..=100 {
+        writer.append(seq, &payload(seq)).unwrap();
+    }
+    writer.commit();
+    let stats = writer.stats();
     // 3, 4, 5 were deleted but are in the shipper's hands: at risk, not lost.
-    assert_eq!(spool.held_dropped_seqs(), vec![3, 4, 5]);
     assert_eq!(stats.held_dropped, 3);
-    let left = seqs(&mut spool);
+    let left = seqs(&mut reader);
     assert_eq!(
         2 + 3 + stats.dropped_records + left.len() as u64,
         100,
         "acked + held + lost + left is everything: {stats:?}"
     );
-    // The lost ranges name exactly the lost seqs: 6 up to just before what is left.
-    let ranges = spool.take_lost_ranges();
-    let lost: u64 = ranges.iter().map(|(a, b)| b - a + 1).sum();
-    assert_eq!(lost, stats.dropped_records);
-    assert_eq!(ranges.first().map(|r| r.0), Some(6));
-    assert_eq!(ranges.last().map(|r| r.1), left.first().map(|s| s - 1));
-    assert!(spool.take_lost_ranges().is_empty(), "taken once");
-    // Upstream takes the batch: nothing is at risk any more.
-    spool.ack(5).unwrap();
-    assert!(spool.held_dropped_seqs().is_empty());
+    let lost = losses(&mut writer);
+    assert_eq!(lost[0].1.records, stats.dropped_records);
+    assert_eq!(lost[0].1.lost, vec![(6, left[0] - 1)]);
+    // Upstream takes the batch: nothing is at risk any more, and nothing is lost at stop.
+    reader.ack(5).unwrap();
+    assert_eq!(writer.stats().held_dropped, 0);
+    writer.shipper_stopped();
+    assert!(losses(&mut writer).is_empty());
+}
+
+#[test]
+fn held_records_are_lost_if_the_shipper_stops_before_upstream_takes_them_even_across_a_crash() {
+    let dir = TempDir::new("heldcrash");
+    let options = SpoolOptions {
+        segment_bytes: 512,
+        max_bytes: 1536,
+        full: FullPolicy::DropOldest,
+        ..SpoolOptions::default()
+    };
+    {
+        let (mut writer, mut reader, _) = open(&dir.0, options.clone());
+        for seq in 1..=10 {
+            writer.append(seq, &payload(seq)).unwrap();
+        }
+        writer.commit();
+        for _ in 1..=4 {
+            reader.next_record().unwrap();
+        }
+        for seq in 11..=100 {
+            writer.append(seq, &payload(seq)).unwrap();
+        }
+        // What was dropped unread is reported in a gap record (seq 101).
+        let (cause, loss) = losses(&mut writer).remove(0);
+        assert_eq!(loss.lost[0].0, 5);
+        writer.append_gap(101, b"{\"gap\":1}", cause, loss).unwrap();
+        writer.commit();
+        // kill -9 here: the shipper's batch 1..=4 never reached upstream.
+    }
+    let (mut writer, _, report) = open(&dir.0, options);
+    assert_eq!(report.records_lost, 4, "{report:?}");
+    let lost = losses(&mut writer);
+    assert_eq!(lost.len(), 1, "{lost:?}");
+    assert_eq!(lost[0].1.lost, vec![(1, 4)]);
 }
 
 #[test]
@@ -465,11 +650,11 @@ fn oversized_and_out_of_order_records_are_refused_with_a_reason() {
         max_record_bytes: 100,
         ..SpoolOptions::default()
     };
-    let (mut spool, _) = Spool::open(&dir.0, options).unwrap();
-    let err = spool.append(1, &[b'x'; 101]).unwrap_err();
+    let (mut writer, _, _) = open(&dir.0, options);
+    let err = writer.append(1, &[b'x'; 101]).unwrap_err();
     assert!(err.to_string().contains("max_output"), "{err}");
-    spool.append(5, b"{}").unwrap();
-    let err = spool.append(5, b"{}").unwrap_err();
+    writer.append(5, b"{}").unwrap();
+    let err = writer.append(5, b"{}").unwrap_err();
     assert!(
         matches!(
             err,
@@ -499,46 +684,15 @@ fn a_segment_of_random_garbage_is_removed_in_bounded_time() {
         .collect();
     fs::write(dir.0.join(format!("{:020}.seg", 50)), &noise).unwrap();
     let started = std::time::Instant::now();
-    let (spool, report) = Spool::open(&dir.0, SpoolOptions::default()).unwrap();
+    let (writer, reader, report) = open(&dir.0, SpoolOptions::default());
     assert!(
         started.elapsed() < std::time::Duration::from_secs(20),
         "{:?}",
         started.elapsed()
     );
     assert_eq!(report.segments_removed, 1, "{report:?}");
-    drop(spool);
+    drop((writer, reader));
     goes_on(&dir.0, SpoolOptions::default(), &[1, 2, 3]);
-}
-
-#[test]
-fn damage_after_open_is_an_error_naming_the_segment_and_the_read_goes_on() {
-    let dir = TempDir::new("rot");
-    fill(&dir.0, small_segments(), 1..=30);
-    let (mut spool, _) = Spool::open(&dir.0, small_segments()).unwrap();
-    let first = &segment_files(&dir.0)[0];
-    let mut bytes = fs::read(first).unwrap();
-    bytes[16 + 2] ^= 0x01; // inside the first record's payload
-    fs::write(first, &bytes).unwrap();
-    let results: Vec<_> = spool.read_from(0).unwrap().collect();
-    let err = results[0].as_ref().unwrap_err();
-    assert!(
-        matches!(err, SpoolError::Corrupt { offset: 0, .. }),
-        "{err}"
-    );
-    assert!(
-        err.to_string().contains(&first.display().to_string()),
-        "{err}"
-    );
-    let later: Vec<u64> = results[1..].iter().map(|r| r.as_ref().unwrap().0).collect();
-    assert_eq!(
-        later.last(),
-        Some(&30),
-        "the segments after the damaged one are still read"
-    );
-    drop(spool);
-    let (mut spool, report) = Spool::open(&dir.0, small_segments()).unwrap();
-    assert_eq!(report.corrupt_spans, 1, "{report:?}");
-    assert_eq!(seqs(&mut spool), (2..=30).collect::<Vec<_>>());
 }
 
 #[test]
@@ -548,10 +702,12 @@ fn an_unreadable_segment_is_set_aside_not_a_crash_loop() {
     // A folder with a segment's name: opening works, reading fails (EISDIR), like a bad sector.
     let bad = dir.0.join(format!("{:020}.seg", 9));
     fs::create_dir(&bad).unwrap();
-    let (spool, report) = Spool::open(&dir.0, SpoolOptions::default()).unwrap();
+    let (mut writer, reader, report) = open(&dir.0, SpoolOptions::default());
     assert_eq!(report.segments_set_aside, 1, "{report:?}");
     assert!(report.found_damage());
     assert!(!bad.exists() && bad.with_extension("unreadable").exists());
-    drop(spool);
+    let lost = losses(&mut writer);
+    assert_eq!(lost[0].0, GapCause::Unreadable, "{lost:?}");
+    drop((writer, reader));
     goes_on(&dir.0, SpoolOptions::default(), &[1, 2, 3]);
 }

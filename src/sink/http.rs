@@ -684,11 +684,22 @@ impl super::Sink for HttpSink {
         Ok(match self.send_observed(batch, until, stop, observe)? {
             Delivery::Acknowledged { attempts, .. } => super::Shipped {
                 attempts,
-                dead_letter: None,
+                rejected: Vec::new(),
             },
-            Delivery::DeadLettered { attempts, path, .. } => super::Shipped {
+            Delivery::DeadLettered {
                 attempts,
-                dead_letter: Some(path),
+                path,
+                status,
+            } => super::Shipped {
+                attempts,
+                rejected: vec![super::Rejected {
+                    first_seq: batch.first_seq(),
+                    last_seq: batch.last_seq(),
+                    records: batch.len() as u64,
+                    bytes: batch.body().len() as u64,
+                    reason: format!("{} answered {status}", self.config.url),
+                    dead_letter: path,
+                }],
             },
         })
     }

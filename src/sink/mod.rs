@@ -24,9 +24,22 @@ pub mod mqtt;
 pub struct Shipped {
     /// Attempts it took, at least 1.
     pub attempts: u32,
-    /// Set when upstream refused the batch for good and it went to this dead-letter file
-    /// instead (it leaves the spool all the same, so one bad batch cannot block the rest).
-    pub dead_letter: Option<PathBuf>,
+    /// Records upstream refused for good: each went whole to the dead-letter file and is
+    /// lost to upstream; the shipper reports them in a gap record with cause `rejected`.
+    pub rejected: Vec<Rejected>,
+}
+
+/// A contiguous run of a batch's records that upstream refused for good.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejected {
+    pub first_seq: u64,
+    pub last_seq: u64,
+    pub records: u64,
+    /// NDJSON bytes of those records.
+    pub bytes: u64,
+    /// Why, in words (never a URL with credentials).
+    pub reason: String,
+    pub dead_letter: PathBuf,
 }
 
 /// Why a batch did not leave; it stays in the spool and is shipped again.

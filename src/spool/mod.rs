@@ -1,37 +1,51 @@
 //! The crash-safe spool: records wait here, on the Pi's own card, until upstream has them.
 //!
-//! The uplink and the power of a rack fail; records collected meanwhile must survive both
-//! and be shipped later, at least once. The trusted shippers get this wrong in known ways
-//! (acknowledging before fsync, panicking on a torn log), so the design follows Vector's
-//! disk_v2 buffer: append-only segment files of framed, checksummed records
-//! ([`frame`]), one fsync for many records (group commit: the caller decides the cadence),
-//! the acknowledged position in a checkpoint written atomically, and explicit recovery at
-//! open for every known kind of damage ([`recover`]) — never a panic, never a manual step.
+//! The uplink and the power of a rack fail, and SD cards fill up, flip bits and die; records
+//! collected meanwhile must survive all of it and be shipped later, at least once, or be
+//! counted lost in a gap record. The design follows Vector's disk_v2 buffer:
+//! - append-only segment files of framed, checksummed records ([`frame`]), one fsync for
+//!   many records (group commit), the acknowledged position in a `checkpoint`;
+//! - [`Spool::open`] hands out two handles with two roles, enforced by types: the
+//!   [`SpoolWriter`] (the agent's loop: append, commit, the full-spool policy, storage
+//!   errors) and the [`SpoolReader`] (the shipper: read committed records, acknowledge);
+//! - every loss, whatever its cause, is counted in one place, the ledger ([`losses`]),
+//!   durably before it becomes irreversible, and reported upstream as gap records;
+//! - every byte goes through a [`Filesystem`] ([`io`]), so the fault tests can fill the disk,
+//!   fail a write or tear it at any point ([`memfs`]).
+//!
+//! Opening is fast whatever the spool holds: sealed segments end with a footer that names
+//! their records ([`frame::Footer`]), so only the unsealed tail segment is scanned; the
+//! others are checked record by record as the reader reads them, and a damaged frame then
+//! costs itself, not its neighbours ([`scan`]). Limits come from the frame format and the
+//! files' real sizes, never from the current config, so records spooled under an older
+//! config are delivered whole.
 //!
 //! Layout in `dir` (the agent passes `state_dir/spool`):
 //! - `<first seq, 20 digits>.seg`: segments, rolled at about `segment_bytes`;
-//! - `checkpoint`: the highest seq upstream acknowledged, as decimal text.
-//!
-//! A record is durable only once [`Spool::commit`] returned after its append. Records at or
-//! below the checkpoint are never read again; a segment whose records are all acknowledged
-//! is deleted. The size bound is enforced at append: `Block` refuses the record (the agent
-//! pauses collections), `DropOldest` deletes the oldest segments; both are counted in
-//! [`Stats`] so the caller can log them and send a gap record upstream.
+//! - `checkpoint`: the highest seq upstream acknowledged, as decimal text;
+//! - `ledger`: losses not yet reported upstream ([`losses`]).
 
-mod frame;
+pub mod frame;
+pub mod io;
+mod losses;
+pub mod memfs;
 mod reader;
-mod recover;
+mod scan;
+mod writer;
 
-use std::collections::VecDeque;
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufWriter, Read, Write};
+use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
 
-use reader::Extent;
-pub use reader::Reader;
+pub use io::{Filesystem, RealFs};
+pub use losses::{LEDGER_FILE, Loss, REPORT_EVERY};
+pub use reader::{SpoolReader, Wake, Waker};
+pub use writer::SpoolWriter;
 
-use crate::seq::write_atomically;
+use crate::record::GapCause;
+use losses::Ledger;
+use scan::{Cursor, Damage, Item};
 
 const CHECKPOINT: &str = "checkpoint";
 const SEGMENT_EXT: &str = "seg";
@@ -48,10 +62,11 @@ pub enum Durability {
     Always,
 }
 
-/// What to do when an append would pass `max_bytes`.
+/// What to do when the spool reaches `max_bytes`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FullPolicy {
-    /// Refuse the record with [`SpoolError::Full`]: nothing spooled is lost, collection pauses.
+    /// Pause new collections (near the bound) until upstream takes records: nothing spooled
+    /// is lost. Records of sessions already running still go in, past the bound if need be.
     Block,
     /// Delete the oldest segments to make room; the records lost are counted.
     DropOldest,
@@ -69,14 +84,15 @@ impl FullPolicy {
 
 #[derive(Debug, Clone)]
 pub struct SpoolOptions {
-    /// A segment is closed and a new one started when the next frame would pass this size.
+    /// A segment is sealed and a new one started when the next frame would pass this size.
     pub segment_bytes: u64,
     /// Upper bound of all segments on disk together.
     pub max_bytes: u64,
     pub full: FullPolicy,
-    /// Largest payload accepted; also the bound on memory a read or a recovery needs.
+    /// Largest payload [`SpoolWriter::append`] accepts (at most [`frame::MAX_PAYLOAD`]).
+    /// Reads are bounded by the frame format, not by this.
     pub max_record_bytes: u32,
-    /// The cadence [`Spool::commit_if_due`] applies.
+    /// The cadence [`SpoolWriter::commit_due`] applies.
     pub durability: Durability,
 }
 
@@ -94,17 +110,10 @@ impl Default for SpoolOptions {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {
-    #[error("spool {path}: {error}; check that state_dir is writable and the disk has space")]
-    Io { path: PathBuf, error: io::Error },
-    #[error(
-        "spool {dir} is full ({bytes} of {max_bytes} bytes; record {seq} needs {needed}): collections pause until upstream takes records; raise spool_max_bytes or set spool_full = \"drop_oldest\""
-    )]
-    Full {
-        dir: PathBuf,
-        seq: u64,
-        bytes: u64,
-        needed: u64,
-        max_bytes: u64,
+    #[error("spool {path}: {error}; check that state_dir exists and is writable")]
+    Io {
+        path: PathBuf,
+        error: std::io::Error,
     },
     #[error(
         "record {seq} is {len} bytes, above the spool's limit of {max} bytes; lower max_output for that command"
@@ -118,34 +127,28 @@ pub enum SpoolError {
         "acknowledging {seq} in spool {dir}, but the last record spooled is {last}: only records read from the spool can be acknowledged"
     )]
     AckBeyondData { dir: PathBuf, seq: u64, last: u64 },
-    #[error(
-        "spool segment {path} is corrupt at byte {offset} ({detail}); the records after it in that segment are recovered at the next start of the agent"
-    )]
-    Corrupt {
-        path: PathBuf,
-        offset: u64,
-        detail: String,
-    },
 }
 
-/// What recovery at open found and did; every field zero/false on a clean start.
+/// What opening found and did; every field zero/false on a clean start.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RecoveryReport {
     pub segments: usize,
     /// Records present after recovery, acknowledged or not.
     pub records: u64,
-    /// Bytes cut off segment tails (torn, zero-filled or garbage).
+    /// Bytes cut off the tail segment (torn, zero-filled or garbage).
     pub tail_bytes_cut: u64,
-    /// Corrupt spans skipped in the middle of segments; each held at least one record.
+    /// Damaged spans found in segments scanned at open; each is noted in the ledger.
     pub corrupt_spans: u64,
     pub corrupt_bytes_skipped: u64,
     /// Segments removed because nothing good was left in them.
     pub segments_removed: u64,
     /// Segments that could not be read (I/O error) and were renamed to `*.unreadable`.
     pub segments_set_aside: u64,
-    /// Segments removed because all their records were acknowledged (a crash between the
-    /// checkpoint write and the delete).
+    /// Segments removed because all their records were acknowledged.
     pub acked_segments_removed: u64,
+    /// Sealed segments without a footer (written by an older rackhand, or sealed by a crash)
+    /// that had to be scanned whole.
+    pub segments_scanned: u64,
     /// Temp files left by an interrupted atomic write.
     pub temp_files_removed: u64,
     /// The checkpoint could not be read; replay starts at the oldest record (duplicates
@@ -153,12 +156,14 @@ pub struct RecoveryReport {
     pub checkpoint_reset: bool,
     /// The checkpoint is above every record on disk (normal after all was acknowledged).
     pub checkpoint_ahead: bool,
+    /// Records noted lost at open (in the ledger; they go upstream in a gap record).
+    pub records_lost: u64,
     /// One line per action taken, naming the file, for the log.
     pub actions: Vec<String>,
 }
 
 impl RecoveryReport {
-    /// True when something was damaged: the caller logs it and sends a gap record.
+    /// True when something was damaged: the caller logs the actions.
     pub fn found_damage(&self) -> bool {
         self.tail_bytes_cut > 0
             || self.corrupt_spans > 0
@@ -168,10 +173,20 @@ impl RecoveryReport {
     }
 }
 
+/// The writer cannot write: why, since when, and what waits in memory meanwhile.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StorageTrouble {
+    /// `disk_full` or `io_error`.
+    pub cause: GapCause,
+    pub since: SystemTime,
+    /// The error, naming the file and the free space.
+    pub error: String,
+}
+
 /// Depth and losses, for `rackhand status` and gap records.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Stats {
-    /// Records spooled and not yet acknowledged.
+    /// Records spooled and not yet acknowledged (those waiting in memory included).
     pub records: u64,
     /// Bytes of all segment files (acknowledged records in a live segment included).
     pub bytes: u64,
@@ -180,708 +195,693 @@ pub struct Stats {
     pub acked: u64,
     /// Highest seq appended (or acknowledged, after a restart with an empty spool).
     pub last_seq: u64,
-    /// Records and bytes deleted unshipped by `DropOldest`.
+    /// Every record up to this seq is committed.
+    pub durable_seq: u64,
+    /// Records and bytes `drop_oldest` deleted unshipped since the spool was opened.
     pub dropped_records: u64,
     pub dropped_bytes: u64,
-    /// Appends refused by `Block`.
-    pub blocked_records: u64,
-    pub blocked_bytes: u64,
-    /// Records appended but not yet made durable by [`Spool::commit`].
+    /// Records appended but not yet made durable.
     pub uncommitted_records: u64,
     /// Records drop-oldest deleted while the shipper held them in memory, not yet acked:
     /// lost if the agent stops now.
     pub held_dropped: u64,
+    /// Records waiting in memory because the disk cannot take them.
+    pub waiting_in_memory: u64,
+    pub storage_trouble: Option<StorageTrouble>,
+    /// Records noted lost since the spool was opened, per cause.
+    pub lost: BTreeMap<GapCause, u64>,
+    /// Records noted lost and not yet in a gap record.
+    pub unreported_lost: u64,
+    /// The checkpoint could not be written at the last acknowledgement (a restart then sends
+    /// some records twice; nothing is lost).
+    pub checkpoint_trouble: bool,
 }
 
+/// One segment file as the spool knows it.
 #[derive(Debug)]
-struct Segment {
-    path: PathBuf,
-    first_seq: u64,
-    last_seq: u64,
-    records: u64,
-    bytes: u64,
+pub(crate) struct Segment {
+    pub first_seq: u64,
+    pub path: PathBuf,
+    /// On disk, footer included (and, for the tail, what the writer buffers).
+    pub bytes: u64,
+    /// Readers may read this far: everything up to it is committed.
+    pub durable: u64,
+    /// The last record's seq within `durable` (0: none).
+    pub durable_last: u64,
+    pub sealed: bool,
+    /// The last record's seq (0 while it has none).
+    pub last_seq: u64,
+    pub records: u64,
     /// Records at or below the checkpoint (only the oldest live segment has any).
-    acked_records: u64,
-    first_unacked: Option<u64>,
+    pub acked_records: u64,
+    pub first_unacked: Option<u64>,
 }
 
 impl Segment {
     fn unacked(&self) -> u64 {
-        self.records - self.acked_records
+        self.records.saturating_sub(self.acked_records)
     }
 }
 
-pub struct Spool {
-    dir: PathBuf,
-    options: SpoolOptions,
-    segments: VecDeque<Segment>,
-    /// Appends go to the last segment while this is open.
-    writer: Option<BufWriter<File>>,
-    acked: u64,
-    last_seq: u64,
-    bytes: u64,
-    /// A segment was created or deleted since the last fsync of the folder.
-    dir_dirty: bool,
-    uncommitted: u64,
-    last_commit: Instant,
-    dropped_records: u64,
-    dropped_bytes: u64,
-    blocked_records: u64,
-    blocked_bytes: u64,
-    /// The highest seq the shipper has read into memory ([`Spool::note_read`]).
-    read_through: u64,
-    /// Seqs deleted by drop-oldest that the shipper had already read (so not lost yet: they
-    /// are lost only if the agent stops before upstream takes them). In seq order.
-    at_risk: VecDeque<u64>,
-    /// Seq ranges deleted by drop-oldest before anyone read them: lost.
-    lost_ranges: Vec<(u64, u64)>,
-    /// Counts drop-oldest deletions, so a reader knows its snapshot went stale.
-    generation: u64,
+/// What the writer and the reader share, behind one lock.
+pub(crate) struct State {
+    pub segments: VecDeque<Segment>,
+    pub acked: u64,
+    pub last_seq: u64,
+    pub durable_seq: u64,
+    pub ledger: Ledger,
+    /// The highest seq the reader has handed out: drop-oldest tells lost from held by it.
+    pub read_through: u64,
+    /// Bumped by every commit: a waiting reader looks again.
+    pub commits: u64,
+    /// Bumped by [`Waker::wake`].
+    pub wakes: u64,
+    /// No more appends will come ([`Waker::close`]).
+    pub closing: bool,
+    pub dropped_records: u64,
+    pub dropped_bytes: u64,
+    pub uncommitted: u64,
+    pub waiting_in_memory: u64,
+    pub storage_trouble: Option<StorageTrouble>,
+    pub checkpoint_trouble: bool,
+    pub policy: FullPolicy,
+}
+
+impl State {
+    pub fn bytes(&self) -> u64 {
+        self.segments.iter().map(|s| s.bytes).sum()
+    }
+
+    pub fn segment(&self, first_seq: u64) -> Option<&Segment> {
+        self.segments.iter().find(|s| s.first_seq == first_seq)
+    }
+
+    /// Notes damage met in segment `segment` (once per place), clipped to what is not
+    /// acknowledged. `upper`: the seq no record of that segment reaches. `stays`: the
+    /// damaged bytes stay in the file (a cut tail is gone, and its place is written again).
+    pub fn note_damage(
+        &mut self,
+        segment: u64,
+        upper: u64,
+        d: &Damage,
+        where_: &Path,
+        stays: bool,
+    ) {
+        if self.ledger.seen(segment, (d.from, d.to)) {
+            return;
+        }
+        if stays {
+            self.ledger.mark_seen(segment, (d.from, d.to));
+        }
+        let loss = damage_loss(d, upper, self.acked, where_);
+        if let Some(seg) = self.segments.iter_mut().find(|s| s.first_seq == segment) {
+            seg.records = seg.records.saturating_sub(loss.records);
+        }
+        if loss.records > 0 || !loss.lost.is_empty() || loss.bytes > 0 {
+            log::error!(
+                "spool: {} damaged bytes in {} at byte {}: {} record(s) lost ({}); check the SD card",
+                d.bytes(),
+                where_.display(),
+                d.from,
+                loss.records,
+                ranges_text(&loss.lost)
+            );
+            self.ledger.note(GapCause::Corrupt, loss);
+        } else {
+            self.ledger.persist();
+        }
+    }
+
+    pub fn stats(&self) -> Stats {
+        Stats {
+            records: self.segments.iter().map(Segment::unacked).sum::<u64>()
+                + self.waiting_in_memory,
+            bytes: self.bytes(),
+            segments: self.segments.len(),
+            oldest_unshipped: self.segments.iter().find_map(|s| s.first_unacked),
+            acked: self.acked,
+            last_seq: self.last_seq,
+            durable_seq: self.durable_seq,
+            dropped_records: self.dropped_records,
+            dropped_bytes: self.dropped_bytes,
+            uncommitted_records: self.uncommitted,
+            held_dropped: self.ledger.held(),
+            waiting_in_memory: self.waiting_in_memory,
+            storage_trouble: self.storage_trouble.clone(),
+            lost: self.ledger.totals().clone(),
+            unreported_lost: self.ledger.pending_records(),
+            checkpoint_trouble: self.checkpoint_trouble,
+        }
+    }
+}
+
+/// The loss a damaged span stands for, nothing at or below `acked`. Which seqs: those
+/// between the good records around the span (checksummed, so trusted), or up to the
+/// segment's last record when nothing good follows; only at the unbounded end of the tail
+/// segment at open do the unverified headers inside the span have to name them. How many:
+/// the headers that still chain through the span, when they do and fit, else the width of
+/// the range (a range may name seqs that never existed: seqs skip after a restart).
+fn damage_loss(d: &Damage, upper: u64, acked: u64, where_: &Path) -> Loss {
+    let mut loss = Loss::default().with_detail(format!("{} at byte {}", where_.display(), d.from));
+    let first = (d.after_seq + 1).max(acked + 1);
+    let walked: Option<Vec<(u64, u64)>> = d
+        .frames
+        .as_ref()
+        .map(|f| f.iter().filter(|x| x.0 > acked).copied().collect());
+    let bound = d
+        .next_seq
+        .or((upper != u64::MAX && upper > 0).then_some(upper));
+    if let Some(bound) = bound {
+        if bound <= first {
+            // Nothing unacknowledged in it (or only the footer).
+            return loss;
+        }
+        let last = bound - 1;
+        let width = last - first + 1;
+        loss.lost.push((first, last));
+        match walked {
+            Some(w)
+                if (w.len() as u64) <= width && w.iter().all(|f| (first..=last).contains(&f.0)) =>
+            {
+                loss.records = w.len() as u64;
+                loss.bytes = w.iter().map(|f| f.1).sum();
+            }
+            _ => {
+                loss.records = width;
+                loss.bytes = d.bytes();
+            }
+        }
+        return loss;
+    }
+    let plausible = |s: u64| s >= first && s - d.after_seq <= scan::PLAUSIBLE_JUMP;
+    match walked {
+        Some(w) if !w.is_empty() && w.iter().all(|f| plausible(f.0)) => {
+            loss.records = w.len() as u64;
+            loss.bytes = w.iter().map(|f| f.1).sum();
+            loss.lost = joined(w.iter().map(|f| (f.0, f.0)).collect());
+        }
+        _ => match d.head_seq.filter(|&s| plausible(s)) {
+            Some(s) => {
+                loss.records = 1;
+                loss.bytes = d.bytes();
+                loss.lost.push((s, s));
+            }
+            // Bytes at the end of the tail that name no record (a zero-filled block):
+            // reported by size only.
+            None if d.after_seq >= acked => loss.bytes = d.bytes(),
+            None => {}
+        },
+    }
+    loss
+}
+
+fn joined(mut ranges: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
+    ranges.sort_unstable();
+    let mut out: Vec<(u64, u64)> = Vec::with_capacity(ranges.len());
+    for (a, b) in ranges {
+        match out.last_mut() {
+            Some(last) if a <= last.1.saturating_add(1) => last.1 = last.1.max(b),
+            _ => out.push((a, b)),
+        }
+    }
+    out
+}
+
+/// `5-9, 12` for log lines.
+pub fn ranges_text(ranges: &[(u64, u64)]) -> String {
+    if ranges.is_empty() {
+        return "seqs unknown".into();
+    }
+    let parts: Vec<String> = ranges
+        .iter()
+        .take(8)
+        .map(|&(a, b)| {
+            if a == b {
+                format!("{a}")
+            } else {
+                format!("{a}-{b}")
+            }
+        })
+        .collect();
+    let more = if ranges.len() > 8 { ", …" } else { "" };
+    format!("seq {}{more}", parts.join(", "))
+}
+
+/// The spool's shared core: the files, the options, and the state behind its lock.
+pub(crate) struct Core {
+    pub dir: PathBuf,
+    pub fs: Arc<dyn Filesystem>,
+    pub options: SpoolOptions,
+    state: Mutex<State>,
+    changed: Condvar,
+}
+
+impl Core {
+    pub fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn notify(&self) {
+        self.changed.notify_all();
+    }
+
+    /// Waits (at most `left`) for a [`Core::notify`].
+    pub fn wait<'a>(&self, st: MutexGuard<'a, State>, left: Duration) -> MutexGuard<'a, State> {
+        self.changed
+            .wait_timeout(st, left)
+            .unwrap_or_else(|e| e.into_inner())
+            .0
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
 }
 
 fn segment_name(first_seq: u64) -> String {
     format!("{first_seq:020}.{SEGMENT_EXT}")
 }
 
-fn is_segment_name(name: &str) -> bool {
-    name.strip_suffix(".seg")
-        .is_some_and(|stem| stem.len() == 20 && stem.bytes().all(|b| b.is_ascii_digit()))
+fn segment_seq(name: &str) -> Option<u64> {
+    let stem = name.strip_suffix(".seg")?;
+    (stem.len() == 20 && stem.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| stem.parse().ok())
+        .flatten()
 }
 
+/// Namespace of [`Spool::open`].
+pub struct Spool;
+
 impl Spool {
-    /// Opens (or creates) the spool in `dir`, repairing what a crash left behind.
-    pub fn open(dir: &Path, options: SpoolOptions) -> Result<(Spool, RecoveryReport), SpoolError> {
+    /// Opens (or creates) the spool in `dir` on the machine's filesystem.
+    pub fn open(
+        dir: &Path,
+        options: SpoolOptions,
+    ) -> Result<(SpoolWriter, SpoolReader, RecoveryReport), SpoolError> {
+        Spool::open_with(Arc::new(RealFs), dir, options)
+    }
+
+    /// Opens (or creates) the spool in `dir`, repairing what a crash left behind, and hands
+    /// out its writer and its reader. Damage is repaired or noted as lost, never an error:
+    /// only a folder that cannot be created or listed fails.
+    pub fn open_with(
+        fs: Arc<dyn Filesystem>,
+        dir: &Path,
+        options: SpoolOptions,
+    ) -> Result<(SpoolWriter, SpoolReader, RecoveryReport), SpoolError> {
         let io_err = |path: &Path| {
             let path = path.to_path_buf();
             move |error| SpoolError::Io { path, error }
         };
-        fs::create_dir_all(dir).map_err(io_err(dir))?;
+        fs.create_dir_all(dir).map_err(io_err(dir))?;
         let mut report = RecoveryReport::default();
-        let mut names = Vec::new();
-        for entry in fs::read_dir(dir).map_err(io_err(dir))? {
-            let entry = entry.map_err(io_err(dir))?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let path = entry.path();
+        let mut seqs = Vec::new();
+        for name in fs.list(dir).map_err(io_err(dir))? {
+            let path = dir.join(&name);
             if name.ends_with(".tmp") {
-                fs::remove_file(&path).map_err(io_err(&path))?;
-                report.temp_files_removed += 1;
-                report.actions.push(format!(
-                    "removed {}: an interrupted atomic write",
-                    path.display()
-                ));
-            } else if is_segment_name(&name) {
-                names.push(name);
+                if fs.remove(&path).is_ok() {
+                    report.temp_files_removed += 1;
+                    report.actions.push(format!(
+                        "removed {}: an interrupted atomic write",
+                        path.display()
+                    ));
+                }
+            } else if let Some(seq) = segment_seq(&name) {
+                seqs.push(seq);
             }
         }
-        names.sort();
+        seqs.sort_unstable();
 
         let checkpoint = dir.join(CHECKPOINT);
-        let acked = match fs::read_to_string(&checkpoint) {
-            Ok(text) => match text.trim().parse::<u64>() {
-                Ok(n) => n,
-                Err(_) => {
-                    report.checkpoint_reset = true;
-                    report.actions.push(format!(
-                        "{} is unreadable (`{}`): replay starts at the oldest record, upstream may see duplicates",
-                        checkpoint.display(),
-                        text.trim().chars().take(40).collect::<String>()
-                    ));
-                    0
+        let acked = match fs.read_small(&checkpoint) {
+            Ok(bytes) => {
+                let text = String::from_utf8_lossy(&bytes);
+                match text.trim().parse::<u64>() {
+                    Ok(n) => n,
+                    Err(_) => {
+                        report.checkpoint_reset = true;
+                        report.actions.push(format!(
+                            "{} is unreadable (`{}`): replay starts at the oldest record, upstream may see duplicates",
+                            checkpoint.display(),
+                            text.trim().chars().take(40).collect::<String>()
+                        ));
+                        // Replaced now: left as it is, every start would report the same.
+                        let _ = fs.write_small(&checkpoint, b"0\n");
+                        0
+                    }
                 }
-            },
-            Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
-            Err(error) => {
-                return Err(SpoolError::Io {
-                    path: checkpoint,
-                    error,
-                });
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+            Err(e) => {
+                report.checkpoint_reset = true;
+                report.actions.push(format!(
+                    "cannot read {} ({e}): replay starts at the oldest record, upstream may see duplicates",
+                    checkpoint.display()
+                ));
+                0
             }
         };
 
-        let cap = options
-            .segment_bytes
-            .max(frame::HEADER as u64 + u64::from(options.max_record_bytes));
-        let mut segments = VecDeque::new();
-        let mut floor = 0u64;
-        for name in names {
-            let path = dir.join(&name);
-            if let Some(seg) = recover_segment(&path, floor, acked, cap, &options, &mut report)? {
-                floor = seg.last_seq;
-                segments.push_back(seg);
+        let ledger = Ledger::open(Arc::clone(&fs), dir, &mut report.actions);
+        let mut state = State {
+            segments: VecDeque::new(),
+            acked,
+            last_seq: 0,
+            durable_seq: 0,
+            ledger,
+            read_through: 0,
+            commits: 0,
+            wakes: 0,
+            closing: false,
+            dropped_records: 0,
+            dropped_bytes: 0,
+            uncommitted: 0,
+            waiting_in_memory: 0,
+            storage_trouble: None,
+            checkpoint_trouble: false,
+            policy: options.full,
+        };
+        let mut opener = Opener {
+            fs: &*fs,
+            dir,
+            report: &mut report,
+            state: &mut state,
+        };
+        let mut floor = 0;
+        for (i, &first) in seqs.iter().enumerate() {
+            let next = seqs.get(i + 1).copied();
+            let is_tail = next.is_none();
+            if let Some(seg) = opener.segment(first, floor, next, is_tail) {
+                floor = seg.last_seq.max(floor);
+                opener.state.segments.push_back(seg);
             }
         }
-        if report.checkpoint_reset {
-            // Replace it now: left as it is, every start would report the same damage.
-            write_atomically(&checkpoint, b"0\n").map_err(io_err(&checkpoint))?;
-        }
+        opener.drop_acknowledged();
+        opener.count_acked();
+
         if acked > floor {
             report.checkpoint_ahead = true;
         }
-        report.segments = segments.len();
-        report.records = segments.iter().map(|s| s.records).sum();
-        let dir_dirty = report.segments_removed
-            + report.segments_set_aside
-            + report.acked_segments_removed
-            + report.temp_files_removed
-            > 0
-            || report.corrupt_spans > 0;
-
-        let mut spool = Spool {
-            dir: dir.to_path_buf(),
-            bytes: segments.iter().map(|s| s.bytes).sum(),
-            segments,
-            writer: None,
-            acked,
-            last_seq: floor.max(acked),
-            dir_dirty,
-            uncommitted: 0,
-            last_commit: Instant::now(),
-            dropped_records: 0,
-            dropped_bytes: 0,
-            blocked_records: 0,
-            blocked_bytes: 0,
-            read_through: 0,
-            at_risk: VecDeque::new(),
-            lost_ranges: Vec::new(),
-            generation: 0,
-            options,
-        };
-        if let Some(last) = spool.segments.back() {
-            // Records recovered from the last segment may sit only in the page cache (the
-            // process died, the machine did not); from here on they count as durable.
-            File::open(&last.path)
-                .and_then(|f| f.sync_data())
-                .map_err(io_err(&last.path))?;
-        }
-        if let Some(last) = spool.segments.back()
-            && last.bytes < spool.options.segment_bytes
-        {
-            let file = OpenOptions::new()
-                .append(true)
-                .open(&last.path)
-                .map_err(io_err(&last.path))?;
-            spool.writer = Some(BufWriter::with_capacity(64 * 1024, file));
-        }
-        spool.sync_dir()?;
-        Ok((spool, report))
-    }
-
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
-    fn io(&self, path: &Path) -> impl FnOnce(io::Error) -> SpoolError {
-        let path = path.to_path_buf();
-        move |error| SpoolError::Io { path, error }
-    }
-
-    fn sync_dir(&mut self) -> Result<(), SpoolError> {
-        if self.dir_dirty {
-            File::open(&self.dir)
-                .and_then(|d| d.sync_all())
-                .map_err(self.io(&self.dir))?;
-            self.dir_dirty = false;
-        }
-        Ok(())
-    }
-
-    /// Appends one record (buffered). It is durable only after the next [`Spool::commit`].
-    pub fn append(&mut self, seq: u64, payload: &[u8]) -> Result<(), SpoolError> {
-        self.append_inner(seq, payload, true)
-    }
-
-    /// Appends past `max_bytes` if need be. Only for records already collected when the
-    /// agent stops under `FullPolicy::Block`: the bound is there to protect the disk, and
-    /// the overshoot is limited to what the sessions in flight produced, whereas refusing
-    /// would lose records that exist nowhere else.
-    pub fn append_over_limit(&mut self, seq: u64, payload: &[u8]) -> Result<(), SpoolError> {
-        self.append_inner(seq, payload, false)
-    }
-
-    fn append_inner(&mut self, seq: u64, payload: &[u8], bounded: bool) -> Result<(), SpoolError> {
-        let max = self.options.max_record_bytes;
-        if payload.len() > max as usize {
-            return Err(SpoolError::TooLarge {
-                seq,
-                len: payload.len(),
-                max,
-            });
-        }
-        if seq <= self.last_seq {
-            return Err(SpoolError::NotIncreasing {
-                dir: self.dir.clone(),
-                seq,
-                last: self.last_seq,
-            });
-        }
-        let needed = frame::HEADER as u64 + payload.len() as u64;
-        if bounded {
-            self.make_room(seq, needed)?;
-        }
-        let roll = match (&self.writer, self.segments.back()) {
-            (Some(_), Some(seg)) => seg.bytes + needed > self.options.segment_bytes,
-            _ => true,
-        };
-        if roll {
-            self.roll(seq)?;
-        }
-        let Some(writer) = self.writer.as_mut() else {
-            unreachable!("roll opened a segment");
-        };
-        let seg = self.segments.back_mut().expect("roll created a segment");
-        let path = seg.path.clone();
-        writer
-            .write_all(&frame::header(seq, payload))
-            .and_then(|()| writer.write_all(payload))
-            .map_err(|error| SpoolError::Io { path, error })?;
-        seg.last_seq = seq;
-        seg.records += 1;
-        seg.bytes += needed;
-        if seg.first_unacked.is_none() {
-            seg.first_unacked = Some(seq);
-        }
-        self.bytes += needed;
-        self.last_seq = seq;
-        self.uncommitted += 1;
-        Ok(())
-    }
-
-    /// Applies the size bound before an append of `needed` bytes.
-    fn make_room(&mut self, seq: u64, needed: u64) -> Result<(), SpoolError> {
-        let max_bytes = self.options.max_bytes;
-        let full = |spool: &Spool| SpoolError::Full {
-            dir: spool.dir.clone(),
-            seq,
-            bytes: spool.bytes,
-            needed,
-            max_bytes,
-        };
-        if self.bytes + needed <= max_bytes {
-            return Ok(());
-        }
-        if self.options.full == FullPolicy::Block || needed > max_bytes {
-            self.blocked_records += 1;
-            self.blocked_bytes += needed;
-            return Err(full(self));
-        }
-        // Each turn deletes one segment: bounded by their number.
-        while self.bytes + needed > max_bytes && !self.segments.is_empty() {
-            if self.segments.len() == 1 {
-                // The only segment is the one being written: close it durably first, its
-                // records are about to be counted as dropped, not silently lost.
-                self.seal()?;
-            }
-            let seg = self.segments.pop_front().expect("checked non-empty");
-            let (lost, lost_bytes, held) = self.sort_out_dropped(&seg);
-            fs::remove_file(&seg.path).map_err(self.io(&seg.path))?;
-            self.dir_dirty = true;
-            self.generation += 1;
-            self.bytes -= seg.bytes;
-            self.dropped_records += lost;
-            self.dropped_bytes += lost_bytes;
-            log::warn!(
-                "spool {} is full: dropped {lost} unshipped records ({lost_bytes} bytes) of {}{}",
-                self.dir.display(),
-                seg.path.display(),
-                if held > 0 {
-                    format!(
-                        "; {held} more were already read for shipping and are lost only if the agent stops before upstream takes them"
-                    )
-                } else {
-                    String::new()
-                }
-            );
-        }
-        Ok(())
-    }
-
-    /// A segment drop-oldest is about to delete: which of its records are lost (not yet read
-    /// by the shipper; their seq range is noted) and which the shipper holds in memory (at
-    /// risk). Returns (lost, lost bytes, held).
-    fn sort_out_dropped(&mut self, seg: &Segment) -> (u64, u64, u64) {
-        let extent = Extent {
-            path: seg.path.clone(),
-            end: seg.bytes,
-        };
-        let frames = match reader::frame_seqs(&extent) {
-            Ok(frames) => frames,
-            Err(e) => {
-                log::warn!(
-                    "cannot list the records of {} before dropping it ({e}); all its unshipped records count as lost",
-                    seg.path.display()
-                );
-                return (seg.unacked(), seg.bytes, 0);
-            }
-        };
-        let (mut lost, mut lost_bytes, mut held) = (0, 0, 0);
-        let mut range: Option<(u64, u64)> = None;
-        for (seq, len) in frames {
-            if seq <= self.acked {
-                continue;
-            }
-            if seq <= self.read_through {
-                self.at_risk.push_back(seq);
-                held += 1;
-            } else {
-                lost += 1;
-                lost_bytes += len;
-                range = Some(range.map_or((seq, seq), |(first, _)| (first, seq)));
-            }
-        }
-        self.lost_ranges.extend(range);
-        (lost, lost_bytes, held)
-    }
-
-    /// The shipper has read `seq` into memory: should drop-oldest delete it now, it is not
-    /// lost unless the agent stops before upstream takes it.
-    pub fn note_read(&mut self, seq: u64) {
-        self.read_through = self.read_through.max(seq);
-    }
-
-    /// The seqs counted in [`Stats::held_dropped`].
-    pub fn held_dropped_seqs(&self) -> Vec<u64> {
-        self.at_risk.iter().copied().collect()
-    }
-
-    /// Changes whenever drop-oldest deletes a segment: a [`Reader`] made before may hold
-    /// records that now count as lost, and must be made again.
-    pub fn generation(&self) -> u64 {
-        self.generation
-    }
-
-    /// The seq ranges drop-oldest deleted unread since the last call (each range may hold
-    /// fewer records than its width: seqs need not be consecutive).
-    pub fn take_lost_ranges(&mut self) -> Vec<(u64, u64)> {
-        std::mem::take(&mut self.lost_ranges)
-    }
-
-    /// Closes the segment being written (flush and fsync), if any.
-    fn seal(&mut self) -> Result<(), SpoolError> {
-        if let Some(mut w) = self.writer.take() {
-            let path = self
-                .segments
-                .back()
-                .map(|s| s.path.clone())
-                .unwrap_or_default();
-            w.flush()
-                .and_then(|()| w.get_ref().sync_data())
-                .map_err(|error| SpoolError::Io { path, error })?;
-        }
-        Ok(())
-    }
-
-    /// Starts a new segment whose first record is `seq`.
-    fn roll(&mut self, seq: u64) -> Result<(), SpoolError> {
-        // The old segment is synced now, so commit only has to sync the newest one.
-        self.seal()?;
-        let path = self.dir.join(segment_name(seq));
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(self.io(&path))?;
-        self.writer = Some(BufWriter::with_capacity(64 * 1024, file));
-        self.dir_dirty = true;
-        self.segments.push_back(Segment {
-            path,
-            first_seq: seq,
-            last_seq: 0,
-            records: 0,
-            bytes: 0,
-            acked_records: 0,
-            first_unacked: None,
+        state.last_seq = floor.max(acked);
+        state.durable_seq = state.last_seq;
+        let ranges: Vec<(u64, u64)> = state
+            .segments
+            .iter()
+            .map(|s| (s.first_seq, s.last_seq))
+            .collect();
+        state.ledger.reconcile(acked, |seq| {
+            ranges.iter().any(|&(a, b)| a <= seq && seq <= b)
         });
-        Ok(())
-    }
-
-    /// Makes every record appended so far durable (one fsync for all of them).
-    pub fn commit(&mut self) -> Result<(), SpoolError> {
-        if let (Some(w), Some(seg)) = (self.writer.as_mut(), self.segments.back()) {
-            let path = seg.path.clone();
-            w.flush()
-                .and_then(|()| w.get_ref().sync_data())
-                .map_err(|error| SpoolError::Io { path, error })?;
+        // Records drop-oldest deleted while a previous run's shipper held them, and that
+        // upstream did not acknowledge before it ended, are lost.
+        state.ledger.held_lost(acked, options.full.as_str());
+        if let Some(first) = state.segments.front().map(|s| s.first_seq) {
+            state.ledger.forget_seen_below(first);
         }
-        self.sync_dir()?;
-        self.uncommitted = 0;
-        self.last_commit = Instant::now();
-        Ok(())
-    }
+        state.ledger.persist();
+        report.segments = state.segments.len();
+        report.records = state.segments.iter().map(|s| s.records).sum();
+        report.records_lost = state.ledger.pending_records();
 
-    /// Commits when the cadence in [`SpoolOptions::durability`] says so at `now`; true when
-    /// it did. The caller calls it after appends and from its idle tick, so records never
-    /// wait much longer than the interval to become durable.
-    pub fn commit_if_due(&mut self, now: Instant) -> Result<bool, SpoolError> {
-        if !self.commit_due(now) {
-            return Ok(false);
-        }
-        self.commit()?;
-        Ok(true)
-    }
-
-    /// Whether records are waiting and the cadence allows an fsync at `now`.
-    pub fn commit_due(&self, now: Instant) -> bool {
-        self.uncommitted > 0
-            && match self.options.durability {
-                Durability::Always => true,
-                Durability::Interval(every) => {
-                    now.saturating_duration_since(self.last_commit) >= every
-                }
+        let tail = match state.segments.back() {
+            Some(last) if !last.sealed => {
+                // Records recovered from the tail may sit only in the page cache (the
+                // process died, the machine did not); from here on they count as durable.
+                let mut file = fs
+                    .open_write(&last.path, false)
+                    .map_err(io_err(&last.path))?;
+                file.sync().map_err(io_err(&last.path))?;
+                Some((last.first_seq, last.path.clone(), file, last.bytes))
             }
+            _ => None,
+        };
+        fs.sync_dir(dir).map_err(io_err(dir))?;
+        let core = Arc::new(Core {
+            dir: dir.to_path_buf(),
+            fs,
+            options,
+            state: Mutex::new(state),
+            changed: Condvar::new(),
+        });
+        let writer = SpoolWriter::new(Arc::clone(&core), tail);
+        let reader = SpoolReader::new(core, acked + 1);
+        Ok((writer, reader, report))
     }
+}
 
-    /// When the records waiting now must be committed at the latest (`None`: none wait).
-    /// An event loop waits until this deadline instead of polling.
-    pub fn commit_deadline(&self) -> Option<Instant> {
-        (self.uncommitted > 0).then(|| match self.options.durability {
-            Durability::Always => self.last_commit,
-            Durability::Interval(every) => self.last_commit + every,
+/// The work of [`Spool::open_with`] on each segment.
+struct Opener<'a> {
+    fs: &'a dyn Filesystem,
+    dir: &'a Path,
+    report: &'a mut RecoveryReport,
+    state: &'a mut State,
+}
+
+impl Opener<'_> {
+    /// What is left of segment `first` (`None`: nothing). A sealed one is known by its
+    /// footer; the tail, or a sealed one without a footer, is scanned.
+    fn segment(
+        &mut self,
+        first: u64,
+        floor: u64,
+        next: Option<u64>,
+        is_tail: bool,
+    ) -> Option<Segment> {
+        let path = self.dir.join(segment_name(first));
+        let file = match self.fs.open_read(&path) {
+            Ok(f) => f,
+            Err(e) => return self.set_aside(first, floor, next, &path, &e),
+        };
+        let len = match file.size() {
+            Ok(len) => len,
+            Err(e) => return self.set_aside(first, floor, next, &path, &e),
+        };
+        if !is_tail && len >= frame::FOOTER as u64 {
+            let mut tail = [0u8; frame::FOOTER];
+            if io::read_exact_at(&*file, &mut tail, len - frame::FOOTER as u64).is_ok()
+                && let Some(footer) = frame::Footer::decode(&tail)
+                && footer.first_seq == first
+                && footer.last_seq > floor
+            {
+                return Some(Segment {
+                    first_seq: first,
+                    path,
+                    bytes: len,
+                    durable: len,
+                    durable_last: footer.last_seq,
+                    sealed: true,
+                    last_seq: footer.last_seq,
+                    records: footer.records,
+                    acked_records: 0,
+                    first_unacked: None,
+                });
+            }
+        }
+        if !is_tail {
+            self.report.segments_scanned += 1;
+        }
+        let upper = next.unwrap_or(u64::MAX);
+        let mut cursor = Cursor::new(file, len, floor.max(first.saturating_sub(1)), next);
+        let (mut records, mut last_seq, mut first_seq) = (0u64, 0u64, None);
+        let mut footer = None;
+        let mut cut_at = None;
+        let mut damages = Vec::new();
+        // Each turn consumes one item; the cursor moves forward every time.
+        loop {
+            match cursor.next() {
+                Ok(Item::Record { seq, .. }) => {
+                    records += 1;
+                    last_seq = seq;
+                    first_seq.get_or_insert(seq);
+                }
+                Ok(Item::Footer(f)) => {
+                    footer = Some(f);
+                    break;
+                }
+                Ok(Item::End) => break,
+                Ok(Item::Damage(d)) => {
+                    if is_tail && d.to == len {
+                        // A torn, zero-filled or garbage tail: cut, so appends go on
+                        // from the last good frame.
+                        cut_at = Some(d.from);
+                        self.report.tail_bytes_cut += d.bytes();
+                    } else {
+                        self.report.corrupt_spans += 1;
+                        self.report.corrupt_bytes_skipped += d.bytes();
+                    }
+                    self.report.actions.push(format!(
+                        "{}: {} damaged bytes at byte {}{}",
+                        path.display(),
+                        d.bytes(),
+                        d.from,
+                        if cut_at.is_some() { ", cut off" } else { "" }
+                    ));
+                    damages.push((d, cut_at.is_none()));
+                }
+                Err(e) => return self.set_aside(first, floor, next, &path, &e),
+            }
+        }
+        // Counted once the scan is done: a footer found after the damage bounds it.
+        let upper = match (footer, is_tail) {
+            (Some(f), _) => f.last_seq.saturating_add(1),
+            (None, true) => u64::MAX,
+            (None, false) => upper,
+        };
+        for (d, stays) in &damages {
+            self.state.note_damage(first, upper, d, &path, *stays);
+        }
+        if records == 0 {
+            if let Err(e) = self.fs.remove(&path) {
+                self.report
+                    .actions
+                    .push(format!("cannot remove {}: {e}", path.display()));
+            }
+            self.report.segments_removed += 1;
+            self.report.actions.push(format!(
+                "removed {}: no intact record in it",
+                path.display()
+            ));
+            return None;
+        }
+        let mut bytes = len;
+        if let Some(at) = cut_at {
+            let cut = self
+                .fs
+                .open_write(&path, false)
+                .and_then(|mut f| f.set_len(at).and_then(|()| f.sync()));
+            match cut {
+                Ok(()) => bytes = at,
+                Err(e) => return self.set_aside(first, floor, next, &path, &e),
+            }
+        }
+        let mut sealed = footer.is_some() || !is_tail;
+        if footer.is_none() && !is_tail && cut_at.is_none() {
+            // Sealed by an older rackhand (or by a crash before the footer): give it one,
+            // so the next open does not scan it again.
+            let f = frame::Footer {
+                first_seq: first,
+                last_seq,
+                records,
+            };
+            if let Ok(mut w) = self.fs.open_write(&path, false)
+                && w.write_at(&f.encode(), bytes)
+                    .and_then(|()| w.sync())
+                    .is_ok()
+            {
+                bytes += frame::FOOTER as u64;
+            }
+        }
+        if is_tail && footer.is_some() {
+            sealed = true;
+        }
+        Some(Segment {
+            first_seq: first,
+            path,
+            bytes,
+            durable: bytes,
+            durable_last: last_seq,
+            sealed,
+            last_seq,
+            records,
+            acked_records: 0,
+            first_unacked: first_seq,
         })
     }
 
-    fn flush(&mut self) -> Result<(), SpoolError> {
-        if let (Some(w), Some(seg)) = (self.writer.as_mut(), self.segments.back()) {
-            let path = seg.path.clone();
-            w.flush().map_err(|error| SpoolError::Io { path, error })?;
-        }
-        Ok(())
-    }
-
-    /// Records upstream has: persists the position, then deletes segments that hold nothing
-    /// newer. A crash between the two leaves segments that the next open deletes.
-    pub fn ack(&mut self, seq: u64) -> Result<(), SpoolError> {
-        if seq <= self.acked {
-            return Ok(());
-        }
-        if seq > self.last_seq {
-            return Err(SpoolError::AckBeyondData {
-                dir: self.dir.clone(),
-                seq,
-                last: self.last_seq,
-            });
-        }
-        let checkpoint = self.dir.join(CHECKPOINT);
-        write_atomically(&checkpoint, format!("{seq}\n").as_bytes())
-            .map_err(self.io(&checkpoint))?;
-        self.acked = seq;
-        while self.at_risk.front().is_some_and(|&s| s <= seq) {
-            self.at_risk.pop_front();
-        }
-        // Each turn deletes one segment: bounded by their number.
-        while self.segments.front().is_some_and(|s| s.last_seq <= seq) {
-            if self.segments.len() == 1 {
-                self.seal()?;
-            }
-            let seg = self.segments.pop_front().expect("checked");
-            fs::remove_file(&seg.path).map_err(self.io(&seg.path))?;
-            self.bytes -= seg.bytes;
-            self.dir_dirty = true;
-        }
-        if self.segments.front().is_some_and(|s| s.first_seq <= seq) {
-            self.flush()?;
-            let seg = self.segments.front().expect("checked");
-            let extent = Extent {
-                path: seg.path.clone(),
-                end: seg.bytes,
-            };
-            let (acked_records, first_unacked) =
-                reader::count_acked(&extent, seq).map_err(self.io(&extent.path))?;
-            let seg = self.segments.front_mut().expect("checked");
-            seg.acked_records = acked_records;
-            seg.first_unacked = first_unacked;
-        }
-        Ok(())
-    }
-
-    /// Streams the records with `seq >= from` that are not acknowledged, in seq order, one
-    /// at a time. Sees everything appended before the call, committed or not.
-    pub fn read_from(&mut self, from: u64) -> Result<Reader, SpoolError> {
-        self.flush()?;
-        let from = from.max(self.acked.saturating_add(1));
-        let extents = self
-            .segments
-            .iter()
-            .filter(|s| s.last_seq >= from)
-            .map(|s| Extent {
-                path: s.path.clone(),
-                end: s.bytes,
-            })
-            .collect();
-        Ok(Reader::new(extents, from, self.options.max_record_bytes))
-    }
-
-    pub fn stats(&self) -> Stats {
-        Stats {
-            records: self.segments.iter().map(Segment::unacked).sum(),
-            bytes: self.bytes,
-            segments: self.segments.len(),
-            oldest_unshipped: self.segments.iter().find_map(|s| s.first_unacked),
-            acked: self.acked,
-            last_seq: self.last_seq,
-            dropped_records: self.dropped_records,
-            dropped_bytes: self.dropped_bytes,
-            blocked_records: self.blocked_records,
-            blocked_bytes: self.blocked_bytes,
-            uncommitted_records: self.uncommitted,
-            held_dropped: self.at_risk.len() as u64,
-        }
-    }
-}
-
-/// Reads one segment (at most `cap` bytes: nothing longer is ever written), repairs it on
-/// disk, and returns what is left of it, or `None` when nothing is.
-fn recover_segment(
-    path: &Path,
-    floor: u64,
-    acked: u64,
-    cap: u64,
-    options: &SpoolOptions,
-    report: &mut RecoveryReport,
-) -> Result<Option<Segment>, SpoolError> {
-    let io_err = |error| SpoolError::Io {
-        path: path.to_path_buf(),
-        error,
-    };
-    let read = || -> io::Result<(u64, Vec<u8>)> {
-        let file = File::open(path)?;
-        let on_disk = file.metadata()?.len();
-        let mut buf = Vec::with_capacity(on_disk.min(cap) as usize);
-        file.take(cap).read_to_end(&mut buf)?;
-        Ok((on_disk, buf))
-    };
-    let (on_disk, buf) = match read() {
-        Ok(read) => read,
-        Err(error) => {
-            // A bad sector (EIO) would fail every start the same way: set the file aside,
-            // where it is kept for inspection but no longer stops the agent.
-            let aside = path.with_extension(UNREADABLE_EXT);
-            fs::rename(path, &aside).map_err(io_err)?;
-            report.segments_set_aside += 1;
-            report.actions.push(format!(
-                "{} is unreadable ({error}): moved to {}, its records are lost",
-                path.display(),
-                aside.display()
-            ));
-            return Ok(None);
-        }
-    };
-    let scan = recover::scan(&buf, floor, options.max_record_bytes);
-    // Corrupt spans lie before `good_end`; everything after it is the bad tail.
-    let tail = on_disk - scan.good_end as u64;
-    let skipped: u64 = scan.spans.iter().map(|(a, b)| (b - a) as u64).sum();
-    let remove = |report: &mut RecoveryReport, why: &str| -> Result<Option<Segment>, SpoolError> {
-        fs::remove_file(path).map_err(|error| SpoolError::Io {
-            path: path.to_path_buf(),
-            error,
-        })?;
-        report
-            .actions
-            .push(format!("removed {}: {why}", path.display()));
-        Ok(None)
-    };
-    if scan.frames.is_empty() {
-        report.tail_bytes_cut += on_disk;
-        report.segments_removed += 1;
-        return remove(report, "no intact record in it");
-    }
-    if scan.frames.last().is_some_and(|f| f.seq <= acked) {
-        report.acked_segments_removed += 1;
-        return remove(report, "all its records were acknowledged");
-    }
-    let bytes = if !scan.spans.is_empty() {
-        // Rewrite without the corrupt spans (atomically), so that readers and the next
-        // open see a clean segment and the spans are counted exactly once.
-        let mut clean = Vec::with_capacity(buf.len() - skipped as usize);
-        for f in &scan.frames {
-            clean.extend_from_slice(&buf[f.offset..f.offset + f.len]);
-        }
-        write_atomically(path, &clean).map_err(io_err)?;
-        report.corrupt_spans += scan.spans.len() as u64;
-        report.corrupt_bytes_skipped += skipped;
-        report.tail_bytes_cut += tail;
-        report.actions.push(format!(
-            "{}: skipped {} corrupt span(s), {skipped} bytes, and cut a tail of {tail} bytes",
+    /// An unreadable segment (EIO): renamed aside for inspection, its unacknowledged
+    /// records noted lost. A bad sector would otherwise fail every start the same way.
+    fn set_aside(
+        &mut self,
+        first: u64,
+        floor: u64,
+        next: Option<u64>,
+        path: &Path,
+        error: &std::io::Error,
+    ) -> Option<Segment> {
+        let aside = path.with_extension(UNREADABLE_EXT);
+        let _ = self.fs.rename(path, &aside);
+        self.report.segments_set_aside += 1;
+        self.report.actions.push(format!(
+            "{} is unreadable ({error}): moved to {}, its records are lost",
             path.display(),
-            scan.spans.len()
+            aside.display()
         ));
-        clean.len() as u64
-    } else {
-        if tail > 0 {
-            let f = OpenOptions::new().write(true).open(path).map_err(io_err)?;
-            f.set_len(scan.good_end as u64)
-                .and_then(|()| f.sync_all())
-                .map_err(io_err)?;
-            report.tail_bytes_cut += tail;
-            report.actions.push(format!(
-                "{}: cut a torn, zero-filled or garbage tail of {tail} bytes",
-                path.display()
-            ));
+        let from = first.max(floor + 1).max(self.state.acked + 1);
+        let to = next.map(|n| n - 1);
+        let loss = match to {
+            Some(to) if to >= from => Loss::range(from, to, to - from + 1, 0),
+            Some(_) => Loss::default(),
+            None => Loss::default(),
         }
-        scan.good_end as u64
-    };
-    let acked_records = scan.frames.iter().take_while(|f| f.seq <= acked).count() as u64;
-    Ok(Some(Segment {
-        path: path.to_path_buf(),
-        first_seq: scan.frames[0].seq,
-        last_seq: scan.last_seq().unwrap_or(0),
-        records: scan.frames.len() as u64,
-        bytes,
-        acked_records,
-        first_unacked: scan.frames.iter().map(|f| f.seq).find(|&s| s > acked),
-    }))
+        .with_detail(format!("{}: {error}", path.display()));
+        if !loss.lost.is_empty() || next.is_none() {
+            let mut loss = loss;
+            if next.is_none() && loss.lost.is_empty() {
+                // The tail's extent is unknown: at least its first record is gone.
+                loss = Loss::range(from, from, 1, 0).with_detail(loss.detail.unwrap_or_default());
+            }
+            self.state.ledger.note(GapCause::Unreadable, loss);
+        }
+        None
+    }
+
+    /// Segments holding only acknowledged records (a crash between the checkpoint write and
+    /// their deletion) go.
+    fn drop_acknowledged(&mut self) {
+        let acked = self.state.acked;
+        // Each turn removes one segment: bounded by their number.
+        while self
+            .state
+            .segments
+            .front()
+            .is_some_and(|s| s.last_seq <= acked)
+        {
+            let seg = self.state.segments.pop_front().expect("checked");
+            if self.fs.remove(&seg.path).is_ok() {
+                self.report.acked_segments_removed += 1;
+                self.report.actions.push(format!(
+                    "removed {}: all its records were acknowledged",
+                    seg.path.display()
+                ));
+            }
+        }
+    }
+
+    /// For the oldest segment: how many of its records are acknowledged, and the first that
+    /// is not (reads its headers; the others have none acknowledged).
+    fn count_acked(&mut self) {
+        let acked = self.state.acked;
+        for seg in self.state.segments.iter_mut().skip(1) {
+            seg.first_unacked = Some(seg.first_unacked.unwrap_or(seg.first_seq));
+        }
+        let Some(seg) = self.state.segments.front_mut() else {
+            return;
+        };
+        if seg.first_seq > acked {
+            seg.first_unacked = Some(seg.first_unacked.unwrap_or(seg.first_seq));
+            return;
+        }
+        let (count, first) = count_acked(self.fs, seg, acked);
+        seg.acked_records = count;
+        seg.first_unacked = first;
+    }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    struct TempDir(PathBuf);
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir_all(&self.0);
+/// How many of `seg`'s records are at or below `acked`, and the first above it. Reads
+/// frames; damage is passed over (the reader notes it when it gets there).
+pub(crate) fn count_acked(fs: &dyn Filesystem, seg: &Segment, acked: u64) -> (u64, Option<u64>) {
+    let Ok(file) = fs.open_read(&seg.path) else {
+        return (0, Some(seg.first_seq));
+    };
+    let mut cursor = Cursor::new(file, seg.durable, 0, None);
+    let mut count = 0;
+    // Each turn consumes one item; bounded by the segment.
+    loop {
+        match cursor.next() {
+            Ok(Item::Record { seq, .. }) if seq <= acked => count += 1,
+            Ok(Item::Record { seq, .. }) => return (count, Some(seq)),
+            Ok(Item::Damage(_)) => {}
+            Ok(Item::Footer(_)) | Ok(Item::End) | Err(_) => return (count, None),
         }
-    }
-
-    fn temp(tag: &str) -> TempDir {
-        let dir =
-            std::env::temp_dir().join(format!("rackhand-spool-unit-{tag}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        TempDir(dir)
-    }
-
-    #[test]
-    fn group_commit_waits_for_the_interval_and_always_does_not() {
-        let dir = temp("cadence");
-        let (mut spool, _) = Spool::open(&dir.0, SpoolOptions::default()).unwrap();
-        let start = Instant::now();
-        assert!(
-            !spool.commit_due(start + Duration::from_secs(5)),
-            "nothing waits"
-        );
-        assert_eq!(spool.commit_deadline(), None);
-        spool.append(1, b"{}").unwrap();
-        let deadline = spool.commit_deadline().expect("a record waits");
-        assert!(
-            !spool
-                .commit_if_due(deadline - Duration::from_millis(1))
-                .unwrap()
-        );
-        assert_eq!(spool.stats().uncommitted_records, 1);
-        assert!(spool.commit_if_due(deadline).unwrap());
-        assert_eq!(spool.stats().uncommitted_records, 0);
-        drop(spool);
-
-        let always = SpoolOptions {
-            durability: Durability::Always,
-            ..SpoolOptions::default()
-        };
-        let (mut spool, _) = Spool::open(&dir.0, always).unwrap();
-        spool.append(2, b"{}").unwrap();
-        assert!(spool.commit_if_due(Instant::now()).unwrap());
-        assert!(
-            !spool.commit_if_due(Instant::now()).unwrap(),
-            "nothing left to commit"
-        );
     }
 }

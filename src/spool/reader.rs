@@ -1,154 +1,389 @@
-//! Streaming reads of the spool: replay after a restart and the batcher's source.
+//! The spool's reading side, owned by the shipper: committed records in seq order, and
+//! acknowledgements.
 //!
-//! A spool may hold hundreds of MiB while the uplink is down, and the Pi has little memory,
-//! so a read holds one record at a time behind a buffered reader. The reader owns a snapshot
-//! of the segment list (paths and lengths at the time of the call) and does not borrow the
-//! spool: appends can go on meanwhile, and a segment deleted under it (acknowledged or
-//! dropped) is simply passed over.
+//! The reader sees only what the writer has committed, one record at a time (a spool may
+//! hold hundreds of MiB while the uplink is down, and the Pi has little memory). It checks
+//! every frame as it reads it, which is what lets opening skip the sealed segments: damage
+//! found here is noted in the ledger (durably, once per place) and the reader goes on with
+//! the next good frame of the same segment, so one flipped bit costs one record, and the
+//! acknowledgement that later deletes the segment never passes a loss that was not counted.
+//! An unreadable segment (EIO) is noted likewise and passed over.
+//!
+//! [`SpoolReader::ack`] persists the acknowledged position and deletes the segments it
+//! covers. On a full card the checkpoint may not be writable: the segments are deleted all
+//! the same (a crash then replays some records, never loses any) and the space they free
+//! lets the writer go on.
 
-use std::collections::VecDeque;
-use std::fs::File;
-use std::io::{self, BufReader, Read};
-use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use super::SpoolError;
-use super::frame::{HEADER, Header};
+use super::losses::Loss;
+use super::scan::{Cursor, Item};
+use super::{CHECKPOINT, Core, SpoolError, Stats, count_acked, ranges_text};
+use crate::durable_file::human_bytes;
+use crate::record::GapCause;
 
-/// One segment as the reader sees it: read up to `end`, no further.
-#[derive(Debug, Clone)]
-pub(crate) struct Extent {
-    pub path: PathBuf,
-    pub end: u64,
+/// Where the reader is: a segment (by its first seq) and a cursor in it.
+struct Position {
+    segment: u64,
+    cursor: Cursor,
 }
 
-/// Records with `seq >= from`, in seq order; see [`super::Spool::read_from`].
-pub struct Reader {
-    pending: VecDeque<Extent>,
-    current: Option<(BufReader<File>, Extent, u64)>,
-    from: u64,
-    max_record: u32,
+/// The spool's reader; see the module doc.
+pub struct SpoolReader {
+    core: Arc<Core>,
+    /// Records below this seq are not returned.
+    next: u64,
+    at: Option<Position>,
+    /// The segment last read to its end: the next one read comes after it.
+    finished: Option<u64>,
+    seen_commits: u64,
+    seen_wakes: u64,
 }
 
-impl Reader {
-    pub(crate) fn new(extents: Vec<Extent>, from: u64, max_record: u32) -> Reader {
-        Reader {
-            pending: extents.into(),
-            current: None,
-            from,
-            max_record,
+/// Why [`SpoolReader::wait`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wake {
+    /// Something was committed since the reader last found nothing.
+    Committed,
+    /// [`Waker::wake`] was called.
+    Woken,
+    /// [`Waker::close`]: nothing more will be appended.
+    Closing,
+    TimedOut,
+}
+
+/// Wakes or closes a [`SpoolReader`] waiting in another thread.
+#[derive(Clone)]
+pub struct Waker(Arc<Core>);
+
+impl Waker {
+    pub fn wake(&self) {
+        self.0.lock().wakes += 1;
+        self.0.notify();
+    }
+
+    /// Nothing more will be appended: a reader that has read everything may finish.
+    pub fn close(&self) {
+        self.0.lock().closing = true;
+        self.0.notify();
+    }
+}
+
+impl SpoolReader {
+    pub(super) fn new(core: Arc<Core>, next: u64) -> SpoolReader {
+        SpoolReader {
+            core,
+            next,
+            at: None,
+            finished: None,
+            seen_commits: 0,
+            seen_wakes: 0,
         }
     }
 
-    fn corrupt(
-        &mut self,
-        path: PathBuf,
-        offset: u64,
-        detail: String,
-    ) -> Option<Result<(u64, Vec<u8>), SpoolError>> {
-        // The rest of this segment cannot be trusted; the next open repairs it. Go on with
-        // the next segment so one bad sector does not stall the whole replay.
-        self.current = None;
-        Some(Err(SpoolError::Corrupt {
-            path,
-            offset,
-            detail,
-        }))
+    pub fn waker(&self) -> Waker {
+        Waker(Arc::clone(&self.core))
     }
-}
 
-impl Iterator for Reader {
-    type Item = Result<(u64, Vec<u8>), SpoolError>;
+    pub fn stats(&self) -> Stats {
+        self.core.lock().stats()
+    }
 
-    fn next(&mut self) -> Option<Self::Item> {
-        // Each turn skips one record or opens one segment: bounded by the snapshot.
+    /// The highest seq upstream acknowledged.
+    pub fn acked(&self) -> u64 {
+        self.core.lock().acked
+    }
+
+    /// Every record up to this seq is committed.
+    pub fn durable_seq(&self) -> u64 {
+        self.core.lock().durable_seq
+    }
+
+    /// Starts reading again at `seq` (records below it are passed over).
+    pub fn seek(&mut self, seq: u64) {
+        self.next = seq;
+        self.at = None;
+        self.finished = None;
+    }
+
+    /// The next committed record above everything returned so far, or `None` when the reader
+    /// has caught up with the writer (then [`Self::wait`]). Damage is noted and passed over,
+    /// never returned.
+    pub fn next_record(&mut self) -> Option<(u64, Vec<u8>)> {
+        // Each turn consumes one item of a segment or moves to the next segment: bounded by
+        // the spool's content.
         loop {
-            let Some((file, extent, pos)) = self.current.as_mut() else {
-                let extent = self.pending.pop_front()?;
-                match File::open(&extent.path) {
-                    Ok(f) => {
-                        self.current = Some((BufReader::with_capacity(64 * 1024, f), extent, 0))
+            let (segment, end, upper, sealed) = {
+                let mut st = self.core.lock();
+                self.seen_commits = st.commits;
+                let current = self
+                    .at
+                    .as_ref()
+                    .and_then(|p| st.segment(p.segment).map(|s| (p.segment, s)));
+                let seg = match current {
+                    Some((_, s)) => s,
+                    None => {
+                        if let Some(p) = self.at.take() {
+                            // Deleted under us (dropped or acknowledged): what it held is
+                            // counted where it was deleted.
+                            self.finished = Some(p.segment);
+                        }
+                        let chosen = match self.finished {
+                            Some(done) => st.segments.iter().find(|s| s.first_seq > done),
+                            None => st
+                                .segments
+                                .iter()
+                                .rev()
+                                .find(|s| s.first_seq <= self.next)
+                                .or(st.segments.front()),
+                        };
+                        let seg = chosen?;
+                        match self.core.fs.open_read(&seg.path) {
+                            Ok(file) => {
+                                let floor = seg.first_seq.saturating_sub(1);
+                                self.at = Some(Position {
+                                    segment: seg.first_seq,
+                                    cursor: Cursor::new(file, seg.durable, floor, None),
+                                });
+                                seg
+                            }
+                            Err(e) if seg.sealed => {
+                                let (first, path) = (seg.first_seq, seg.path.clone());
+                                let upper = seg.last_seq.saturating_add(1);
+                                unreadable(&mut st, first, 0, first, upper, &path, &e);
+                                self.finished = Some(first);
+                                continue;
+                            }
+                            Err(e) => {
+                                // The tail, which the writer holds open: try again at the
+                                // next call rather than pass over what it will still get.
+                                log::warn!("cannot open {} to read it: {e}", seg.path.display());
+                                return None;
+                            }
+                        }
                     }
-                    // Acknowledged or dropped since the snapshot: its records are not wanted.
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                    Err(error) => {
-                        return Some(Err(SpoolError::Io {
-                            path: extent.path,
-                            error,
-                        }));
-                    }
-                }
-                continue;
+                };
+                // What bounds the records this read can meet: the segment's last record,
+                // or in the tail, the last one committed (later ones may still be buffered).
+                let last = if seg.sealed {
+                    seg.last_seq
+                } else {
+                    seg.durable_last
+                };
+                let upper = if last > 0 {
+                    last.saturating_add(1)
+                } else {
+                    u64::MAX
+                };
+                (seg.first_seq, seg.durable, upper, seg.sealed)
             };
-            if *pos + HEADER as u64 > extent.end {
-                self.current = None;
-                continue;
-            }
-            let at = *pos;
-            let path = extent.path.clone();
-            let mut head = [0u8; HEADER];
-            if let Err(error) = file.read_exact(&mut head) {
-                self.current = None;
-                return Some(Err(SpoolError::Io { path, error }));
-            }
-            let h = Header::parse(&head);
-            if h.len > self.max_record || at + h.frame_len() > extent.end {
-                let detail = format!("frame length {} does not fit", h.len);
-                return self.corrupt(path, at, detail);
-            }
-            *pos += h.frame_len();
-            if h.seq < self.from {
-                if let Err(error) = file.seek_relative(i64::from(h.len)) {
-                    self.current = None;
-                    return Some(Err(SpoolError::Io { path, error }));
+            let pos = self.at.as_mut().expect("chosen above");
+            pos.cursor.end = end;
+            pos.cursor.set_upper((upper != u64::MAX).then_some(upper));
+            // A read error may pass (a busy card): two more tries before the rest counts
+            // as unreadable.
+            let mut item = pos.cursor.next();
+            for _ in 0..2 {
+                if item.is_ok() {
+                    break;
                 }
+                item = pos.cursor.next();
+            }
+            let mut st = self.core.lock();
+            if st.segment(segment).is_none() {
+                // Deleted while we read: see above.
                 continue;
             }
-            let mut payload = vec![0u8; h.len as usize];
-            if let Err(error) = file.read_exact(&mut payload) {
-                self.current = None;
-                return Some(Err(SpoolError::Io { path, error }));
+            match item {
+                Ok(Item::Record { seq, payload }) => {
+                    if seq < self.next || seq <= st.acked {
+                        continue;
+                    }
+                    self.next = seq + 1;
+                    st.read_through = st.read_through.max(seq);
+                    return Some((seq, payload));
+                }
+                Ok(Item::Footer(_)) => {
+                    self.at = None;
+                    self.finished = Some(segment);
+                }
+                Ok(Item::End) if sealed => {
+                    self.at = None;
+                    self.finished = Some(segment);
+                }
+                Ok(Item::End) => return None,
+                Ok(Item::Damage(d)) => {
+                    let path = st
+                        .segment(segment)
+                        .map(|s| s.path.clone())
+                        .unwrap_or_default();
+                    st.note_damage(segment, upper, &d, &path, true);
+                }
+                Err(e) => {
+                    let Some(path) = st.segment(segment).map(|s| s.path.clone()) else {
+                        continue;
+                    };
+                    let pos = self.at.as_mut().expect("reading it");
+                    let from = pos.cursor.last_seq + 1;
+                    let at = pos.cursor.pos;
+                    unreadable(&mut st, segment, at, from, upper, &path, &e);
+                    if sealed {
+                        self.at = None;
+                        self.finished = Some(segment);
+                    } else {
+                        // The tail goes on growing: pass over what is committed of it now
+                        // and read on from there.
+                        pos.cursor.pos = end;
+                        pos.cursor.last_seq = upper.saturating_sub(1).max(pos.cursor.last_seq);
+                    }
+                }
             }
-            if !h.verifies(&payload) {
-                return self.corrupt(path, at, format!("checksum mismatch on seq {}", h.seq));
-            }
-            return Some(Ok((h.seq, payload)));
         }
+    }
+
+    /// Waits until something is committed after the last [`Self::next_record`] that found nothing,
+    /// a [`Waker`] wakes or closes, or `deadline` passes (`None`: at most a minute).
+    pub fn wait(&mut self, deadline: Option<Instant>) -> Wake {
+        let deadline = deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(60));
+        let mut st = self.core.lock();
+        // Spurious wakeups loop; each turn waits for what is left of a fixed deadline.
+        loop {
+            if st.wakes != self.seen_wakes {
+                self.seen_wakes = st.wakes;
+                return Wake::Woken;
+            }
+            if st.closing {
+                return Wake::Closing;
+            }
+            if st.commits != self.seen_commits {
+                return Wake::Committed;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Wake::TimedOut;
+            }
+            st = self.core.wait(st, left);
+        }
+    }
+
+    /// Whether [`Waker::close`] was called.
+    pub fn closing(&self) -> bool {
+        self.core.lock().closing
+    }
+
+    /// Upstream has every record up to `seq`: persists the position, then deletes the
+    /// sealed segments that hold nothing newer (see the module doc for a full card).
+    pub fn ack(&mut self, seq: u64) -> Result<(), SpoolError> {
+        let mut st = self.core.lock();
+        if seq <= st.acked {
+            return Ok(());
+        }
+        if seq > st.last_seq {
+            return Err(SpoolError::AckBeyondData {
+                dir: self.core.dir.clone(),
+                seq,
+                last: st.last_seq,
+            });
+        }
+        st.acked = seq;
+        st.ledger.acked(seq);
+        let checkpoint = self.core.path(CHECKPOINT);
+        match self
+            .core
+            .fs
+            .write_small(&checkpoint, format!("{seq}\n").as_bytes())
+        {
+            Ok(()) if st.checkpoint_trouble => {
+                st.checkpoint_trouble = false;
+                log::info!("{} is written again", checkpoint.display());
+            }
+            Ok(()) => {}
+            Err(e) if !st.checkpoint_trouble => {
+                st.checkpoint_trouble = true;
+                let free = self
+                    .core
+                    .fs
+                    .free_bytes(&self.core.dir)
+                    .map_or_else(|| "unknown space".to_string(), human_bytes);
+                log::error!(
+                    "cannot write {}: {e} ({free} free); acknowledged segments are deleted all the same, and a restart now would send some records twice",
+                    checkpoint.display()
+                );
+            }
+            Err(_) => {}
+        }
+        // Each turn deletes one segment: bounded by their number. The last segment is the
+        // writer's while it is open, so only sealed ones go here.
+        while st
+            .segments
+            .front()
+            .is_some_and(|s| s.sealed && s.last_seq <= seq)
+        {
+            let seg = st.segments.pop_front().expect("checked");
+            if let Err(e) = self.core.fs.remove(&seg.path) {
+                log::warn!(
+                    "cannot delete the acknowledged segment {}: {e}; it is deleted at the next start",
+                    seg.path.display()
+                );
+            }
+        }
+        if let Some(first) = st.segments.front().map(|s| s.first_seq) {
+            st.ledger.forget_seen_below(first);
+        }
+        if let Some(seg) = st.segments.front()
+            && seg.first_seq <= seq
+        {
+            let (count, first) = count_acked(&*self.core.fs, seg, seq);
+            let seg = st.segments.front_mut().expect("checked");
+            seg.acked_records = count;
+            seg.first_unacked = first;
+        }
+        Ok(())
+    }
+
+    /// Records upstream refused for good (each gone whole to the dead-letter file): lost to
+    /// upstream, reported in a gap record with cause `rejected`.
+    pub fn rejected(&mut self, loss: Loss) {
+        self.core.lock().ledger.note(GapCause::Rejected, loss);
     }
 }
 
-/// For the segment the acknowledged position falls into: how many of its records are
-/// acknowledged, and the first one that is not. Reads headers only.
-pub(crate) fn count_acked(extent: &Extent, acked: u64) -> io::Result<(u64, Option<u64>)> {
-    let mut file = BufReader::with_capacity(64 * 1024, File::open(&extent.path)?);
-    let mut pos = 0u64;
-    let mut count = 0u64;
-    while pos + HEADER as u64 <= extent.end {
-        let mut head = [0u8; HEADER];
-        file.read_exact(&mut head)?;
-        let h = Header::parse(&head);
-        if h.seq > acked {
-            return Ok((count, Some(h.seq)));
-        }
-        count += 1;
-        pos += h.frame_len();
-        file.seek_relative(i64::from(h.len))?;
+/// Notes the unacknowledged records `from..upper` of segment `segment` (met at byte `at`) as
+/// lost to an I/O error.
+fn unreadable(
+    st: &mut super::State,
+    segment: u64,
+    at: u64,
+    from: u64,
+    upper: u64,
+    path: &std::path::Path,
+    error: &std::io::Error,
+) {
+    if st.ledger.seen(segment, (at, upper)) {
+        return;
     }
-    Ok((count, None))
-}
-
-/// Every record's seq and frame length in a segment, in order. Reads headers only.
-pub(crate) fn frame_seqs(extent: &Extent) -> io::Result<Vec<(u64, u64)>> {
-    let mut file = BufReader::with_capacity(64 * 1024, File::open(&extent.path)?);
-    let mut pos = 0u64;
-    let mut out = Vec::new();
-    // Bounded by the extent: each turn moves past one frame.
-    while pos + HEADER as u64 <= extent.end {
-        let mut head = [0u8; HEADER];
-        file.read_exact(&mut head)?;
-        let h = Header::parse(&head);
-        out.push((h.seq, h.frame_len()));
-        pos += h.frame_len();
-        file.seek_relative(i64::from(h.len))?;
+    st.ledger.mark_seen(segment, (at, upper));
+    let from = from.max(st.acked + 1);
+    let last = upper.saturating_sub(1);
+    let loss = if last >= from && upper != u64::MAX {
+        Loss::range(from, last, last - from + 1, 0)
+    } else {
+        Loss::default()
     }
-    Ok(out)
+    .with_detail(format!("{}: {error}", path.display()));
+    log::error!(
+        "spool segment {} cannot be read ({error}): {} record(s) lost ({}); the SD card is failing",
+        path.display(),
+        loss.records,
+        ranges_text(&loss.lost)
+    );
+    if let Some(seg) = st.segments.iter_mut().find(|s| s.first_seq == segment) {
+        seg.records = seg.records.saturating_sub(loss.records);
+    }
+    if loss.records > 0 {
+        st.ledger.note(GapCause::Unreadable, loss);
+    } else {
+        st.ledger.persist();
+    }
 }

@@ -1,0 +1,853 @@
+//! The spool's writing side, owned by the agent's loop: append, group commit, the full-spool
+//! policy, and what to do when the card cannot take a write.
+//!
+//! Frames are encoded into a small buffer and written at offsets the writer tracks itself,
+//! so a write that fails half way (the card filled up mid-frame) is cut back to the last
+//! whole frame and the file never holds half a record in the middle. When a write or a sync
+//! fails, nothing is given up and the agent does not stop: the writer keeps what it could
+//! not write in memory, tells the agent to pause new collections ([`SpoolWriter::admission`],
+//! as `block` does), logs once with the path and the free space, and tries again with a
+//! growing backoff; once the disk takes writes again it writes what waited and goes on.
+//! Under `drop_oldest` a full disk is treated like a full spool: the oldest segments go, and
+//! their loss is counted. Only if the agent stops while the disk still refuses are the
+//! records in memory lost, and then the ledger (written in place, it needs no new block)
+//! counts them for a gap record at the next start.
+//!
+//! The full-spool policy lives here and only here: `drop_oldest` deletes whole segments
+//! before an append would pass `max_bytes`; `block` never refuses an append (records of
+//! sessions already running still go in) but pauses admission near the bound and resumes it
+//! well below, so the agent does not flap around the limit.
+
+use std::collections::VecDeque;
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use super::frame::{FOOTER, Footer, HEADER, MAX_PAYLOAD, header};
+use super::io::WriteFile;
+use super::losses::Loss;
+use super::scan::{Cursor, Item};
+use super::{
+    Core, Durability, FullPolicy, Segment, SpoolError, Stats, StorageTrouble, joined, ranges_text,
+    segment_name,
+};
+use crate::durable_file::{human_bytes, is_out_of_space};
+use crate::record::GapCause;
+
+/// Frames are written to the file once this much is buffered (and at every commit).
+const FLUSH_AT: usize = 64 * 1024;
+/// The first retry after a storage error; the wait doubles up to [`RETRY_MAX`].
+const RETRY_FIRST: Duration = Duration::from_secs(1);
+const RETRY_MAX: Duration = Duration::from_secs(30);
+/// Under `block`, admission pauses at 15/16 of the bound and resumes below 3/4 of it.
+const PAUSE_AT: (u64, u64) = (15, 16);
+const RESUME_BELOW: (u64, u64) = (3, 4);
+
+/// The segment being appended to.
+struct Tail {
+    first_seq: u64,
+    path: PathBuf,
+    file: Box<dyn WriteFile>,
+    /// Bytes known to be in the file, all whole frames.
+    written: u64,
+    /// Bytes made durable.
+    synced: u64,
+}
+
+/// A write that failed, and where.
+struct Failure {
+    path: PathBuf,
+    error: io::Error,
+}
+
+fn failure(path: &std::path::Path) -> impl FnOnce(io::Error) -> Failure + '_ {
+    move |error| Failure {
+        path: path.to_path_buf(),
+        error,
+    }
+}
+
+/// The disk refuses writes: since when, why, and when to try again.
+struct Trouble {
+    cause: GapCause,
+    since: Instant,
+    attempts: u32,
+    next_try: Instant,
+}
+
+/// The spool's writer; see the module doc.
+pub struct SpoolWriter {
+    core: Arc<Core>,
+    tail: Option<Tail>,
+    /// Encoded frames not yet written, all for the tail segment.
+    buf: Vec<u8>,
+    /// (seq, frame length) of each frame in `buf`.
+    buf_frames: Vec<(u64, u64)>,
+    /// Records that could not be placed while the disk refused writes: (seq, payload,
+    /// bounded by the full-spool policy).
+    held: VecDeque<(u64, Vec<u8>, bool)>,
+    trouble: Option<Trouble>,
+    uncommitted: u64,
+    last_commit: Instant,
+    /// A segment was created or deleted since the last fsync of the folder.
+    dir_dirty: bool,
+    /// Admission is paused, for this cause, since then.
+    pause: Option<(GapCause, Instant)>,
+    last_full_warning: Option<Instant>,
+}
+
+impl SpoolWriter {
+    pub(super) fn new(
+        core: Arc<Core>,
+        tail: Option<(u64, PathBuf, Box<dyn WriteFile>, u64)>,
+    ) -> SpoolWriter {
+        SpoolWriter {
+            core,
+            tail: tail.map(|(first_seq, path, file, bytes)| Tail {
+                first_seq,
+                path,
+                file,
+                written: bytes,
+                synced: bytes,
+            }),
+            buf: Vec::with_capacity(FLUSH_AT + 4096),
+            buf_frames: Vec::new(),
+            held: VecDeque::new(),
+            trouble: None,
+            uncommitted: 0,
+            last_commit: Instant::now(),
+            dir_dirty: false,
+            pause: None,
+            last_full_warning: None,
+        }
+    }
+
+    pub fn dir(&self) -> &std::path::Path {
+        &self.core.dir
+    }
+
+    pub fn stats(&self) -> Stats {
+        self.core.lock().stats()
+    }
+
+    /// Every record up to this seq is committed.
+    pub fn durable_seq(&self) -> u64 {
+        self.core.lock().durable_seq
+    }
+
+    /// Appends one record. It is durable after the next [`SpoolWriter::commit`]; should the
+    /// disk refuse it, it waits in memory (see the module doc). Errors only for a record
+    /// that breaks the spool's rules (too large, seq not increasing).
+    pub fn append(&mut self, seq: u64, payload: &[u8]) -> Result<(), SpoolError> {
+        self.append_inner(seq, payload, true)
+    }
+
+    fn append_inner(&mut self, seq: u64, payload: &[u8], bounded: bool) -> Result<(), SpoolError> {
+        let max = self.core.options.max_record_bytes.min(MAX_PAYLOAD);
+        if payload.len() > max as usize {
+            return Err(SpoolError::TooLarge {
+                seq,
+                len: payload.len(),
+                max,
+            });
+        }
+        {
+            let mut st = self.core.lock();
+            if seq <= st.last_seq {
+                return Err(SpoolError::NotIncreasing {
+                    dir: self.core.dir.clone(),
+                    seq,
+                    last: st.last_seq,
+                });
+            }
+            st.last_seq = seq;
+            st.uncommitted += 1;
+        }
+        self.uncommitted += 1;
+        if self.trouble.is_some() || !self.held.is_empty() {
+            self.hold(seq, payload.to_vec(), bounded);
+            return Ok(());
+        }
+        if let Err(f) = self.place(seq, payload, bounded) {
+            self.hold(seq, payload.to_vec(), bounded);
+            self.fail(f);
+        } else if self.buf.len() >= FLUSH_AT
+            && let Err(f) = self.flush_buf()
+        {
+            self.fail(f);
+        }
+        Ok(())
+    }
+
+    fn hold(&mut self, seq: u64, payload: Vec<u8>, bounded: bool) {
+        self.held.push_back((seq, payload, bounded));
+        self.core.lock().waiting_in_memory = self.held.len() as u64;
+    }
+
+    /// Puts one frame into the buffer of the tail segment: room first (`drop_oldest`), a new
+    /// segment if this one is full.
+    fn place(&mut self, seq: u64, payload: &[u8], bounded: bool) -> Result<(), Failure> {
+        let needed = (HEADER + payload.len()) as u64;
+        if bounded && self.core.options.full == FullPolicy::DropOldest {
+            self.make_room(needed)?;
+        }
+        let roll = match &self.tail {
+            None => true,
+            Some(t) => {
+                let st = self.core.lock();
+                st.segment(t.first_seq).is_none_or(|s| {
+                    s.records > 0 && s.bytes + needed > self.core.options.segment_bytes
+                })
+            }
+        };
+        if roll {
+            self.roll(seq)?;
+        }
+        self.buf.extend_from_slice(&header(seq, payload));
+        self.buf.extend_from_slice(payload);
+        self.buf_frames.push((seq, needed));
+        let first = self.tail.as_ref().expect("rolled above").first_seq;
+        let mut st = self.core.lock();
+        if let Some(seg) = st.segments.iter_mut().rev().find(|s| s.first_seq == first) {
+            seg.bytes += needed;
+            seg.records += 1;
+            seg.last_seq = seq;
+            seg.first_unacked.get_or_insert(seq);
+        }
+        Ok(())
+    }
+
+    /// Seals the tail (if any) and starts a segment whose first record is `seq`.
+    fn roll(&mut self, seq: u64) -> Result<(), Failure> {
+        if self.tail.is_some() {
+            self.seal()?;
+        }
+        let path = self.core.path(&segment_name(seq));
+        let mut file = self
+            .core
+            .fs
+            .open_write(&path, true)
+            .map_err(failure(&path))?;
+        if file.size().map_err(failure(&path))? > 0 {
+            // Left by a create that a crash interrupted: nothing in it counts.
+            file.set_len(0).map_err(failure(&path))?;
+        }
+        self.dir_dirty = true;
+        self.core.lock().segments.push_back(Segment {
+            first_seq: seq,
+            path: path.clone(),
+            bytes: 0,
+            durable: 0,
+            durable_last: 0,
+            sealed: false,
+            last_seq: 0,
+            records: 0,
+            acked_records: 0,
+            first_unacked: None,
+        });
+        self.tail = Some(Tail {
+            first_seq: seq,
+            path,
+            file,
+            written: 0,
+            synced: 0,
+        });
+        Ok(())
+    }
+
+    /// Writes what is buffered and the footer, syncs, and closes the tail. A segment whose
+    /// records are all acknowledged goes at once.
+    fn seal(&mut self) -> Result<(), Failure> {
+        self.flush_buf()?;
+        let tail = self.tail.as_mut().expect("seal needs a tail");
+        let (last_seq, records) = {
+            let st = self.core.lock();
+            st.segment(tail.first_seq)
+                .map_or((0, 0), |s| (s.last_seq, s.records))
+        };
+        let footer = Footer {
+            first_seq: tail.first_seq,
+            last_seq,
+            records,
+        }
+        .encode();
+        let written = tail
+            .file
+            .write_at(&footer, tail.written)
+            .and_then(|()| tail.file.sync());
+        if let Err(error) = written {
+            // Cut back so the retry writes the footer again, after the last whole frame.
+            let _ = tail.file.set_len(tail.written);
+            return Err(Failure {
+                path: tail.path.clone(),
+                error,
+            });
+        }
+        let tail = self.tail.take().expect("checked");
+        let bytes = tail.written + FOOTER as u64;
+        let mut st = self.core.lock();
+        let acked = st.acked;
+        let mut gone = None;
+        if let Some(i) = st
+            .segments
+            .iter()
+            .position(|s| s.first_seq == tail.first_seq)
+        {
+            let seg = &mut st.segments[i];
+            seg.bytes = bytes;
+            seg.durable = bytes;
+            seg.durable_last = seg.last_seq;
+            seg.sealed = true;
+            if seg.last_seq <= acked && i == 0 {
+                gone = st.segments.pop_front();
+            }
+        }
+        st.durable_seq = st.durable_seq.max(last_seq);
+        st.commits += 1;
+        drop(st);
+        self.core.notify();
+        if let Some(seg) = gone
+            && self.core.fs.remove(&seg.path).is_ok()
+        {
+            self.dir_dirty = true;
+        }
+        Ok(())
+    }
+
+    /// Writes the buffered frames after the last whole frame in the file; on failure cuts
+    /// the file back there and keeps the buffer for the retry.
+    fn flush_buf(&mut self) -> Result<(), Failure> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let tail = self
+            .tail
+            .as_mut()
+            .expect("buffered frames belong to the tail");
+        if let Err(error) = tail.file.write_at(&self.buf, tail.written) {
+            let _ = tail.file.set_len(tail.written);
+            return Err(Failure {
+                path: tail.path.clone(),
+                error,
+            });
+        }
+        tail.written += self.buf.len() as u64;
+        self.buf.clear();
+        self.buf_frames.clear();
+        Ok(())
+    }
+
+    /// Makes every record appended so far durable (one fsync for all of them). Never fails:
+    /// when the disk refuses, the writer is in trouble and retries from [`Self::tick`].
+    pub fn commit(&mut self) {
+        if self.trouble.is_some() {
+            return;
+        }
+        if let Err(f) = self.sync_all() {
+            self.fail(f);
+        }
+    }
+
+    fn sync_all(&mut self) -> Result<(), Failure> {
+        self.flush_buf()?;
+        if let Some(tail) = self.tail.as_mut()
+            && tail.synced < tail.written
+        {
+            tail.file.sync().map_err(failure(&tail.path))?;
+            tail.synced = tail.written;
+        }
+        if self.dir_dirty {
+            self.core
+                .fs
+                .sync_dir(&self.core.dir)
+                .map_err(failure(&self.core.dir))?;
+            self.dir_dirty = false;
+        }
+        let mut st = self.core.lock();
+        if let Some(tail) = &self.tail
+            && let Some(seg) = st
+                .segments
+                .iter_mut()
+                .rev()
+                .find(|s| s.first_seq == tail.first_seq)
+        {
+            seg.durable = tail.synced;
+            seg.durable_last = seg.last_seq;
+        }
+        if self.held.is_empty() {
+            st.durable_seq = st.last_seq;
+        }
+        st.uncommitted = 0;
+        st.commits += 1;
+        drop(st);
+        self.core.notify();
+        self.uncommitted = 0;
+        self.last_commit = Instant::now();
+        Ok(())
+    }
+
+    /// Whether records wait and the cadence allows an fsync at `now`.
+    pub fn commit_due(&self, now: Instant) -> bool {
+        self.uncommitted > 0
+            && match self.core.options.durability {
+                Durability::Always => true,
+                Durability::Interval(every) => {
+                    now.saturating_duration_since(self.last_commit) >= every
+                }
+            }
+    }
+
+    /// When the writer wants to run next at the latest: the next commit, or the next retry
+    /// after a storage error (`None`: nothing waits).
+    pub fn deadline(&self) -> Option<Instant> {
+        if let Some(t) = &self.trouble {
+            return Some(t.next_try);
+        }
+        if self.uncommitted == 0 {
+            return None;
+        }
+        if self.pause.is_some() {
+            // Paused for room: commit at once so the shipper can free some.
+            return Some(self.last_commit);
+        }
+        Some(match self.core.options.durability {
+            Durability::Always => self.last_commit,
+            Durability::Interval(every) => self.last_commit + every,
+        })
+    }
+
+    /// Commits when due, or retries after a storage error when its backoff allows; the
+    /// caller calls it after appends and whenever [`Self::deadline`] passes.
+    pub fn tick(&mut self, now: Instant) {
+        if let Some(t) = &self.trouble {
+            if now >= t.next_try {
+                self.retry();
+            }
+            return;
+        }
+        if self.commit_due(now) || (self.pause.is_some() && self.uncommitted > 0) {
+            self.commit();
+        }
+    }
+
+    /// One attempt to write what waits and make it durable.
+    fn retry(&mut self) {
+        match self.drain_held().and_then(|()| self.sync_all()) {
+            Ok(()) => {
+                if let Some(t) = self.trouble.take() {
+                    log::info!(
+                        "spool {}: the disk takes writes again after {:.1} s; what waited in memory is written",
+                        self.core.dir.display(),
+                        t.since.elapsed().as_secs_f64()
+                    );
+                }
+                self.core.lock().storage_trouble = None;
+            }
+            Err(f) => self.fail(f),
+        }
+    }
+
+    fn drain_held(&mut self) -> Result<(), Failure> {
+        self.flush_buf()?;
+        // Each turn places one record or stops: bounded by the queue.
+        while let Some((seq, payload, bounded)) = self.held.pop_front() {
+            if let Err(f) = self.place(seq, &payload, bounded) {
+                self.held.push_front((seq, payload, bounded));
+                return Err(f);
+            }
+            self.core.lock().waiting_in_memory = self.held.len() as u64;
+            if self.buf.len() >= FLUSH_AT {
+                self.flush_buf()?;
+            }
+        }
+        self.flush_buf()
+    }
+
+    /// A write or sync failed: note the trouble (logged once per condition), and under
+    /// `drop_oldest` with a full disk, make room by dropping the oldest segment.
+    fn fail(&mut self, f: Failure) {
+        let cause = if is_out_of_space(&f.error) {
+            GapCause::DiskFull
+        } else {
+            GapCause::IoError
+        };
+        let now = Instant::now();
+        let mut next_try = None;
+        if cause == GapCause::DiskFull && self.core.options.full == FullPolicy::DropOldest {
+            match self.drop_front(GapCause::DiskFull) {
+                Ok(true) => next_try = Some(now),
+                Ok(false) => {}
+                Err(e) => log::debug!("{}: {}", e.path.display(), e.error),
+            }
+        }
+        let free = self
+            .core
+            .fs
+            .free_bytes(&self.core.dir)
+            .map_or_else(|| "unknown space".to_string(), human_bytes);
+        let error = format!(
+            "cannot write {}: {} ({free} free)",
+            f.path.display(),
+            f.error
+        );
+        match &mut self.trouble {
+            Some(t) if t.cause == cause => {
+                t.attempts += 1;
+                t.next_try = next_try.unwrap_or(now + backoff(t.attempts));
+                log::debug!("spool: still {error} (attempt {})", t.attempts);
+            }
+            _ => {
+                let what = match cause {
+                    GapCause::DiskFull => {
+                        "the disk is full: free space on it or lower spool_max_bytes below the free space"
+                    }
+                    _ => "an I/O error: check the SD card (dmesg) and replace it if errors go on",
+                };
+                log::error!(
+                    "spool {error}; {what}. New collections pause; records already collected wait in memory and are written as soon as the disk takes them"
+                );
+                let since = self.trouble.as_ref().map_or(now, |t| t.since);
+                self.trouble = Some(Trouble {
+                    cause,
+                    since,
+                    attempts: 1,
+                    next_try: next_try.unwrap_or(now + RETRY_FIRST),
+                });
+            }
+        }
+        let mut st = self.core.lock();
+        let since_wall = match &st.storage_trouble {
+            Some(t) => t.since,
+            None => SystemTime::now(),
+        };
+        st.storage_trouble = Some(StorageTrouble {
+            cause,
+            since: since_wall,
+            error,
+        });
+    }
+
+    /// `drop_oldest`: deletes the oldest segments until `needed` more bytes fit the bound.
+    fn make_room(&mut self, needed: u64) -> Result<(), Failure> {
+        let max = self.core.options.max_bytes;
+        // Each turn deletes one segment: bounded by their number.
+        loop {
+            let bytes = {
+                let st = self.core.lock();
+                if st.segments.is_empty() {
+                    return Ok(());
+                }
+                st.bytes()
+            };
+            if bytes + needed <= max {
+                return Ok(());
+            }
+            if !self.drop_front(GapCause::SpoolFull)? {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Deletes the oldest segment, noting its unacknowledged records as lost (those the
+    /// shipper has not read) or held (those it has: lost only if it stops before upstream
+    /// takes them). Durable in the ledger before the file goes. False: nothing to drop (the
+    /// only segment is the one being written and the disk, not the bound, is full).
+    fn drop_front(&mut self, cause: GapCause) -> Result<bool, Failure> {
+        let front = match self.core.lock().segments.front() {
+            Some(s) => s.first_seq,
+            None => return Ok(false),
+        };
+        if self.tail.as_ref().is_some_and(|t| t.first_seq == front) {
+            if cause == GapCause::DiskFull {
+                return Ok(false);
+            }
+            // The only segment is the one being written: its frames go with it.
+            self.flush_buf()?;
+            self.tail = None;
+        }
+        let mut st = self.core.lock();
+        let seg = st.segments.pop_front().expect("checked");
+        let (acked, read_through) = (st.acked, st.read_through);
+        let mut lost = Vec::new();
+        let (mut records, mut bytes) = (0u64, 0u64);
+        let mut held = Vec::new();
+        match self.core.fs.open_read(&seg.path) {
+            Ok(file) => {
+                let mut cursor = Cursor::new(file, seg.durable.max(seg.bytes), 0, None);
+                // Each turn consumes one item; bounded by the segment.
+                loop {
+                    match cursor.next() {
+                        Ok(Item::Record { seq, payload }) if seq > acked => {
+                            let len = (HEADER + payload.len()) as u64;
+                            if seq <= read_through {
+                                held.push((seq, len));
+                            } else {
+                                records += 1;
+                                bytes += len;
+                                lost.push((seq, seq));
+                            }
+                        }
+                        Ok(Item::Damage(d)) => {
+                            // Damaged and dropped: lost either way, unless the shipper
+                            // read it before the damage came (then it is held).
+                            let upper = seg.last_seq.saturating_add(1);
+                            let unread =
+                                super::damage_loss(&d, upper, acked.max(read_through), &seg.path);
+                            records += unread.records;
+                            bytes += unread.bytes;
+                            lost.extend(unread.lost);
+                            let first = (d.after_seq + 1).max(acked + 1);
+                            let last = d.next_seq.unwrap_or(upper).saturating_sub(1);
+                            held.extend((first..=last.min(read_through)).map(|s| (s, 0)));
+                        }
+                        Ok(Item::Record { .. }) => {}
+                        Ok(Item::Footer(_)) | Ok(Item::End) => break,
+                        Err(e) => {
+                            // The rest cannot be read: what it held is gone with it.
+                            let from = (cursor.last_seq + 1).max(acked + 1);
+                            let unread_from = from.max(read_through + 1);
+                            if seg.last_seq >= unread_from {
+                                records += seg.last_seq - unread_from + 1;
+                                lost.push((unread_from, seg.last_seq));
+                            }
+                            held.extend((from..=seg.last_seq.min(read_through)).map(|s| (s, 0)));
+                            log::warn!(
+                                "cannot read the rest of {} before dropping it ({e}); its unshipped records count as lost",
+                                seg.path.display()
+                            );
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                log::warn!(
+                    "cannot list the records of {} before dropping it ({e}); all its unshipped records count as lost",
+                    seg.path.display()
+                );
+                records = seg.unacked();
+                bytes = seg.bytes;
+                lost.push((seg.first_seq.max(acked + 1), seg.last_seq));
+            }
+        }
+        let lost = joined(lost);
+        let why = match cause {
+            GapCause::DiskFull => "the disk is full",
+            _ => "the spool is full",
+        };
+        log::warn!(
+            "{why} (spool_full = \"drop_oldest\"): dropped {records} unshipped records ({bytes} bytes, {}) of {}{}",
+            ranges_text(&lost),
+            seg.path.display(),
+            if held.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; {} more were already read for shipping and are lost only if the agent stops before upstream takes them",
+                    held.len()
+                )
+            }
+        );
+        st.ledger.note_held(held);
+        st.dropped_records += records;
+        st.dropped_bytes += bytes;
+        st.ledger.note(
+            cause,
+            Loss {
+                records,
+                bytes,
+                lost,
+                detail: Some(format!("dropped {}", seg.path.display())),
+                ..Loss::default()
+            },
+        );
+        if let Some(first) = st.segments.front().map(|s| s.first_seq) {
+            st.ledger.forget_seen_below(first);
+        }
+        drop(st);
+        if let Err(e) = self.core.fs.remove(&seg.path) {
+            log::error!(
+                "cannot delete {}: {e}; its records are counted lost all the same",
+                seg.path.display()
+            );
+        }
+        self.dir_dirty = true;
+        Ok(true)
+    }
+
+    /// Whether new collections may start; `Some(cause)` while they must wait: the spool is
+    /// near its bound under `block` (hysteresis, see the module doc), or the disk refuses
+    /// writes. Pauses are counted in the ledger and reported in gap records.
+    pub fn admission(&mut self, now: Instant) -> Option<GapCause> {
+        let want = if let Some(t) = &self.trouble {
+            Some(t.cause)
+        } else if self.core.options.full == FullPolicy::Block {
+            let bytes = self.core.lock().bytes();
+            let max = self.core.options.max_bytes;
+            let paused_full = matches!(self.pause, Some((GapCause::SpoolFull, _)));
+            let threshold = if paused_full {
+                max / RESUME_BELOW.1 * RESUME_BELOW.0
+            } else {
+                max / PAUSE_AT.1 * PAUSE_AT.0
+            };
+            (bytes >= threshold).then_some(GapCause::SpoolFull)
+        } else {
+            None
+        };
+        let current = self.pause.map(|p| p.0);
+        if want != current {
+            if let Some((cause, since)) = self.pause.take() {
+                let paused = now.saturating_duration_since(since);
+                self.core
+                    .lock()
+                    .ledger
+                    .note_pause(cause, 0, paused.as_millis() as u64);
+                if want.is_none() {
+                    log::info!("collections resume: the spool takes records again");
+                }
+            }
+            if let Some(cause) = want {
+                self.pause = Some((cause, now));
+                if cause == GapCause::SpoolFull {
+                    // A spool flapping at its bound would otherwise warn twice a second.
+                    let quiet = self
+                        .last_full_warning
+                        .is_some_and(|t| now.saturating_duration_since(t) < super::REPORT_EVERY);
+                    let level = if quiet {
+                        log::Level::Debug
+                    } else {
+                        log::Level::Warn
+                    };
+                    self.last_full_warning = Some(now);
+                    let bytes = self.core.lock().bytes();
+                    log::log!(
+                        level,
+                        "spool full ({bytes} of {} bytes): new collections pause until upstream takes records (spool_full = \"block\")",
+                        self.core.options.max_bytes
+                    );
+                }
+            }
+        }
+        want
+    }
+
+    /// `collections` due collections were not started because admission is paused.
+    pub fn passed_over(&mut self, collections: u64) {
+        if let Some((cause, _)) = self.pause {
+            self.core.lock().ledger.note_pause(cause, collections, 0);
+        }
+    }
+
+    /// The losses to report now as gap records (see [`super::losses::Ledger::take_due`]);
+    /// a pause under way is counted up to `now` first.
+    pub fn take_losses(&mut self, now: Instant, force: bool) -> Vec<(GapCause, Loss)> {
+        let mut st = self.core.lock();
+        if let Some((cause, since)) = self.pause.as_mut() {
+            let ms = now.saturating_duration_since(*since).as_millis() as u64;
+            st.ledger.note_pause(*cause, 0, ms);
+            *since = now;
+        }
+        st.ledger.take_due(now, force)
+    }
+
+    /// Appends the gap record `seq` that reports `loss` (past the bound if need be: it is
+    /// small, and it is what says what the bound cost).
+    pub fn append_gap(
+        &mut self,
+        seq: u64,
+        payload: &[u8],
+        cause: GapCause,
+        loss: Loss,
+    ) -> Result<(), SpoolError> {
+        match self.append_inner(seq, payload, false) {
+            Ok(()) => {
+                self.core.lock().ledger.reported(seq, cause, loss);
+                Ok(())
+            }
+            Err(e) => {
+                self.core.lock().ledger.unreport(cause, loss);
+                Err(e)
+            }
+        }
+    }
+
+    /// Counts a loss found outside the spool (a record that could not be spooled).
+    pub fn note_loss(&mut self, cause: GapCause, loss: Loss) {
+        self.core.lock().ledger.note(cause, loss);
+    }
+
+    /// A loss taken with [`Self::take_losses`] that could not become a gap record.
+    pub fn unreport(&mut self, cause: GapCause, loss: Loss) {
+        self.core.lock().ledger.unreport(cause, loss);
+    }
+
+    /// The shipper has stopped: records drop-oldest deleted while it held them, and that
+    /// upstream did not acknowledge, are lost now.
+    pub fn shipper_stopped(&mut self) {
+        let mut st = self.core.lock();
+        let acked = st.acked;
+        let policy = st.policy.as_str();
+        st.ledger.held_lost(acked, policy);
+    }
+
+    /// At stop: a last attempt to write what waits. What the disk still refuses is noted
+    /// lost in the ledger (in place: it needs no new block), to be reported at the next
+    /// start. Returns how many records that was.
+    pub fn close(&mut self) -> u64 {
+        let now = Instant::now();
+        if let Some((cause, since)) = self.pause.take() {
+            let ms = now.saturating_duration_since(since).as_millis() as u64;
+            self.core.lock().ledger.note_pause(cause, 0, ms);
+        }
+        if self.trouble.is_some() {
+            self.retry();
+        } else {
+            self.commit();
+        }
+        let Some(trouble) = &self.trouble else {
+            self.core.lock().closing = true;
+            self.core.notify();
+            return 0;
+        };
+        let mut lost: Vec<(u64, u64)> = Vec::new();
+        let (mut records, mut bytes) = (0u64, 0u64);
+        for &(seq, len) in &self.buf_frames {
+            records += 1;
+            bytes += len;
+            lost.push((seq, seq));
+        }
+        for (seq, payload, _) in &self.held {
+            records += 1;
+            bytes += (HEADER + payload.len()) as u64;
+            lost.push((*seq, *seq));
+        }
+        let lost = joined(lost);
+        log::error!(
+            "stopping while the disk refuses writes: {records} collected records ({}) could not be spooled and are lost; a gap record reports them at the next start",
+            ranges_text(&lost)
+        );
+        let mut st = self.core.lock();
+        st.ledger.note(
+            trouble.cause,
+            Loss {
+                records,
+                bytes,
+                lost,
+                detail: Some("the agent stopped before the disk took them".into()),
+                ..Loss::default()
+            },
+        );
+        st.closing = true;
+        drop(st);
+        self.core.notify();
+        records
+    }
+}
+
+/// The wait before retry `attempts` (1-based) after a storage error.
+fn backoff(attempts: u32) -> Duration {
+    RETRY_FIRST
+        .saturating_mul(1 << attempts.saturating_sub(1).min(16))
+        .min(RETRY_MAX)
+}
