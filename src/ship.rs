@@ -471,9 +471,9 @@ impl Worker {
                 r.last_ack_at = Some(SystemTime::now());
                 r.shipped_records += batch.len() as u64;
                 r.shipped_batches += 1;
-                if let Some(path) = shipped.dead_letter {
+                if let Some(first) = shipped.rejected.first() {
                     r.dead_lettered_batches += 1;
-                    r.dead_letter_file = Some(path);
+                    r.dead_letter_file = Some(first.dead_letter.clone());
                 }
                 drop(r);
                 (self.on_ack)();
@@ -554,7 +554,7 @@ mod tests {
             ));
             Ok(Shipped {
                 attempts: 1,
-                dead_letter: None,
+                rejected: Vec::new(),
             })
         }
 

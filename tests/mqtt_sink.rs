@@ -142,7 +142,7 @@ fn a_batch_arrives_once_per_record_on_each_devices_topic_and_ship_waits_for_ever
         shipped,
         Shipped {
             attempts: 1,
-            dead_letter: None
+            rejected: Vec::new()
         }
     );
 

@@ -266,7 +266,7 @@ impl Sink for FileSink {
         self.write_batch(batch)?;
         Ok(Shipped {
             attempts: 1,
-            dead_letter: None,
+            rejected: Vec::new(),
         })
     }
 

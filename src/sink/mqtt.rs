@@ -670,7 +670,7 @@ impl super::Sink for MqttSink {
         let attempts = self.send(batch, until, stop, observe)?;
         Ok(super::Shipped {
             attempts,
-            dead_letter: None,
+            rejected: Vec::new(),
         })
     }
 
