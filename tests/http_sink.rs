@@ -738,9 +738,13 @@ fn a_413_splits_the_batch_until_the_record_too_large_alone_is_dead_lettered_whol
     // Sent again (the shipper lost the answer): the same parts with the same keys, so a
     // collector that dedupes by key stores nothing twice.
     let receiver_again = collector_limited_to(LIMIT);
-    let mut again =
-        HttpSink::new(config(&receiver_again.url(), &TempDir::new("413-again"))).unwrap();
+    let dir_again = TempDir::new("413-again");
+    let mut again = HttpSink::new(config(&receiver_again.url(), &dir_again)).unwrap();
     again.send(&batch, soon(), &StopFlag::new()).unwrap();
+    assert_eq!(
+        dead_letters(&dir_again.0.join(DEAD_LETTER_FILE))[0].1,
+        big.body()
+    );
     assert_eq!(keys_and_statuses(&receiver_again, LIMIT), expected);
 }
 
