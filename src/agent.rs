@@ -171,6 +171,7 @@ fn upstream_of(inventory: &Inventory) -> Upstream {
         drop_oldest_when_full: false,
         fsync_always: false,
         file_max_bytes: inventory::defaults::FILE_MAX_BYTES,
+        max_packet_size: inventory::defaults::MQTT_MAX_PACKET_SIZE,
     })
 }
 
@@ -216,7 +217,11 @@ fn build_sink(inventory: &Inventory, upstream: &Upstream) -> Result<Box<dyn Sink
             Box::new(HttpSink::new(config).map_err(SinkError::from)?)
         }
         SinkKind::Mqtt => {
-            let config = MqttConfig::from_upstream(upstream, &inventory.agent.id);
+            let config = MqttConfig::from_upstream(
+                upstream,
+                &inventory.agent.id,
+                &inventory.agent.state_dir,
+            );
             Box::new(MqttSink::new(config).map_err(SinkError::from)?)
         }
     })

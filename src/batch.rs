@@ -16,6 +16,7 @@
 //! The struct does no I/O and never sleeps: the caller passes `now` and waits for
 //! [`Batcher::deadline`] itself, so tests drive it with a made-up clock.
 
+use std::ops::Range;
 use std::time::{Duration, Instant};
 
 /// When a batch closes. Built from `[upstream]` (see [`BatchLimits::from_upstream`]).
@@ -54,13 +55,27 @@ pub enum BatchError {
 }
 
 /// A closed batch: consecutive records of one agent's stream, as an NDJSON body.
+///
+/// A batch can be cut into parts by record ([`Batch::part`]), e.g. when upstream refuses it
+/// as too large; a part is a batch of its own, named by its own seq range, so a part sent
+/// again carries the same `Idempotency-Key` too.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Batch {
+    agent: String,
     first_seq: u64,
     last_seq: u64,
-    records: usize,
     body: Vec<u8>,
+    /// Each record's seq and where its line ends in `body` (one past its `\n`).
+    lines: Vec<(u64, usize)>,
     key: String,
+}
+
+/// One record of a batch: its seq and its NDJSON line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchLine<'a> {
+    pub seq: u64,
+    /// The record's JSON with its `\n`, exactly as in [`Batch::body`].
+    pub line: &'a [u8],
 }
 
 impl Batch {
@@ -74,11 +89,11 @@ impl Batch {
 
     /// How many records the batch holds.
     pub fn len(&self) -> usize {
-        self.records
+        self.lines.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.records == 0
+        self.lines.is_empty()
     }
 
     /// The records, one per line, each line ending in `\n` (uncompressed).
@@ -89,6 +104,50 @@ impl Batch {
     /// The same for every sending of this batch: `"<agent>:<first>-<last>"`.
     pub fn idempotency_key(&self) -> &str {
         &self.key
+    }
+
+    /// The records in seq order.
+    pub fn lines(&self) -> impl ExactSizeIterator<Item = BatchLine<'_>> + '_ {
+        self.lines.iter().enumerate().map(|(i, &(seq, end))| {
+            let start = if i == 0 { 0 } else { self.lines[i - 1].1 };
+            BatchLine {
+                seq,
+                line: &self.body[start..end],
+            }
+        })
+    }
+
+    /// The records at positions `records` (0-based, in seq order) as a batch of their own,
+    /// keyed by its own first and last seq.
+    ///
+    /// # Panics
+    /// When `records` is empty or reaches past [`Batch::len`]: a part holds at least one
+    /// record of this batch.
+    pub fn part(&self, records: Range<usize>) -> Batch {
+        assert!(
+            !records.is_empty() && records.end <= self.len(),
+            "part {records:?} of a batch of {} records",
+            self.len()
+        );
+        let start = if records.start == 0 {
+            0
+        } else {
+            self.lines[records.start - 1].1
+        };
+        let lines: Vec<(u64, usize)> = self.lines[records]
+            .iter()
+            .map(|&(seq, end)| (seq, end - start))
+            .collect();
+        let end = start + lines.last().map_or(0, |l| l.1);
+        let (first_seq, last_seq) = (lines[0].0, lines[lines.len() - 1].0);
+        Batch {
+            key: idempotency_key(&self.agent, first_seq, last_seq),
+            agent: self.agent.clone(),
+            first_seq,
+            last_seq,
+            body: self.body[start..end].to_vec(),
+            lines,
+        }
     }
 }
 
@@ -113,8 +172,8 @@ pub fn idempotency_key(agent: &str, first: u64, last: u64) -> String {
 struct Open {
     first_seq: u64,
     last_seq: u64,
-    records: usize,
     body: Vec<u8>,
+    lines: Vec<(u64, usize)>,
     deadline: Instant,
 }
 
@@ -189,17 +248,17 @@ impl Batcher {
         let open = self.open.get_or_insert_with(|| Open {
             first_seq: seq,
             last_seq: seq,
-            records: 0,
             body: Vec::new(),
+            lines: Vec::new(),
             deadline: now + jittered_age(self.limits, self.jitter_seed, seq),
         });
         open.body.extend_from_slice(payload);
         if !payload.ends_with(b"\n") {
             open.body.push(b'\n');
         }
-        open.records += 1;
+        open.lines.push((seq, open.body.len()));
         open.last_seq = seq;
-        let full = open.records >= self.limits.max_records
+        let full = open.lines.len() >= self.limits.max_records
             || open.body.len() as u64 >= self.limits.max_bytes;
         if full || self.resume_cut == Some(seq) {
             if self.resume_cut == Some(seq) {
@@ -238,17 +297,18 @@ impl Batcher {
     pub fn pending(&self) -> (usize, usize) {
         self.open
             .as_ref()
-            .map_or((0, 0), |o| (o.records, o.body.len()))
+            .map_or((0, 0), |o| (o.lines.len(), o.body.len()))
     }
 
     fn close(&mut self) -> Option<Batch> {
         let open = self.open.take()?;
         Some(Batch {
             key: idempotency_key(&self.agent, open.first_seq, open.last_seq),
+            agent: self.agent.clone(),
             first_seq: open.first_seq,
             last_seq: open.last_seq,
-            records: open.records,
             body: open.body,
+            lines: open.lines,
         })
     }
 }
@@ -457,6 +517,48 @@ mod tests {
         assert_eq!(err, BatchError::OutOfOrder { seq: 5, last: 5 });
         assert!(err.to_string().contains("seq 5"));
         assert_eq!(b.pending().0, 1);
+    }
+
+    #[test]
+    fn parts_of_a_batch_hold_its_lines_unchanged_with_keys_of_their_own_seq_range() {
+        let now = Instant::now();
+        let mut b = Batcher::new("rack-a12", limits(10, 1 << 20, 1000, 0.0), 0);
+        // Gaps in seq (records dropped by the spool) stay gaps in every part.
+        for seq in [3, 4, 7, 8, 9] {
+            b.push(seq, &payload(seq), now).unwrap();
+        }
+        let batch = b.flush().unwrap();
+        let seqs: Vec<u64> = batch.lines().map(|l| l.seq).collect();
+        assert_eq!(seqs, vec![3, 4, 7, 8, 9]);
+        let joined: Vec<u8> = batch.lines().flat_map(|l| l.line.to_vec()).collect();
+        assert_eq!(joined, batch.body());
+
+        let left = batch.part(0..2);
+        let right = batch.part(2..5);
+        assert_eq!(left.idempotency_key(), "rack-a12:3-4");
+        assert_eq!(right.idempotency_key(), "rack-a12:7-9");
+        assert_eq!(
+            (right.first_seq(), right.last_seq(), right.len()),
+            (7, 9, 3)
+        );
+        assert_eq!([left.body(), right.body()].concat(), batch.body());
+        let one = right.part(1..2);
+        assert_eq!(one.idempotency_key(), "rack-a12:8-8");
+        assert_eq!(one.body(), b"{\"seq\":8}\n");
+        assert_eq!(one.lines().next().unwrap().line, one.body());
+        // The same part cut again is the same batch (what a resend after a restart sees).
+        assert_eq!(batch.part(2..5), right);
+        assert_eq!(batch.part(0..5), batch);
+    }
+
+    #[test]
+    #[should_panic(expected = "part 2..2 of a batch of 2 records")]
+    fn an_empty_part_is_a_bug() {
+        let now = Instant::now();
+        let mut b = Batcher::new("a", limits(10, 1 << 20, 1000, 0.0), 0);
+        b.push(1, b"{}", now).unwrap();
+        b.push(2, b"{}", now).unwrap();
+        b.flush().unwrap().part(2..2);
     }
 
     #[test]

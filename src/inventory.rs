@@ -43,7 +43,14 @@ pub mod defaults {
     pub const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(30);
     pub const FILE_MAX_BYTES: u64 = 64 << 20;
     pub const MQTT_TOPIC: &str = "rackhand/{agent}/{device}";
+    /// MQTT's largest packet: no limit below the protocol's unless the broker has one.
+    pub const MQTT_MAX_PACKET_SIZE: usize = super::MQTT_PACKET_SIZE_MAX;
 }
+
+/// The smallest `max_packet_size`: below it nearly every record would be dead-lettered.
+pub const MQTT_PACKET_SIZE_MIN: usize = 1024;
+/// The largest packet MQTT can frame (a 4-byte remaining length).
+pub const MQTT_PACKET_SIZE_MAX: usize = 268_435_455;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {
@@ -244,6 +251,8 @@ pub struct Upstream {
     pub drop_oldest_when_full: bool,
     pub fsync_always: bool,
     pub file_max_bytes: u64,
+    /// mqtt: the broker's largest packet; a record whose PUBLISH is larger is dead-lettered.
+    pub max_packet_size: usize,
 }
 
 /// Everything the agent needs, resolved and checked.
@@ -728,7 +737,39 @@ fn resolve_upstream(layer: &Layer, report: &mut Report) -> Option<Upstream> {
         drop_oldest_when_full: layer.str("spool_full") == Some("drop_oldest"),
         fsync_always: layer.str("fsync") == Some("always"),
         file_max_bytes: size("file_max_bytes", defaults::FILE_MAX_BYTES),
+        max_packet_size: max_packet_size(layer, kind, report),
     })
+}
+
+/// `max_packet_size`: only for mqtt, and within what an MQTT packet can be.
+fn max_packet_size(layer: &Layer, sink: SinkKind, report: &mut Report) -> usize {
+    let Some(setting) = layer.get("max_packet_size") else {
+        return defaults::MQTT_MAX_PACKET_SIZE;
+    };
+    let Value::Size(size) = setting.value else {
+        return defaults::MQTT_MAX_PACKET_SIZE;
+    };
+    if sink != SinkKind::Mqtt {
+        report.warning(
+            setting.key_span.clone(),
+            format!(
+                "`max_packet_size` applies only to sink = \"mqtt\", not `{}`; remove it",
+                sink.as_str()
+            ),
+        );
+    }
+    match usize::try_from(size) {
+        Ok(n) if (MQTT_PACKET_SIZE_MIN..=MQTT_PACKET_SIZE_MAX).contains(&n) => n,
+        _ => {
+            report.error(
+                setting.span.clone(),
+                format!(
+                    "`max_packet_size` is {size} bytes; it must be from {MQTT_PACKET_SIZE_MIN} bytes (\"1KiB\") to {MQTT_PACKET_SIZE_MAX} bytes (MQTT's largest packet): set it to the broker's limit (mosquitto: max_packet_size)"
+                ),
+            );
+            defaults::MQTT_MAX_PACKET_SIZE
+        }
+    }
 }
 
 #[cfg(test)]
@@ -899,6 +940,52 @@ commands = []
         assert!(messages[1].contains("not a valid regular expression"));
         assert!(messages[2].contains("no commands"));
         assert!(inv.devices.is_empty());
+    }
+
+    #[test]
+    fn max_packet_size_is_a_size_within_mqtts_limits_and_only_for_mqtt() {
+        let mqtt = |value: &str| {
+            resolve_text(&format!(
+                "[upstream]\nsink = \"mqtt\"\nbroker = \"mqtt://127.0.0.1\"\nmax_packet_size = {value}\n"
+            ))
+        };
+        let (inv, report) = mqtt("\"256KiB\"");
+        assert!(
+            !report.has_errors() && report.warnings().count() == 0,
+            "{report}"
+        );
+        assert_eq!(inv.upstream.unwrap().max_packet_size, 256 * 1024);
+
+        let (_, report) = resolve_text("[upstream]\nsink = \"mqtt\"\nbroker = \"mqtt://b\"\n");
+        assert!(!report.has_errors(), "{report}");
+        let (inv, _) = resolve_text("[upstream]\nsink = \"mqtt\"\nbroker = \"mqtt://b\"\n");
+        assert_eq!(inv.upstream.unwrap().max_packet_size, 268_435_455);
+
+        for (value, expect) in [
+            ("\"512MiB\"", "it must be from 1024 bytes"),
+            ("\"100B\"", "it must be from 1024 bytes"),
+            ("65536", "write sizes with a unit"),
+        ] {
+            let (_, report) = mqtt(value);
+            assert_eq!(report.errors().count(), 1, "{value}: {report}");
+            let text = report.to_string();
+            assert!(text.contains(expect), "{value}: {text}");
+            assert!(
+                text.contains("rackhand.toml:4:19: "),
+                "at its value: {text}"
+            );
+        }
+
+        let (_, report) = resolve_text(
+            "[upstream]\nsink = \"http\"\nurl = \"http://c/ingest\"\nmax_packet_size = \"64KiB\"\n",
+        );
+        assert!(!report.has_errors(), "{report}");
+        let warnings: Vec<String> = report.warnings().map(|d| d.message.clone()).collect();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].contains("only to sink = \"mqtt\", not `http`"),
+            "{warnings:?}"
+        );
     }
 
     #[test]

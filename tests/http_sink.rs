@@ -1,9 +1,11 @@
 //! The http sink against a real HTTP/1.1 receiver on loopback: what the collector sees, and
-//! how the sink behaves when the collector fails, refuses, throttles, is slow or is gone.
+//! how the sink behaves when the collector fails, refuses, throttles, is slow or is gone, or
+//! refuses a request as too large (413: the batch is split, a record too large alone goes
+//! whole to the dead-letter file).
 //!
 //! The receiver is a small server on `std::net::TcpListener` (one thread per connection) so a
-//! test can script each answer, delay it, and count every request it read. It stops in
-//! `Drop`, also when an assertion fails.
+//! test can script each answer (by its number or by the request), delay it, and count every
+//! request it read. It stops in `Drop`, also when an assertion fails.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -15,10 +17,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use rackhand::batch::{Batch, BatchLimits, Batcher};
 use rackhand::record::{Outcome, Status};
-use rackhand::sink::http::{
-    Backoff, DEAD_LETTER_FILE, DEAD_LETTER_OLD, Delivery, HttpConfig, HttpSink, HttpSinkError,
-    Retry, StopFlag,
-};
+use rackhand::sink::dead_letter::{self, FILE as DEAD_LETTER_FILE, OLD as DEAD_LETTER_OLD};
+use rackhand::sink::http::{Backoff, HttpConfig, HttpSink, HttpSinkError, Retry, StopFlag};
+use rackhand::sink::{Rejected, Shipped};
 
 // Only the certificates of the shared harness: this file has its own receiver.
 #[path = "support/tls.rs"]
@@ -73,7 +74,8 @@ fn reply(status: u16) -> Reply {
     }
 }
 
-type Script = Arc<dyn Fn(usize) -> Reply + Send + Sync>;
+/// The answer to request number `n` (0-based), which is also given.
+type Script = Arc<dyn Fn(usize, &Request) -> Reply + Send + Sync>;
 
 struct Shared {
     requests: Mutex<Vec<Request>>,
@@ -97,7 +99,13 @@ impl Receiver {
         listener: TcpListener,
         script: impl Fn(usize) -> Reply + Send + Sync + 'static,
     ) -> Receiver {
-        Self::start_with(listener, None, script)
+        Self::start_with(listener, None, move |n, _| script(n))
+    }
+
+    /// A receiver that answers by looking at each request.
+    fn judging(script: impl Fn(&Request) -> Reply + Send + Sync + 'static) -> Receiver {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        Self::start_with(listener, None, move |_, request| script(request))
     }
 
     /// An HTTPS receiver with the test CA's certificate for 127.0.0.1.
@@ -115,13 +123,13 @@ impl Receiver {
             )
             .unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        Self::start_with(listener, Some(Arc::new(config)), script)
+        Self::start_with(listener, Some(Arc::new(config)), move |n, _| script(n))
     }
 
     fn start_with(
         listener: TcpListener,
         tls: Option<Arc<rustls::ServerConfig>>,
-        script: impl Fn(usize) -> Reply + Send + Sync + 'static,
+        script: impl Fn(usize, &Request) -> Reply + Send + Sync + 'static,
     ) -> Receiver {
         let addr = listener.local_addr().unwrap();
         let shared = Arc::new(Shared {
@@ -192,12 +200,12 @@ fn serve<S: Read + Write>(stream: S, s: &Shared) {
             Some(r) => r,
             None => return,
         };
-        let n = {
+        let r = {
             let mut requests = s.requests.lock().unwrap();
             requests.push(request);
-            requests.len() - 1
+            let n = requests.len() - 1;
+            (s.script)(n, &requests[n])
         };
-        let r = (s.script)(n);
         if !r.delay.is_zero() && s.stop.wait_until(Instant::now() + r.delay) {
             return;
         }
@@ -374,20 +382,94 @@ fn soon() -> Instant {
     Instant::now() + Duration::from_secs(20)
 }
 
+fn acknowledged(attempts: u32) -> Shipped {
+    Shipped {
+        attempts,
+        rejected: Vec::new(),
+    }
+}
+
+/// A batch of rack-a12's records `first..`, record `i` with `output_len[i]` bytes of output.
+fn batch_with_outputs(first: u64, output_len: &[usize]) -> Batch {
+    let limits = BatchLimits {
+        max_records: output_len.len(),
+        max_bytes: u64::MAX,
+        max_age: Duration::from_secs(60),
+        jitter: 0.0,
+    };
+    let mut batcher = Batcher::new("rack-a12", limits, 0);
+    let now = Instant::now();
+    let mut closed = Vec::new();
+    for (seq, len) in (first..).zip(output_len) {
+        let record = Outcome {
+            device: "core1".into(),
+            transport: "ssh".into(),
+            command: "show tech-support".into(),
+            status: Status::Ok,
+            error: None,
+            output: format!("run {seq}\n{}", "x".repeat(*len)).into_bytes(),
+            started_at: SystemTime::UNIX_EPOCH,
+            duration: Duration::from_millis(12),
+        }
+        .into_record("rack-a12", seq);
+        closed.extend(batcher.push(seq, record.to_json().as_bytes(), now).unwrap());
+    }
+    assert_eq!(closed.len(), 1);
+    closed.pop().unwrap()
+}
+
+/// A collector that takes at most `limit` bytes of NDJSON per request and answers 413 above.
+fn collector_limited_to(limit: usize) -> Receiver {
+    Receiver::judging(move |r| {
+        if r.ndjson().len() > limit {
+            Reply {
+                body: "request entity too large".into(),
+                ..reply(413)
+            }
+        } else {
+            reply(200)
+        }
+    })
+}
+
+/// Each entry of a dead-letter file: its header and the exact bytes of the records after it.
+fn dead_letters(path: &std::path::Path) -> Vec<(serde_json::Value, Vec<u8>)> {
+    let bytes = std::fs::read(path).unwrap();
+    let mut out: Vec<(serde_json::Value, Vec<u8>)> = Vec::new();
+    for line in bytes.split_inclusive(|b| *b == b'\n') {
+        let value: serde_json::Value = serde_json::from_slice(line).unwrap();
+        if value.get("dead_letter").is_some() {
+            out.push((value, Vec::new()));
+        } else {
+            out.last_mut()
+                .expect("a header first")
+                .1
+                .extend_from_slice(line);
+        }
+    }
+    out
+}
+
+/// The key and status of every request a receiver answered, in order.
+fn keys_and_statuses(receiver: &Receiver, limit: usize) -> Vec<(String, u16)> {
+    receiver
+        .requests()
+        .iter()
+        .map(|r| {
+            let status = if r.ndjson().len() > limit { 413 } else { 200 };
+            (r.header("idempotency-key").unwrap().to_string(), status)
+        })
+        .collect()
+}
+
 #[test]
 fn the_receiver_sees_one_gzip_ndjson_post_with_the_batch_key_and_configured_headers() {
     let receiver = Receiver::start(|_| reply(200));
     let dir = TempDir::new("headers");
     let mut sink = HttpSink::new(config(&receiver.url(), &dir)).unwrap();
     let batch = batch(40, 5);
-    let delivery = sink.send(&batch, soon(), &StopFlag::new()).unwrap();
-    assert_eq!(
-        delivery,
-        Delivery::Acknowledged {
-            status: 200,
-            attempts: 1
-        }
-    );
+    let shipped = sink.send(&batch, soon(), &StopFlag::new()).unwrap();
+    assert_eq!(shipped, acknowledged(1));
     let requests = receiver.requests();
     assert_eq!(requests.len(), 1);
     let r = &requests[0];
@@ -413,18 +495,12 @@ fn an_expired_token_is_waited_out_not_dead_lettered() {
     let dir = TempDir::new("401");
     let mut sink = HttpSink::new(config(&receiver.url(), &dir)).unwrap();
     let mut retries = Vec::new();
-    let delivery = sink
+    let shipped = sink
         .send_observed(&batch(1, 2), soon(), &StopFlag::new(), &mut |r: &Retry| {
             retries.push(r.clone())
         })
         .unwrap();
-    assert_eq!(
-        delivery,
-        Delivery::Acknowledged {
-            status: 200,
-            attempts: 3
-        }
-    );
+    assert_eq!(shipped, acknowledged(3));
     let statuses: Vec<Option<u16>> = retries.iter().map(|r| r.status).collect();
     assert_eq!(statuses, vec![Some(401), Some(403)]);
     assert!(
@@ -442,18 +518,12 @@ fn a_503_is_retried_with_the_same_batch_and_key_then_a_200_acknowledges_it() {
     let mut sink = HttpSink::new(config(&receiver.url(), &dir)).unwrap();
     let batch = batch(1, 3);
     let mut retries = Vec::new();
-    let delivery = sink
+    let shipped = sink
         .send_observed(&batch, soon(), &StopFlag::new(), &mut |r: &Retry| {
             retries.push(r.clone())
         })
         .unwrap();
-    assert_eq!(
-        delivery,
-        Delivery::Acknowledged {
-            status: 200,
-            attempts: 2
-        }
-    );
+    assert_eq!(shipped, acknowledged(2));
     assert_eq!(retries.len(), 1);
     assert_eq!(retries[0].status, Some(503));
     assert!(retries[0].error.contains("503"), "{}", retries[0].error);
@@ -483,18 +553,12 @@ fn a_429_with_retry_after_1_waits_at_least_a_second() {
     let dir = TempDir::new("429");
     let mut sink = HttpSink::new(config(&receiver.url(), &dir)).unwrap();
     let mut retries = Vec::new();
-    let delivery = sink
+    let shipped = sink
         .send_observed(&batch(7, 2), soon(), &StopFlag::new(), &mut |r: &Retry| {
             retries.push(r.clone())
         })
         .unwrap();
-    assert_eq!(
-        delivery,
-        Delivery::Acknowledged {
-            status: 204,
-            attempts: 2
-        }
-    );
+    assert_eq!(shipped, acknowledged(2));
     assert_eq!(retries[0].retry_after, Some(Duration::from_secs(1)));
     assert!(retries[0].wait >= Duration::from_secs(1));
     let requests = receiver.requests();
@@ -512,31 +576,38 @@ fn a_400_goes_to_the_dead_letter_file_with_the_response_and_is_not_retried() {
     let dir = TempDir::new("400");
     let mut sink = HttpSink::new(config(&receiver.url(), &dir)).unwrap();
     let batch = batch(100, 4);
-    let delivery = sink.send(&batch, soon(), &StopFlag::new()).unwrap();
+    let shipped = sink.send(&batch, soon(), &StopFlag::new()).unwrap();
     let path = dir.0.join(DEAD_LETTER_FILE);
+    let reason = format!(
+        "{} answered 400 (Bad Request): schema mismatch: field `device` is required",
+        receiver.url()
+    );
     assert_eq!(
-        delivery,
-        Delivery::DeadLettered {
-            status: 400,
+        shipped,
+        Shipped {
             attempts: 1,
-            path: path.clone()
-        }
+            rejected: vec![Rejected {
+                first_seq: 100,
+                last_seq: 103,
+                records: 4,
+                bytes: batch.body().len() as u64,
+                reason: reason.clone(),
+                dead_letter: path.clone(),
+            }]
+        },
+        "the whole batch is rejected, not split: only a 413 is about size"
     );
     assert_eq!(receiver.requests().len(), 1, "a 400 is never retried");
-    let text = std::fs::read_to_string(&path).unwrap();
-    let mut lines = text.lines();
-    let head: serde_json::Value = serde_json::from_str(lines.next().unwrap()).unwrap();
-    let dl = &head["dead_letter"];
+    let entries = dead_letters(&path);
+    assert_eq!(entries.len(), 1);
+    let dl = &entries[0].0["dead_letter"];
     assert_eq!(dl["status"], 400);
+    assert_eq!(dl["sink"], "http");
     assert_eq!(dl["idempotency_key"], "rack-a12:100-103");
-    assert_eq!(dl["url"], receiver.url());
+    assert_eq!(dl["target"], receiver.url());
+    assert_eq!(dl["reason"], reason.as_str());
     assert!(dl["response"].as_str().unwrap().contains("schema mismatch"));
-    assert_eq!(dl["records_omitted"], false);
-    let rest: Vec<&str> = lines.collect();
-    assert_eq!(
-        seqs_of((rest.join("\n") + "\n").as_bytes()),
-        vec![100, 101, 102, 103]
-    );
+    assert_eq!(entries[0].1, batch.body(), "the records, byte for byte");
 }
 
 #[test]
@@ -551,13 +622,17 @@ fn the_dead_letter_file_is_capped_keeping_one_previous_file() {
     })
     .unwrap();
     for first in [1, 4, 7, 10, 13] {
-        let delivery = sink
+        let shipped = sink
             .send(&batch(first, 3), soon(), &StopFlag::new())
             .unwrap();
-        assert!(matches!(
-            delivery,
-            Delivery::DeadLettered { status: 422, .. }
-        ));
+        assert_eq!(shipped.rejected.len(), 1);
+        assert!(
+            shipped.rejected[0]
+                .reason
+                .contains("422 (Unprocessable Entity)"),
+            "{}",
+            shipped.rejected[0].reason
+        );
         for name in [DEAD_LETTER_FILE, DEAD_LETTER_OLD] {
             if let Ok(m) = std::fs::metadata(dir.0.join(name)) {
                 assert!(m.len() <= cap, "{name} is {} bytes, cap {cap}", m.len());
@@ -570,17 +645,174 @@ fn the_dead_letter_file_is_capped_keeping_one_previous_file() {
         "the newest batch is kept"
     );
     assert!(dir.0.join(DEAD_LETTER_OLD).exists());
-    // A batch larger than the cap keeps its summary only.
+    // A batch larger than the cap is still written whole: the cap is about rotation.
     let mut tiny = HttpSink::new(HttpConfig {
         dead_letter_max_bytes: 400,
         ..config(&receiver.url(), &dir)
     })
     .unwrap();
-    tiny.send(&batch(20, 3), soon(), &StopFlag::new()).unwrap();
-    let current = std::fs::read_to_string(dir.0.join(DEAD_LETTER_FILE)).unwrap();
-    let last: serde_json::Value = serde_json::from_str(current.lines().last().unwrap()).unwrap();
-    assert_eq!(last["dead_letter"]["records_omitted"], true);
-    assert_eq!(last["dead_letter"]["idempotency_key"], "rack-a12:20-22");
+    let big = batch(20, 3);
+    assert!(big.body().len() > 400);
+    tiny.send(&big, soon(), &StopFlag::new()).unwrap();
+    let entries = dead_letters(&dir.0.join(DEAD_LETTER_FILE));
+    assert_eq!(entries.len(), 1, "a file of its own");
+    assert_eq!(
+        entries[0].0["dead_letter"]["idempotency_key"],
+        "rack-a12:20-22"
+    );
+    assert_eq!(entries[0].1, big.body());
+}
+
+#[test]
+fn a_413_splits_the_batch_until_the_record_too_large_alone_is_dead_lettered_whole() {
+    const LIMIT: usize = 4096;
+    let receiver = collector_limited_to(LIMIT);
+    let dir = TempDir::new("413");
+    let mut sink = HttpSink::new(config(&receiver.url(), &dir)).unwrap();
+    // Ten records of ~300 bytes (3 KB together: one request would do) and seq 104, 20 KB.
+    let mut outputs = vec![50; 10];
+    outputs[4] = 20_000;
+    let batch = batch_with_outputs(100, &outputs);
+    let big = batch.part(4..5);
+    assert!(batch.body().len() - big.body().len() <= LIMIT);
+
+    let shipped = sink.send(&batch, soon(), &StopFlag::new()).unwrap();
+    let path = dir.0.join(DEAD_LETTER_FILE);
+    let reason = format!(
+        "{} answered 413 (Payload Too Large): request entity too large",
+        receiver.url()
+    );
+    assert_eq!(
+        shipped,
+        Shipped {
+            attempts: 9,
+            rejected: vec![Rejected {
+                first_seq: 104,
+                last_seq: 104,
+                records: 1,
+                bytes: big.body().len() as u64,
+                reason,
+                dead_letter: path.clone(),
+            }]
+        }
+    );
+    // Halves by record, left first, each keyed by its own seq range, down to seq 104 alone.
+    let expected: Vec<(String, u16)> = [
+        ("100-109", 413),
+        ("100-104", 413),
+        ("100-101", 200),
+        ("102-104", 413),
+        ("102-102", 200),
+        ("103-104", 413),
+        ("103-103", 200),
+        ("104-104", 413),
+        ("105-109", 200),
+    ]
+    .iter()
+    .map(|(range, status)| (format!("rack-a12:{range}"), *status))
+    .collect();
+    assert_eq!(keys_and_statuses(&receiver, LIMIT), expected);
+    // Every small record was acknowledged exactly once, in seq order, byte for byte.
+    let acknowledged: Vec<u8> = receiver
+        .requests()
+        .iter()
+        .map(Request::ndjson)
+        .filter(|body| body.len() <= LIMIT)
+        .flatten()
+        .collect();
+    assert_eq!(
+        acknowledged,
+        [batch.part(0..4).body(), batch.part(5..10).body()].concat()
+    );
+    let entries = dead_letters(&path);
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0].1, big.body(), "the record whole, byte for byte");
+    let head = &entries[0].0["dead_letter"];
+    assert_eq!(head["status"], 413);
+    assert_eq!(head["idempotency_key"], "rack-a12:104-104");
+    assert_eq!(
+        (head["first_seq"].as_u64(), head["records"].as_u64()),
+        (Some(104), Some(1))
+    );
+
+    // Sent again (the shipper lost the answer): the same parts with the same keys, so a
+    // collector that dedupes by key stores nothing twice.
+    let receiver_again = collector_limited_to(LIMIT);
+    let dir_again = TempDir::new("413-again");
+    let mut again = HttpSink::new(config(&receiver_again.url(), &dir_again)).unwrap();
+    again.send(&batch, soon(), &StopFlag::new()).unwrap();
+    assert_eq!(
+        dead_letters(&dir_again.0.join(DEAD_LETTER_FILE))[0].1,
+        big.body()
+    );
+    assert_eq!(keys_and_statuses(&receiver_again, LIMIT), expected);
+}
+
+#[test]
+fn a_record_over_16_mib_refused_for_its_size_is_dead_lettered_whole() {
+    let receiver = collector_limited_to(1 << 20);
+    let dir = TempDir::new("16mib");
+    let mut sink = HttpSink::new(HttpConfig {
+        dead_letter_max_bytes: dead_letter::MAX_BYTES,
+        ..config(&receiver.url(), &dir)
+    })
+    .unwrap();
+    let batch = batch_with_outputs(7, &[40, (16 << 20) + 1]);
+    let huge = batch.part(1..2);
+    assert!(huge.body().len() as u64 > dead_letter::MAX_BYTES);
+
+    let shipped = sink.send(&batch, soon(), &StopFlag::new()).unwrap();
+    let path = dir.0.join(DEAD_LETTER_FILE);
+    let rejected: Vec<(u64, u64, u64)> = shipped
+        .rejected
+        .iter()
+        .map(|r| (r.first_seq, r.last_seq, r.bytes))
+        .collect();
+    assert_eq!(rejected, vec![(8, 8, huge.body().len() as u64)]);
+    let keys: Vec<(String, u16)> = keys_and_statuses(&receiver, 1 << 20);
+    let expected: Vec<(String, u16)> = [("7-8", 413), ("7-7", 200), ("8-8", 413)]
+        .iter()
+        .map(|(range, status)| (format!("rack-a12:{range}"), *status))
+        .collect();
+    assert_eq!(keys, expected);
+    let entries = dead_letters(&path);
+    assert_eq!(entries.len(), 1);
+    assert!(
+        entries[0].1 == huge.body(),
+        "the {} bytes are in the dead-letter file whole",
+        huge.body().len()
+    );
+    assert_eq!(entries[0].0["dead_letter"]["bytes"], huge.body().len());
+}
+
+#[test]
+fn an_unwritable_dead_letter_file_keeps_the_batch_for_a_later_send() {
+    let receiver = collector_limited_to(4096);
+    let dir = TempDir::new("dl-unwritable");
+    // A file where the dead-letter folder should be: nothing can be created in it.
+    let blocked = dir.0.join("state");
+    std::fs::write(&blocked, "not a folder").unwrap();
+    let mut sink = HttpSink::new(HttpConfig {
+        dead_letter_dir: blocked.clone(),
+        ..config(&receiver.url(), &dir)
+    })
+    .unwrap();
+    let batch = batch_with_outputs(1, &[40, 10_000]);
+    let err = sink.send(&batch, soon(), &StopFlag::new()).unwrap_err();
+    assert!(matches!(err, HttpSinkError::DeadLetter(_)), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("records 2-2") && text.contains("stay in the spool"),
+        "{text}"
+    );
+    // Fixed: the same batch goes through, the big record now dead-lettered.
+    std::fs::remove_file(&blocked).unwrap();
+    let shipped = sink.send(&batch, soon(), &StopFlag::new()).unwrap();
+    assert_eq!(shipped.rejected.len(), 1);
+    assert_eq!(
+        dead_letters(&blocked.join(DEAD_LETTER_FILE))[0].1,
+        batch.part(1..2).body()
+    );
 }
 
 #[test]
@@ -595,7 +827,7 @@ fn connection_refused_is_retried_with_growing_backoff_until_the_receiver_is_back
     let mut retries: Vec<(Instant, Retry)> = Vec::new();
     let mut receiver = None;
     let batch = batch(1, 2);
-    let delivery = sink
+    let shipped = sink
         .send_observed(&batch, soon(), &StopFlag::new(), &mut |r: &Retry| {
             retries.push((Instant::now(), r.clone()));
             // The collector comes back after the fifth refusal.
@@ -605,13 +837,7 @@ fn connection_refused_is_retried_with_growing_backoff_until_the_receiver_is_back
             }
         })
         .unwrap();
-    assert_eq!(
-        delivery,
-        Delivery::Acknowledged {
-            status: 200,
-            attempts: 6
-        }
-    );
+    assert_eq!(shipped, acknowledged(6));
     let ceilings: Vec<u64> = retries
         .iter()
         .map(|(_, r)| r.ceiling.as_millis() as u64)
@@ -795,14 +1021,8 @@ fn https_to_a_collector_with_a_private_ca_trusts_exactly_the_ca_file() {
     })
     .unwrap();
     let batch = batch(9, 3);
-    let delivery = sink.send(&batch, soon(), &StopFlag::new()).unwrap();
-    assert_eq!(
-        delivery,
-        Delivery::Acknowledged {
-            status: 200,
-            attempts: 1
-        }
-    );
+    let shipped = sink.send(&batch, soon(), &StopFlag::new()).unwrap();
+    assert_eq!(shipped, acknowledged(1));
     let requests = receiver.requests();
     assert_eq!(requests.len(), 1);
     assert_eq!(requests[0].ndjson(), batch.body());

@@ -1,6 +1,6 @@
 //! The mqtt sink against a real Mosquitto on loopback (no persistence): what a subscribed
-//! collector receives, and how the sink behaves when the broker is down, frozen, or restarts
-//! and forgets everything mid-stream. The broker, the subscriber and the relay standing for
+//! collector receives, and how the sink behaves when the broker is down, frozen, restarts
+//! and forgets everything mid-stream, or limits the size of a packet. The broker, the subscriber and the relay standing for
 //! the agent's uplink live in `support::mosquitto`; all stop in `Drop`.
 
 mod support;
@@ -13,8 +13,11 @@ use std::time::{Duration, Instant, SystemTime};
 use rackhand::batch::{Batch, BatchLimits, Batcher};
 use rackhand::config::Secret;
 use rackhand::record::{Outcome, Status};
-use rackhand::sink::mqtt::{Backoff, KEEP_ALIVE, MqttConfig, MqttSink, MqttSinkError, Retry};
-use rackhand::sink::{Shipped, Sink, SinkError, StopFlag};
+use rackhand::sink::dead_letter;
+use rackhand::sink::mqtt::{
+    Backoff, KEEP_ALIVE, MqttConfig, MqttSink, MqttSinkError, Retry, publish_packet_size,
+};
+use rackhand::sink::{Rejected, Shipped, Sink, SinkError, StopFlag};
 
 use support::mosquitto::{Message, Mosquitto, Relay, Subscriber};
 use support::tls::{SERVER_CERT, SERVER_KEY, TEST_CA};
@@ -38,11 +41,27 @@ fn config(url: &str) -> MqttConfig {
             base: Duration::from_millis(50),
             cap: Duration::from_millis(400),
         },
+        max_packet_size: rackhand::inventory::defaults::MQTT_MAX_PACKET_SIZE,
+        // Only a test with a packet limit writes here, and it names a folder of its own.
+        dead_letter_dir: std::env::temp_dir().join("rackhand-mqtt-sink-no-dead-letters"),
+        dead_letter_max_bytes: dead_letter::MAX_BYTES,
     }
 }
 
 /// Records `first..first + n` of agent rack-a12 as one batch, the device of each from `device`.
 fn batch(first: u64, n: u64, device: impl Fn(u64) -> String) -> Batch {
+    batch_with_output(first, n, device, |seq| {
+        format!("Cisco IOS Software, run {seq}\n")
+    })
+}
+
+/// As [`batch`], the output of each record from `output`.
+fn batch_with_output(
+    first: u64,
+    n: u64,
+    device: impl Fn(u64) -> String,
+    output: impl Fn(u64) -> String,
+) -> Batch {
     let limits = BatchLimits {
         max_records: n as usize,
         max_bytes: 1 << 20,
@@ -59,7 +78,7 @@ fn batch(first: u64, n: u64, device: impl Fn(u64) -> String) -> Batch {
             command: "show version".into(),
             status: Status::Ok,
             error: None,
-            output: format!("Cisco IOS Software, run {seq}\n").into_bytes(),
+            output: output(seq).into_bytes(),
             started_at: SystemTime::UNIX_EPOCH,
             duration: Duration::from_millis(12),
         }
@@ -612,4 +631,128 @@ fn a_batch_far_larger_than_the_in_flight_window_is_shipped_whole_in_one_attempt(
         "got {} of 1000",
         received_ids(&subscriber.messages()).len()
     );
+}
+
+#[test]
+fn a_record_over_the_brokers_packet_limit_is_dead_lettered_whole_and_shipping_goes_on() {
+    const LIMIT: usize = 16 * 1024;
+    let dir = TempDir::new("mqtt-oversized").unwrap();
+    let broker = Mosquitto::start_with(dir.path(), &format!("max_packet_size {LIMIT}")).unwrap();
+    let subscriber = Subscriber::start(broker.addr(), "rackhand/#");
+    let state_dir = dir.path().join("state");
+    let limited = MqttConfig {
+        max_packet_size: LIMIT,
+        dead_letter_dir: state_dir.clone(),
+        ..config(&broker.url())
+    };
+    let mut sink = MqttSink::new(limited).unwrap();
+    // Six records; seq 3 carries 40 KiB of output, over the broker's 16 KiB, and seq 5 just
+    // enough for a PUBLISH of exactly 16 KiB, the most that may go.
+    let topic = "rackhand/rack-a12/core1";
+    let empty = batch_with_output(5, 1, core1, |_| String::new())
+        .body()
+        .len()
+        - 1;
+    // A remaining length of 16381 takes two bytes: 1 + 2 + 16381 = LIMIT.
+    let at_limit = 16_381 - 4 - topic.len() - empty;
+    assert_eq!(publish_packet_size(topic.len(), empty + at_limit), LIMIT);
+    let first = batch_with_output(1, 6, core1, |seq| match seq {
+        3 => "x".repeat(40 * 1024),
+        5 => "x".repeat(at_limit),
+        _ => format!("run {seq}\n"),
+    });
+    let big = first.part(2..3);
+    let packet = publish_packet_size(topic.len(), big.body().len() - 1);
+    let shipped = sink
+        .ship(
+            &first,
+            deadline(Duration::from_secs(20)),
+            &StopFlag::new(),
+            &mut |r| panic!("no retry expected: {r:?}"),
+        )
+        .unwrap();
+    let path = state_dir.join(dead_letter::FILE);
+    assert_eq!(
+        shipped,
+        Shipped {
+            attempts: 1,
+            rejected: vec![Rejected {
+                first_seq: 3,
+                last_seq: 3,
+                records: 1,
+                bytes: big.body().len() as u64,
+                reason: format!(
+                    "record seq 3 is a {packet}-byte PUBLISH on {topic}, over max_packet_size ({LIMIT} bytes) for {}",
+                    broker.url()
+                ),
+                dead_letter: path.clone(),
+            }]
+        }
+    );
+    let small: BTreeSet<String> = ids(&first)
+        .into_iter()
+        .filter(|id| id != "rack-a12:3")
+        .collect();
+    assert!(
+        subscriber.wait_messages(deadline(Duration::from_secs(10)), |m| has_all(m, &small)),
+        "the subscriber got {:?}; broker log:\n{}",
+        received_ids(&subscriber.messages()),
+        broker.log()
+    );
+    // The dead-letter file: one header, then the record's line byte for byte.
+    let text = std::fs::read(&path).unwrap();
+    let newline = text.iter().position(|b| *b == b'\n').unwrap();
+    let head: serde_json::Value = serde_json::from_slice(&text[..newline]).unwrap();
+    assert_eq!(head["dead_letter"]["sink"], "mqtt");
+    assert_eq!(head["dead_letter"]["target"], broker.url().as_str());
+    assert_eq!(head["dead_letter"]["idempotency_key"], "rack-a12:3-3");
+    assert_eq!(&text[newline + 1..], big.body());
+
+    // No stall: the next batch ships at once on the same sink.
+    let second = batch(7, 3, core1);
+    let shipped = sink
+        .ship(
+            &second,
+            deadline(Duration::from_secs(20)),
+            &StopFlag::new(),
+            &mut |r| panic!("no retry expected: {r:?}"),
+        )
+        .unwrap();
+    assert_eq!(
+        shipped,
+        Shipped {
+            attempts: 1,
+            rejected: Vec::new()
+        }
+    );
+    let want = ids(&second);
+    assert!(subscriber.wait_messages(deadline(Duration::from_secs(10)), |m| has_all(m, &want)));
+    assert!(
+        received_ids(&subscriber.messages())
+            .iter()
+            .all(|id| id != "rack-a12:3"),
+        "the big record never reached the broker"
+    );
+
+    // What the limit prevents: a sink that does not know it publishes the record, the broker
+    // drops the connection, and the batch can never be delivered.
+    let mut unaware = MqttSink::new(MqttConfig {
+        client_id: format!("rackhand-unaware-{}", std::process::id()),
+        ..config(&broker.url())
+    })
+    .unwrap();
+    let mut retries = 0;
+    let err = unaware
+        .ship(
+            &first,
+            deadline(Duration::from_millis(1500)),
+            &StopFlag::new(),
+            &mut |_| retries += 1,
+        )
+        .unwrap_err();
+    assert!(
+        matches!(err, SinkError::Mqtt(MqttSinkError::DeadlineReached { .. })),
+        "{err}"
+    );
+    assert!(retries >= 2, "{retries} retries: {err}");
 }

@@ -7,7 +7,7 @@ use std::io::Write;
 use std::path::Path;
 
 use crate::config::Report;
-use crate::config::units::format_duration;
+use crate::config::units::{format_duration, format_size};
 use crate::inventory::{self, Inventory, SinkKind, Transport};
 
 #[derive(Debug, clap::Args)]
@@ -55,13 +55,14 @@ pub fn render_inventory(path: &Path, inv: &Inventory) -> String {
         match &inv.upstream {
             None => "none (records stay in the spool)".to_string(),
             Some(u) => format!(
-                "{} {}",
+                "{} {}{}",
                 match u.sink {
                     SinkKind::File => "file",
                     SinkKind::Http => "http",
                     SinkKind::Mqtt => "mqtt",
                 },
-                u.target
+                u.target,
+                packet_limit(u)
             ),
         }
     );
@@ -148,9 +149,49 @@ fn summarize_commands(commands: &[String], width: usize) -> String {
     shown
 }
 
+/// `, max_packet_size 256KiB` for an mqtt upstream whose broker limits packets below MQTT's
+/// own largest: records over it go to the dead-letter file, worth seeing at a glance.
+fn packet_limit(upstream: &inventory::Upstream) -> String {
+    if upstream.sink == SinkKind::Mqtt
+        && upstream.max_packet_size < inventory::defaults::MQTT_MAX_PACKET_SIZE
+    {
+        format!(
+            ", max_packet_size {}",
+            format_size(upstream.max_packet_size as u64)
+        )
+    } else {
+        String::new()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_header_names_a_brokers_packet_limit_when_there_is_one() {
+        let header = |extra: &str| {
+            let path = Path::new("/etc/rackhand/rackhand.toml");
+            let text = format!(
+                "[agent]\nid = \"a\"\n[upstream]\nsink = \"mqtt\"\nbroker = \"mqtt://b\"\n{extra}"
+            );
+            let (raw, mut report) = crate::config::parse_str(path, &text);
+            let inv = inventory::resolve(&raw, &mut report);
+            assert!(!report.has_errors(), "{report}");
+            render_inventory(path, &inv)
+                .lines()
+                .nth(1)
+                .unwrap()
+                .to_string()
+        };
+        let limited = header("max_packet_size = \"256KiB\"\n");
+        assert!(
+            limited.ends_with("upstream mqtt mqtt://b, max_packet_size 256KiB"),
+            "{limited}"
+        );
+        let plain = header("");
+        assert!(plain.ends_with("upstream mqtt mqtt://b"), "{plain}");
+    }
 
     #[test]
     fn long_command_lists_are_summarized_with_a_count() {

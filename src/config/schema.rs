@@ -164,6 +164,7 @@ pub const UPSTREAM_KEYS: &[Key] = &[
     key("spool_full", Kind::Enum(SPOOL_FULL)),
     key("fsync", Kind::Enum(FSYNC)),
     key("file_max_bytes", Kind::Size),
+    key("max_packet_size", Kind::Size),
 ];
 
 /// The sections a config file may have at its top level.

@@ -5,16 +5,21 @@
 //! a redirect or a refused credential or path (401, 403, 404, 405, 407), which only an
 //! operator can fix, but must not lose data meanwhile). The waits
 //! grow exponentially with full jitter (1 s → 60 s by default) and honour `Retry-After`, so a
-//! fleet of agents coming back after an outage does not hammer the collector in step. Any
-//! other 4xx means the collector will never take this batch: it goes to a size-capped
-//! dead-letter file with the response and counts as delivered, so one bad batch cannot block
-//! the stream forever.
+//! fleet of agents coming back after an outage does not hammer the collector in step.
+//!
+//! A 413 (Payload Too Large) is about size, and a smaller request may pass: the batch is sent
+//! again in two halves by record, each keyed by its own seq range (so a resend after a restart
+//! makes the same parts with the same keys), and so on down to single records. A record still
+//! refused alone, and a batch or part refused with any other 4xx (the collector will never
+//! take it), goes whole to the dead-letter file (`super::dead_letter`) and is reported as
+//! rejected; the rest is delivered, so one bad record cannot block the stream forever.
 //!
 //! [`HttpSink::send`] blocks, but the agent can always stop it: the caller passes a deadline
 //! and a [`StopFlag`], every wait between attempts is a condvar wait on that flag, and one
 //! attempt never outlasts the configured `timeout` (nor the deadline).
 
-use std::fs::{self, File, OpenOptions};
+use std::borrow::Cow;
+use std::fs;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -23,17 +28,12 @@ use flate2::Compression;
 use flate2::write::GzEncoder;
 use ureq::tls::{Certificate, PemItem, RootCerts, TlsConfig};
 
-use super::Jitter;
+use super::dead_letter::{self, DeadLetterError, DeadLetters, Refusal, Refuser};
 pub use super::{Backoff, Retry, StopFlag};
+use super::{Jitter, Shipped};
 use crate::batch::Batch;
 use crate::inventory::Upstream;
 
-/// The dead-letter file in [`HttpConfig::dead_letter_dir`]; the previous one is kept as
-/// [`DEAD_LETTER_OLD`] when it reaches its cap.
-pub const DEAD_LETTER_FILE: &str = "dead-letter.ndjson";
-pub const DEAD_LETTER_OLD: &str = "dead-letter.old.ndjson";
-/// Default cap of the dead-letter file (two files at most: this and the previous one).
-pub const DEAD_LETTER_MAX_BYTES: u64 = 16 * 1024 * 1024;
 /// How much of a response body is kept for the dead-letter file and error messages.
 pub const RESPONSE_EXCERPT: usize = 2048;
 /// A `Retry-After` longer than this is cut to it: an HTTP date read with an unsynchronised
@@ -63,6 +63,7 @@ pub struct HttpConfig {
     pub backoff: Backoff,
     /// Where `dead-letter.ndjson` goes (the agent passes its `state_dir`).
     pub dead_letter_dir: PathBuf,
+    /// Where the dead-letter file rotates (see `super::dead_letter`).
     pub dead_letter_max_bytes: u64,
     /// Honour `HTTPS_PROXY` / `HTTP_PROXY` / `NO_PROXY` from the environment.
     pub proxy_from_env: bool,
@@ -100,7 +101,7 @@ impl HttpConfig {
             timeout: upstream.timeout,
             backoff: Backoff::default(),
             dead_letter_dir: dead_letter_dir.to_path_buf(),
-            dead_letter_max_bytes: DEAD_LETTER_MAX_BYTES,
+            dead_letter_max_bytes: dead_letter::MAX_BYTES,
             proxy_from_env: true,
         }
     }
@@ -152,36 +153,19 @@ pub enum HttpSinkError {
         attempts: u32,
         last: String,
     },
-    #[error(
-        "{url} refused batch {key} with {status}, and the dead-letter file {path} cannot be written ({error}); the batch stays in the spool: free space in or fix the permissions of that folder"
-    )]
-    DeadLetter {
-        url: String,
-        key: String,
-        status: u16,
-        path: PathBuf,
-        error: io::Error,
-    },
+    #[error(transparent)]
+    DeadLetter(#[from] DeadLetterError),
 }
 
-/// How a batch left: acknowledged by the collector, or refused for good and dead-lettered.
-/// Either way it may leave the spool.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Delivery {
-    Acknowledged {
-        status: u16,
-        attempts: u32,
-    },
-    DeadLettered {
-        status: u16,
-        attempts: u32,
-        path: PathBuf,
-    },
+/// How the collector settled one batch or part: taken, or refused for good.
+enum Answer {
+    Acknowledged,
+    Refused { status: u16, excerpt: String },
 }
 
 /// What one attempt came to.
 enum Attempt {
-    Acknowledged(u16),
+    Acknowledged,
     Refused {
         status: u16,
         excerpt: String,
@@ -195,6 +179,9 @@ enum Attempt {
 
 pub struct HttpSink {
     config: HttpConfig,
+    /// The URL as shown in dead-letter entries and rejections: without user info.
+    shown_url: String,
+    dead_letters: DeadLetters,
     agent: ureq::Agent,
     jitter: Jitter,
 }
@@ -243,6 +230,8 @@ impl HttpSink {
         let agent = ureq::Agent::new_with_config(builder.build());
         Ok(HttpSink {
             jitter: Jitter::new(),
+            shown_url: without_credentials(&config.url).into_owned(),
+            dead_letters: DeadLetters::new(&config.dead_letter_dir, config.dead_letter_max_bytes),
             config,
             agent,
         })
@@ -252,57 +241,99 @@ impl HttpSink {
         &self.config
     }
 
-    /// Sends `batch` until it is acknowledged or dead-lettered, `until` passes or `stop` is
-    /// raised.
+    /// Sends `batch` until every record is acknowledged or dead-lettered, `until` passes or
+    /// `stop` is raised.
     pub fn send(
         &mut self,
         batch: &Batch,
         until: Instant,
         stop: &StopFlag,
-    ) -> Result<Delivery, HttpSinkError> {
+    ) -> Result<Shipped, HttpSinkError> {
         self.send_observed(batch, until, stop, &mut |_| {})
     }
 
     /// As [`HttpSink::send`], telling `observe` about every failed attempt before waiting.
+    ///
+    /// Parts refused for good are written to the dead-letter file only once every other part
+    /// is acknowledged: a send that ends early (stop, deadline) leaves the whole batch in the
+    /// spool and no dead-letter entry that the next send would write a second time.
     pub fn send_observed(
         &mut self,
         batch: &Batch,
         until: Instant,
         stop: &StopFlag,
         observe: &mut dyn FnMut(&Retry),
-    ) -> Result<Delivery, HttpSinkError> {
-        let body = gzip(batch.body());
-        let key = batch.idempotency_key().to_string();
+    ) -> Result<Shipped, HttpSinkError> {
         let mut attempts = 0u32;
+        let mut refused = Vec::new();
+        // Parts still to send, as record positions in `batch`; a stack, so the next part is
+        // the last one pushed and the parts go out in seq order.
+        let mut todo = Vec::with_capacity(8);
+        todo.push(0..batch.len());
+        while let Some(records) = todo.pop() {
+            let part = if records.len() == batch.len() {
+                Cow::Borrowed(batch)
+            } else {
+                Cow::Owned(batch.part(records.clone()))
+            };
+            match self.send_part(&part, until, stop, observe, &mut attempts)? {
+                Answer::Acknowledged => {}
+                Answer::Refused { status: 413, .. } if records.len() > 1 => {
+                    let middle = records.start + records.len() / 2;
+                    log::warn!(
+                        "{} answered 413 (Payload Too Large) to batch {} ({} records, {} bytes): sending it again in two parts",
+                        self.shown_url,
+                        part.idempotency_key(),
+                        part.len(),
+                        part.body().len()
+                    );
+                    todo.push(middle..records.end);
+                    todo.push(records.start..middle);
+                }
+                Answer::Refused { status, excerpt } => refused.push(Refusal {
+                    part,
+                    status: Some(status),
+                    reason: refusal_reason(&self.shown_url, status, &excerpt),
+                    response: Some(excerpt),
+                }),
+            }
+        }
+        let refuser = Refuser {
+            sink: "http",
+            target: &self.shown_url,
+        };
+        let rejected = self.dead_letters.write(refuser, &refused)?;
+        Ok(Shipped { attempts, rejected })
+    }
+
+    /// Sends one batch or part until the collector acknowledges or refuses it for good;
+    /// counts every request in `attempts`.
+    fn send_part(
+        &mut self,
+        part: &Batch,
+        until: Instant,
+        stop: &StopFlag,
+        observe: &mut dyn FnMut(&Retry),
+        attempts: &mut u32,
+    ) -> Result<Answer, HttpSinkError> {
+        let body = gzip(part.body());
+        let key = part.idempotency_key().to_string();
+        let mut tries = 0u32;
         let mut last = String::from("no attempt made");
         loop {
             if stop.is_stopped() {
-                return Err(self.not_delivered(true, &key, attempts, last));
+                return Err(self.not_delivered(true, &key, tries, last));
             }
             let left = until.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Err(self.not_delivered(false, &key, attempts, last));
+                return Err(self.not_delivered(false, &key, tries, last));
             }
-            attempts += 1;
+            tries += 1;
+            *attempts += 1;
             let (error, status, retry_after) = match self.attempt(&body, &key, left) {
-                Attempt::Acknowledged(status) => {
-                    return Ok(Delivery::Acknowledged { status, attempts });
-                }
+                Attempt::Acknowledged => return Ok(Answer::Acknowledged),
                 Attempt::Refused { status, excerpt } => {
-                    let path = self.dead_letter(batch, status, &excerpt)?;
-                    log::error!(
-                        "{} refused batch {key} ({} records, seq {}-{}) with {status}: {excerpt:?}; it was written to {} and will not be sent again: check the collector's logs and [upstream] headers",
-                        self.config.url,
-                        batch.len(),
-                        batch.first_seq(),
-                        batch.last_seq(),
-                        path.display()
-                    );
-                    return Ok(Delivery::DeadLettered {
-                        status,
-                        attempts,
-                        path,
-                    });
+                    return Ok(Answer::Refused { status, excerpt });
                 }
                 Attempt::Retry {
                     error,
@@ -310,11 +341,11 @@ impl HttpSink {
                     retry_after,
                 } => (error, status, retry_after),
             };
-            let ceiling = self.config.backoff.ceiling(attempts);
-            let jittered = self.config.backoff.wait(attempts, &mut self.jitter);
+            let ceiling = self.config.backoff.ceiling(tries);
+            let jittered = self.config.backoff.wait(tries, &mut self.jitter);
             let wait = retry_after.map_or(jittered, |r| r.max(jittered));
             let retry = Retry {
-                attempt: attempts,
+                attempt: tries,
                 error,
                 status,
                 ceiling,
@@ -322,7 +353,7 @@ impl HttpSink {
                 wait,
             };
             log::warn!(
-                "batch {key}: attempt {attempts} failed: {}; retrying in {:.1}s",
+                "batch {key}: attempt {tries} failed: {}; retrying in {:.1}s",
                 retry.error,
                 wait.as_secs_f64()
             );
@@ -330,10 +361,10 @@ impl HttpSink {
             last = retry.error;
             let next = Instant::now() + wait;
             if stop.wait_until(next.min(until)) {
-                return Err(self.not_delivered(true, &key, attempts, last));
+                return Err(self.not_delivered(true, &key, tries, last));
             }
             if next > until {
-                return Err(self.not_delivered(false, &key, attempts, last));
+                return Err(self.not_delivered(false, &key, tries, last));
             }
         }
     }
@@ -412,7 +443,7 @@ impl HttpSink {
             .read_to_end(&mut excerpt);
         let excerpt = String::from_utf8_lossy(&excerpt).into_owned();
         match status {
-            200..=299 => Attempt::Acknowledged(status),
+            200..=299 => Attempt::Acknowledged,
             408 | 429 | 500..=599 => Attempt::Retry {
                 error: format!("{url} answered {status}: {}", one_line(&excerpt)),
                 status: Some(status),
@@ -451,71 +482,33 @@ impl HttpSink {
             },
         }
     }
+}
 
-    /// Appends the batch to the dead-letter file: one header line (`{"dead_letter":{...}}`)
-    /// with the response, then the batch's records unchanged. Synced before the batch
-    /// counts as delivered.
-    fn dead_letter(
-        &self,
-        batch: &Batch,
-        status: u16,
-        excerpt: &str,
-    ) -> Result<PathBuf, HttpSinkError> {
-        let dir = &self.config.dead_letter_dir;
-        let path = dir.join(DEAD_LETTER_FILE);
-        let max = self.config.dead_letter_max_bytes.max(1);
-        let header = |records_omitted: bool| {
-            let mut line = serde_json::json!({
-                "dead_letter": {
-                    "at": crate::record::rfc3339_millis(SystemTime::now()),
-                    "url": self.config.url,
-                    "status": status,
-                    "response": excerpt,
-                    "idempotency_key": batch.idempotency_key(),
-                    "first_seq": batch.first_seq(),
-                    "last_seq": batch.last_seq(),
-                    "records": batch.len(),
-                    "records_omitted": records_omitted,
-                }
-            })
-            .to_string();
-            line.push('\n');
-            line.into_bytes()
-        };
-        let mut entry = header(false);
-        entry.extend_from_slice(batch.body());
-        if entry.len() as u64 > max {
-            log::error!(
-                "batch {} ({} bytes) is larger than the dead-letter cap ({max} bytes): only its summary is kept in {}",
-                batch.idempotency_key(),
-                batch.body().len(),
-                path.display()
-            );
-            entry = header(true);
-        }
-        let result = (|| -> io::Result<()> {
-            fs::create_dir_all(dir)?;
-            let size = match fs::metadata(&path) {
-                Ok(m) => m.len(),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
-                Err(e) => return Err(e),
-            };
-            if size > 0 && size + entry.len() as u64 > max {
-                fs::rename(&path, dir.join(DEAD_LETTER_OLD))?;
-                File::open(dir)?.sync_all()?;
-            }
-            let mut file = OpenOptions::new().create(true).append(true).open(&path)?;
-            file.write_all(&entry)?;
-            file.sync_data()
-        })();
-        result.map_err(|error| HttpSinkError::DeadLetter {
-            url: self.config.url.clone(),
-            key: batch.idempotency_key().to_string(),
-            status,
-            path: path.clone(),
-            error,
-        })?;
-        Ok(path)
+/// Why the collector refused records for good, in words: the URL, the status and its name,
+/// and the start of the collector's answer.
+fn refusal_reason(url: &str, status: u16, excerpt: &str) -> String {
+    let name = ureq::http::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("refused");
+    let answer = one_line(excerpt);
+    if answer.is_empty() {
+        format!("{url} answered {status} ({name})")
+    } else {
+        format!("{url} answered {status} ({name}): {answer}")
+    }
+}
+
+/// `url` without user info (`https://user:secret@host/` → `https://host/`), for what is
+/// written down: the dead-letter file and the shipper's reports.
+fn without_credentials(url: &str) -> Cow<'_, str> {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return Cow::Borrowed(url);
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => Cow::Owned(format!("{scheme}://{}", &rest[at + 1..])),
+        None => Cow::Borrowed(url),
     }
 }
 
@@ -681,27 +674,7 @@ impl super::Sink for HttpSink {
         stop: &StopFlag,
         observe: &mut dyn FnMut(&Retry),
     ) -> Result<super::Shipped, super::SinkError> {
-        Ok(match self.send_observed(batch, until, stop, observe)? {
-            Delivery::Acknowledged { attempts, .. } => super::Shipped {
-                attempts,
-                rejected: Vec::new(),
-            },
-            Delivery::DeadLettered {
-                attempts,
-                path,
-                status,
-            } => super::Shipped {
-                attempts,
-                rejected: vec![super::Rejected {
-                    first_seq: batch.first_seq(),
-                    last_seq: batch.last_seq(),
-                    records: batch.len() as u64,
-                    bytes: batch.body().len() as u64,
-                    reason: format!("{} answered {status}", self.config.url),
-                    dead_letter: path,
-                }],
-            },
-        })
+        Ok(self.send_observed(batch, until, stop, observe)?)
     }
 
     fn describe(&self) -> String {
@@ -779,6 +752,23 @@ mod tests {
             dead_letter_max_bytes: 1024,
             proxy_from_env: false,
         }
+    }
+
+    #[test]
+    fn what_is_written_down_names_the_url_without_its_credentials() {
+        assert_eq!(
+            without_credentials("https://user:s3cret@c.example:8443/ingest?x=a@b"),
+            "https://c.example:8443/ingest?x=a@b"
+        );
+        assert_eq!(without_credentials("http://c/ingest"), "http://c/ingest");
+        assert_eq!(
+            refusal_reason("https://c/ingest", 413, "body\n  too large"),
+            "https://c/ingest answered 413 (Payload Too Large): body too large"
+        );
+        assert_eq!(
+            refusal_reason("https://c/ingest", 422, ""),
+            "https://c/ingest answered 422 (Unprocessable Entity)"
+        );
     }
 
     #[test]

@@ -5,8 +5,9 @@
 //! `Ok`, i.e. once upstream acknowledged them (a 2xx, every PUBACK, or the file written and
 //! fsynced). So a sink never needs its own buffer, and a crash anywhere leaves the batch in
 //! the spool to be sent again (at-least-once). What the sinks share lives here: the trait,
-//! the retry backoff, the stop flag that ends every wait, and the description of a failed
-//! attempt that logs and `rackhand status` show.
+//! the retry backoff, the stop flag that ends every wait, the description of a failed
+//! attempt that logs and `rackhand status` show, and the dead-letter file for records
+//! upstream refuses for good (`dead_letter`).
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,29 +16,36 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::batch::Batch;
 
+pub mod dead_letter;
 pub mod file;
 pub mod http;
 pub mod mqtt;
 
-/// How a batch left the agent.
+/// How a batch left the agent: every record either acknowledged by upstream or, when
+/// upstream refused it for good, in the dead-letter file. Either way the batch may leave the
+/// spool, so one record upstream will never take cannot block the rest.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Shipped {
-    /// Attempts it took, at least 1.
+    /// Attempts it took (requests, or publishing rounds), counted over all parts of the
+    /// batch; 0 when every record was refused before anything needed sending.
     pub attempts: u32,
-    /// Records upstream refused for good: each went whole to the dead-letter file and is
-    /// lost to upstream; the shipper reports them in a gap record with cause `rejected`.
+    /// Records upstream refused for good: each went whole to the dead-letter file and is lost
+    /// to upstream; the shipper reports them in a gap record with cause `rejected`.
     pub rejected: Vec<Rejected>,
 }
 
-/// A contiguous run of a batch's records that upstream refused for good.
+/// A contiguous run of a batch's records upstream refused for good, now in the dead-letter
+/// file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejected {
+    /// A contiguous run of the batch's records (a single record, or a whole batch/part).
     pub first_seq: u64,
     pub last_seq: u64,
     pub records: u64,
     /// NDJSON bytes of those records.
     pub bytes: u64,
-    /// Why, in words (never a URL with credentials).
+    /// In words, e.g. `https://c/ingest answered 413 (Payload Too Large): ...`; never a URL
+    /// with credentials.
     pub reason: String,
     pub dead_letter: PathBuf,
 }

@@ -24,6 +24,14 @@
 //! The session is not clean (`clean_session = false`) and the client id fixed (`client_id`,
 //! default `rackhand-<agent id>`), so the broker recognises the agent across reconnects.
 //!
+//! # Records larger than the broker takes
+//! A broker drops the connection on a packet over its limit (MQTT 3.1.1 has no way to say
+//! why), so publishing such a record again would fail forever and block every record behind
+//! it. The broker's limit is configured as `max_packet_size`; a record whose PUBLISH (fixed
+//! header, topic, packet id, payload) would pass it is not published: once the rest of the
+//! batch is acknowledged it goes whole to the dead-letter file (`super::dead_letter`) and is
+//! reported as rejected.
+//!
 //! # Connecting and waiting
 //! [`MqttSink::new`] checks the URL, topic template, credentials and CA file, and starts the
 //! connection thread, but connects lazily: at the first [`MqttSink::ship`], so an agent starts
@@ -34,10 +42,11 @@
 //! `until`; while it waits for the broker it looks at the stop flag at least every 50 ms.
 //! Dropping the sink closes the connection and ends its thread.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::fs;
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -49,11 +58,12 @@ use rumqttc::{
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 
-use super::Jitter;
+use super::dead_letter::{self, DeadLetterError, DeadLetters, Refusal, Refuser};
 pub use super::{Backoff, Retry, StopFlag};
+use super::{Jitter, Shipped};
 use crate::batch::Batch;
 use crate::config::Secret;
-use crate::inventory::Upstream;
+use crate::inventory::{MQTT_PACKET_SIZE_MAX, MQTT_PACKET_SIZE_MIN, Upstream};
 
 /// What the sink needs, resolved from `[upstream]` and the agent id.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,6 +86,13 @@ pub struct MqttConfig {
     /// MQTT keep-alive: a silent dead connection is noticed within about twice this.
     pub keep_alive: Duration,
     pub backoff: Backoff,
+    /// The largest PUBLISH packet the broker takes, in bytes (`max_packet_size`); a record
+    /// whose packet would be larger is dead-lettered instead of published.
+    pub max_packet_size: usize,
+    /// Where `dead-letter.ndjson` goes (the agent passes its `state_dir`).
+    pub dead_letter_dir: PathBuf,
+    /// Where the dead-letter file rotates (see `super::dead_letter`).
+    pub dead_letter_max_bytes: u64,
 }
 
 /// The keep-alive unless set otherwise: cheap on a cellular uplink, and a half-open
@@ -83,6 +100,8 @@ pub struct MqttConfig {
 pub const KEEP_ALIVE: Duration = Duration::from_secs(30);
 /// The longest text put in place of `{agent}` or `{device}` (MQTT topics end at 64 KiB).
 pub const TOPIC_VALUE_MAX: usize = 1024;
+/// The largest packet accepted from the broker: it only sends CONNACK, PUBACK and PINGRESP.
+const MAX_INCOMING_PACKET: usize = 64 * 1024;
 /// How often a wait for the broker looks at the stop flag.
 const STOP_POLL: Duration = Duration::from_millis(50);
 /// Requests queued to the connection thread at most; more wait for room.
@@ -90,8 +109,12 @@ const QUEUE: usize = 256;
 
 impl MqttConfig {
     /// From `[upstream]`: `target` is the broker URL; the client id defaults to
-    /// `rackhand-<agent_id>`.
-    pub fn from_upstream(upstream: &Upstream, agent_id: &str) -> MqttConfig {
+    /// `rackhand-<agent_id>`; the dead-letter file goes to `dead_letter_dir`.
+    pub fn from_upstream(
+        upstream: &Upstream,
+        agent_id: &str,
+        dead_letter_dir: &Path,
+    ) -> MqttConfig {
         MqttConfig {
             broker: upstream.target.clone(),
             topic: upstream.topic.clone(),
@@ -106,6 +129,9 @@ impl MqttConfig {
             timeout: upstream.timeout,
             keep_alive: KEEP_ALIVE,
             backoff: Backoff::default(),
+            max_packet_size: upstream.max_packet_size,
+            dead_letter_dir: dead_letter_dir.to_path_buf(),
+            dead_letter_max_bytes: dead_letter::MAX_BYTES,
         }
     }
 }
@@ -144,6 +170,10 @@ pub enum MqttSinkError {
         url: String,
         detail: String,
     },
+    #[error(
+        "[upstream] max_packet_size for broker {url} is {size} bytes; it must be from {MQTT_PACKET_SIZE_MIN} to {MQTT_PACKET_SIZE_MAX} (MQTT's largest packet): set it to the broker's limit"
+    )]
+    BadMaxPacketSize { url: String, size: usize },
     #[error("cannot start the connection thread for broker {url}: {error}")]
     Thread { url: String, error: io::Error },
     #[error(
@@ -164,6 +194,8 @@ pub enum MqttSinkError {
         attempts: u32,
         last: String,
     },
+    #[error(transparent)]
+    DeadLetter(#[from] DeadLetterError),
 }
 
 /// Where the connection thread is.
@@ -221,6 +253,7 @@ enum Failure {
 
 pub struct MqttSink {
     config: MqttConfig,
+    dead_letters: DeadLetters,
     host: String,
     client: Client,
     shared: Arc<Shared>,
@@ -247,12 +280,19 @@ impl MqttSink {
         if config.client_id.is_empty() {
             return Err(MqttSinkError::EmptyClientId { url });
         }
+        if !(MQTT_PACKET_SIZE_MIN..=MQTT_PACKET_SIZE_MAX).contains(&config.max_packet_size) {
+            return Err(MqttSinkError::BadMaxPacketSize {
+                url,
+                size: config.max_packet_size,
+            });
+        }
         let mut options = MqttOptions::new(config.client_id.clone(), host.clone(), port);
         options
             .set_clean_session(false)
             .set_keep_alive(config.keep_alive.max(Duration::from_secs(1)))
-            // Records can be large (a whole `show tech`); MQTT's own limit is 256 MiB.
-            .set_max_packet_size(64 * 1024, 268_435_455)
+            // rumqttc refuses to send a larger packet too (and drops the connection): the
+            // sink never asks it to, as such records are dead-lettered instead.
+            .set_max_packet_size(MAX_INCOMING_PACKET, config.max_packet_size)
             .set_request_channel_capacity(QUEUE);
         let password = match &config.password {
             None => None,
@@ -324,6 +364,7 @@ impl MqttSink {
                 })?
         };
         Ok(MqttSink {
+            dead_letters: DeadLetters::new(&config.dead_letter_dir, config.dead_letter_max_bytes),
             config,
             host,
             client,
@@ -343,16 +384,40 @@ impl MqttSink {
     }
 
     /// Publishes every record of `batch` until the broker acknowledged each, `until` passes
-    /// or `stop` is raised; `observe` hears of every failed attempt before its wait.
+    /// or `stop` is raised; `observe` hears of every failed attempt before its wait. Records
+    /// over `max_packet_size` are not published but dead-lettered, once the others are
+    /// acknowledged (so a send that ends early writes no entry the next one writes again).
     pub fn send(
         &mut self,
         batch: &Batch,
         until: Instant,
         stop: &StopFlag,
         observe: &mut dyn FnMut(&Retry),
+    ) -> Result<Shipped, MqttSinkError> {
+        let (messages, refused) = self.messages(batch);
+        let attempts = if messages.is_empty() {
+            0
+        } else {
+            self.publish_all(batch, &messages, until, stop, observe)?
+        };
+        let refuser = Refuser {
+            sink: "mqtt",
+            target: &self.config.broker,
+        };
+        let rejected = self.dead_letters.write(refuser, &refused)?;
+        Ok(Shipped { attempts, rejected })
+    }
+
+    /// Publishes `messages` (of `batch`) until every PUBACK is in; returns the attempts taken.
+    fn publish_all(
+        &mut self,
+        batch: &Batch,
+        messages: &[(String, Vec<u8>)],
+        until: Instant,
+        stop: &StopFlag,
+        observe: &mut dyn FnMut(&Retry),
     ) -> Result<u32, MqttSinkError> {
         let key = batch.idempotency_key().to_string();
-        let records = self.messages(batch);
         let mut attempts = 0u32;
         let mut last = String::from("no attempt made");
         loop {
@@ -363,11 +428,11 @@ impl MqttSink {
                 return Err(self.not_delivered(false, &key, attempts, last));
             }
             attempts += 1;
-            let error = match self.attempt(&records, until, stop) {
+            let error = match self.attempt(messages, until, stop) {
                 Ok(()) => {
                     log::debug!(
                         "batch {key} ({} records, seq {}-{}) acknowledged by {} after {attempts} attempt(s)",
-                        batch.len(),
+                        messages.len(),
                         batch.first_seq(),
                         batch.last_seq(),
                         self.config.broker
@@ -409,14 +474,34 @@ impl MqttSink {
         }
     }
 
-    /// The batch as (topic, payload) pairs: one per NDJSON line, without its newline.
-    fn messages(&self, batch: &Batch) -> Vec<(String, Vec<u8>)> {
-        batch
-            .body()
-            .split(|b| *b == b'\n')
-            .filter(|line| !line.is_empty())
-            .map(|line| (self.topic_of(line, batch.idempotency_key()), line.to_vec()))
-            .collect()
+    /// The batch as (topic, payload) pairs, one per NDJSON line without its newline, and the
+    /// records whose PUBLISH would be over `max_packet_size`, one refusal each.
+    fn messages<'b>(&self, batch: &'b Batch) -> (Vec<(String, Vec<u8>)>, Vec<Refusal<'b>>) {
+        let key = batch.idempotency_key();
+        let mut messages = Vec::with_capacity(batch.len());
+        let mut refused = Vec::new();
+        for (i, line) in batch.lines().enumerate() {
+            let payload = line.line.strip_suffix(b"\n").unwrap_or(line.line);
+            if payload.is_empty() {
+                continue;
+            }
+            let topic = self.topic_of(payload, key);
+            let size = publish_packet_size(topic.len(), payload.len());
+            if size > self.config.max_packet_size {
+                refused.push(Refusal {
+                    part: Cow::Owned(batch.part(i..i + 1)),
+                    status: None,
+                    reason: format!(
+                        "record seq {} is a {size}-byte PUBLISH on {topic}, over max_packet_size ({} bytes) for {}",
+                        line.seq, self.config.max_packet_size, self.config.broker
+                    ),
+                    response: None,
+                });
+            } else {
+                messages.push((topic, payload.to_vec()));
+            }
+        }
+        (messages, refused)
     }
 
     /// The topic of one record, from its `agent` and `device` fields.
@@ -667,11 +752,7 @@ impl super::Sink for MqttSink {
         stop: &StopFlag,
         observe: &mut dyn FnMut(&Retry),
     ) -> Result<super::Shipped, super::SinkError> {
-        let attempts = self.send(batch, until, stop, observe)?;
-        Ok(super::Shipped {
-            attempts,
-            rejected: Vec::new(),
-        })
+        Ok(self.send(batch, until, stop, observe)?)
     }
 
     fn describe(&self) -> String {
@@ -832,6 +913,20 @@ fn describe_error(error: &ConnectionError, d: &Describe) -> String {
         }
         other => format!("connection to {url} failed: {other}"),
     }
+}
+
+/// The bytes of a QoS 1 PUBLISH of `payload_len` bytes on a topic of `topic_len` bytes: fixed
+/// header (type byte and 1 to 4 bytes of remaining length), topic with its length, packet id,
+/// payload. The size rumqttc and brokers compare with their limit.
+pub fn publish_packet_size(topic_len: usize, payload_len: usize) -> usize {
+    let remaining = 2 + topic_len + 2 + payload_len;
+    let length_bytes = match remaining {
+        0..=127 => 1,
+        128..=16_383 => 2,
+        16_384..=2_097_151 => 3,
+        _ => 4,
+    };
+    1 + length_bytes + remaining
 }
 
 /// `(tls, host, port)` of `mqtt://host[:port]` or `mqtts://host[:port]`; a trailing `/` is
@@ -1068,6 +1163,48 @@ mod tests {
             timeout: Duration::from_secs(1),
             keep_alive: KEEP_ALIVE,
             backoff: Backoff::default(),
+            max_packet_size: MQTT_PACKET_SIZE_MAX,
+            dead_letter_dir: std::env::temp_dir(),
+            dead_letter_max_bytes: dead_letter::MAX_BYTES,
+        }
+    }
+
+    #[test]
+    fn the_packet_size_is_the_one_rumqttc_checks_at_every_length_boundary() {
+        for (topic, payload) in [
+            (5, 0),
+            (5, 118),
+            (5, 119),
+            (20, 16_357),
+            (20, 16_358),
+            (1, 2_097_146),
+            (1, 2_097_147),
+        ] {
+            let mut publish =
+                rumqttc::Publish::new("t".repeat(topic), QoS::AtLeastOnce, vec![b'x'; payload]);
+            // rumqttc counts the packet id once it is assigned, as it is when sent.
+            publish.pkid = 1;
+            assert_eq!(
+                publish_packet_size(topic, payload),
+                publish.size(),
+                "topic {topic}, payload {payload}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_max_packet_size_outside_what_mqtt_can_frame_is_refused() {
+        for size in [0, MQTT_PACKET_SIZE_MIN - 1, MQTT_PACKET_SIZE_MAX + 1] {
+            let err = MqttSink::new(MqttConfig {
+                max_packet_size: size,
+                ..config()
+            })
+            .unwrap_err()
+            .to_string();
+            assert!(
+                err.contains("max_packet_size") && err.contains("broker's limit"),
+                "{err}"
+            );
         }
     }
 
