@@ -26,6 +26,7 @@ use ureq::tls::{Certificate, PemItem, RootCerts, TlsConfig};
 use super::Jitter;
 pub use super::{Backoff, Retry, StopFlag};
 use crate::batch::Batch;
+use crate::config::url::{redact, redact_in};
 use crate::inventory::Upstream;
 
 /// The dead-letter file in [`HttpConfig::dead_letter_dir`]; the previous one is kept as
@@ -73,7 +74,7 @@ impl std::fmt::Debug for HttpConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let names: Vec<&str> = self.headers.iter().map(|(n, _)| n.as_str()).collect();
         f.debug_struct("HttpConfig")
-            .field("url", &self.url)
+            .field("url", &redact(&self.url))
             .field("headers", &names)
             .field("ca_file", &self.ca_file)
             .field("timeout", &self.timeout)
@@ -202,7 +203,7 @@ pub struct HttpSink {
 impl std::fmt::Debug for HttpSink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HttpSink")
-            .field("url", &self.config.url)
+            .field("url", &redact(&self.config.url))
             .finish_non_exhaustive()
     }
 }
@@ -211,8 +212,8 @@ impl HttpSink {
     /// Checks the URL, headers and CA file now, so a mistake shows at start, not at the
     /// first batch.
     pub fn new(config: HttpConfig) -> Result<HttpSink, HttpSinkError> {
-        let url = config.url.clone();
-        let uri: ureq::http::Uri = url.parse().map_err(|e| HttpSinkError::BadUrl {
+        let url = redact(&config.url).into_owned();
+        let uri: ureq::http::Uri = config.url.parse().map_err(|e| HttpSinkError::BadUrl {
             url: url.clone(),
             detail: format!("{e}"),
         })?;
@@ -292,7 +293,7 @@ impl HttpSink {
                     let path = self.dead_letter(batch, status, &excerpt)?;
                     log::error!(
                         "{} refused batch {key} ({} records, seq {}-{}) with {status}: {excerpt:?}; it was written to {} and will not be sent again: check the collector's logs and [upstream] headers",
-                        self.config.url,
+                        redact(&self.config.url),
                         batch.len(),
                         batch.first_seq(),
                         batch.last_seq(),
@@ -345,7 +346,7 @@ impl HttpSink {
         attempts: u32,
         last: String,
     ) -> HttpSinkError {
-        let (url, key) = (self.config.url.clone(), key.to_string());
+        let (url, key) = (redact(&self.config.url).into_owned(), key.to_string());
         if stopped {
             HttpSinkError::Stopped {
                 url,
@@ -364,10 +365,10 @@ impl HttpSink {
     }
 
     fn attempt(&self, gz: &[u8], key: &str, left: Duration) -> Attempt {
-        let url = &self.config.url;
+        let url = redact(&self.config.url);
         let mut request = self
             .agent
-            .post(url)
+            .post(&self.config.url)
             .header("Content-Type", "application/x-ndjson")
             .header("Content-Encoding", "gzip")
             .header("Idempotency-Key", key);
@@ -384,7 +385,7 @@ impl HttpSink {
             Ok(r) => r,
             Err(e) => {
                 return Attempt::Retry {
-                    error: describe(&e, url, timeout),
+                    error: describe(&e, &url, timeout),
                     status: None,
                     retry_after: None,
                 };
@@ -421,7 +422,7 @@ impl HttpSink {
             300..=399 => Attempt::Retry {
                 error: format!(
                     "{url} redirects ({status}) to {}; set [upstream] url to the address it redirects to",
-                    location.as_deref().unwrap_or("an unnamed location")
+                    redact(location.as_deref().unwrap_or("an unnamed location"))
                 ),
                 status: Some(status),
                 retry_after,
@@ -468,7 +469,7 @@ impl HttpSink {
             let mut line = serde_json::json!({
                 "dead_letter": {
                     "at": crate::record::rfc3339_millis(SystemTime::now()),
-                    "url": self.config.url,
+                    "url": redact(&self.config.url),
                     "status": status,
                     "response": excerpt,
                     "idempotency_key": batch.idempotency_key(),
@@ -509,7 +510,7 @@ impl HttpSink {
             file.sync_data()
         })();
         result.map_err(|error| HttpSinkError::DeadLetter {
-            url: self.config.url.clone(),
+            url: redact(&self.config.url).into_owned(),
             key: batch.idempotency_key().to_string(),
             status,
             path: path.clone(),
@@ -584,9 +585,10 @@ fn read_ca_file(path: &Path, url: &str) -> Result<RootCerts, HttpSinkError> {
     Ok(RootCerts::new_with_certs(&certs))
 }
 
-/// Says what a transport error means for the operator.
+/// Says what a transport error means for the operator. `url` is already redacted; ureq's
+/// own text may hold the URL as given (`bad uri: ...`), so the whole is redacted again.
 fn describe(error: &ureq::Error, url: &str, timeout: Duration) -> String {
-    match error {
+    let text = match error {
         ureq::Error::Timeout(what) => format!(
             "{url} did not answer within {:.1}s ({what}); the collector is slow or unreachable (raise [upstream] timeout if it is just slow)",
             timeout.as_secs_f64()
@@ -618,7 +620,8 @@ fn describe(error: &ureq::Error, url: &str, timeout: Duration) -> String {
             "TLS with {url} failed ({error}); check ca_file in [upstream] and the collector's certificate"
         ),
         other => format!("request to {url} failed: {other}"),
-    }
+    };
+    redact_in(&text).into_owned()
 }
 
 /// `Retry-After` as seconds or an HTTP date (IMF-fixdate, RFC 850 or asctime, RFC 9110).
@@ -694,7 +697,7 @@ impl super::Sink for HttpSink {
     }
 
     fn describe(&self) -> String {
-        format!("http {}", self.config.url)
+        format!("http {}", redact(&self.config.url))
     }
 }
 
