@@ -326,7 +326,7 @@ impl StatusKeeper {
         };
         status.upstream = UpstreamStatus {
             sink: upstream.sink.as_str().into(),
-            target: upstream.target.clone(),
+            target: crate::config::url::redact(&upstream.target).into_owned(),
             state: "idle".into(),
             ..UpstreamStatus::default()
         };

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use crate::config::schema::{SECRET_FAMILIES, Setting, Value};
 use crate::config::secret::{SecretRef, substitute};
+use crate::config::url;
 use crate::config::{Layer, RawConfig, Report, Secret};
 
 /// Built-in defaults, used when neither the device, its groups nor `[defaults]` set a key.
@@ -651,6 +652,27 @@ pub fn hostname() -> String {
         .unwrap_or_else(|| "rackhand".to_string())
 }
 
+/// The error for a user name or password written into the `url` or `broker`: where they
+/// go instead, for each sink.
+fn credentials_in_url(kind: SinkKind, key: &str, target: &str) -> String {
+    let fix = match kind {
+        SinkKind::Mqtt => {
+            "remove them and set them in [upstream] instead: username = \"...\" and \
+             password_env = \"MQTT_PASSWORD\" (or password_file = \"...\")"
+        }
+        _ => {
+            "remove them and send a header instead, with the secret from the service's \
+             environment: headers = { Authorization = \"Basic {env:COLLECTOR_AUTH}\" } \
+             (COLLECTOR_AUTH holding base64 of user:password; `{file:PATH}` works too)"
+        }
+    };
+    format!(
+        "`{key}` = \"{}\" holds a user name or password, which would show in logs, \
+         `rackhand check` and status.json; {fix}",
+        url::redact(target)
+    )
+}
+
 fn resolve_upstream(layer: &Layer, report: &mut Report) -> Option<Upstream> {
     let layers = [layer];
     let Some(sink) = layer.str("sink") else {
@@ -693,7 +715,17 @@ fn resolve_upstream(layer: &Layer, report: &mut Report) -> Option<Upstream> {
     if !scheme_ok {
         report.error(
             target.span.clone(),
-            format!("`{target_key}` = \"{target_str}\" does not fit sink `{sink}`; {example}"),
+            format!(
+                "`{target_key}` = \"{}\" does not fit sink `{sink}`; {example}",
+                url::redact(&target_str)
+            ),
+        );
+        return None;
+    }
+    if kind != SinkKind::File && url::userinfo(&target_str).is_some() {
+        report.error(
+            target.span.clone(),
+            credentials_in_url(kind, target_key, &target_str),
         );
         return None;
     }

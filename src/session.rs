@@ -80,6 +80,8 @@ impl SessionError {
             // Sessions only fail while opening: a line closed before any command ran means
             // no session was made (a busy terminal-server port hangs up at once).
             SessionError::Transport(TransportError::Closed { .. }) => Status::ConnectFailed,
+            // No address within connect_timeout: no connection was even tried.
+            SessionError::Transport(TransportError::Resolve { .. }) => Status::ConnectFailed,
             SessionError::Transport(TransportError::Connect { detail, .. })
                 if detail.contains("in use by") =>
             {

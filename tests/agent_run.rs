@@ -111,6 +111,7 @@ struct Rec {
     agent: String,
     seq: u64,
     device: String,
+    command: String,
     status: String,
     error: Option<String>,
     output: String,
@@ -135,6 +136,7 @@ impl Rec {
             agent: s("agent"),
             seq: n("seq"),
             device: s("device"),
+            command: v["command"].as_str().unwrap_or_default().to_string(),
             status: s("status"),
             error: v["error"].as_str().map(String::from),
             output: s("output"),
@@ -828,4 +830,121 @@ fn process_isolation_in_run_collects_and_a_hung_driver_is_killed_at_its_deadline
     );
     let status = agent.stop();
     assert!(status.success(), "exit {status:?}");
+}
+
+/// A `driver_exec` shell script in `dir` that notes each start in `<name>.runs`, reads the
+/// request and runs `body`; returns the script and the runs file.
+fn counting_driver(dir: &TempDir, name: &str, body: &str) -> (PathBuf, PathBuf) {
+    let path = dir.join(&format!("{name}.sh"));
+    let runs = dir.join(&format!("{name}.runs"));
+    std::fs::write(
+        &path,
+        format!(
+            "#!/bin/sh\necho $$ >> '{}'\nread -r request\n{body}\n",
+            runs.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    (path, runs)
+}
+
+/// An `ok` outcome line for `command`, as a driver prints it.
+fn ok_outcome(command: &str) -> String {
+    format!(
+        r#"printf '%s\n' '{{"type":"outcome","command":"{command}","status":"ok","output":"fine\n"}}'"#
+    )
+}
+
+#[test]
+fn chatty_drivers_in_run_are_killed_at_their_deadline_and_every_command_has_one_record() {
+    let dir = TempDir::new("run-chatty").unwrap();
+    let asked = ["one", "two", "three"];
+    // Answers `one` after some chatter, then keeps printing blank lines, log lines and
+    // progress messages without ever answering `two`: killed at its deadline.
+    let chatter = "echo; echo 'INFO working'; echo '{\"type\":\"progress\"}'";
+    let (chatty, chatty_runs) = counting_driver(
+        &dir,
+        "chatty",
+        &format!(
+            "{chatter}\n{}\nwhile :; do {chatter}; sleep 0.05; done",
+            ok_outcome("one")
+        ),
+    );
+    // Answers `one`, then floods blank lines: stopped at its chatter budget.
+    let (flood, flood_runs) = counting_driver(
+        &dir,
+        "flood",
+        &format!("{}\nexec yes ''", ok_outcome("one")),
+    );
+    let device = |name: &str, exec: &Path| Dev {
+        name: name.to_string(),
+        lines: vec![
+            "transport = \"telnet\"".into(),
+            "host = \"127.0.0.1\"".into(),
+            "connect_timeout = \"1s\"".into(),
+            "command_timeout = \"1s\"".into(),
+            "commands = [\"one\", \"two\", \"three\"]".into(),
+            format!("driver_exec = \"{}\"", exec.display()),
+        ],
+    };
+    let config = write_config(
+        &dir,
+        &config_text(&dir, &[device("chatty", &chatty), device("flood", &flood)]),
+    );
+    let mut agent = Agent::start(&config, outbox(&dir), &[]);
+    // A crashed driver puts `flood` in backoff (30 s): one run of it; `chatty` runs again
+    // at once (its session opened), so a run of it is usually in flight at SIGTERM.
+    agent.wait_records("two runs of `chatty`, one of `flood`", |r| {
+        of(r, "chatty").len() >= 6 && of(r, "flood").len() >= 3
+    });
+    let status = agent.stop();
+    let log = agent.log_text();
+    assert!(status.success(), "exit {status:?}; log:\n{log}");
+
+    // Every driver that started (the one in flight at SIGTERM included) left exactly one
+    // record per command, in order, with the status its behaviour earns; nothing else.
+    let records = agent.records();
+    assert_ids(&records);
+    let runs = |file: &Path| std::fs::read_to_string(file).unwrap().lines().count();
+    let (chatty_n, flood_n) = (runs(&chatty_runs), runs(&flood_runs));
+    assert_eq!(
+        records.len(),
+        3 * (chatty_n + flood_n),
+        "{chatty_n} runs of `chatty`, {flood_n} of `flood`; records:\n{}",
+        listing(&records)
+    );
+    for (name, n, status, words) in [
+        (
+            "chatty",
+            chatty_n,
+            "timeout",
+            "only an outcome restarts the deadline",
+        ),
+        (
+            "flood",
+            flood_n,
+            "driver_crashed",
+            "neither an outcome nor `done`",
+        ),
+    ] {
+        let mine = of(&records, name);
+        assert_eq!(mine.len(), 3 * n, "`{name}`:\n{}", listing(&records));
+        for run in mine.chunks(3) {
+            let commands: Vec<&str> = run.iter().map(|r| r.command.as_str()).collect();
+            assert_eq!(commands, asked, "`{name}`:\n{}", listing(&records));
+            assert_eq!(run[0].status, "ok", "{}", run[0].brief());
+            assert_eq!(run[0].output, "fine\n", "{}", run[0].brief());
+            for r in &run[1..] {
+                assert_eq!(r.status, status, "{}", r.brief());
+                let error = r.error.as_deref().unwrap_or_default();
+                assert!(error.contains(words), "{}", r.brief());
+            }
+            if name == "chatty" {
+                // After an `ok`: command_timeout + the isolator's 2 s grace.
+                let after = killed_after(run[1].error.as_deref().unwrap());
+                assert!((3.0..6.0).contains(&after), "{}", run[1].brief());
+            }
+        }
+    }
 }

@@ -321,3 +321,64 @@ fn the_config_comes_from_c_then_rackhand_config_then_etc() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_password_in_the_upstream_url_is_refused_at_its_column_and_never_printed() {
+    let cases = [
+        (
+            "http",
+            "url",
+            "https://rack:hunter2@collector.example.net/ingest",
+            "https://***@collector.example.net/ingest",
+            "headers = { Authorization = \"Basic {env:COLLECTOR_AUTH}\" }",
+        ),
+        (
+            "mqtt",
+            "broker",
+            "mqtts://rack:hunter2@broker.example.net:8883",
+            "mqtts://***@broker.example.net:8883",
+            "password_env = \"MQTT_PASSWORD\"",
+        ),
+    ];
+    for (sink, key, url, shown, fix) in cases {
+        let dir = TempDir::new(&format!("userinfo-{sink}"));
+        let config = dir.write(
+            "rackhand.toml",
+            &format!(
+                concat!(
+                    "[[device]]\n",                    // 1
+                    "name = \"sw1\"\n",                // 2
+                    "host = \"10.0.0.1\"\n",           // 3
+                    "platform = \"cisco_ios\"\n",      // 4
+                    "commands = [\"show version\"]\n", // 5
+                    "\n",                              // 6
+                    "[upstream]\n",                    // 7
+                    "sink = \"{}\"\n",                 // 8
+                    "{} = \"{}\"\n",                   // 9 the URL, after `key = `
+                ),
+                sink, key, url
+            ),
+        );
+        let out = check(&config);
+        assert_eq!(
+            out.code, 2,
+            "stdout:\n{}\nstderr:\n{}",
+            out.stdout, out.stderr
+        );
+        let prefix = format!("{}:9:{}: ", config.display(), key.len() + 4);
+        let line = out
+            .stderr
+            .lines()
+            .find(|l| l.starts_with(&prefix))
+            .unwrap_or_else(|| panic!("no error at `{prefix}` in:\n{}", out.stderr));
+        assert!(line.contains("user name or password"), "{line}");
+        assert!(line.contains(shown), "{line}");
+        assert!(line.contains(fix), "the fix is named: {line}");
+        for text in [&out.stdout, &out.stderr] {
+            assert!(
+                !text.contains("hunter2"),
+                "the password was printed:\n{text}"
+            );
+        }
+    }
+}

@@ -1054,3 +1054,60 @@ fn https_to_a_collector_with_a_private_ca_trusts_exactly_the_ca_file() {
         "no request passed the handshake"
     );
 }
+
+#[test]
+fn a_url_with_credentials_never_shows_them_in_errors_or_the_dead_letter_file() {
+    use rackhand::sink::Sink;
+    // The config refuses such a URL (tests/check.rs); this is the sink given one anyway.
+    let receiver = Receiver::start(|n| if n == 0 { reply(503) } else { reply(400) });
+    let dir = TempDir::new("userinfo");
+    let url = receiver
+        .url()
+        .replacen("http://", "http://rack:hunter2@", 1);
+    let shown = receiver.url().replacen("http://", "http://***@", 1);
+    let mut sink = HttpSink::new(config(&url, &dir)).unwrap();
+    assert_eq!(sink.describe(), format!("http {shown}"));
+    let debug = format!("{sink:?} {:?}", sink.config());
+    assert!(
+        !debug.contains("hunter2") && debug.contains(&shown),
+        "{debug}"
+    );
+
+    let mut errors = Vec::new();
+    let shipped = sink
+        .send_observed(&batch(1, 2), soon(), &StopFlag::new(), &mut |r: &Retry| {
+            errors.push(r.error.clone())
+        })
+        .unwrap();
+    assert_eq!(shipped.rejected.len(), 1, "{shipped:?}");
+    let reason = &shipped.rejected[0].reason;
+    assert!(
+        reason.contains("400") && reason.contains(&shown) && !reason.contains("hunter2"),
+        "{reason}"
+    );
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].contains(&format!("{shown} answered 503")),
+        "{}",
+        errors[0]
+    );
+    let dead = std::fs::read_to_string(dir.0.join(DEAD_LETTER_FILE)).unwrap();
+    let head: serde_json::Value = serde_json::from_str(dead.lines().next().unwrap()).unwrap();
+    assert_eq!(head["dead_letter"]["target"], shown.as_str());
+    assert!(!dead.contains("hunter2"), "{dead}");
+
+    let stop = StopFlag::new();
+    stop.stop();
+    let err = sink
+        .send(&batch(3, 1), soon(), &stop)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains(&shown) && !err.contains("hunter2"), "{err}");
+    let err = HttpSink::new(config("http://rack:hunter2@", &dir))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("http://***@") && !err.contains("hunter2"),
+        "{err}"
+    );
+}

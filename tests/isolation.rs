@@ -896,3 +896,165 @@ fn what_a_driver_leaves_running_is_killed_with_it() {
     assert!(gone, "the driver's background process {pid} survived it");
     assert_reaped(script_pid(&dir, "leaver.sh"));
 }
+
+// ---------------------------------------------------------------------------------------
+// Chatter: only an outcome restarts the deadline
+
+/// A driver script for device `name` with 1 s timeouts, asked for `one`, `two`, `three`.
+fn chatty(dir: &TempDir, name: &str, body: &str) -> (Device, Vec<String>) {
+    let exec = script(dir, &format!("{name}.sh"), body);
+    let list = ["one", "two", "three"];
+    let lines = vec![
+        "transport = \"telnet\"".into(),
+        "host = \"127.0.0.1\"".into(),
+        "platform = \"generic\"".into(),
+        "prompt = '^x>$'".into(),
+        "connect_timeout = \"1s\"".into(),
+        "command_timeout = \"1s\"".into(),
+        toml_list(&list),
+        format!("driver_exec = \"{}\"", exec.display()),
+    ];
+    (device(dir, name, &lines), commands(&list))
+}
+
+/// [`collect`], failing the test if it has not returned within `limit` (a driver that is
+/// never killed would otherwise hang the test; it dies with the test process: PDEATHSIG).
+fn collect_within(device: &Device, asked: &[String], limit: Duration) -> (Vec<Outcome>, Duration) {
+    let (tx, rx) = mpsc::channel();
+    let (device, asked) = (device.clone(), asked.to_vec());
+    std::thread::spawn(move || {
+        let _ = tx.send(collect(&isolator(), &device, &asked));
+    });
+    rx.recv_timeout(limit)
+        .unwrap_or_else(|_| panic!("the driver was not stopped within {limit:?}"))
+}
+
+/// One outcome per command asked, in order; `first` of them answered `ok`, the rest `status`
+/// with an error containing each of `words`.
+fn assert_accounted(
+    outcomes: &[Outcome],
+    asked: &[String],
+    first: usize,
+    status: Status,
+    words: &[&str],
+) {
+    let names: Vec<&str> = outcomes.iter().map(|o| o.command.as_str()).collect();
+    assert_eq!(names, asked, "{outcomes:#?}");
+    for o in &outcomes[..first] {
+        assert_eq!(o.status, Status::Ok, "{o:?}");
+    }
+    for o in &outcomes[first..] {
+        assert_eq!(o.status, status, "{o:?}");
+        let error = o.error.as_deref().unwrap_or_default();
+        for word in words {
+            assert!(error.contains(word), "`{word}` not in: {error}");
+        }
+    }
+}
+
+#[test]
+fn a_driver_printing_blank_lines_forever_is_killed_at_its_deadline() {
+    let dir = TempDir::new("iso-blank").unwrap();
+    // Answers `one`, then prints an empty line 20 times a second: each used to restart the
+    // deadline, so it was never killed.
+    let body = format!(
+        "read -r request\n{}\nwhile :; do echo; sleep 0.05; done",
+        outcome_line("one", "first\\n")
+    );
+    let (device, asked) = chatty(&dir, "blank", &body);
+    let (outcomes, took) = collect_within(&device, &asked, Duration::from_secs(15));
+
+    assert_accounted(
+        &outcomes,
+        &asked,
+        1,
+        Status::Timeout,
+        &[
+            "no answer for `two`",
+            "that are not outcomes (blank)",
+            "killed after",
+        ],
+    );
+    // After an `ok`: command_timeout + grace, counted from that outcome, not from the last
+    // blank line.
+    let budget = Duration::from_secs(1) + GRACE;
+    assert!(took >= budget, "killed early: {took:?}");
+    assert!(
+        took < budget + Duration::from_secs(3),
+        "killed late: {took:?}"
+    );
+    assert_reaped(script_pid(&dir, "blank.sh"));
+}
+
+#[test]
+fn a_driver_printing_log_lines_and_unknown_json_forever_is_killed_at_its_deadline() {
+    let dir = TempDir::new("iso-logs").unwrap();
+    // Never answers; logs to stdout (where logs do not belong) and reports progress in a
+    // message type the agent does not know.
+    let body = "read -r request\nwhile :; do\n  echo 'INFO still logging in to 10.0.0.9'\n  \
+                echo '{\"type\":\"progress\",\"percent\":50}'\n  sleep 0.05\ndone";
+    let (device, asked) = chatty(&dir, "logs", body);
+    let (outcomes, took) = collect_within(&device, &asked, Duration::from_secs(15));
+
+    assert_accounted(
+        &outcomes,
+        &asked,
+        0,
+        Status::Timeout,
+        &[
+            "no answer for `one`",
+            "e.g. `INFO still logging in to 10.0.0.9`",
+            "only an outcome restarts the deadline",
+        ],
+    );
+    // Before the first outcome: connect_timeout + command_timeout + grace.
+    let budget = Duration::from_secs(2) + GRACE;
+    assert!(took >= budget, "killed early: {took:?}");
+    assert!(
+        took < budget + Duration::from_secs(3),
+        "killed late: {took:?}"
+    );
+    assert_reaped(script_pid(&dir, "logs.sh"));
+    // The first stray line is logged once, under the device's name.
+    let warned: Vec<String> = captured_log()
+        .into_iter()
+        .filter(|(_, text)| {
+            text.starts_with("logs: ") && text.contains("neither an outcome nor `done`")
+        })
+        .map(|(_, text)| text)
+        .collect();
+    assert_eq!(warned.len(), 1, "{warned:#?}");
+    assert!(warned[0].contains("INFO still logging"), "{}", warned[0]);
+}
+
+#[test]
+fn a_driver_flooding_short_lines_is_stopped_at_its_chatter_budget() {
+    let dir = TempDir::new("iso-lines").unwrap();
+    // Answers `one`, then floods lines as fast as the pipe takes them.
+    let body = format!(
+        "read -r request\n{}\nexec yes 'DEBUG tick'",
+        outcome_line("one", "first\\n")
+    );
+    let (device, asked) = chatty(&dir, "lines", &body);
+    let (outcomes, took) = collect_within(&device, &asked, Duration::from_secs(15));
+
+    assert_accounted(
+        &outcomes,
+        &asked,
+        1,
+        Status::DriverCrashed,
+        &[
+            "protocol violation",
+            "neither an outcome nor `done` while waiting for the outcome of `two`",
+            "(the first: `DEBUG tick`)",
+            "logs belong on stderr",
+        ],
+    );
+    assert_eq!(
+        outcomes[0].output, b"first\n",
+        "the answer before the flood is kept"
+    );
+    // Stopped at the budget (1000 lines), long before its deadline (1 s + grace).
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+    assert_reaped(script_pid(&dir, "lines.sh"));
+}

@@ -61,7 +61,7 @@ pub fn render_inventory(path: &Path, inv: &Inventory) -> String {
                     SinkKind::Http => "http",
                     SinkKind::Mqtt => "mqtt",
                 },
-                u.target,
+                crate::config::url::redact(&u.target),
                 packet_limit(u)
             ),
         }

@@ -238,7 +238,7 @@ pub fn render(status: &AgentStatus, file: &Path, liveness: Liveness, now: System
     line(format!(
         "upstream {} {}: {}{}",
         or_unknown(&up.sink),
-        up.target,
+        crate::config::url::redact(&up.target),
         or_unknown(&up.state),
         if up.consecutive_failures > 0 {
             format!(

@@ -9,6 +9,7 @@ pub mod parse;
 pub mod schema;
 pub mod secret;
 pub mod units;
+pub mod url;
 
 use std::path::{Path, PathBuf};
 

@@ -13,6 +13,13 @@
 //! name, and always kills what is left of its process group and reaps it before returning, so
 //! no child outlives the call and no zombie remains. The child never outlives the thread that
 //! forked it either, which matters because PDEATHSIG is tied to that thread.
+//!
+//! Only an outcome restarts the deadline. Whatever else a driver prints on stdout (blank
+//! lines, log text, progress, JSON of a type we do not know) is tolerated but counts against
+//! the running deadline, and against a budget per outcome ([`CHATTER_LINES`],
+//! [`CHATTER_BYTES`]): a driver that keeps talking without answering is killed at its
+//! deadline like a silent one, and one that floods is stopped as soon as it passes the
+//! budget, before it costs the agent much CPU.
 
 pub mod child;
 pub mod protocol;
@@ -27,7 +34,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::inventory::Device;
 use crate::record::{Outcome, Status};
-use protocol::{LineBuffer, Reply, Request, WireDevice};
+use protocol::{DriverLine, LineBuffer, Reply, Request, WireDevice};
 
 /// Time a driver gets beyond the device's own timeouts: process start, JSON, a slow Pi.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(2);
@@ -39,6 +46,11 @@ const READ_CHUNK: usize = 64 << 10;
 const READS_PER_ROUND: usize = 16;
 /// Upper bound on poll rounds; every round either makes progress or reaches the deadline.
 const MAX_ROUNDS: usize = 1 << 24;
+/// Lines on stdout that are neither an outcome nor `done`, and their bytes, a driver may
+/// print while the agent waits for one outcome (or for `done`); past either it is a protocol
+/// violation. Generous for a driver logging to stdout by mistake, small next to a flood.
+pub const CHATTER_LINES: u64 = 1000;
+pub const CHATTER_BYTES: u64 = 256 << 10;
 /// Stderr lines longer than this are split; more lines than the count are dropped (counted).
 const STDERR_LINE: u64 = 4096;
 const STDERR_LINES: usize = 2000;
@@ -245,6 +257,8 @@ impl Isolator {
             answered: 0,
             done: false,
             last_status: None,
+            chatter: Chatter::default(),
+            chatter_logged: false,
         };
         let end = supervisor.run(&mut reaper);
         let status = reaper.reap();
@@ -262,9 +276,10 @@ impl Isolator {
                 }
                 End::Done
             }
-            Ending::Killed { budget } => End::Killed {
+            Ending::Killed { budget, chatter } => End::Killed {
                 budget,
                 elapsed: start.elapsed(),
+                chatter,
             },
             Ending::Violation(detail) => End::Violation { pid, detail },
             Ending::Exited => match status {
@@ -406,18 +421,68 @@ impl Drop for Reaper {
 /// How a supervision ended, before the exit status is known.
 enum Ending {
     Done,
-    Killed { budget: Duration },
+    Killed { budget: Duration, chatter: Chatter },
     Violation(String),
     Exited,
+}
+
+/// What a driver printed besides protocol messages since its last outcome.
+#[derive(Debug, Clone, Default)]
+struct Chatter {
+    lines: u64,
+    bytes: u64,
+    /// The first line that was not blank, cut short.
+    first: Option<String>,
+}
+
+impl Chatter {
+    /// Counts one line (its `\n` included); false once past the budget.
+    fn add(&mut self, line: &[u8]) -> bool {
+        self.lines += 1;
+        self.bytes += line.len() as u64 + 1;
+        if self.first.is_none() && !line.trim_ascii().is_empty() {
+            self.first = Some(protocol::excerpt(line));
+        }
+        self.lines <= CHATTER_LINES && self.bytes <= CHATTER_BYTES
+    }
+
+    /// `; meanwhile it printed 3 lines (61 bytes) that are not outcomes, e.g. `…`: only an
+    /// outcome restarts the deadline` for a timeout's message, or nothing.
+    fn summary(&self) -> String {
+        if self.lines == 0 {
+            return String::new();
+        }
+        let example = match &self.first {
+            Some(line) => format!(", e.g. `{line}`"),
+            None => " (blank)".to_string(),
+        };
+        format!(
+            "; meanwhile it printed {} line{} ({} bytes) that {} not outcomes{example}: only an outcome restarts the deadline",
+            self.lines,
+            if self.lines == 1 { "" } else { "s" },
+            self.bytes,
+            if self.lines == 1 { "is" } else { "are" },
+        )
+    }
 }
 
 /// How a driver ended, for the records of the commands it did not answer.
 #[derive(Debug)]
 enum End {
     Done,
-    Killed { budget: Duration, elapsed: Duration },
-    Violation { pid: u32, detail: String },
-    Exited { pid: u32, status: ExitStatus },
+    Killed {
+        budget: Duration,
+        elapsed: Duration,
+        chatter: Chatter,
+    },
+    Violation {
+        pid: u32,
+        detail: String,
+    },
+    Exited {
+        pid: u32,
+        status: ExitStatus,
+    },
 }
 
 impl End {
@@ -436,12 +501,17 @@ impl End {
                     "{name}: the driver `{program}` said done without answering `{pending}`; see docs/driver-protocol.md"
                 ),
             ),
-            End::Killed { budget, elapsed } => (
+            End::Killed {
+                budget,
+                elapsed,
+                chatter,
+            } => (
                 Status::Timeout,
                 format!(
-                    "{name}: no answer for `{pending}` within {:.1} s (timeouts + {:.1} s grace); the driver was killed after {:.1} s",
+                    "{name}: no answer for `{pending}` within {:.1} s (timeouts + {:.1} s grace){}; the driver was killed after {:.1} s",
                     budget.as_secs_f64(),
                     grace.as_secs_f64(),
+                    chatter.summary(),
                     elapsed.as_secs_f64()
                 ),
             ),
@@ -502,6 +572,10 @@ struct Supervisor<'a> {
     answered: usize,
     done: bool,
     last_status: Option<Status>,
+    /// Since the last outcome.
+    chatter: Chatter,
+    /// Whether the first chatter line of this driver was logged (only that one is).
+    chatter_logged: bool,
 }
 
 impl Supervisor<'_> {
@@ -564,7 +638,10 @@ impl Supervisor<'_> {
                     );
                     return Ok(Ending::Done);
                 }
-                return Ok(Ending::Killed { budget: budget_now });
+                return Ok(Ending::Killed {
+                    budget: budget_now,
+                    chatter: self.chatter.clone(),
+                });
             }
             let mut fds = Vec::with_capacity(3);
             let in_at = stdin.as_ref().map(|s| {
@@ -631,8 +708,11 @@ impl Supervisor<'_> {
                                     }
                                 };
                                 for line in complete {
-                                    if let Err(detail) = self.take_line(&line) {
-                                        return Ok(Ending::Violation(detail));
+                                    match self.take_line(&line) {
+                                        Err(detail) => return Ok(Ending::Violation(detail)),
+                                        // The deadline runs on.
+                                        Ok(Taken::Chatter) => continue,
+                                        Ok(Taken::Message) => {}
                                     }
                                     budget_now = if self.done {
                                         self.grace
@@ -681,15 +761,20 @@ impl Supervisor<'_> {
                     .is_some();
             }
         }
-        Ok(Ending::Killed { budget: budget_now })
+        Ok(Ending::Killed {
+            budget: budget_now,
+            chatter: self.chatter.clone(),
+        })
     }
 
-    /// One line from the driver: an outcome is checked and passed on, `done` noted.
-    fn take_line(&mut self, line: &[u8]) -> Result<(), String> {
-        if line.iter().all(u8::is_ascii_whitespace) {
-            return Ok(());
-        }
-        let reply = protocol::parse_reply(line).map_err(|e| e.to_string())?;
+    /// One line from the driver: an outcome is checked and passed on, `done` noted, anything
+    /// else counted against the chatter budget.
+    fn take_line(&mut self, line: &[u8]) -> Result<Taken, String> {
+        let reply = match protocol::read_line(line).map_err(|e| e.to_string())? {
+            DriverLine::Reply(reply) => reply,
+            DriverLine::Chatter => return self.take_chatter(line).map(|()| Taken::Chatter),
+        };
+        self.chatter = Chatter::default();
         if self.done {
             return Err("a line after `done`".into());
         }
@@ -751,8 +836,49 @@ impl Supervisor<'_> {
                 });
             }
         }
-        Ok(())
+        Ok(Taken::Message)
     }
+
+    /// A line that is not a protocol message: logged if it is the driver's first one, counted,
+    /// and a violation once past the budget.
+    fn take_chatter(&mut self, line: &[u8]) -> Result<(), String> {
+        let within = self.chatter.add(line);
+        match &self.chatter.first {
+            Some(first) if !self.chatter_logged => {
+                self.chatter_logged = true;
+                log::warn!(
+                    "{}: the driver `{}` printed `{first}` on stdout, which is neither an outcome nor `done`: ignored, and it does not restart any deadline (logs belong on stderr)",
+                    self.device.name,
+                    driver_label(self.device)
+                );
+            }
+            _ => {}
+        }
+        if within {
+            return Ok(());
+        }
+        let waiting = match self.commands.get(self.answered) {
+            Some(command) => format!("the outcome of `{command}`"),
+            None => "`done`".to_string(),
+        };
+        Err(format!(
+            "{} lines ({} bytes) on stdout that are neither an outcome nor `done` while waiting for {waiting}, more than the {CHATTER_LINES} lines or {CHATTER_BYTES} bytes allowed{}; logs belong on stderr",
+            self.chatter.lines,
+            self.chatter.bytes,
+            match &self.chatter.first {
+                Some(first) => format!(" (the first: `{first}`)"),
+                None => " (all blank)".to_string(),
+            }
+        ))
+    }
+}
+
+/// What a line from the driver was.
+enum Taken {
+    /// An outcome or `done`: the deadline starts again.
+    Message,
+    /// Anything else: the deadline runs on.
+    Chatter,
 }
 
 fn pollfd(fd: i32, events: libc::c_short) -> libc::pollfd {

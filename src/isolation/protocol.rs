@@ -5,7 +5,9 @@
 //! can stream: the agent keeps every outcome that arrived before a driver died. The agent
 //! writes one request line; the driver answers with one `outcome` line per command, in order,
 //! then one `done` line. Secrets travel in the request, never in argv or the environment,
-//! where any local user could read them from /proc.
+//! where any local user could read them from /proc. Anything else a driver prints on stdout
+//! (blank lines, log text, JSON of another `type`) is chatter: [`read_line`] sorts it out so
+//! the agent can ignore it without letting it restart a deadline.
 
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -162,7 +164,8 @@ pub fn parse_status(name: &str) -> Result<Status, ProtocolError> {
         .ok_or_else(|| ProtocolError::Status(name.to_string()))
 }
 
-fn excerpt(line: &[u8]) -> String {
+/// The start of a line, for messages.
+pub fn excerpt(line: &[u8]) -> String {
     let text = String::from_utf8_lossy(&line[..line.len().min(120)]).into_owned();
     if line.len() > 120 {
         format!("{text}…")
@@ -175,6 +178,36 @@ fn malformed(line: &[u8], e: impl std::fmt::Display) -> ProtocolError {
     ProtocolError::Malformed {
         detail: e.to_string(),
         excerpt: excerpt(line),
+    }
+}
+
+/// One line from a driver, sorted.
+#[derive(Debug)]
+pub enum DriverLine {
+    /// An `outcome` or `done`.
+    Reply(Reply),
+    /// Anything else: a blank line, text (a log line, a progress bar), a JSON object whose
+    /// `type` is not one of ours. Tolerated, never acted on.
+    Chatter,
+}
+
+/// Sorts one line a driver wrote (without its `\n`). A line that starts with `{` must be a
+/// JSON object, and one whose `type` is `outcome` or `done` a valid message: those are
+/// attempts at the protocol, and a broken one is an error, not chatter.
+pub fn read_line(line: &[u8]) -> Result<DriverLine, ProtocolError> {
+    #[derive(Deserialize)]
+    struct Head {
+        #[serde(rename = "type")]
+        kind: Option<serde_json::Value>,
+    }
+    let trimmed = line.trim_ascii();
+    if !trimmed.starts_with(b"{") {
+        return Ok(DriverLine::Chatter);
+    }
+    let head: Head = serde_json::from_slice(trimmed).map_err(|e| malformed(line, e))?;
+    match head.kind.as_ref().and_then(serde_json::Value::as_str) {
+        Some("outcome" | "done") => parse_reply(line).map(DriverLine::Reply),
+        _ => Ok(DriverLine::Chatter),
     }
 }
 
@@ -525,6 +558,37 @@ mod tests {
             assert_eq!(back.output_bytes().unwrap(), bytes);
             // The line never costs more than base64 plus the fixed fields.
             assert!(line.len() <= bytes.len().div_ceil(3) * 4 + 200, "{line:?}");
+        }
+    }
+
+    #[test]
+    fn only_outcome_and_done_lines_are_messages_the_rest_is_chatter() {
+        let message = |line: &[u8]| matches!(read_line(line), Ok(DriverLine::Reply(_)));
+        let chatter = |line: &[u8]| matches!(read_line(line), Ok(DriverLine::Chatter));
+        assert!(message(br#"{"type":"done"}"#));
+        assert!(message(
+            br#" {"type":"outcome","command":"c","status":"ok"}"#
+        ));
+        for line in [
+            &b""[..],
+            b"   \r",
+            b"INFO logging in to 10.0.0.9",
+            b"[#####     ] 50%",
+            br#"{"type":"progress","percent":50}"#,
+            br#"{"level":"debug","msg":"no type at all"}"#,
+            br#"{"type":7}"#,
+            b"\xff\xfe not UTF-8",
+        ] {
+            assert!(chatter(line), "{line:?}");
+        }
+        // Attempts at the protocol that went wrong stay errors.
+        for line in [
+            &br#"{"type":"outcome","command":"c"}"#[..],
+            br#"{"type":"outcome","command":"c","status":"fine"#,
+            br#"{"type":"done""#,
+            b"{not json",
+        ] {
+            assert!(read_line(line).is_err(), "{line:?}");
         }
     }
 

@@ -32,6 +32,7 @@ use super::dead_letter::{self, DeadLetterError, DeadLetters, Refusal, Refuser};
 pub use super::{Backoff, Retry, StopFlag};
 use super::{Jitter, Shipped};
 use crate::batch::Batch;
+use crate::config::url::{redact, redact_in};
 use crate::inventory::Upstream;
 
 /// How much of a response body is kept for the dead-letter file and error messages.
@@ -74,7 +75,7 @@ impl std::fmt::Debug for HttpConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let names: Vec<&str> = self.headers.iter().map(|(n, _)| n.as_str()).collect();
         f.debug_struct("HttpConfig")
-            .field("url", &self.url)
+            .field("url", &redact(&self.url))
             .field("headers", &names)
             .field("ca_file", &self.ca_file)
             .field("timeout", &self.timeout)
@@ -189,7 +190,7 @@ pub struct HttpSink {
 impl std::fmt::Debug for HttpSink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HttpSink")
-            .field("url", &self.config.url)
+            .field("url", &self.shown_url)
             .finish_non_exhaustive()
     }
 }
@@ -198,8 +199,8 @@ impl HttpSink {
     /// Checks the URL, headers and CA file now, so a mistake shows at start, not at the
     /// first batch.
     pub fn new(config: HttpConfig) -> Result<HttpSink, HttpSinkError> {
-        let url = config.url.clone();
-        let uri: ureq::http::Uri = url.parse().map_err(|e| HttpSinkError::BadUrl {
+        let url = redact(&config.url).into_owned();
+        let uri: ureq::http::Uri = config.url.parse().map_err(|e| HttpSinkError::BadUrl {
             url: url.clone(),
             detail: format!("{e}"),
         })?;
@@ -230,7 +231,7 @@ impl HttpSink {
         let agent = ureq::Agent::new_with_config(builder.build());
         Ok(HttpSink {
             jitter: Jitter::new(),
-            shown_url: without_credentials(&config.url).into_owned(),
+            shown_url: redact(&config.url).into_owned(),
             dead_letters: DeadLetters::new(&config.dead_letter_dir, config.dead_letter_max_bytes),
             config,
             agent,
@@ -376,7 +377,7 @@ impl HttpSink {
         attempts: u32,
         last: String,
     ) -> HttpSinkError {
-        let (url, key) = (self.config.url.clone(), key.to_string());
+        let (url, key) = (self.shown_url.clone(), key.to_string());
         if stopped {
             HttpSinkError::Stopped {
                 url,
@@ -395,10 +396,10 @@ impl HttpSink {
     }
 
     fn attempt(&self, gz: &[u8], key: &str, left: Duration) -> Attempt {
-        let url = &self.config.url;
+        let url = &self.shown_url;
         let mut request = self
             .agent
-            .post(url)
+            .post(&self.config.url)
             .header("Content-Type", "application/x-ndjson")
             .header("Content-Encoding", "gzip")
             .header("Idempotency-Key", key);
@@ -452,7 +453,7 @@ impl HttpSink {
             300..=399 => Attempt::Retry {
                 error: format!(
                     "{url} redirects ({status}) to {}; set [upstream] url to the address it redirects to",
-                    location.as_deref().unwrap_or("an unnamed location")
+                    redact(location.as_deref().unwrap_or("an unnamed location"))
                 ),
                 status: Some(status),
                 retry_after,
@@ -496,19 +497,6 @@ fn refusal_reason(url: &str, status: u16, excerpt: &str) -> String {
         format!("{url} answered {status} ({name})")
     } else {
         format!("{url} answered {status} ({name}): {answer}")
-    }
-}
-
-/// `url` without user info (`https://user:secret@host/` → `https://host/`), for what is
-/// written down: the dead-letter file and the shipper's reports.
-fn without_credentials(url: &str) -> Cow<'_, str> {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return Cow::Borrowed(url);
-    };
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => Cow::Owned(format!("{scheme}://{}", &rest[at + 1..])),
-        None => Cow::Borrowed(url),
     }
 }
 
@@ -577,9 +565,10 @@ fn read_ca_file(path: &Path, url: &str) -> Result<RootCerts, HttpSinkError> {
     Ok(RootCerts::new_with_certs(&certs))
 }
 
-/// Says what a transport error means for the operator.
+/// Says what a transport error means for the operator. `url` is already redacted; ureq's
+/// own text may hold the URL as given (`bad uri: ...`), so the whole is redacted again.
 fn describe(error: &ureq::Error, url: &str, timeout: Duration) -> String {
-    match error {
+    let text = match error {
         ureq::Error::Timeout(what) => format!(
             "{url} did not answer within {:.1}s ({what}); the collector is slow or unreachable (raise [upstream] timeout if it is just slow)",
             timeout.as_secs_f64()
@@ -611,7 +600,8 @@ fn describe(error: &ureq::Error, url: &str, timeout: Duration) -> String {
             "TLS with {url} failed ({error}); check ca_file in [upstream] and the collector's certificate"
         ),
         other => format!("request to {url} failed: {other}"),
-    }
+    };
+    redact_in(&text).into_owned()
 }
 
 /// `Retry-After` as seconds or an HTTP date (IMF-fixdate, RFC 850 or asctime, RFC 9110).
@@ -678,7 +668,7 @@ impl super::Sink for HttpSink {
     }
 
     fn describe(&self) -> String {
-        format!("http {}", self.config.url)
+        format!("http {}", self.shown_url)
     }
 }
 
@@ -757,10 +747,10 @@ mod tests {
     #[test]
     fn what_is_written_down_names_the_url_without_its_credentials() {
         assert_eq!(
-            without_credentials("https://user:s3cret@c.example:8443/ingest?x=a@b"),
-            "https://c.example:8443/ingest?x=a@b"
+            redact("https://user:s3cret@c.example:8443/ingest?x=a@b"),
+            "https://***@c.example:8443/ingest?x=a@b"
         );
-        assert_eq!(without_credentials("http://c/ingest"), "http://c/ingest");
+        assert_eq!(redact("http://c/ingest"), "http://c/ingest");
         assert_eq!(
             refusal_reason("https://c/ingest", 413, "body\n  too large"),
             "https://c/ingest answered 413 (Payload Too Large): body too large"

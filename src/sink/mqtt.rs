@@ -63,10 +63,11 @@ pub use super::{Backoff, Retry, StopFlag};
 use super::{Jitter, Shipped};
 use crate::batch::Batch;
 use crate::config::Secret;
+use crate::config::url::redact;
 use crate::inventory::{MQTT_PACKET_SIZE_MAX, MQTT_PACKET_SIZE_MIN, Upstream};
 
 /// What the sink needs, resolved from `[upstream]` and the agent id.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct MqttConfig {
     /// `mqtt://host[:port]` (1883 by default) or `mqtts://host[:port]` (8883).
     pub broker: String,
@@ -93,6 +94,27 @@ pub struct MqttConfig {
     pub dead_letter_dir: PathBuf,
     /// Where the dead-letter file rotates (see `super::dead_letter`).
     pub dead_letter_max_bytes: u64,
+}
+
+/// The broker URL is shown redacted (the password is a [`Secret`], redacted by itself).
+impl std::fmt::Debug for MqttConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MqttConfig")
+            .field("broker", &redact(&self.broker))
+            .field("topic", &self.topic)
+            .field("agent", &self.agent)
+            .field("client_id", &self.client_id)
+            .field("username", &self.username)
+            .field("password", &self.password)
+            .field("ca_file", &self.ca_file)
+            .field("timeout", &self.timeout)
+            .field("keep_alive", &self.keep_alive)
+            .field("backoff", &self.backoff)
+            .field("max_packet_size", &self.max_packet_size)
+            .field("dead_letter_dir", &self.dead_letter_dir)
+            .field("dead_letter_max_bytes", &self.dead_letter_max_bytes)
+            .finish()
+    }
 }
 
 /// The keep-alive unless set otherwise: cheap on a cellular uplink, and a half-open
@@ -264,7 +286,7 @@ pub struct MqttSink {
 impl std::fmt::Debug for MqttSink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MqttSink")
-            .field("broker", &self.config.broker)
+            .field("broker", &redact(&self.config.broker))
             .field("client_id", &self.config.client_id)
             .finish_non_exhaustive()
     }
@@ -274,8 +296,8 @@ impl MqttSink {
     /// Checks the URL, topic, credentials and CA file now, so a mistake shows at start, and
     /// starts the (idle) connection thread; the first [`MqttSink::ship`] connects.
     pub fn new(config: MqttConfig) -> Result<MqttSink, MqttSinkError> {
-        let url = config.broker.clone();
-        let (tls, host, port) = parse_broker(&url)?;
+        let (tls, host, port) = parse_broker(&config.broker)?;
+        let url = redact(&config.broker).into_owned();
         check_topic(&config.topic, &url)?;
         if config.client_id.is_empty() {
             return Err(MqttSinkError::EmptyClientId { url });
@@ -402,7 +424,7 @@ impl MqttSink {
         };
         let refuser = Refuser {
             sink: "mqtt",
-            target: &self.config.broker,
+            target: &redact(&self.config.broker),
         };
         let rejected = self.dead_letters.write(refuser, &refused)?;
         Ok(Shipped { attempts, rejected })
@@ -435,7 +457,7 @@ impl MqttSink {
                         messages.len(),
                         batch.first_seq(),
                         batch.last_seq(),
-                        self.config.broker
+                        redact(&self.config.broker)
                     );
                     return Ok(attempts);
                 }
@@ -493,7 +515,7 @@ impl MqttSink {
                     status: None,
                     reason: format!(
                         "record seq {} is a {size}-byte PUBLISH on {topic}, over max_packet_size ({} bytes) for {}",
-                        line.seq, self.config.max_packet_size, self.config.broker
+                        line.seq, self.config.max_packet_size, redact(&self.config.broker)
                     ),
                     response: None,
                 });
@@ -531,7 +553,7 @@ impl MqttSink {
         until: Instant,
         stop: &StopFlag,
     ) -> Result<(), Failure> {
-        let url = self.config.broker.clone();
+        let url = redact(&self.config.broker).into_owned();
         let timeout = self.config.timeout;
         let deadline = (Instant::now() + timeout).min(until);
         let expired = |what: String| {
@@ -662,7 +684,7 @@ impl MqttSink {
         attempts: u32,
         last: String,
     ) -> MqttSinkError {
-        let (url, key) = (self.config.broker.clone(), key.to_string());
+        let (url, key) = (redact(&self.config.broker).into_owned(), key.to_string());
         if stopped {
             MqttSinkError::Stopped {
                 url,
@@ -737,7 +759,7 @@ impl Drop for MqttSink {
             }
             Some(_) => log::warn!(
                 "the connection thread for {} is still busy; it ends by itself when its current network operation does",
-                self.config.broker
+                redact(&self.config.broker)
             ),
             None => {}
         }
@@ -756,7 +778,7 @@ impl super::Sink for MqttSink {
     }
 
     fn describe(&self) -> String {
-        format!("mqtt {}", self.config.broker)
+        format!("mqtt {}", redact(&self.config.broker))
     }
 }
 
@@ -933,7 +955,7 @@ pub fn publish_packet_size(topic_len: usize, payload_len: usize) -> usize {
 /// allowed, a path, user info or query is not.
 fn parse_broker(url: &str) -> Result<(bool, String, u16), MqttSinkError> {
     let bad = |detail: &str| MqttSinkError::BadUrl {
-        url: url.to_string(),
+        url: redact(url).into_owned(),
         detail: detail.to_string(),
     };
     let (tls, rest) = if let Some(rest) = url.strip_prefix("mqtt://") {
@@ -946,7 +968,7 @@ fn parse_broker(url: &str) -> Result<(bool, String, u16), MqttSinkError> {
     let authority = rest.strip_suffix('/').unwrap_or(rest);
     if authority.contains('@') {
         return Err(bad(
-            "credentials do not go in the URL; set username and password in [upstream]",
+            "credentials do not go in the URL; set username and password_env (or password_file) in [upstream]",
         ));
     }
     if authority.contains(['/', '?', '#']) {
@@ -1139,8 +1161,17 @@ mod tests {
             "mqtts://[::1",
         ] {
             let err = parse_broker(bad).unwrap_err().to_string();
-            assert!(err.contains(bad) && err.contains("mqtt://host"), "{err}");
+            let shown = redact(bad);
+            assert!(
+                err.contains(&*shown) && err.contains("mqtt://host"),
+                "{err}"
+            );
         }
+        let err = parse_broker("mqtt://u:p@x").unwrap_err().to_string();
+        assert!(
+            err.contains("mqtt://***@x") && !err.contains("u:p"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! Nothing else — no prompts, no paging, no platform knowledge (that is `channel` and
 //! `driver`). Every read takes a deadline, so no layer above ever blocks without one.
 
+pub mod resolve;
 pub mod serial;
 pub mod ssh;
 pub mod telnet;
@@ -17,6 +18,13 @@ pub enum TransportError {
     Closed { peer: String },
     #[error("cannot connect to {peer}: {detail}")]
     Connect { peer: String, detail: String },
+    /// The device's name gave no address within its connect deadline.
+    #[error("cannot connect to {peer}: {source}")]
+    Resolve {
+        peer: String,
+        #[source]
+        source: resolve::ResolveError,
+    },
     #[error("{peer} refused the credentials: {detail}")]
     Auth { peer: String, detail: String },
     #[error(

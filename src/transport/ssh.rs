@@ -16,9 +16,10 @@
 
 use std::fs;
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::net::{SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ssh2::{
@@ -26,6 +27,7 @@ use ssh2::{
     KnownHostFileKind, MethodType, Prompt, Session,
 };
 
+use super::resolve::{self, Resolve};
 use super::{Transport, TransportError};
 use crate::config::Secret;
 use crate::inventory::{Device, Endpoint, HostKeyCheck, SshSettings};
@@ -96,6 +98,14 @@ impl SshTransport {
     /// Connects, checks the host key, authenticates and opens a shell on a pty, all within
     /// the device's `connect_timeout`.
     pub fn connect(device: &Device) -> Result<SshTransport, TransportError> {
+        SshTransport::connect_with(device, &resolve::system())
+    }
+
+    /// [`SshTransport::connect`], looking the host name up with `resolver`.
+    pub fn connect_with(
+        device: &Device,
+        resolver: &Arc<dyn Resolve>,
+    ) -> Result<SshTransport, TransportError> {
         let peer = format!("ssh {}", device.address());
         let deadline = Instant::now() + device.connect_timeout;
         let Endpoint::Net { host, port } = &device.endpoint else {
@@ -130,8 +140,12 @@ impl SshTransport {
             .map_err(|e| fail(format!("{e} (device `{}`)", device.name)))?;
         offer.apply(&session).map_err(fail)?;
 
-        let (tcp, addr) =
-            connect_tcp(host, *port, deadline, device.connect_timeout).map_err(fail)?;
+        let addrs = resolve::resolve(resolver, host, *port, deadline, device.connect_timeout)
+            .map_err(|source| TransportError::Resolve {
+                peer: peer.clone(),
+                source,
+            })?;
+        let (tcp, addr) = connect_tcp(&addrs, deadline, device.connect_timeout).map_err(fail)?;
         let socket = tcp
             .try_clone()
             .map_err(|e| fail(format!("cannot duplicate the socket: {e}")))?;
@@ -358,24 +372,14 @@ fn is_timeout(e: &ssh2::Error) -> bool {
     e.code() == ErrorCode::Session(libssh2_sys::LIBSSH2_ERROR_TIMEOUT)
 }
 
-/// Tries every address `host` resolves to, in order, within the deadline.
+/// Tries every address the host resolved to, in order, within the deadline.
 fn connect_tcp(
-    host: &str,
-    port: u16,
+    addrs: &[SocketAddr],
     deadline: Instant,
     budget: Duration,
 ) -> Result<(TcpStream, SocketAddr), String> {
-    let addrs: Vec<SocketAddr> = (host, port)
-        .to_socket_addrs()
-        .map_err(|e| format!("cannot resolve `{host}`: {e}; check `host` and DNS"))?
-        .collect();
-    if addrs.is_empty() {
-        return Err(format!(
-            "`{host}` resolves to no address; check `host` and DNS"
-        ));
-    }
     let mut failures = Vec::new();
-    for addr in &addrs {
+    for addr in addrs {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             failures.push(format!("{addr}: not tried, connect_timeout used up"));
@@ -1315,6 +1319,12 @@ fn poll_fd(fd: &impl AsRawFd, events: libc::c_short, timeout: Duration) -> io::R
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::transport::resolve::tests::assert_connect_fails_at_the_dns_deadline;
+
+    #[test]
+    fn a_name_dns_does_not_resolve_in_time_is_connect_failed_at_connect_timeout() {
+        assert_connect_fails_at_the_dns_deadline("ssh", SshTransport::connect_with);
+    }
 
     #[test]
     fn base64_matches_the_rfc_4648_vectors() {

@@ -22,11 +22,13 @@
 //!   in the kernel, never in a busy loop, and never past the deadline.
 
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::inventory::{Device, Endpoint};
 use crate::telnet::{self as proto, Event, Item, Negotiator, Parser};
+use crate::transport::resolve::{self, Resolve};
 use crate::transport::{Transport, TransportError};
 
 /// Columns reported with NAWS: wide enough that a CLI does not wrap long lines of output
@@ -93,6 +95,15 @@ impl TelnetTransport {
     /// `connect_timeout`, and offers NAWS. The server's own negotiation is answered as it
     /// arrives, inside [`Transport::recv`].
     pub fn connect(device: &Device) -> Result<TelnetTransport, TransportError> {
+        TelnetTransport::connect_with(device, &resolve::system())
+    }
+
+    /// [`TelnetTransport::connect`], looking the host name up with `resolver` (within
+    /// `connect_timeout`, like each connect).
+    pub fn connect_with(
+        device: &Device,
+        resolver: &Arc<dyn Resolve>,
+    ) -> Result<TelnetTransport, TransportError> {
         let Endpoint::Net { host, port } = &device.endpoint else {
             return Err(TransportError::Connect {
                 peer: format!("telnet {}", device.name),
@@ -103,7 +114,13 @@ impl TelnetTransport {
             });
         };
         let peer = format!("telnet {}", device.address());
-        let stream = connect_any(host, *port, device.connect_timeout, &peer)?;
+        let timeout = device.connect_timeout;
+        let addrs = resolve::resolve(resolver, host, *port, Instant::now() + timeout, timeout)
+            .map_err(|source| TransportError::Resolve {
+                peer: peer.clone(),
+                source,
+            })?;
+        let stream = connect_any(&addrs, *port, timeout, &peer)?;
         let io_err = |e: io::Error| TransportError::Io {
             peer: peer.clone(),
             detail: format!("cannot set up the socket: {e}"),
@@ -202,23 +219,16 @@ impl TelnetTransport {
     }
 }
 
-/// Resolves and connects, each address with the full timeout (a dual-stack name whose first
-/// address is unreachable must not eat the budget of the one that works).
+/// Connects to the first address that answers, each with the full timeout (a dual-stack
+/// name whose first address is unreachable must not eat the budget of the one that works).
 fn connect_any(
-    host: &str,
+    addrs: &[SocketAddr],
     port: u16,
     timeout: Duration,
     peer: &str,
 ) -> Result<TcpStream, TransportError> {
-    let addrs: Vec<SocketAddr> = (host, port)
-        .to_socket_addrs()
-        .map_err(|e| TransportError::Connect {
-            peer: peer.to_string(),
-            detail: format!("cannot resolve `{host}`: {e}; check the name or use an IP address"),
-        })?
-        .collect();
     let mut failures = Vec::new();
-    for addr in &addrs {
+    for addr in addrs {
         match TcpStream::connect_timeout(addr, timeout) {
             Ok(s) => return Ok(s),
             Err(e) if e.kind() == io::ErrorKind::TimedOut => {
@@ -226,9 +236,6 @@ fn connect_any(
             }
             Err(e) => failures.push(format!("{addr}: {e}")),
         }
-    }
-    if failures.is_empty() {
-        failures.push(format!("`{host}` resolved to no address"));
     }
     Err(TransportError::Connect {
         peer: peer.to_string(),
@@ -373,6 +380,12 @@ impl Drop for TelnetTransport {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::transport::resolve::tests::assert_connect_fails_at_the_dns_deadline;
+
+    #[test]
+    fn a_name_dns_does_not_resolve_in_time_is_connect_failed_at_connect_timeout() {
+        assert_connect_fails_at_the_dns_deadline("telnet", TelnetTransport::connect_with);
+    }
 
     #[test]
     fn line_ends_become_crlf_and_a_lone_cr_becomes_cr_nul() {
