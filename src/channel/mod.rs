@@ -72,8 +72,8 @@ pub struct Matched {
 /// A prompt-driven conversation over one transport.
 pub struct Channel<T: Transport> {
     transport: T,
+    /// The text read and not yet handed out; its unfinished line is what patterns see.
     screen: Screen,
-    text: Vec<u8>,
     pagers: Vec<Pager>,
     max_output: usize,
     read_buf: Box<[u8]>,
@@ -88,7 +88,6 @@ impl<T: Transport> Channel<T> {
         Channel {
             transport,
             screen: Screen::new(),
-            text: Vec::new(),
             pagers,
             max_output,
             read_buf: vec![0; 16 * 1024].into_boxed_slice(),
@@ -121,9 +120,7 @@ impl<T: Transport> Channel<T> {
 
     /// Forgets what was read so far (e.g. a banner before the first prompt).
     pub fn clear(&mut self) {
-        self.lines_seen = 0;
-        self.text.clear();
-        self.screen.reset_line(0);
+        self.take_text();
     }
 
     /// Runs one command: sends it, reads until `prompt` matches the last line, and returns the
@@ -197,13 +194,8 @@ impl<T: Transport> Channel<T> {
             };
             received += n;
             self.received += n as u64;
-            self.screen.feed(&self.read_buf[..n], &mut self.text);
-            let start = self.screen.line_start();
-            if start > 0 {
-                self.text.drain(..start);
-                self.screen.reset_line(0);
-                self.lines_seen = 0;
-            }
+            self.screen.feed(&self.read_buf[..n]);
+            self.take_front(self.screen.line_start());
             if Instant::now() >= deadline {
                 break;
             }
@@ -234,9 +226,16 @@ impl<T: Transport> Channel<T> {
         self.wait_until(patterns, line_patterns, deadline, self.max_output)
     }
 
+    /// Removes the first `end` bytes of the text; line-pattern bookkeeping moves with it.
+    fn take_front(&mut self, end: usize) -> Vec<u8> {
+        let front = self.screen.take_front(end);
+        self.lines_seen = self.lines_seen.saturating_sub(front.len());
+        front
+    }
+
     fn take_text(&mut self) -> Vec<u8> {
         self.lines_seen = 0;
-        std::mem::take(&mut self.text)
+        self.screen.take_all()
     }
 
     /// The output cut to `max_output`, as an error.
@@ -266,8 +265,8 @@ impl<T: Transport> Channel<T> {
             {
                 return Ok(found);
             }
-            if self.text.len() > limit {
-                self.text.truncate(limit);
+            if self.screen.text().len() > limit {
+                self.screen.truncate(limit);
                 return Err(ChannelError::TooLarge {
                     peer: self.peer().to_string(),
                     limit: self.max_output,
@@ -290,31 +289,30 @@ impl<T: Transport> Channel<T> {
                 }
             };
             self.received += n as u64;
-            self.screen.feed(&self.read_buf[..n], &mut self.text);
+            self.screen.feed(&self.read_buf[..n]);
         }
     }
 
     /// Looks at the unfinished line: a pager is answered and removed; a pattern match ends
     /// the wait.
     fn check_tail(&mut self, patterns: &[Regex]) -> Result<Option<Matched>, ChannelError> {
+        let text = self.screen.text();
         let start = self.screen.line_start();
-        if start >= self.text.len() {
+        if start >= text.len() {
             return Ok(None);
         }
-        let mut tail_start = start.max(self.text.len().saturating_sub(TAIL_WINDOW));
+        let mut tail_start = start.max(text.len().saturating_sub(TAIL_WINDOW));
         // A prompt redrawn after a bare CR (`\rsw1#`) starts where the CR left the cursor.
-        if let Some(cr) = self.text[tail_start..].iter().rposition(|&b| b == b'\r') {
+        if let Some(cr) = text[tail_start..].iter().rposition(|&b| b == b'\r') {
             tail_start += cr + 1;
-            if tail_start >= self.text.len() {
+            if tail_start >= text.len() {
                 return Ok(None);
             }
         }
-        let tail = String::from_utf8_lossy(&self.text[tail_start..]).into_owned();
+        let tail = String::from_utf8_lossy(&text[tail_start..]).into_owned();
         if let Some(index) = patterns.iter().position(|p| p.is_match(&tail)) {
-            let before = self.text[..start].to_vec();
-            self.text.clear();
-            self.lines_seen = 0;
-            self.screen.reset_line(0);
+            let before = self.take_front(start);
+            self.take_text();
             return Ok(Some(Matched {
                 index,
                 before,
@@ -323,7 +321,7 @@ impl<T: Transport> Channel<T> {
         }
         if let Some(pager) = self.pagers.iter().find(|p| p.pattern.is_match(&tail)) {
             let answer = pager.answer.clone();
-            self.text.truncate(start);
+            self.screen.drop_unfinished();
             self.transport
                 .send(&answer)
                 .map_err(|source| ChannelError::Transport {
@@ -342,16 +340,16 @@ impl<T: Transport> Channel<T> {
         let start = self.screen.line_start();
         let mut begin = self.lines_seen.min(start);
         while begin < start {
-            let end = self.text[begin..start]
+            let text = self.screen.text();
+            let end = text[begin..start]
                 .iter()
                 .position(|&b| b == b'\n')
                 .map_or(start, |i| begin + i);
             let from = begin.max(end.saturating_sub(TAIL_WINDOW));
-            let line = String::from_utf8_lossy(&self.text[from..end]).into_owned();
+            let line = String::from_utf8_lossy(&text[from..end]).into_owned();
             if let Some(i) = line_patterns.iter().position(|p| p.is_match(&line)) {
-                let before = self.text[..begin].to_vec();
-                self.text.drain(..start);
-                self.screen.reset_line(0);
+                let mut before = self.take_front(start);
+                before.truncate(begin);
                 self.lines_seen = 0;
                 return Some(Matched {
                     index: offset + i,
@@ -563,5 +561,27 @@ mod tests {
             strip_echo(b"sw1#show x\nout\n".to_vec(), "show x"),
             b"out\n"
         );
+    }
+
+    #[test]
+    fn a_wait_after_a_timeout_with_completed_lines_does_not_panic() {
+        // The crash of issue 9: a log line, no prompt within the wait, then the next wait.
+        let prompt = Regex::new(r"^sw1#$").unwrap();
+        let press = Regex::new(r"(?i)press return").unwrap();
+        let mut ch = channel(vec![vec![b"\r\nsw1#"]]);
+        ch.transport().reads.push_back(
+            b"*Mar  1 00:01:02.123: %LINK-3-UPDOWN: Interface Gi0/1, changed state to up\r\n"
+                .to_vec(),
+        );
+        let wait = |ch: &mut Channel<Script>| {
+            ch.wait_for_lines(
+                std::slice::from_ref(&prompt),
+                std::slice::from_ref(&press),
+                deadline(),
+            )
+        };
+        assert!(matches!(wait(&mut ch), Err(ChannelError::Timeout { .. })));
+        ch.send(b"\r").unwrap();
+        assert_eq!(wait(&mut ch).unwrap().line, "sw1#");
     }
 }
