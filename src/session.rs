@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use regex_lite::Regex;
 
-use crate::channel::{Channel, ChannelError};
+use crate::channel::{Channel, ChannelError, Prompt, last_line, quote_last_line};
 use crate::driver::{self, Platform, Table};
 use crate::inventory::{Device, Transport as Kind};
 use crate::record::{Outcome, Status};
@@ -95,7 +95,7 @@ impl SessionError {
 pub struct Session<'d> {
     device: &'d Device,
     platform: &'static Platform,
-    prompt: Regex,
+    prompt: Prompt,
     channel: Channel<Box<dyn Transport>>,
     /// False after a command left the device in an unknown state (timeout, endless output).
     healthy: bool,
@@ -140,7 +140,10 @@ impl<'d> Session<'d> {
         let mut session = Session {
             device,
             platform,
-            prompt: prompt_of(device, platform),
+            prompt: Prompt {
+                line: prompt_of(device, platform),
+                context: platform.prompt_context.clone(),
+            },
             channel,
             healthy: true,
         };
@@ -164,7 +167,7 @@ impl<'d> Session<'d> {
         // Order matters: a failure message outranks the prompt that follows it.
         let patterns = [
             common.login_failed.clone(),
-            self.prompt.clone(),
+            self.prompt.line.clone(),
             common.username.clone(),
             common.password.clone(),
             common.press_return.clone(),
@@ -188,9 +191,9 @@ impl<'d> Session<'d> {
                 wait_until,
             ) {
                 Ok(m) => m,
-                Err(ChannelError::Timeout { output, .. }) => {
-                    if !output.is_empty() {
-                        last_seen = tail_text(&output);
+                Err(ChannelError::Timeout { last_line, .. }) => {
+                    if !last_line.is_empty() {
+                        last_seen = last_line;
                     }
                     // Silence: nudge the line (consoles, Telnet servers waiting for a key).
                     self.channel.send(WAKE)?;
@@ -214,7 +217,7 @@ impl<'d> Session<'d> {
                     });
                 }
             };
-            last_seen = m.line.clone();
+            last_seen = last_line(m.line.as_bytes());
             match m.index {
                 0 => {
                     if passwords_sent > 0 {
@@ -282,10 +285,10 @@ impl<'d> Session<'d> {
             peer: self.peer(),
             seen: if silent {
                 "the device sent nothing at all".into()
-            } else if last_seen.trim().is_empty() {
+            } else if last_seen.is_empty() {
                 "the device printed only blank lines".into()
             } else {
-                format!("last line: `{}`", last_seen.trim())
+                format!("last line: `{last_seen}`")
             },
             silent,
             hint: self.login_hint(),
@@ -353,7 +356,7 @@ impl<'d> Session<'d> {
         }
         self.channel.send(format!("{enable}\r").as_bytes())?;
         let common = &driver::table().common;
-        let patterns = [common.password.clone(), self.prompt.clone()];
+        let patterns = [common.password.clone(), self.prompt.line.clone()];
         let m = self.wait(&patterns, deadline)?;
         if m.index == 0 {
             let secret = self.secret(&self.device.enable_secret, "enable secret")?;
@@ -380,7 +383,7 @@ impl<'d> Session<'d> {
                 ChannelError::Transport { source, .. } => source.into(),
                 other => SessionError::LoginTimeout {
                     peer: self.peer(),
-                    seen: format!("last output: `{}`", tail_text(other.output())),
+                    seen: quote_last_line(&last_line(other.output())),
                     silent: false,
                     hint: self.login_hint(),
                 },
@@ -399,7 +402,7 @@ impl<'d> Session<'d> {
     }
 
     fn wait_prompt(&mut self, deadline: Instant) -> Result<String, SessionError> {
-        let prompt = self.prompt.clone();
+        let prompt = self.prompt.line.clone();
         Ok(self.wait(std::slice::from_ref(&prompt), deadline)?.line)
     }
 
@@ -475,10 +478,15 @@ impl<'d> Session<'d> {
                     ChannelError::Transport { .. } => Status::Disconnected,
                 };
                 let detail = match &e {
-                    ChannelError::Timeout { .. } => format!(
-                        "no prompt from {} within command_timeout ({:?}); raise command_timeout if the command is that slow, else check the device's prompt",
+                    ChannelError::Timeout { last_line, .. } => format!(
+                        "no prompt from {} within command_timeout ({:?}){}; raise command_timeout if the command is that slow, else check the device's `prompt`",
                         self.peer(),
-                        self.device.command_timeout
+                        self.device.command_timeout,
+                        if last_line.is_empty() {
+                            String::new()
+                        } else {
+                            format!("; last line: `{last_line}`")
+                        }
                     ),
                     other => format!("{}: {other}", self.device.name),
                 };
@@ -545,16 +553,6 @@ fn first_error_line(platform: &Platform, output: &[u8]) -> String {
         .unwrap_or("")
         .trim()
         .to_string()
-}
-
-fn tail_text(output: &[u8]) -> String {
-    let text = String::from_utf8_lossy(output);
-    let t = text.trim_end();
-    let start = t.len().saturating_sub(80);
-    let start = (start..=t.len())
-        .find(|i| t.is_char_boundary(*i))
-        .unwrap_or(t.len());
-    t[start..].to_string()
 }
 
 /// Runs every command of a device in one session, reconnecting once if a command leaves the
