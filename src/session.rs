@@ -44,8 +44,8 @@ pub enum SessionError {
         seen: String,
         /// The device printed nothing at all: as good as unreachable.
         silent: bool,
-        /// What to check, per transport.
-        hint: &'static str,
+        /// What to check: the prompt when a line was seen, then per transport.
+        hint: String,
     },
     #[error("{peer}: login refused: {detail}; check the credentials configured for the device")]
     AuthFailed { peer: String, detail: String },
@@ -290,8 +290,8 @@ impl<'d> Session<'d> {
             } else {
                 format!("last line: `{last_seen}`")
             },
+            hint: self.login_hint(!silent && !last_seen.is_empty()),
             silent,
-            hint: self.login_hint(),
         })
     }
 
@@ -381,23 +381,37 @@ impl<'d> Session<'d> {
             .wait_for(patterns, deadline)
             .map_err(|e| match e {
                 ChannelError::Transport { source, .. } => source.into(),
-                other => SessionError::LoginTimeout {
-                    peer: self.peer(),
-                    seen: quote_last_line(&last_line(other.output())),
-                    silent: false,
-                    hint: self.login_hint(),
-                },
+                other => {
+                    let last = last_line(other.output());
+                    SessionError::LoginTimeout {
+                        peer: self.peer(),
+                        seen: quote_last_line(&last),
+                        silent: false,
+                        hint: self.login_hint(!last.is_empty()),
+                    }
+                }
             })
     }
 
-    fn login_hint(&self) -> &'static str {
-        match self.device.transport {
+    /// What to check after a login that found no prompt. `saw_line`: the device printed a
+    /// line, which may be a prompt the platform's pattern does not know (`host>` where
+    /// juniper_junos expects `user@host>`).
+    fn login_hint(&self, saw_line: bool) -> String {
+        let transport = match self.device.transport {
             Kind::Serial => {
                 "check the cable, the port and the baud rate, and that the console is not in use, or raise connect_timeout"
             }
             Kind::Telnet | Kind::Ssh => {
                 "check that the address is the device's CLI and that nothing blocks it, and the device's `prompt`/platform, or raise connect_timeout"
             }
+        };
+        if saw_line {
+            format!(
+                "if that line is the device's prompt, set the device's `prompt` to a regex that matches it (platform `{}` did not); else {transport}",
+                self.platform.name
+            )
+        } else {
+            transport.to_string()
         }
     }
 
