@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use regex_lite::Regex;
 
-use crate::channel::{Channel, ChannelError};
+use crate::channel::{Channel, ChannelError, Prompt, last_line, quote_last_line};
 use crate::driver::{self, Platform, Table};
 use crate::inventory::{Device, Transport as Kind};
 use crate::record::{Outcome, Status};
@@ -44,8 +44,8 @@ pub enum SessionError {
         seen: String,
         /// The device printed nothing at all: as good as unreachable.
         silent: bool,
-        /// What to check, per transport.
-        hint: &'static str,
+        /// What to check: the prompt when a line was seen, then per transport.
+        hint: String,
     },
     #[error("{peer}: login refused: {detail}; check the credentials configured for the device")]
     AuthFailed { peer: String, detail: String },
@@ -97,7 +97,7 @@ impl SessionError {
 pub struct Session<'d> {
     device: &'d Device,
     platform: &'static Platform,
-    prompt: Regex,
+    prompt: Prompt,
     channel: Channel<Box<dyn Transport>>,
     /// False after a command left the device in an unknown state (timeout, endless output).
     healthy: bool,
@@ -142,7 +142,10 @@ impl<'d> Session<'d> {
         let mut session = Session {
             device,
             platform,
-            prompt: prompt_of(device, platform),
+            prompt: Prompt {
+                line: prompt_of(device, platform),
+                context: platform.prompt_context.clone(),
+            },
             channel,
             healthy: true,
         };
@@ -166,7 +169,7 @@ impl<'d> Session<'d> {
         // Order matters: a failure message outranks the prompt that follows it.
         let patterns = [
             common.login_failed.clone(),
-            self.prompt.clone(),
+            self.prompt.line.clone(),
             common.username.clone(),
             common.password.clone(),
             common.press_return.clone(),
@@ -190,9 +193,9 @@ impl<'d> Session<'d> {
                 wait_until,
             ) {
                 Ok(m) => m,
-                Err(ChannelError::Timeout { output, .. }) => {
-                    if !output.is_empty() {
-                        last_seen = tail_text(&output);
+                Err(ChannelError::Timeout { last_line, .. }) => {
+                    if !last_line.is_empty() {
+                        last_seen = last_line;
                     }
                     // Silence: nudge the line (consoles, Telnet servers waiting for a key).
                     self.channel.send(WAKE)?;
@@ -216,7 +219,7 @@ impl<'d> Session<'d> {
                     });
                 }
             };
-            last_seen = m.line.clone();
+            last_seen = last_line(m.line.as_bytes());
             match m.index {
                 0 => {
                     if passwords_sent > 0 {
@@ -284,13 +287,13 @@ impl<'d> Session<'d> {
             peer: self.peer(),
             seen: if silent {
                 "the device sent nothing at all".into()
-            } else if last_seen.trim().is_empty() {
+            } else if last_seen.is_empty() {
                 "the device printed only blank lines".into()
             } else {
-                format!("last line: `{}`", last_seen.trim())
+                format!("last line: `{last_seen}`")
             },
+            hint: self.login_hint(!silent && !last_seen.is_empty()),
             silent,
-            hint: self.login_hint(),
         })
     }
 
@@ -355,7 +358,7 @@ impl<'d> Session<'d> {
         }
         self.channel.send(format!("{enable}\r").as_bytes())?;
         let common = &driver::table().common;
-        let patterns = [common.password.clone(), self.prompt.clone()];
+        let patterns = [common.password.clone(), self.prompt.line.clone()];
         let m = self.wait(&patterns, deadline)?;
         if m.index == 0 {
             let secret = self.secret(&self.device.enable_secret, "enable secret")?;
@@ -380,28 +383,42 @@ impl<'d> Session<'d> {
             .wait_for(patterns, deadline)
             .map_err(|e| match e {
                 ChannelError::Transport { source, .. } => source.into(),
-                other => SessionError::LoginTimeout {
-                    peer: self.peer(),
-                    seen: format!("last output: `{}`", tail_text(other.output())),
-                    silent: false,
-                    hint: self.login_hint(),
-                },
+                other => {
+                    let last = last_line(other.output());
+                    SessionError::LoginTimeout {
+                        peer: self.peer(),
+                        seen: quote_last_line(&last),
+                        silent: false,
+                        hint: self.login_hint(!last.is_empty()),
+                    }
+                }
             })
     }
 
-    fn login_hint(&self) -> &'static str {
-        match self.device.transport {
+    /// What to check after a login that found no prompt. `saw_line`: the device printed a
+    /// line, which may be a prompt the platform's pattern does not know (`host>` where
+    /// juniper_junos expects `user@host>`).
+    fn login_hint(&self, saw_line: bool) -> String {
+        let transport = match self.device.transport {
             Kind::Serial => {
                 "check the cable, the port and the baud rate, and that the console is not in use, or raise connect_timeout"
             }
             Kind::Telnet | Kind::Ssh => {
                 "check that the address is the device's CLI and that nothing blocks it, and the device's `prompt`/platform, or raise connect_timeout"
             }
+        };
+        if saw_line {
+            format!(
+                "if that line is the device's prompt, set the device's `prompt` to a regex that matches it (platform `{}` did not); else {transport}",
+                self.platform.name
+            )
+        } else {
+            transport.to_string()
         }
     }
 
     fn wait_prompt(&mut self, deadline: Instant) -> Result<String, SessionError> {
-        let prompt = self.prompt.clone();
+        let prompt = self.prompt.line.clone();
         Ok(self.wait(std::slice::from_ref(&prompt), deadline)?.line)
     }
 
@@ -477,10 +494,15 @@ impl<'d> Session<'d> {
                     ChannelError::Transport { .. } => Status::Disconnected,
                 };
                 let detail = match &e {
-                    ChannelError::Timeout { .. } => format!(
-                        "no prompt from {} within command_timeout ({:?}); raise command_timeout if the command is that slow, else check the device's prompt",
+                    ChannelError::Timeout { last_line, .. } => format!(
+                        "no prompt from {} within command_timeout ({:?}){}; raise command_timeout if the command is that slow, else check the device's `prompt`",
                         self.peer(),
-                        self.device.command_timeout
+                        self.device.command_timeout,
+                        if last_line.is_empty() {
+                            String::new()
+                        } else {
+                            format!("; last line: `{last_line}`")
+                        }
                     ),
                     other => format!("{}: {other}", self.device.name),
                 };
@@ -547,16 +569,6 @@ fn first_error_line(platform: &Platform, output: &[u8]) -> String {
         .unwrap_or("")
         .trim()
         .to_string()
-}
-
-fn tail_text(output: &[u8]) -> String {
-    let text = String::from_utf8_lossy(output);
-    let t = text.trim_end();
-    let start = t.len().saturating_sub(80);
-    let start = (start..=t.len())
-        .find(|i| t.is_char_boundary(*i))
-        .unwrap_or(t.len());
-    t[start..].to_string()
 }
 
 /// Runs every command of a device in one session, reconnecting once if a command leaves the

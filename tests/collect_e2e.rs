@@ -268,7 +268,13 @@ impl Drop for Collector {
 
 /// Runs `rackhand collect -c CONFIG --format json ARGS...` to completion (bounded).
 fn collect_cli(config: &Path, args: &[&str]) -> CliRun {
+    collect_cli_env(config, args, &[])
+}
+
+/// [`collect_cli`] with extra environment variables (`RUST_LOG=debug` to see the channel).
+fn collect_cli_env(config: &Path, args: &[&str], env: &[(&str, &str)]) -> CliRun {
     let mut cmd = Command::new(rackhand_bin());
+    cmd.envs(env.iter().copied());
     cmd.arg("collect")
         .arg("-c")
         .arg(config)
@@ -373,7 +379,25 @@ fn capture(platform: &str, command: &str) -> Capture {
 }
 
 fn expected(platform: &str, command: &str) -> Vec<u8> {
-    capture(platform, command).expected()
+    collected(&capture(platform, command))
+}
+
+/// What `rackhand collect` hands back for `capture`: the capture, less the context line a
+/// Junos capture ends with (`{master:0}`: Junos prints it right above its prompt, so it is
+/// part of the prompt, not of the output).
+fn collected(capture: &Capture) -> Vec<u8> {
+    let mut want = capture.expected();
+    if capture.platform == "juniper_junos" {
+        let body = want.strip_suffix(b"\n").unwrap_or(&want);
+        let last = body.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        let line = String::from_utf8_lossy(&body[last..]).into_owned();
+        let context = (line.starts_with('{') && line.ends_with('}'))
+            || (line.starts_with("[edit") && line.ends_with(']'));
+        if context {
+            want.truncate(last);
+        }
+    }
+    want
 }
 
 /// Where `rec`'s output first differs from `want`, with a little context.
@@ -496,8 +520,8 @@ fn every_capture_comes_back_byte_for_byte_over_telnet_console_and_ssh_with_and_w
             } else if rec.status != "ok" {
                 problems.push(rec.brief());
                 break;
-            } else if rec.output != cap.expected() {
-                problems.push(difference(rec, &cap.expected()));
+            } else if rec.output != collected(cap) {
+                problems.push(difference(rec, &collected(cap)));
             }
         }
         // One session per device for all of its commands.
@@ -1489,4 +1513,279 @@ fn a_console_paced_at_its_baud_rate_is_collected_from_small_reads() {
         let want = expected("cisco_ios", command);
         assert!(rec.output == want, "{}", difference(rec, &want));
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// 5. Devices that talk on their own, and Junos prompts (issue 9)
+
+/// A device of `platform` that logs to its line unasked (`rackhand sim --chatty`).
+fn chatty(platform: &str) -> Profile {
+    let mut p = Profile::for_platform(platform).unwrap();
+    p.chatty = true;
+    p
+}
+
+/// Checks that `device` has one record per command, in order, each `ok` and byte for byte
+/// `want(command)`; what is wrong goes to `problems`, so one run shows the whole picture.
+fn check_all_ok(
+    run: &CliRun,
+    device: &str,
+    commands: &[String],
+    want: impl Fn(&str) -> Vec<u8>,
+    problems: &mut Vec<String>,
+) {
+    let got = run.all(device);
+    if got.len() != commands.len() {
+        problems.push(format!(
+            "{device}: {} records for {} commands",
+            got.len(),
+            commands.len()
+        ));
+        return;
+    }
+    for (rec, command) in got.iter().zip(commands) {
+        if rec.command != *command {
+            problems.push(format!(
+                "{device}: `{}` where `{command}` was due",
+                rec.command
+            ));
+        } else if rec.status != "ok" {
+            problems.push(rec.brief());
+        } else if rec.output != want(command) {
+            problems.push(difference(rec, &want(command)));
+        }
+    }
+}
+
+fn capture_commands(platform: &str) -> Vec<String> {
+    captures(platform).into_iter().map(|c| c.command).collect()
+}
+
+#[test]
+fn a_chatty_device_gets_every_command_back_ok_and_byte_for_byte_on_console_telnet_and_ssh() {
+    let tmp = TempDir::new("collect-chatty").unwrap();
+    let known_hosts = tmp.join("known_hosts");
+    let con = console(&tmp, "tty-chatty", chatty("cisco_ios"));
+    // Paced: small reads split log lines, reprinted prompts and echoes anywhere.
+    let paced_link = tmp.join("tty-chatty-38400");
+    let paced = PtyConsole::start(&paced_link, Some(38400), chatty("cisco_ios"))
+        .unwrap_or_else(|e| panic!("cannot start a paced console: {e}"));
+    let (tn, tn_addr) = rack1(chatty("juniper_junos"));
+    let ssh = sshd(&["--platform", "arista_eos", "--chatty"]);
+    // Nobody has been connected yet: what the console logs now waits on the line for the
+    // collector, as it does between two collections.
+    assert!(
+        poll_until(deadline(STEP), || con.stats().unsolicited_lines() >= 2),
+        "the idle console logged nothing"
+    );
+    let paced_commands: Vec<String> = ["show clock", "show version", "show inventory"]
+        .map(String::from)
+        .to_vec();
+    // (device, platform, commands, the peer the collector names in its log)
+    let plan = [
+        (
+            "con-chatty",
+            "cisco_ios",
+            capture_commands("cisco_ios"),
+            format!("serial {}", con.link_path().display()),
+        ),
+        (
+            "paced-chatty",
+            "cisco_ios",
+            paced_commands,
+            format!("serial {}", paced.link_path().display()),
+        ),
+        (
+            "tn-chatty",
+            "juniper_junos",
+            capture_commands("juniper_junos"),
+            format!("telnet {tn_addr}"),
+        ),
+        (
+            "ssh-chatty",
+            "arista_eos",
+            capture_commands("arista_eos"),
+            format!("ssh {}", ssh.addr),
+        ),
+    ];
+    let devices: Vec<Dev> = plan
+        .iter()
+        .map(|(name, platform, commands, _)| {
+            let commands: Vec<&str> = commands.iter().map(String::as_str).collect();
+            let dev = match *name {
+                "con-chatty" => Dev::serial(name, con.link_path()),
+                "paced-chatty" => Dev::serial(name, paced.link_path()).set("baud", "38400"),
+                "tn-chatty" => Dev::telnet(name, tn_addr),
+                _ => Dev::ssh_key(name, &ssh, &known_hosts),
+            };
+            dev.set("platform", &quote(platform)).commands(&commands)
+        })
+        .collect();
+    let config = write_config(&tmp, 4, &[], &devices);
+    let debug = [("RUST_LOG", "debug")];
+    let run = collect_cli_env(&config, &[], &debug);
+    let ctx = run.context();
+    let mut problems = Vec::new();
+    for (name, platform, commands, peer) in &plan {
+        check_all_ok(
+            &run,
+            name,
+            commands,
+            |c| collected(&capture(platform, c)),
+            &mut problems,
+        );
+        // The collector met the log lines on every transport, and set them aside.
+        if !run.stderr.contains(&format!("{peer}: set aside")) {
+            problems.push(format!(
+                "{name}: the collector set nothing aside from {peer}"
+            ));
+        }
+    }
+    assert!(problems.is_empty(), "{}\n\n{ctx}", problems.join("\n"));
+    assert_eq!(
+        run.records.len(),
+        plan.iter().map(|p| p.2.len()).sum::<usize>(),
+        "{ctx}"
+    );
+    assert_eq!(run.code, 0, "{ctx}");
+    // Two log lines per command line typed (before its echo, after its prompt), the session
+    // setup included.
+    for (console, commands) in [(&con, plan[0].2.len()), (&paced, plan[1].2.len())] {
+        let lines = console.stats().unsolicited_lines();
+        assert!(
+            lines >= 2 * commands as u64,
+            "{lines} log lines for {commands} commands"
+        );
+    }
+    assert!(tn.stats().unsolicited_lines() >= 2 * plan[2].2.len() as u64);
+
+    // Logged out, the console is idle again (and logs); the next collection finds it so.
+    let again = collect_cli_env(&config, &["--device", "con-chatty"], &debug);
+    let mut problems = Vec::new();
+    check_all_ok(
+        &again,
+        "con-chatty",
+        &plan[0].2,
+        |c| collected(&capture("cisco_ios", c)),
+        &mut problems,
+    );
+    assert!(
+        problems.is_empty(),
+        "{}\n\n{}",
+        problems.join("\n"),
+        again.context()
+    );
+    assert_eq!(again.records.len(), plan[0].2.len());
+    assert_eq!(con.stats().total(), 2, "one session per collection");
+}
+
+#[test]
+fn a_junos_like_device_answering_host_without_user_is_a_timeout_that_quotes_host() {
+    let tmp = TempDir::new("collect-host-prompt").unwrap();
+    let known_hosts = tmp.join("known_hosts");
+    let mut profile = Profile::for_platform("juniper_junos").unwrap();
+    profile.prompt = Some("host> ".into());
+    let (_rack, addr) = rack1(profile.clone());
+    let con = console(&tmp, "tty-host", profile);
+    let ssh = sshd(&["--platform", "juniper_junos", "--prompt", "host> "]);
+    let commands = ["show version", "show system uptime"];
+    let devices = [
+        Dev::telnet("tn-host", addr).commands(&commands),
+        Dev::serial("con-host", con.link_path()).commands(&commands),
+        Dev::ssh_key("ssh-host", &ssh, &known_hosts).commands(&commands),
+    ];
+    let connect_timeout = Duration::from_secs(3);
+    let config = write_config(
+        &tmp,
+        3,
+        &["platform = \"juniper_junos\"", "connect_timeout = \"3s\""],
+        &devices,
+    );
+    let started = Instant::now();
+    let run = collect_cli(&config, &[]);
+    let took = started.elapsed();
+    let ctx = run.context();
+    assert_eq!(run.records.len(), devices.len() * commands.len(), "{ctx}");
+    for d in &devices {
+        let recs = run.all(&d.name);
+        assert_eq!(recs.len(), commands.len(), "{ctx}");
+        for rec in recs {
+            let error = rec.error.as_deref().unwrap_or("");
+            assert_eq!(rec.status, "timeout", "{}\n{ctx}", rec.brief());
+            assert!(
+                error.contains("last line: `host>`") && error.contains("`prompt`"),
+                "the error must quote the prompt it saw and name the setting: {error}"
+            );
+        }
+    }
+    assert_eq!(run.code, 1, "{ctx}");
+    // Each device gives up at its connect timeout, all three at once.
+    assert!(
+        took < connect_timeout + Duration::from_secs(4),
+        "took {took:?} for a {connect_timeout:?} connect timeout"
+    );
+}
+
+#[test]
+fn junos_context_lines_above_the_prompt_are_not_output_on_console_telnet_and_ssh() {
+    let tmp = TempDir::new("collect-junos-context").unwrap();
+    let known_hosts = tmp.join("known_hosts");
+    // The device prints each capture, then its context line and prompt.
+    let outputs = tmp.join("outputs");
+    std::fs::create_dir(&outputs).unwrap();
+    let captures = captures("juniper_junos");
+    for cap in &captures {
+        std::fs::write(outputs.join(cap.path.file_name().unwrap()), collected(cap)).unwrap();
+    }
+    let with_context = |line: &str| {
+        let mut p = Profile::for_platform("juniper_junos")
+            .unwrap()
+            .with_outputs_dir(&outputs)
+            .unwrap();
+        p.context_line = Some(line.into());
+        p
+    };
+    let (_rack, addr) = rack1(with_context("{master:0}"));
+    let con = console(&tmp, "tty-cluster", with_context("{secondary:node1}"));
+    let outputs_arg = outputs.display().to_string();
+    let ssh = sshd(&[
+        "--platform",
+        "juniper_junos",
+        "--outputs",
+        &outputs_arg,
+        "--context-line",
+        "{primary:node0}",
+    ]);
+    let commands = capture_commands("juniper_junos");
+    let list: Vec<&str> = commands.iter().map(String::as_str).collect();
+    let devices = [
+        Dev::telnet("vc", addr).commands(&list),
+        Dev::serial("node1", con.link_path()).commands(&list),
+        Dev::ssh_key("node0", &ssh, &known_hosts).commands(&list),
+    ];
+    let config = write_config(&tmp, 3, &["platform = \"juniper_junos\""], &devices);
+    let run = collect_cli(&config, &[]);
+    let ctx = run.context();
+    let mut problems = Vec::new();
+    for d in &devices {
+        check_all_ok(
+            &run,
+            &d.name,
+            &commands,
+            |c| collected(&capture("juniper_junos", c)),
+            &mut problems,
+        );
+    }
+    for rec in &run.records {
+        let text = rec.text();
+        if ["{master:0}", "{secondary:node1}", "{primary:node0}"]
+            .iter()
+            .any(|context| text.contains(context))
+        {
+            problems.push(format!("a context line in the output: {}", rec.brief()));
+        }
+    }
+    assert!(problems.is_empty(), "{}\n\n{ctx}", problems.join("\n"));
+    assert_eq!(run.records.len(), devices.len() * commands.len(), "{ctx}");
+    assert_eq!(run.code, 0, "{ctx}");
 }

@@ -3,24 +3,34 @@
 //!
 //! Every read has a deadline (no fixed sleeps: the transport waits for bytes or the deadline,
 //! whichever comes first). The raw stream goes through [`screen::Screen`] (escapes, backspace,
-//! line ends), pagers the device shows anyway are answered and removed, the echoed command is
-//! dropped, and the text is capped at `max_output` so an endless stream cannot eat the board's
-//! memory. Prompt and pager detection look only at the unfinished last line, at most
-//! [`TAIL_WINDOW`] bytes of it, so each read costs the same however long the output grows.
+//! line ends), pagers the device shows anyway are answered and removed, and the text is
+//! capped at `max_output` so an endless stream cannot eat the board's memory. Prompt and
+//! pager detection look only at the unfinished last line, at most [`TAIL_WINDOW`] bytes of
+//! it, so each read costs the same however long the output grows.
+//!
+//! Devices also talk on their own: consoles log to the line, reprint their prompt, print
+//! banners. [`reply`] finds a command's reply between its echo and the next prompt; what came
+//! before the echo, after the prompt or between commands is nobody's answer and goes to
+//! [`Channel::discard_unsolicited`], the one place such text leaves the channel.
 
+pub mod reply;
 pub mod screen;
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use regex_lite::Regex;
 
 use crate::transport::{Transport, TransportError};
+pub use reply::Prompt;
+use reply::{ECHO_QUIET, Reply, Step};
 use screen::Screen;
 
 /// How much of the unfinished last line prompt and pager patterns see.
 pub const TAIL_WINDOW: usize = 256;
 /// The most [`Channel::settle`] reads before it stops waiting for quiet.
 pub const SETTLE_MAX: usize = 64 * 1024;
+/// The longest line an error message quotes.
+pub const QUOTE_MAX: usize = 80;
 
 /// A pager prompt and the key that answers it.
 #[derive(Debug, Clone)]
@@ -32,8 +42,16 @@ pub struct Pager {
 /// Why a command's output is incomplete. Each carries the output as far as it came.
 #[derive(Debug, thiserror::Error)]
 pub enum ChannelError {
-    #[error("no prompt from {peer} within the command timeout")]
-    Timeout { peer: String, output: Vec<u8> },
+    #[error(
+        "no prompt from {peer} within the command timeout ({})",
+        quote_last_line(last_line)
+    )]
+    Timeout {
+        peer: String,
+        output: Vec<u8>,
+        /// The last line the device printed, quoted for people (see [`last_line`]).
+        last_line: String,
+    },
     #[error("output from {peer} exceeded {limit} bytes; raise max_output if that much is expected")]
     TooLarge {
         peer: String,
@@ -58,6 +76,35 @@ impl ChannelError {
     }
 }
 
+/// `last line: `host>`` or what stands for it, for messages.
+pub fn quote_last_line(last_line: &str) -> String {
+    if last_line.is_empty() {
+        "it printed no line".to_string()
+    } else {
+        format!("last line: `{last_line}`")
+    }
+}
+
+/// The last line of `text` with something on it, as a person would quote it: what follows its
+/// last carriage return, trimmed, at most [`QUOTE_MAX`] characters (the end kept: that is
+/// where a prompt is).
+pub fn last_line(text: &[u8]) -> String {
+    let line = text
+        .split(|&b| b == b'\n')
+        .rev()
+        .map(|l| String::from_utf8_lossy(l))
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or_default();
+    let line = line.trim();
+    let line = line.rsplit('\r').next().unwrap_or(line).trim();
+    let chars = line.chars().count();
+    if chars <= QUOTE_MAX {
+        return line.to_string();
+    }
+    let kept: String = line.chars().skip(chars - (QUOTE_MAX - 1)).collect();
+    format!("…{kept}")
+}
+
 /// What a wait for patterns found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Matched {
@@ -72,15 +119,20 @@ pub struct Matched {
 /// A prompt-driven conversation over one transport.
 pub struct Channel<T: Transport> {
     transport: T,
+    /// The text read and not yet handed out; its unfinished line is what patterns see.
     screen: Screen,
-    text: Vec<u8>,
     pagers: Vec<Pager>,
     max_output: usize,
     read_buf: Box<[u8]>,
     /// Bytes the device sent over the channel's life (after transport framing).
     received: u64,
-    /// How far completed lines of `text` have been matched against line patterns.
+    /// How far completed lines of the text have been matched against line patterns.
     lines_seen: usize,
+    /// The line that ended the last wait (a prompt, `Username:`): a command's reply ends at a
+    /// completed line identical to it, when it is a prompt.
+    last_match: Option<String>,
+    /// Bytes set aside by [`Channel::discard_unsolicited`].
+    unsolicited: u64,
 }
 
 impl<T: Transport> Channel<T> {
@@ -88,12 +140,13 @@ impl<T: Transport> Channel<T> {
         Channel {
             transport,
             screen: Screen::new(),
-            text: Vec::new(),
             pagers,
             max_output,
             read_buf: vec![0; 16 * 1024].into_boxed_slice(),
             received: 0,
             lines_seen: 0,
+            last_match: None,
+            unsolicited: 0,
         }
     }
 
@@ -114,27 +167,45 @@ impl<T: Transport> Channel<T> {
         self.received
     }
 
+    /// How many bytes the device printed on its own (log lines, reprinted prompts) and the
+    /// channel set aside.
+    pub fn unsolicited_bytes(&self) -> u64 {
+        self.unsolicited
+    }
+
     /// Sends raw bytes (a line, a key, a password).
     pub fn send(&mut self, data: &[u8]) -> Result<(), TransportError> {
         self.transport.send(data)
     }
 
-    /// Forgets what was read so far (e.g. a banner before the first prompt).
-    pub fn clear(&mut self) {
-        self.lines_seen = 0;
-        self.text.clear();
-        self.screen.reset_line(0);
+    /// Text the device printed that answers nothing we asked: a console's backlog drained at
+    /// wake-up, lines before a command's echo, what followed its prompt, what was left over
+    /// between commands. Every such byte leaves the channel here and only here; today it is
+    /// counted and logged, and this is where capturing it (issue 14) belongs.
+    fn discard_unsolicited(&mut self, text: Vec<u8>) {
+        if text.is_empty() {
+            return;
+        }
+        self.unsolicited += text.len() as u64;
+        log::debug!(
+            "{}: set aside {} bytes the device printed on its own ({})",
+            self.peer(),
+            text.len(),
+            quote_last_line(&last_line(&text))
+        );
     }
 
-    /// Runs one command: sends it, reads until `prompt` matches the last line, and returns the
-    /// output without the echoed command and without the prompt.
+    /// Runs one command: sends it, reads until `prompt` comes back after its echo, and returns
+    /// the device's output for it: without the echo, the prompt (and its context line), and
+    /// what the device printed on its own before the echo or after the prompt.
     pub fn command(
         &mut self,
         command: &str,
-        prompt: &Regex,
+        prompt: &Prompt,
         deadline: Instant,
     ) -> Result<Vec<u8>, ChannelError> {
-        self.clear();
+        let leftover = self.take_text();
+        self.discard_unsolicited(leftover);
         let mut line = command.as_bytes().to_vec();
         line.push(b'\n');
         self.transport
@@ -143,32 +214,59 @@ impl<T: Transport> Channel<T> {
                 source,
                 output: Vec::new(),
             })?;
-        // `max_output` bounds what the device printed for the command; its echo (the command
-        // and a line end, at most) comes on top, and is stripped before the bound is applied.
-        let limit = self.max_output + line.len() + 1;
-        match self.wait_until(std::slice::from_ref(prompt), &[], deadline, limit) {
-            Ok(m) => {
-                let output = strip_echo(m.before, command);
-                if output.len() > self.max_output {
-                    return Err(self.too_large(output));
+        let mut reply = Reply::new(command, prompt, self.last_match.as_deref());
+        loop {
+            match reply.examine(self.screen.text(), self.screen.line_start()) {
+                Step::Echo { noise, end } => {
+                    let noise = self.take_front(noise);
+                    self.take_front(end - noise.len());
+                    self.discard_unsolicited(noise);
+                    continue;
                 }
-                Ok(output)
+                Step::Done { output, prompt_end } => return self.finish(output, prompt_end),
+                Step::PromptBeforeEcho { output } => {
+                    // A reprinted prompt is followed by the echo at once; a device that does
+                    // not echo stays quiet after its prompt.
+                    let quiet_until = deadline.min(Instant::now() + ECHO_QUIET);
+                    match self.read(quiet_until) {
+                        Ok(()) => continue,
+                        Err(TransportError::TimedOut { .. }) => {
+                            let end = self.screen.text().len();
+                            return self.finish(output, end);
+                        }
+                        Err(source) => return Err(self.transport_error(source)),
+                    }
+                }
+                Step::Read => {}
             }
-            Err(ChannelError::TooLarge { output, .. }) => {
-                Err(self.too_large(strip_echo(output, command)))
+            self.answer_pager()?;
+            // `max_output` bounds what the device printed for the command; the echo and the
+            // prompt line come on top until they are cut.
+            let limit = self.max_output + reply.echo_allowance() + TAIL_WINDOW;
+            if self.screen.text().len() > limit {
+                let output = self.take_text();
+                return Err(self.too_large(output));
             }
-            Err(e) => Err(match e {
-                ChannelError::Timeout { peer, output } => ChannelError::Timeout {
-                    peer,
-                    output: strip_echo(output, command),
-                },
-                too_large @ ChannelError::TooLarge { .. } => too_large,
-                ChannelError::Transport { source, output } => ChannelError::Transport {
-                    source,
-                    output: strip_echo(output, command),
-                },
-            }),
+            match self.read(deadline) {
+                Ok(()) => {}
+                Err(TransportError::TimedOut { peer }) => return Err(self.timeout(peer)),
+                Err(source) => return Err(self.transport_error(source)),
+            }
         }
+    }
+
+    /// Hands out `text[..output]`, drops the prompt up to `prompt_end` (remembering it) and
+    /// sets aside what followed.
+    fn finish(&mut self, output: usize, prompt_end: usize) -> Result<Vec<u8>, ChannelError> {
+        let output = self.take_front(output);
+        let prompt = self.take_front(prompt_end - output.len());
+        self.last_match = Some(last_line_raw(&prompt));
+        let after = self.take_text();
+        self.discard_unsolicited(after);
+        if output.len() > self.max_output {
+            return Err(self.too_large(output));
+        }
+        Ok(output)
     }
 
     /// Reads until the line has been quiet for `quiet` (or `deadline` passes) and says whether
@@ -176,39 +274,23 @@ impl<T: Transport> Channel<T> {
     /// next key, and reacting before it is done talking would answer a prompt it is about to
     /// replace. Only the unfinished last line is kept (that is what the next wait looks at);
     /// a line that never stops talking ends the settling after [`SETTLE_MAX`] bytes.
-    pub fn settle(
-        &mut self,
-        quiet: std::time::Duration,
-        deadline: Instant,
-    ) -> Result<bool, ChannelError> {
-        let mut received = 0usize;
+    pub fn settle(&mut self, quiet: Duration, deadline: Instant) -> Result<bool, ChannelError> {
+        let before = self.received;
         // Bounded by `SETTLE_MAX` (each round reads at least one byte) and by `deadline`.
-        while received < SETTLE_MAX {
+        while self.received - before < SETTLE_MAX as u64 {
             let until = deadline.min(Instant::now() + quiet);
-            let n = match self.transport.recv(&mut self.read_buf, until) {
-                Ok(n) => n,
+            match self.read(until) {
+                Ok(()) => {}
                 Err(TransportError::TimedOut { .. }) => break,
-                Err(source) => {
-                    return Err(ChannelError::Transport {
-                        source,
-                        output: self.take_text(),
-                    });
-                }
-            };
-            received += n;
-            self.received += n as u64;
-            self.screen.feed(&self.read_buf[..n], &mut self.text);
-            let start = self.screen.line_start();
-            if start > 0 {
-                self.text.drain(..start);
-                self.screen.reset_line(0);
-                self.lines_seen = 0;
+                Err(source) => return Err(self.transport_error(source)),
             }
+            let completed = self.take_front(self.screen.line_start());
+            self.discard_unsolicited(completed);
             if Instant::now() >= deadline {
                 break;
             }
         }
-        Ok(received > 0)
+        Ok(self.received > before)
     }
 
     /// Reads until one of `patterns` matches the unfinished last line (a prompt, `Username:`,
@@ -218,7 +300,7 @@ impl<T: Transport> Channel<T> {
         patterns: &[Regex],
         deadline: Instant,
     ) -> Result<Matched, ChannelError> {
-        self.wait_until(patterns, &[], deadline, self.max_output)
+        self.wait_until(patterns, &[], deadline)
     }
 
     /// [`Channel::wait_for`], and also `line_patterns` against every line as it completes:
@@ -231,12 +313,43 @@ impl<T: Transport> Channel<T> {
         line_patterns: &[Regex],
         deadline: Instant,
     ) -> Result<Matched, ChannelError> {
-        self.wait_until(patterns, line_patterns, deadline, self.max_output)
+        self.wait_until(patterns, line_patterns, deadline)
+    }
+
+    /// One read into the screen, waiting at most until `until`.
+    fn read(&mut self, until: Instant) -> Result<(), TransportError> {
+        let n = self.transport.recv(&mut self.read_buf, until)?;
+        self.received += n as u64;
+        self.screen.feed(&self.read_buf[..n]);
+        Ok(())
+    }
+
+    /// Removes the first `end` bytes of the text; line-pattern bookkeeping moves with it.
+    fn take_front(&mut self, end: usize) -> Vec<u8> {
+        let front = self.screen.take_front(end);
+        self.lines_seen = self.lines_seen.saturating_sub(front.len());
+        front
     }
 
     fn take_text(&mut self) -> Vec<u8> {
         self.lines_seen = 0;
-        std::mem::take(&mut self.text)
+        self.screen.take_all()
+    }
+
+    fn timeout(&mut self, peer: String) -> ChannelError {
+        let output = self.take_text();
+        ChannelError::Timeout {
+            peer,
+            last_line: last_line(&output),
+            output,
+        }
+    }
+
+    fn transport_error(&mut self, source: TransportError) -> ChannelError {
+        ChannelError::Transport {
+            source,
+            output: self.take_text(),
+        }
     }
 
     /// The output cut to `max_output`, as an error.
@@ -249,113 +362,98 @@ impl<T: Transport> Channel<T> {
         }
     }
 
-    /// [`Channel::wait_for`] with the text bounded by `limit` bytes.
+    /// [`Channel::wait_for`] with line patterns, the text bounded by `max_output`.
     fn wait_until(
         &mut self,
         patterns: &[Regex],
         line_patterns: &[Regex],
         deadline: Instant,
-        limit: usize,
     ) -> Result<Matched, ChannelError> {
         loop {
-            if let Some(found) = self.check_tail(patterns)? {
+            if let Some(found) = self.check_tail(patterns) {
                 return Ok(found);
             }
+            self.answer_pager()?;
             if !line_patterns.is_empty()
                 && let Some(found) = self.check_lines(patterns.len(), line_patterns)
             {
                 return Ok(found);
             }
-            if self.text.len() > limit {
-                self.text.truncate(limit);
+            if self.screen.text().len() > self.max_output {
+                self.screen.truncate(self.max_output);
+                let output = self.take_text();
                 return Err(ChannelError::TooLarge {
                     peer: self.peer().to_string(),
                     limit: self.max_output,
-                    output: self.take_text(),
+                    output,
                 });
             }
-            let n = match self.transport.recv(&mut self.read_buf, deadline) {
-                Ok(n) => n,
-                Err(TransportError::TimedOut { peer }) => {
-                    return Err(ChannelError::Timeout {
-                        peer,
-                        output: self.take_text(),
-                    });
-                }
-                Err(source) => {
-                    return Err(ChannelError::Transport {
-                        source,
-                        output: self.take_text(),
-                    });
-                }
-            };
-            self.received += n as u64;
-            self.screen.feed(&self.read_buf[..n], &mut self.text);
-        }
-    }
-
-    /// Looks at the unfinished line: a pager is answered and removed; a pattern match ends
-    /// the wait.
-    fn check_tail(&mut self, patterns: &[Regex]) -> Result<Option<Matched>, ChannelError> {
-        let start = self.screen.line_start();
-        if start >= self.text.len() {
-            return Ok(None);
-        }
-        let mut tail_start = start.max(self.text.len().saturating_sub(TAIL_WINDOW));
-        // A prompt redrawn after a bare CR (`\rsw1#`) starts where the CR left the cursor.
-        if let Some(cr) = self.text[tail_start..].iter().rposition(|&b| b == b'\r') {
-            tail_start += cr + 1;
-            if tail_start >= self.text.len() {
-                return Ok(None);
+            match self.read(deadline) {
+                Ok(()) => {}
+                Err(TransportError::TimedOut { peer }) => return Err(self.timeout(peer)),
+                Err(source) => return Err(self.transport_error(source)),
             }
         }
-        let tail = String::from_utf8_lossy(&self.text[tail_start..]).into_owned();
-        if let Some(index) = patterns.iter().position(|p| p.is_match(&tail)) {
-            let before = self.text[..start].to_vec();
-            self.text.clear();
-            self.lines_seen = 0;
-            self.screen.reset_line(0);
-            return Ok(Some(Matched {
-                index,
-                before,
-                line: tail,
-            }));
-        }
-        if let Some(pager) = self.pagers.iter().find(|p| p.pattern.is_match(&tail)) {
-            let answer = pager.answer.clone();
-            self.text.truncate(start);
-            self.transport
-                .send(&answer)
-                .map_err(|source| ChannelError::Transport {
-                    source,
-                    output: self.take_text(),
-                })?;
-        }
-        Ok(None)
     }
-}
 
-impl<T: Transport> Channel<T> {
+    /// The unfinished line as patterns see it, if there is one.
+    fn tail(&self) -> Option<String> {
+        let unfinished = self.screen.unfinished();
+        let tail = reply::view(unfinished);
+        (!tail.is_empty()).then(|| tail.into_owned())
+    }
+
+    /// A pattern matching the unfinished line ends the wait: the text before it is handed out,
+    /// the line itself remembered.
+    fn check_tail(&mut self, patterns: &[Regex]) -> Option<Matched> {
+        let tail = self.tail()?;
+        let index = patterns.iter().position(|p| p.is_match(&tail))?;
+        let before = self.take_front(self.screen.line_start());
+        self.take_text();
+        self.last_match = Some(tail.trim_end().to_string());
+        Some(Matched {
+            index,
+            before,
+            line: tail,
+        })
+    }
+
+    /// A pager on the unfinished line is answered and removed.
+    fn answer_pager(&mut self) -> Result<(), ChannelError> {
+        let Some(tail) = self.tail() else {
+            return Ok(());
+        };
+        let Some(pager) = self.pagers.iter().find(|p| p.pattern.is_match(&tail)) else {
+            return Ok(());
+        };
+        let answer = pager.answer.clone();
+        self.screen.drop_unfinished();
+        self.transport
+            .send(&answer)
+            .map_err(|source| self.transport_error(source))
+    }
+
     /// Matches the lines completed since the last look against `line_patterns`; each line is
     /// looked at once (at most its last [`TAIL_WINDOW`] bytes), so the cost stays linear.
     fn check_lines(&mut self, offset: usize, line_patterns: &[Regex]) -> Option<Matched> {
         let start = self.screen.line_start();
         let mut begin = self.lines_seen.min(start);
         while begin < start {
-            let end = self.text[begin..start]
+            let text = self.screen.text();
+            let end = text[begin..start]
                 .iter()
                 .position(|&b| b == b'\n')
                 .map_or(start, |i| begin + i);
             let from = begin.max(end.saturating_sub(TAIL_WINDOW));
-            let line = String::from_utf8_lossy(&self.text[from..end]).into_owned();
+            let line = String::from_utf8_lossy(&text[from..end]).into_owned();
             if let Some(i) = line_patterns.iter().position(|p| p.is_match(&line)) {
-                let before = self.text[..begin].to_vec();
-                self.text.drain(..start);
-                self.screen.reset_line(0);
+                let mut consumed = self.take_front(start);
+                consumed.truncate(begin);
                 self.lines_seen = 0;
+                self.last_match = Some(line.trim_end().to_string());
                 return Some(Matched {
                     index: offset + i,
-                    before,
+                    before: consumed,
                     line,
                 });
             }
@@ -366,16 +464,12 @@ impl<T: Transport> Channel<T> {
     }
 }
 
-/// Drops the echoed command line, if the first line is one.
-fn strip_echo(mut text: Vec<u8>, command: &str) -> Vec<u8> {
-    let end = text.iter().position(|&b| b == b'\n').unwrap_or(text.len());
-    let first = String::from_utf8_lossy(&text[..end]);
-    let cmd = command.trim();
-    if !cmd.is_empty() && first.trim_end().ends_with(cmd) {
-        let cut = (end + 1).min(text.len());
-        text.drain(..cut);
-    }
-    text
+/// The last line of a prompt as it was printed (after its last carriage return, trailing
+/// blanks dropped), for comparing with the next prompt.
+fn last_line_raw(prompt: &[u8]) -> String {
+    let end = prompt.strip_suffix(b"\n").unwrap_or(prompt);
+    let begin = end.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    reply::view(&end[begin..]).trim_end().to_string()
 }
 
 #[cfg(test)]
@@ -440,7 +534,7 @@ mod tests {
 
     #[test]
     fn output_is_what_the_device_printed_without_echo_or_prompt() {
-        let prompt = Regex::new(r"^sw1[>#]\s*$").unwrap();
+        let prompt = Prompt::new(Regex::new(r"^sw1[>#]\s*$").unwrap());
         let mut ch = channel(vec![vec![
             b"show cl",
             b"ock\r\n*10:00:00.123 UTC Thu Nov 26 2026\r\n",
@@ -453,7 +547,7 @@ mod tests {
 
     #[test]
     fn pagers_are_answered_and_leave_no_trace() {
-        let prompt = Regex::new(r"^sw1#$").unwrap();
+        let prompt = Prompt::new(Regex::new(r"^sw1#$").unwrap());
         let erase = [&[8u8; 10][..], &[b' '; 10][..], &[8u8; 10][..]].concat();
         let erase: &'static [u8] = Box::leak(erase.into_boxed_slice());
         let mut ch = channel(vec![
@@ -467,7 +561,7 @@ mod tests {
 
     #[test]
     fn a_prompt_after_a_bare_carriage_return_is_found() {
-        let prompt = Regex::new(r"^sw1#$").unwrap();
+        let prompt = Prompt::new(Regex::new(r"^sw1#$").unwrap());
         let mut ch = channel(vec![vec![b"show x\r\nout\r\n  \x08\x08x", b"\rsw1#"]]);
         let out = ch.command("show x", &prompt, deadline()).unwrap();
         assert_eq!(out, b"out\n");
@@ -506,7 +600,7 @@ mod tests {
 
     #[test]
     fn a_timeout_keeps_what_came() {
-        let prompt = Regex::new(r"^sw1#$").unwrap();
+        let prompt = Prompt::new(Regex::new(r"^sw1#$").unwrap());
         let mut ch = channel(vec![vec![b"show tech\r\npart one\r\npart t"]]);
         match ch.command("show tech", &prompt, deadline()) {
             Err(ChannelError::Timeout { output, .. }) => assert_eq!(output, b"part one\npart t"),
@@ -516,7 +610,7 @@ mod tests {
 
     #[test]
     fn endless_output_stops_at_the_cap_with_what_came() {
-        let prompt = Regex::new(r"^sw1#$").unwrap();
+        let prompt = Prompt::new(Regex::new(r"^sw1#$").unwrap());
         let chunk: &'static [u8] = Box::leak(vec![b'y'; 4096].into_boxed_slice());
         let mut ch = channel(vec![vec![chunk; 64]]);
         ch.max_output = 10_000;
@@ -531,7 +625,7 @@ mod tests {
 
     #[test]
     fn the_cap_counts_the_output_without_the_echo() {
-        let prompt = Regex::new(r"^sw1#$").unwrap();
+        let prompt = Prompt::new(Regex::new(r"^sw1#$").unwrap());
         let chunk: &'static [u8] = Box::leak(vec![b'y'; 4096].into_boxed_slice());
         let mut batch: Vec<&[u8]> = vec![b"yes\r\n"];
         batch.extend(std::iter::repeat_n(chunk, 8));
@@ -554,14 +648,103 @@ mod tests {
     }
 
     #[test]
-    fn no_echo_means_nothing_is_stripped() {
+    fn without_an_echo_the_output_is_everything_before_the_prompt() {
+        let prompt = Prompt::new(Regex::new(r"^sw1#$").unwrap());
+        let mut ch = channel(vec![vec![b"data\r\nmore\r\nsw1#"]]);
+        let out = ch.command("show x", &prompt, deadline()).unwrap();
+        assert_eq!(out, b"data\nmore\n");
+    }
+
+    #[test]
+    fn a_wait_after_a_timeout_with_completed_lines_does_not_panic() {
+        // The crash of issue 9: a log line, no prompt within the wait, then the next wait.
+        let prompt = Regex::new(r"^sw1#$").unwrap();
+        let press = Regex::new(r"(?i)press return").unwrap();
+        let mut ch = channel(vec![vec![b"\r\nsw1#"]]);
+        ch.transport().reads.push_back(
+            b"*Mar  1 00:01:02.123: %LINK-3-UPDOWN: Interface Gi0/1, changed state to up\r\n"
+                .to_vec(),
+        );
+        let wait = |ch: &mut Channel<Script>| {
+            ch.wait_for_lines(
+                std::slice::from_ref(&prompt),
+                std::slice::from_ref(&press),
+                deadline(),
+            )
+        };
+        match wait(&mut ch) {
+            Err(ChannelError::Timeout { last_line, .. }) => {
+                assert!(last_line.ends_with("changed state to up"), "{last_line}")
+            }
+            other => panic!("expected a timeout, got {other:?}"),
+        }
+        ch.send(b"\r").unwrap();
+        assert_eq!(wait(&mut ch).unwrap().line, "sw1#");
+    }
+
+    #[test]
+    fn log_lines_and_reprinted_prompts_around_commands_are_not_output() {
+        let prompt = Prompt::new(Regex::new(r"^sw1#$").unwrap());
+        let log = |n: u32| {
+            format!(
+                "*Mar  1 00:00:{n:02}.000: %LINK-3-UPDOWN: Interface Gi0/{n}, changed state to up"
+            )
+        };
+        let leak = |s: String| -> &'static [u8] { Box::leak(s.into_bytes().into_boxed_slice()) };
+        let mut ch = channel(vec![
+            // Before the echo, with a reprinted prompt; after the prompt, pushed up.
+            vec![
+                leak(format!("\r\n{}\r\nsw1#", log(1))),
+                b"show clock\r\n10:00\r\nsw1#",
+                leak(format!("\r\n{}\r\n", log(2))),
+            ],
+            // Before the echo without a reprint; the prompt and a log line in one read.
+            vec![leak(format!(
+                "\r\n{}\r\nshow version\r\nIOS 15\r\nsw1#\r\n{}\r\nsw1#",
+                log(3),
+                log(4)
+            ))],
+            vec![b"show clock\r\n10:01\r\nsw1#"],
+        ]);
+        ch.last_match = Some("sw1#".into());
         assert_eq!(
-            strip_echo(b"data\nmore\n".to_vec(), "show x"),
-            b"data\nmore\n"
+            ch.command("show clock", &prompt, deadline()).unwrap(),
+            b"10:00\n"
         );
         assert_eq!(
-            strip_echo(b"sw1#show x\nout\n".to_vec(), "show x"),
-            b"out\n"
+            ch.command("show version", &prompt, deadline()).unwrap(),
+            b"IOS 15\n"
         );
+        assert_eq!(
+            ch.command("show clock", &prompt, deadline()).unwrap(),
+            b"10:01\n"
+        );
+        assert!(ch.unsolicited_bytes() >= 4 * log(1).len() as u64);
+    }
+
+    #[test]
+    fn junos_context_lines_are_part_of_the_prompt() {
+        let platform = crate::driver::table().get("juniper_junos").unwrap();
+        let prompt = Prompt {
+            line: platform.prompt.clone().unwrap(),
+            context: platform.prompt_context.clone(),
+        };
+        let mut ch = channel(vec![vec![
+            b"show version \r\nHostname: edge1\r\n\r\n{master:0}\r\nnetops@edge1> ",
+        ]]);
+        let out = ch.command("show version", &prompt, deadline()).unwrap();
+        assert_eq!(out, b"Hostname: edge1\n\n");
+    }
+
+    #[test]
+    fn a_command_timeout_quotes_the_last_line_bounded() {
+        let prompt = Prompt::new(Regex::new(r"^admin@host[>#] $").unwrap());
+        let mut ch = channel(vec![vec![b"show version\r\nJunos: 21.4\r\n\r\nhost> "]]);
+        let e = ch.command("show version", &prompt, deadline()).unwrap_err();
+        assert!(e.to_string().contains("last line: `host>`"), "{e}");
+        let long = format!("{}>", "x".repeat(500));
+        assert_eq!(last_line(long.as_bytes()).chars().count(), QUOTE_MAX);
+        assert!(last_line(long.as_bytes()).ends_with("x>"));
+        assert_eq!(last_line(b"a\r\n\n  \n"), "a");
     }
 }

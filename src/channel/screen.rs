@@ -9,16 +9,27 @@
 //! idiom `\r` + spaces + `\r` that pagers use to wipe their prompt. It is incremental (escape
 //! sequences and `\r\n` may be split across reads) and keeps bytes that are not UTF-8 as
 //! they are.
+//!
+//! The screen owns the text it produced. Where the unfinished line starts (what prompt
+//! patterns look at) and where an erase idiom began are positions in that text, so every cut
+//! goes through a method here that moves them along: a caller that took the text and left
+//! the positions behind is how a console's log line once crashed the session (`range end
+//! index 735 out of range for slice of length 0`).
 
 /// The longest line an erase idiom wipes; beyond it, spaces are data (and the check stays
 /// cheap).
 const ERASE_MAX: usize = 512;
 
-/// Incremental terminal-to-text cleaner.
+/// Incremental terminal-to-text cleaner, and the text so far.
+///
+/// Invariants (kept by every method): `line_start <= text.len()`, `text[line_start - 1]` is
+/// the `\n` that ended the last completed line, and an erase idiom's start lies inside the
+/// unfinished line.
 #[derive(Debug, Default)]
 pub struct Screen {
     state: State,
-    /// Start of the current (unfinished) line in the output buffer.
+    text: Vec<u8>,
+    /// Start of the current (unfinished) line in `text`.
     line_start: usize,
     /// Where a kept bare `\r` sits in the current line while only spaces followed it: if
     /// another `\r` comes next, the line was being erased.
@@ -47,22 +58,78 @@ impl Screen {
         Self::default()
     }
 
-    /// Forgets where the current line starts (after the caller cut `out`).
-    pub fn reset_line(&mut self, line_start: usize) {
-        self.line_start = line_start;
+    /// Appends the cleaned form of `input` to the text.
+    pub fn feed(&mut self, input: &[u8]) {
+        let mut out = std::mem::take(&mut self.text);
+        for &b in input {
+            self.byte(b, &mut out);
+        }
+        self.text = out;
+    }
+
+    /// Everything cleaned so far.
+    pub fn text(&self) -> &[u8] {
+        &self.text
+    }
+
+    /// Start of the unfinished line in [`Screen::text`], where a prompt would be.
+    pub fn line_start(&self) -> usize {
+        self.line_start
+    }
+
+    /// The unfinished last line.
+    pub fn unfinished(&self) -> &[u8] {
+        &self.text[self.line_start..]
+    }
+
+    /// Removes and returns the first `end` bytes (all of them if `end` is past the end);
+    /// positions move with the text. A cut inside the completed lines keeps them completed.
+    pub fn take_front(&mut self, end: usize) -> Vec<u8> {
+        let end = end.min(self.text.len());
+        let rest = self.text.split_off(end);
+        let front = std::mem::replace(&mut self.text, rest);
+        if end > self.line_start {
+            // The unfinished line was cut: what is left of it starts a line of its own.
+            self.line_start = 0;
+            self.cr_run = None;
+        } else {
+            self.line_start -= end;
+            self.cr_run = self.cr_run.map(|at| at - end);
+        }
+        front
+    }
+
+    /// Removes and returns all the text; the next byte starts a fresh line.
+    pub fn take_all(&mut self) -> Vec<u8> {
+        self.take_front(self.text.len())
+    }
+
+    /// Drops the unfinished line (a pager prompt that was answered).
+    pub fn drop_unfinished(&mut self) {
+        self.text.truncate(self.line_start);
         self.cr_run = None;
     }
 
-    /// Appends the cleaned form of `input` to `out`.
-    pub fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) {
-        for &b in input {
-            self.byte(b, out);
+    /// Cuts the text to at most `len` bytes (an output cap).
+    pub fn truncate(&mut self, len: usize) {
+        if len >= self.text.len() {
+            return;
         }
+        self.text.truncate(len);
+        if self.line_start > len {
+            // The cut went into the completed lines: the rest is one unfinished line.
+            self.line_start = self
+                .text
+                .iter()
+                .rposition(|&b| b == b'\n')
+                .map_or(0, |i| i + 1);
+        }
+        self.cr_run = self.cr_run.filter(|&at| at < len);
     }
 
     fn byte(&mut self, b: u8, out: &mut Vec<u8>) {
         match self.state {
-            State::Text => self.text(b, out),
+            State::Text => self.plain(b, out),
             State::Cr => {
                 self.state = State::Text;
                 if let Some(at) = self.cr_run.take()
@@ -84,7 +151,7 @@ impl Screen {
                             out.push(b'\r');
                             self.cr_run = Some(out.len() - 1);
                         }
-                        self.text(b, out);
+                        self.plain(b, out);
                     }
                 }
             }
@@ -117,7 +184,7 @@ impl Screen {
         }
     }
 
-    fn text(&mut self, b: u8, out: &mut Vec<u8>) {
+    fn plain(&mut self, b: u8, out: &mut Vec<u8>) {
         match b {
             b'\r' => self.state = State::Cr,
             b'\n' => self.newline(out),
@@ -148,11 +215,6 @@ impl Screen {
         self.line_start = out.len();
         self.cr_run = None;
     }
-
-    /// Start of the unfinished line in `out`, where a prompt would be.
-    pub fn line_start(&self) -> usize {
-        self.line_start
-    }
 }
 
 #[cfg(test)]
@@ -161,11 +223,10 @@ mod tests {
 
     fn clean(chunks: &[&[u8]]) -> String {
         let mut s = Screen::new();
-        let mut out = Vec::new();
         for c in chunks {
-            s.feed(c, &mut out);
+            s.feed(c);
         }
-        String::from_utf8(out).unwrap()
+        String::from_utf8(s.take_all()).unwrap()
     }
 
     #[test]
@@ -219,8 +280,27 @@ mod tests {
     #[test]
     fn bytes_that_are_not_utf8_are_kept() {
         let mut s = Screen::new();
-        let mut out = Vec::new();
-        s.feed(b"\xff\xfe ok\r\n", &mut out);
-        assert_eq!(out, b"\xff\xfe ok\n");
+        s.feed(b"\xff\xfe ok\r\n");
+        assert_eq!(s.text(), b"\xff\xfe ok\n");
+    }
+
+    #[test]
+    fn cuts_move_the_unfinished_line_with_the_text() {
+        let mut s = Screen::new();
+        s.feed(b"one\r\ntwo\r\nsw1#");
+        assert_eq!(s.take_front(4), b"one\n");
+        assert_eq!((s.line_start(), s.unfinished()), (4, &b"sw1#"[..]));
+        assert_eq!(s.take_all(), b"two\nsw1#");
+        assert_eq!((s.line_start(), s.text()), (0, &b""[..]));
+        // A cut into the completed lines leaves one unfinished line.
+        s.feed(b"ab\r\ncd\r\n");
+        s.truncate(4);
+        assert_eq!((s.text(), s.line_start()), (&b"ab\nc"[..], 3));
+        // An erase idiom that began before a cut does not reach back across it.
+        let mut s = Screen::new();
+        s.feed(b"10%\r   ");
+        s.take_all();
+        s.feed(b"\rnext\r\n");
+        assert_eq!(s.text(), b"next\n");
     }
 }

@@ -89,6 +89,17 @@ pub struct DeviceArgs {
     /// Misbehave on a command: 'COMMAND=hang|drop|endless|garbage|slow' (repeatable).
     #[arg(long, value_name = "COMMAND=FAULT")]
     pub fault: Vec<String>,
+    /// Print numbered log lines unasked, as a console with `logging console` does: while idle
+    /// between sessions, right after a command's prompt, before a command's echo.
+    #[arg(long)]
+    pub chatty: bool,
+    /// Show this prompt in every mode instead of the platform's, e.g. 'host> ' for a
+    /// Junos-like device the juniper_junos prompt pattern does not match.
+    #[arg(long, value_name = "TEXT")]
+    pub prompt: Option<String>,
+    /// Print this line above every prompt, as Junos prints '{master:0}' or '[edit]'.
+    #[arg(long, value_name = "TEXT")]
+    pub context_line: Option<String>,
     /// Write session counters as JSON here (atomically) on every change and at exit.
     #[arg(long, value_name = "FILE")]
     pub stats: Option<PathBuf>,
@@ -180,6 +191,19 @@ fn profile(args: &DeviceArgs, stdio: bool) -> anyhow::Result<Profile> {
     for spec in &args.fault {
         p.faults.push(parse_fault_spec(spec)?);
     }
+    p.chatty = args.chatty;
+    for (flag, value) in [
+        ("--prompt", &args.prompt),
+        ("--context-line", &args.context_line),
+    ] {
+        if let Some(v) = value.as_deref()
+            && (v.trim().is_empty() || v.contains(['\r', '\n']))
+        {
+            bail!("rackhand sim: {flag} {v:?} must be one line with something on it");
+        }
+    }
+    p.prompt = args.prompt.clone();
+    p.context_line = args.context_line.clone();
     if p.outputs.is_empty() && args.outputs.is_none() && p.style != crate::sim::Style::Linux {
         eprintln!(
             "rackhand sim: no embedded outputs for {}; the device knows only its built-in commands (give --outputs DIR)",

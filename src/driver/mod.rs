@@ -22,6 +22,8 @@ const TABLE: &str = include_str!("platforms.toml");
 struct PlatformSpec {
     prompt: String,
     #[serde(default)]
+    prompt_context: Option<String>,
+    #[serde(default)]
     privileged: Option<String>,
     #[serde(default)]
     config: Option<String>,
@@ -62,6 +64,9 @@ pub struct Platform {
     pub name: String,
     /// `None` for `generic`: the device's own `prompt` setting is used.
     pub prompt: Option<Regex>,
+    /// A context line printed directly above the prompt (Junos `{master:0}`, `[edit]`):
+    /// part of the prompt, not of a command's output.
+    pub prompt_context: Option<Regex>,
     pub privileged: Option<Regex>,
     pub config: Option<Regex>,
     pub config_exit: Option<String>,
@@ -133,6 +138,7 @@ fn parse(text: &str) -> Result<Table, String> {
             } else {
                 Some(regex(&name, "prompt", &spec.prompt)?)
             },
+            prompt_context: opt("prompt_context", &spec.prompt_context)?,
             privileged: opt("privileged", &spec.privileged)?,
             config: opt("config", &spec.config)?,
             config_exit: spec.config_exit,
@@ -267,5 +273,33 @@ mod tests {
         ));
         let junos = t.get("juniper_junos").unwrap();
         assert!(Table::is_error_line(junos, "syntax error."));
+    }
+
+    #[test]
+    fn junos_context_lines_are_recognised_and_output_lines_are_not() {
+        let context = table()
+            .get("juniper_junos")
+            .and_then(|p| p.prompt_context.as_ref())
+            .expect("juniper_junos has a prompt_context");
+        for line in [
+            "{master:0}",
+            "{primary:node0}",
+            "{secondary:node1}",
+            "{backup}",
+            "[edit]",
+            "[edit interfaces ge-0/0/0]",
+            "[edit protocols ospf area 0.0.0.0] ",
+        ] {
+            assert!(context.is_match(line), "{line:?} is a context line");
+        }
+        for line in [
+            "Hostname: edge1",
+            "  {master:0}",
+            "[edit] interfaces",
+            "inet 10.0.0.1/24 {",
+            "}",
+        ] {
+            assert!(!context.is_match(line), "{line:?} is output");
+        }
     }
 }

@@ -3,7 +3,8 @@
 //! The agent's serial transport must be tested without a USB-serial adapter and a switch, so
 //! a pty stands in for the cable: the agent opens the slave (through a stable symlink, as it
 //! would open `/dev/serial/by-id/...`) and the simulator plays the device on the master. A
-//! console behaves unlike a network session: it is silent until a key is pressed, survives
+//! console behaves unlike a network session: it is silent until a key is pressed (a chatty
+//! one logs a few lines meanwhile, waiting on the line for whoever opens it next), survives
 //! logouts (back to "Press RETURN"), and runs at the baud rate of the line.
 
 use std::fs;

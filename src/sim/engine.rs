@@ -33,6 +33,10 @@ const MAX_TYPEAHEAD: usize = 4096;
 /// Lines produced per step of an endless output; the transport's write back-pressure paces it.
 const ENDLESS_CHUNK: usize = 64;
 const MAX_LOGIN_FAILURES: u32 = 3;
+/// A chatty console between sessions logs this often, at most [`CHATTER_IDLE_MAX`] lines per
+/// idle spell: a console nobody reads must not fill the line until its writer gives up.
+const CHATTER_IDLE_EVERY: Duration = Duration::from_millis(100);
+const CHATTER_IDLE_MAX: usize = 5;
 const MAX_ENABLE_TRIES: u32 = 3;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,6 +105,15 @@ enum Builtin {
     Output,
 }
 
+/// A chatty device's log lines (`Profile::chatty`).
+#[derive(Debug, Default)]
+struct Chatter {
+    /// Lines printed so far; each carries its number.
+    sent: u64,
+    /// While idle: when the next line is due, and how many more this idle spell.
+    idle: Option<(Instant, usize)>,
+}
+
 pub struct Engine {
     profile: Arc<Profile>,
     hostname: String,
@@ -121,6 +134,9 @@ pub struct Engine {
     /// Echo typed characters: the profile's choice, unless the client echoes locally.
     echo: bool,
     rng: u64,
+    chatter: Chatter,
+    /// The `now` of the latest call: when the engine acts on its own, it schedules from here.
+    clock: Instant,
 }
 
 impl Engine {
@@ -149,6 +165,8 @@ impl Engine {
             job: None,
             echo: true,
             rng: seed | 1,
+            chatter: Chatter::default(),
+            clock: Instant::now(),
         };
         engine.echo = engine.profile.echo;
         engine.reset_terminal();
@@ -162,9 +180,12 @@ impl Engine {
 
     /// Output at session start: nothing for a console (it waits for a key), else the
     /// "Press RETURN" line, banner and login prompt as configured.
-    pub fn start(&mut self) -> Vec<Action> {
+    pub fn start(&mut self, now: Instant) -> Vec<Action> {
+        self.clock = now;
         let mut out = Out::default();
-        if !self.console {
+        if self.console {
+            self.go_idle();
+        } else {
             if self.profile.press_return {
                 out.send(b"\r\nPress RETURN to get started.\r\n");
                 self.state = State::PressReturn;
@@ -195,23 +216,38 @@ impl Engine {
         self.width
     }
 
+    /// Log lines printed on its own so far (a chatty profile).
+    pub fn chatter_sent(&self) -> u64 {
+        self.chatter.sent
+    }
+
     /// When [`Engine::tick`] must next be called; `None` = only input can move things on.
     pub fn deadline(&self) -> Option<Instant> {
         match (self.state, &self.job) {
             (State::Output, Some(job)) => Some(job.next_at),
+            (State::Idle, _) => self.chatter.idle.map(|(at, _)| at),
             _ => None,
         }
     }
 
     /// Advances timed output (latency, slow, endless).
     pub fn tick(&mut self, now: Instant) -> Vec<Action> {
+        self.clock = now;
         let mut out = Out::default();
+        if self.state == State::Idle
+            && let Some((at, left)) = self.chatter.idle
+            && at <= now
+        {
+            self.log_on_its_own(&mut out);
+            self.chatter.idle = (left > 1).then(|| (now + CHATTER_IDLE_EVERY, left - 1));
+        }
         self.pump(&mut out, now);
         out.done()
     }
 
     /// Handles typed bytes.
     pub fn input(&mut self, bytes: &[u8], now: Instant) -> Vec<Action> {
+        self.clock = now;
         let mut out = Out::default();
         for &b in bytes {
             self.byte(b, &mut out, now);
@@ -289,6 +325,10 @@ impl Engine {
             }
             _ => {
                 if self.line.len() < MAX_LINE {
+                    if self.profile.chatty && self.state == State::Exec && self.line.is_empty() {
+                        // A log line that came just before the device echoed the command.
+                        self.log_on_its_own(out);
+                    }
                     self.line.push(b);
                     if echo {
                         out.send(&[b]);
@@ -320,7 +360,7 @@ impl Engine {
         for choice in choices {
             out.send(format!("  {choice}\r\n").as_bytes());
         }
-        out.send(self.prompt_text().as_bytes());
+        self.send_prompt(out);
         if echo {
             out.send(&self.line);
         }
@@ -349,8 +389,42 @@ impl Engine {
         }
     }
 
+    /// A console between sessions: silent until a key, but a chatty one logs a few lines.
+    fn go_idle(&mut self) {
+        self.state = State::Idle;
+        self.chatter.idle = (self.profile.chatty && self.console)
+            .then(|| (self.clock + CHATTER_IDLE_EVERY, CHATTER_IDLE_MAX));
+    }
+
+    /// Prints the next numbered log line on its own, as a console with `logging console`
+    /// does. At a prompt, lines 1-2, 5-6, ... reprint the prompt and the typed line after
+    /// them (`logging synchronous`); lines 3-4, 7-8, ... leave the cursor at the start of an
+    /// empty line. One command meets two lines (before its echo, after its prompt), so
+    /// consecutive commands meet both kinds in both places.
+    fn log_on_its_own(&mut self, out: &mut Out) {
+        self.chatter.sent += 1;
+        let n = self.chatter.sent;
+        let reprint = (n - 1) / 2 % 2 == 0;
+        out.send(
+            format!(
+                "\r\n*Mar  1 00:{:02}:{:02}.{:03}: %LINK-3-UPDOWN: Interface GigabitEthernet0/{n}, changed state to up\r\n",
+                (n / 60) % 60,
+                n % 60,
+                n % 1000
+            )
+            .as_bytes(),
+        );
+        if reprint && self.state == State::Exec {
+            self.send_prompt(out);
+            if self.echo {
+                out.send(&self.line);
+            }
+        }
+    }
+
     /// After the key on an idle console or the RETURN: banner and login, or the prompt.
     fn begin(&mut self, out: &mut Out) {
+        self.chatter.idle = None;
         self.reset_terminal();
         let style = self.profile.style;
         if style != Style::Linux {
@@ -403,6 +477,9 @@ impl Engine {
     }
 
     fn prompt_text(&self) -> String {
+        if let Some(prompt) = &self.profile.prompt {
+            return prompt.clone();
+        }
         let host = &self.hostname;
         match self.profile.style {
             Style::Ios if self.config => format!("{host}(config)#"),
@@ -415,6 +492,15 @@ impl Engine {
 
     fn prompt(&mut self, out: &mut Out) {
         self.state = State::Exec;
+        self.send_prompt(out);
+    }
+
+    /// The prompt, with the profile's context line above it (Junos `{master:0}`).
+    fn send_prompt(&self, out: &mut Out) {
+        if let Some(context) = &self.profile.context_line {
+            out.send(context.as_bytes());
+            out.send(b"\r\n");
+        }
         out.send(self.prompt_text().as_bytes());
     }
 
@@ -487,7 +573,7 @@ impl Engine {
             out.send(b"\r\n");
         }
         self.reset_terminal();
-        self.state = State::Idle;
+        self.go_idle();
     }
 
     fn command(&mut self, line: &str, out: &mut Out, now: Instant) {
@@ -927,7 +1013,13 @@ impl Engine {
         };
         self.job = None;
         match ending {
-            After::Prompt => self.prompt(out),
+            After::Prompt => {
+                self.prompt(out);
+                if self.profile.chatty {
+                    // A log line right after the prompt, in the same write.
+                    self.log_on_its_own(out);
+                }
+            }
             After::EndSession => self.end_session(out),
         }
         true

@@ -130,6 +130,17 @@ pub struct Profile {
     /// Echo typed characters (real gear always does; switch off for a client that echoes
     /// locally).
     pub echo: bool,
+    /// Print numbered log lines on its own, as a console with `logging console` does: a few
+    /// while idle between sessions, one right after the prompt that ends a command and one
+    /// before the echo of each command line, every other one with the prompt reprinted
+    /// (`logging synchronous`) and the rest without.
+    pub chatty: bool,
+    /// The prompt in every mode, literally, instead of the style's: `host> ` makes a
+    /// Junos-like device whose prompt the juniper_junos pattern (`user@host>`) does not match.
+    pub prompt: Option<String>,
+    /// A line printed above every prompt, as Junos shows `{master:0}` on a virtual chassis,
+    /// `{primary:node0}` on a cluster or `[edit]` in configuration mode.
+    pub context_line: Option<String>,
     pub outputs: Outputs,
 }
 
@@ -160,6 +171,9 @@ impl Profile {
             slow_duration: Duration::from_secs(3),
             faults: Vec::new(),
             echo: true,
+            chatty: false,
+            prompt: None,
+            context_line: None,
             outputs: Outputs::embedded(platform),
         })
     }

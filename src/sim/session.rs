@@ -118,8 +118,9 @@ pub fn run(
     if let Err(end) = send(link, &greeting, stop, &mut pacer) {
         return end;
     }
-    let mut actions = engine.start();
+    let mut actions = engine.start(Instant::now());
     let mut buf = vec![0u8; READ_CHUNK];
+    let mut chatter_counted = 0;
     // Each round blocks in poll until input, a deadline or stop: the loop is bounded by the
     // session's life, and every wait by `stop`.
     loop {
@@ -127,6 +128,9 @@ pub fn run(
         if active && guard.is_none() {
             guard = Some(counting.stats.session(counting.device));
         }
+        let chatter = engine.chatter_sent();
+        counting.stats.count_unsolicited(chatter - chatter_counted);
+        chatter_counted = chatter;
         for action in actions.drain(..) {
             match action {
                 Action::Send(bytes) => {

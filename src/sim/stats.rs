@@ -2,7 +2,8 @@
 //!
 //! Tests and benchmarks need proof of what the agent did to the devices: that the worker pool
 //! really ran N sessions at once, that it never opened two sessions to one device, that
-//! retries happened. The rack counts sessions as they open and close and keeps the maxima.
+//! retries happened. The rack counts sessions as they open and close and keeps the maxima,
+//! and counts the log lines chatty devices printed on their own (proof a test met them).
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -13,14 +14,21 @@ pub struct StatsSnapshot {
     pub max_concurrent_per_device: usize,
     pub total: u64,
     pub current: usize,
+    /// Log lines printed on their own by chatty devices (`Profile::chatty`).
+    pub unsolicited_lines: u64,
 }
 
 impl StatsSnapshot {
-    /// `{"max_concurrent":N,"max_concurrent_per_device":N,"total":N,"current":N}`
+    /// `{"max_concurrent":N,"max_concurrent_per_device":N,"total":N,"current":N,
+    /// "unsolicited_lines":N}`
     pub fn to_json(&self) -> String {
         format!(
-            "{{\"max_concurrent\":{},\"max_concurrent_per_device\":{},\"total\":{},\"current\":{}}}",
-            self.max_concurrent, self.max_concurrent_per_device, self.total, self.current
+            "{{\"max_concurrent\":{},\"max_concurrent_per_device\":{},\"total\":{},\"current\":{},\"unsolicited_lines\":{}}}",
+            self.max_concurrent,
+            self.max_concurrent_per_device,
+            self.total,
+            self.current,
+            self.unsolicited_lines
         )
     }
 }
@@ -79,6 +87,20 @@ impl Stats {
 
     pub fn current(&self) -> usize {
         self.snapshot().current
+    }
+
+    pub fn unsolicited_lines(&self) -> u64 {
+        self.snapshot().unsolicited_lines
+    }
+
+    /// Counts `lines` more log lines a device printed on its own.
+    pub fn count_unsolicited(&self, lines: u64) {
+        if lines == 0 {
+            return;
+        }
+        let mut inner = self.lock();
+        inner.snapshot.unsolicited_lines += lines;
+        notify(&inner);
     }
 
     /// Called (under the counters' lock, so calls never overlap or reorder) after every
@@ -153,13 +175,14 @@ mod tests {
                 max_concurrent: 3,
                 max_concurrent_per_device: 2,
                 total: 4,
-                current: 1
+                current: 1,
+                unsolicited_lines: 0,
             }
         );
         assert_eq!(*seen.lock().unwrap(), vec![1, 2, 3, 2, 1, 2, 1]);
         assert_eq!(
             stats.snapshot().to_json(),
-            r#"{"max_concurrent":3,"max_concurrent_per_device":2,"total":4,"current":1}"#
+            r#"{"max_concurrent":3,"max_concurrent_per_device":2,"total":4,"current":1,"unsolicited_lines":0}"#
         );
     }
 }

@@ -37,7 +37,7 @@ impl Term {
             screen: Vec::new(),
             closed: false,
         };
-        let actions = t.engine.start();
+        let actions = t.engine.start(t.now);
         t.apply(actions);
         t
     }
@@ -466,4 +466,75 @@ fn question_mark_lists_what_may_follow_and_keeps_the_line() {
     t.type_bytes(b"int br\r");
     t.wait(Duration::ZERO);
     assert_eq!(t.take(), "int br\r\nInterface IP-Address\r\nsim#");
+}
+
+/// The log line a chatty device prints as its `n`th.
+fn log_line(n: u64) -> String {
+    format!(
+        "\r\n*Mar  1 00:00:{n:02}.{n:03}: %LINK-3-UPDOWN: Interface GigabitEthernet0/{n}, changed state to up\r\n"
+    )
+}
+
+#[test]
+fn a_chatty_device_logs_before_the_echo_and_after_the_prompt_with_and_without_reprint() {
+    let mut p = profile("cisco_ios");
+    p.chatty = true;
+    let mut t = Term::new(p, false);
+    assert_eq!(t.take(), "sim#");
+    let clock = "*10:00:00.000 UTC Thu Nov 26 2026";
+    // Lines 1 and 2 reprint the prompt (the echo goes on after it) ...
+    assert_eq!(
+        t.run("show clock"),
+        format!(
+            "{}sim#show clock\r\n{clock}\r\nsim#{}sim#",
+            log_line(1),
+            log_line(2)
+        )
+    );
+    // ... lines 3 and 4 do not: the echo starts at column 0, the cursor ends there.
+    assert_eq!(
+        t.run("show clock"),
+        format!(
+            "{}show clock\r\n{clock}\r\nsim#{}",
+            log_line(3),
+            log_line(4)
+        )
+    );
+    assert_eq!(t.engine.chatter_sent(), 4);
+    // An empty line is no command: no log line.
+    assert_eq!(t.run(""), "\r\nsim#");
+}
+
+#[test]
+fn a_chatty_console_logs_a_few_lines_while_idle_and_stops() {
+    let mut p = profile("cisco_ios");
+    p.chatty = true;
+    let mut t = Term::new(p, true);
+    assert_eq!(t.take(), "");
+    t.wait(CHATTER_IDLE_EVERY * 3);
+    assert_eq!(
+        t.take(),
+        format!("{}{}{}", log_line(1), log_line(2), log_line(3))
+    );
+    t.wait(CHATTER_IDLE_EVERY * 100);
+    assert_eq!(t.take(), format!("{}{}", log_line(4), log_line(5)));
+    assert_eq!(t.engine.chatter_sent(), CHATTER_IDLE_MAX as u64);
+    assert!(t.engine.deadline().is_none() && t.engine.is_idle());
+    // A key starts a session; the idle spell ends.
+    t.type_bytes(b"\r");
+    assert_eq!(t.take(), "sim#");
+    assert!(t.engine.deadline().is_none());
+}
+
+#[test]
+fn prompt_override_and_context_line() {
+    let mut p = profile("juniper_junos");
+    p.prompt = Some("host> ".into());
+    p.context_line = Some("{master:0}".into());
+    let mut t = Term::new(p, false);
+    assert_eq!(t.take(), "{master:0}\r\nhost> ");
+    assert_eq!(
+        t.run("show version"),
+        "show version\r\nVersion 1.0\r\nUptime 2 days\r\n{master:0}\r\nhost> "
+    );
 }
