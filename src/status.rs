@@ -32,6 +32,23 @@ pub const STALE_AFTER: Duration = Duration::from_secs(30);
 /// overwritten by the next save.
 const TEMP_FILE: &str = ".status.json.tmp";
 
+/// `status.json` is padded to whole blocks of this size (see [`AgentStatus::save`]).
+const PAD: usize = 4096;
+
+/// Writes `bytes` over `path` in place, padding to its current size; refuses when it does not
+/// fit (that would need a new block).
+fn overwrite_padded(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let file = fs::OpenOptions::new().write(true).open(path)?;
+    let size = file.metadata()?.len() as usize;
+    if bytes.len() > size {
+        return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+    }
+    let mut padded = bytes.to_vec();
+    padded.resize(size, b' ');
+    file.write_all_at(&padded, 0)
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StatusError {
     #[error(
@@ -184,9 +201,19 @@ impl AgentStatus {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(source) => return Err(StatusError::Read { path, source }),
         };
-        serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|source| StatusError::Corrupt { path, source })
+        match serde_json::from_slice(&bytes) {
+            Ok(status) => Ok(Some(status)),
+            Err(source) => {
+                // Caught in the middle of an in-place write (see `save`): one more read.
+                let again = fs::read(&path).map_err(|source| StatusError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                serde_json::from_slice(&again)
+                    .map(Some)
+                    .map_err(|_| StatusError::Corrupt { path, source })
+            }
+        }
     }
 
     /// The status a starting agent begins with: [`AgentStatus::new`] for this process, keeping
@@ -222,6 +249,13 @@ impl AgentStatus {
 
     /// Atomic replace: writes a temp file in the same folder and renames it over
     /// `status.json`, so readers see the old or the new status, never half of one.
+    ///
+    /// On a full disk there is no room for the temp file, and an agent whose status stops
+    /// changing looks stuck exactly when an engineer most needs to see why. So the file is
+    /// padded with spaces to whole 4 KiB blocks, and when the atomic replace fails for lack
+    /// of space the new status is written over the old one in place, in blocks that already
+    /// exist (a reader may then catch half of a write, and [`AgentStatus::load`] reads once
+    /// more).
     pub fn save(&self, state_dir: &Path) -> Result<(), StatusError> {
         let path = Self::path(state_dir);
         let tmp = state_dir.join(TEMP_FILE);
@@ -230,6 +264,7 @@ impl AgentStatus {
             source: io::Error::other(e),
         })?;
         bytes.push(b'\n');
+        bytes.resize(bytes.len().div_ceil(PAD) * PAD, b' ');
         // No fsync, on purpose: the status is rewritten every few seconds, losing the last one
         // to a power cut is harmless (the agent writes a new one at start), and syncing this
         // often would wear the Pi's SD card for nothing. The rename alone still guarantees a
@@ -247,10 +282,18 @@ impl AgentStatus {
         }
         .and_then(|mut f| f.write_all(&bytes))
         .and_then(|()| fs::rename(&tmp, &path));
-        written.map_err(|source| {
-            let _ = fs::remove_file(&tmp);
-            StatusError::Write { path, source }
-        })
+        match written {
+            Ok(()) => Ok(()),
+            Err(source) => {
+                let _ = fs::remove_file(&tmp);
+                if crate::durable_file::is_out_of_space(&source)
+                    && overwrite_padded(&path, &bytes).is_ok()
+                {
+                    return Ok(());
+                }
+                Err(StatusError::Write { path, source })
+            }
+        }
     }
 
     /// Whether the process that wrote this status is alive and saving (see [`Liveness`]).
