@@ -196,8 +196,10 @@ impl Record {
     pub fn gap(agent: &str, seq: u64, gap: Gap, detail: Option<&str>, at: SystemTime) -> Record {
         let lost = if gap.dropped_records > 0 || gap.dropped_bytes > 0 {
             format!(
-                "{} records ({} bytes) will never arrive",
-                gap.dropped_records, gap.dropped_bytes
+                "{} record{} ({} bytes) will never arrive",
+                gap.dropped_records,
+                if gap.dropped_records == 1 { "" } else { "s" },
+                gap.dropped_bytes
             )
         } else {
             String::new()

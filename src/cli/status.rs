@@ -220,9 +220,24 @@ pub fn render(status: &AgentStatus, file: &Path, liveness: Liveness, now: System
             approx_size(spool.dropped_bytes)
         ));
     }
+    if let Some(error) = &spool.storage_error {
+        let since = spool
+            .storage_error_since
+            .as_deref()
+            .map_or(String::new(), |at| format!(" since {}", ago(at, now)));
+        line(format!(
+            "  ERROR: the disk refuses writes ({}){since}: {error}",
+            spool.storage_error_cause.as_deref().unwrap_or("io_error")
+        ));
+        line(format!(
+            "  {} collected record{} wait in memory; new collections pause until the disk takes writes again",
+            spool.waiting_in_memory,
+            plural(spool.waiting_in_memory)
+        ));
+    }
     if spool.paused || spool.paused_collections > 0 {
         line(format!(
-            "  WARNING: {}{} collection{} not started since start because the spool was full (block)",
+            "  WARNING: {}{} collection{} not started since start because the spool or the disk was full",
             if spool.paused {
                 "collections paused now; "
             } else {
@@ -231,6 +246,34 @@ pub fn render(status: &AgentStatus, file: &Path, liveness: Liveness, now: System
             spool.paused_collections,
             plural(spool.paused_collections)
         ));
+    }
+    let lost: u64 = spool.lost.values().sum();
+    if lost > 0 {
+        let causes: Vec<String> = spool
+            .lost
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|(cause, n)| format!("{n} {cause}"))
+            .collect();
+        line(format!(
+            "  WARNING: {lost} record{} lost since start ({}); {}",
+            plural(lost),
+            causes.join(", "),
+            if spool.unreported_lost > 0 {
+                format!(
+                    "{} not yet reported upstream in a gap record",
+                    spool.unreported_lost
+                )
+            } else {
+                "each reported upstream in a gap record".to_string()
+            }
+        ));
+    }
+    if spool.checkpoint_error {
+        line(
+            "  WARNING: the acknowledged position cannot be written (disk full?): a restart would send some records again"
+                .into(),
+        );
     }
 
     let up = &status.upstream;
@@ -272,7 +315,9 @@ pub fn render(status: &AgentStatus, file: &Path, liveness: Liveness, now: System
     ));
     if up.dead_lettered_batches > 0 || up.dead_letter_file.is_some() {
         line(format!(
-            "  dead letters: {} batch{} rejected by the upstream{}",
+            "  dead letters: {} record{} in {} batch{} refused by the upstream for good{}",
+            up.rejected_records,
+            plural(up.rejected_records),
             up.dead_lettered_batches,
             if up.dead_lettered_batches == 1 {
                 ""
@@ -445,6 +490,15 @@ mod tests {
         s.spool.max_bytes = 512 << 20;
         s.upstream.dead_letter_file = Some("/var/lib/rackhand/dead-letter.ndjson".into());
         s.upstream.dead_lettered_batches = 2;
+        s.upstream.rejected_records = 3;
+        s.spool.storage_error = Some(
+            "cannot write /var/lib/rackhand/spool/00000000000000000901.seg: No space left on device (os error 28) (12.0 KiB free)".into(),
+        );
+        s.spool.storage_error_cause = Some("disk_full".into());
+        s.spool.storage_error_since = Some("2026-11-25T11:58:00.000Z".into());
+        s.spool.waiting_in_memory = 14;
+        s.spool.lost.insert("corrupt".into(), 2);
+        s.spool.lost.insert("rejected".into(), 3);
         s.devices.insert(
             "pdu1".into(),
             DeviceStatus {
@@ -459,7 +513,10 @@ mod tests {
             "agent rack-a12: running (pid 4242, updated 2s ago)",
             "NOT synchronised",
             "WARNING: 37 records (39.1KiB) dropped",
-            "2 batches rejected by the upstream, kept in /var/lib/rackhand/dead-letter.ndjson",
+            "3 records in 2 batches refused by the upstream for good, kept in /var/lib/rackhand/dead-letter.ndjson",
+            "ERROR: the disk refuses writes (disk_full) since 2m ago: cannot write /var/lib/rackhand/spool/00000000000000000901.seg: No space left",
+            "14 collected records wait in memory",
+            "5 records lost since start (2 corrupt, 3 rejected); each reported upstream in a gap record",
             "last ack: never",
             "pdu1    never      timeout      3         command `show version` timed out after 30s",
         ] {
