@@ -28,7 +28,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::batch::{Batch, BatchLimits, Batcher};
-use crate::durable_file::write_atomically;
+use crate::durable_file::write_durably;
 use crate::sink::{Backoff, Jitter, Retry, Shipped, Sink, StopFlag};
 use crate::spool::{Loss, SpoolReader, Waker};
 
@@ -216,22 +216,31 @@ impl Worker {
             self.batcher.resume_cut(cut);
         }
         let mut ready: VecDeque<Batch> = VecDeque::new();
+        let mut cut_failing = false;
         loop {
             if self.stop.is_stopped() {
                 return;
             }
             if let Some(batch) = ready.front() {
                 if cut_written != Some(batch.last_seq()) {
-                    match write_atomically(
+                    match write_durably(
                         &self.cut_path,
                         format!("{}\n", batch.last_seq()).as_bytes(),
                     ) {
-                        Ok(()) => cut_written = Some(batch.last_seq()),
-                        // Only the resend's key depends on it; the records do not.
-                        Err(e) => log::warn!(
-                            "cannot write {}: {e}; a resend after a restart may carry a different Idempotency-Key",
-                            self.cut_path.display()
-                        ),
+                        Ok(()) => {
+                            cut_written = Some(batch.last_seq());
+                            cut_failing = false;
+                        }
+                        // Only the resend's key depends on it; the records do not. Once per
+                        // condition: a full disk would otherwise warn at every batch.
+                        Err(e) if !cut_failing => {
+                            cut_failing = true;
+                            log::warn!(
+                                "cannot write {}: {e}; a resend after a restart may carry a different Idempotency-Key",
+                                self.cut_path.display()
+                            );
+                        }
+                        Err(_) => {}
                     }
                 }
                 if self.ship(batch) {

@@ -603,19 +603,50 @@ impl Spool {
         report.records = state.segments.iter().map(|s| s.records).sum();
         report.records_lost = state.ledger.pending_records();
 
-        let tail = match state.segments.back() {
-            Some(last) if !last.sealed => {
-                // Records recovered from the tail may sit only in the page cache (the
-                // process died, the machine did not); from here on they count as durable.
-                let mut file = fs
-                    .open_write(&last.path, false)
-                    .map_err(io_err(&last.path))?;
-                file.sync().map_err(io_err(&last.path))?;
-                Some((last.first_seq, last.path.clone(), file, last.bytes))
-            }
+        // Records recovered from the tail may sit only in the page cache (the process died,
+        // the machine did not): synced now, they count as durable. None of this stops the
+        // agent: a tail that cannot be opened for writing is left as it is (the next append
+        // starts a segment), an fsync that fails is tried again at the first commit.
+        let mut dir_synced = true;
+        let tail = match state.segments.back_mut() {
+            Some(last) if !last.sealed => match fs.open_write(&last.path, false) {
+                Ok(mut file) => {
+                    let synced = match file.sync() {
+                        Ok(()) => last.bytes,
+                        Err(e) => {
+                            report.actions.push(format!(
+                                "cannot sync {}: {e}; tried again at the next commit",
+                                last.path.display()
+                            ));
+                            0
+                        }
+                    };
+                    Some(writer::Tail {
+                        first_seq: last.first_seq,
+                        path: last.path.clone(),
+                        file,
+                        written: last.bytes,
+                        synced,
+                    })
+                }
+                Err(e) => {
+                    report.actions.push(format!(
+                        "cannot open {} to append to it: {e}; new records go to a new segment",
+                        last.path.display()
+                    ));
+                    last.sealed = true;
+                    None
+                }
+            },
             _ => None,
         };
-        fs.sync_dir(dir).map_err(io_err(dir))?;
+        if let Err(e) = fs.sync_dir(dir) {
+            report.actions.push(format!(
+                "cannot sync {}: {e}; tried again at the next commit",
+                dir.display()
+            ));
+            dir_synced = false;
+        }
         let core = Arc::new(Core {
             dir: dir.to_path_buf(),
             fs,
@@ -623,7 +654,7 @@ impl Spool {
             state: Mutex::new(state),
             changed: Condvar::new(),
         });
-        let writer = SpoolWriter::new(Arc::clone(&core), tail);
+        let writer = SpoolWriter::new(Arc::clone(&core), tail, !dir_synced);
         let reader = SpoolReader::new(core, acked + 1);
         Ok((writer, reader, report))
     }

@@ -45,14 +45,14 @@ const PAUSE_AT: (u64, u64) = (15, 16);
 const RESUME_BELOW: (u64, u64) = (3, 4);
 
 /// The segment being appended to.
-struct Tail {
-    first_seq: u64,
-    path: PathBuf,
-    file: Box<dyn WriteFile>,
+pub(super) struct Tail {
+    pub first_seq: u64,
+    pub path: PathBuf,
+    pub file: Box<dyn WriteFile>,
     /// Bytes known to be in the file, all whole frames.
-    written: u64,
+    pub written: u64,
     /// Bytes made durable.
-    synced: u64,
+    pub synced: u64,
 }
 
 /// A write that failed, and where.
@@ -98,26 +98,19 @@ pub struct SpoolWriter {
 }
 
 impl SpoolWriter {
-    pub(super) fn new(
-        core: Arc<Core>,
-        tail: Option<(u64, PathBuf, Box<dyn WriteFile>, u64)>,
-    ) -> SpoolWriter {
+    /// `tail`: the segment opening found to go on appending to; `dir_dirty`: the folder
+    /// still needs an fsync.
+    pub(super) fn new(core: Arc<Core>, tail: Option<Tail>, dir_dirty: bool) -> SpoolWriter {
         SpoolWriter {
             core,
-            tail: tail.map(|(first_seq, path, file, bytes)| Tail {
-                first_seq,
-                path,
-                file,
-                written: bytes,
-                synced: bytes,
-            }),
+            tail,
             buf: Vec::with_capacity(FLUSH_AT + 4096),
             buf_frames: Vec::new(),
             held: VecDeque::new(),
             trouble: None,
             uncommitted: 0,
             last_commit: Instant::now(),
-            dir_dirty: false,
+            dir_dirty,
             pause: None,
             last_full_warning: None,
         }
