@@ -285,12 +285,24 @@ impl Ledger {
     /// The losses to report now: every cause whose last report is [`REPORT_EVERY`] old, or
     /// all of them with `force`. They leave pending; give each back to [`Ledger::reported`]
     /// once its gap record is in the spool, or to [`Ledger::unreport`] if it could not be.
-    pub fn take_due(&mut self, now: Instant, force: bool) -> Vec<(GapCause, Loss)> {
+    ///
+    /// A pause still going on (`pausing`) is reported once it ends, in one gap record with
+    /// its whole length, not every interval while it lasts (an outage of hours would
+    /// otherwise send hundreds): its cause waits unless records were lost too, or `force`.
+    pub fn take_due(
+        &mut self,
+        now: Instant,
+        force: bool,
+        pausing: Option<GapCause>,
+    ) -> Vec<(GapCause, Loss)> {
         let due: Vec<GapCause> = self
             .book
             .pending
             .iter()
             .filter(|(_, loss)| !loss.is_empty())
+            .filter(|(cause, loss)| {
+                force || Some(**cause) != pausing || loss.records > 0 || !loss.lost.is_empty()
+            })
             .map(|(cause, _)| *cause)
             .filter(|cause| {
                 force
@@ -502,7 +514,7 @@ mod tests {
         l.note(GapCause::Rejected, Loss::range(20, 20, 1, 10));
         drop(l);
         let mut l = ledger(&fs);
-        let due = l.take_due(Instant::now(), false);
+        let due = l.take_due(Instant::now(), false, None);
         assert_eq!(due.len(), 2);
         assert_eq!(due[0].0, GapCause::Corrupt);
         assert_eq!(due[0].1.records, 5);
@@ -514,11 +526,11 @@ mod tests {
         let fs = MemFs::new();
         let mut l = ledger(&fs);
         l.note(GapCause::SpoolFull, Loss::range(1, 10, 10, 1000));
-        let (cause, loss) = l.take_due(Instant::now(), true).remove(0);
+        let (cause, loss) = l.take_due(Instant::now(), true, None).remove(0);
         l.reported(11, cause, loss);
         // The gap record 11 is dropped in turn, with record 12.
         l.note(GapCause::SpoolFull, Loss::range(11, 12, 2, 200));
-        let due = l.take_due(Instant::now(), true);
+        let due = l.take_due(Instant::now(), true, None);
         assert_eq!(due[0].1.records, 12);
         assert_eq!(due[0].1.lost, vec![(1, 12)]);
     }
@@ -529,12 +541,15 @@ mod tests {
         let mut l = ledger(&fs);
         let t0 = Instant::now();
         l.note(GapCause::Corrupt, Loss::range(1, 1, 1, 1));
-        assert_eq!(l.take_due(t0, false).len(), 1);
+        assert_eq!(l.take_due(t0, false, None).len(), 1);
         l.note(GapCause::Corrupt, Loss::range(2, 2, 1, 1));
-        assert!(l.take_due(t0 + Duration::from_secs(1), false).is_empty());
-        assert_eq!(l.take_due(t0 + REPORT_EVERY, false).len(), 1);
+        assert!(
+            l.take_due(t0 + Duration::from_secs(1), false, None)
+                .is_empty()
+        );
+        assert_eq!(l.take_due(t0 + REPORT_EVERY, false, None).len(), 1);
         l.note(GapCause::Corrupt, Loss::range(3, 3, 1, 1));
-        assert_eq!(l.take_due(t0 + REPORT_EVERY, true).len(), 1);
+        assert_eq!(l.take_due(t0 + REPORT_EVERY, true, None).len(), 1);
     }
 
     #[test]
@@ -555,8 +570,26 @@ mod tests {
         l.note(GapCause::DiskFull, Loss::range(3, 3, 1, 1));
         drop(l);
         let mut l = ledger(&fs);
-        let due = l.take_due(Instant::now(), true);
+        let due = l.take_due(Instant::now(), true, None);
         assert_eq!(due[0].1.lost, vec![(1, 2)]);
+    }
+
+    #[test]
+    fn a_pause_is_reported_once_it_ends_unless_records_were_lost_meanwhile() {
+        let fs = MemFs::new();
+        let mut l = ledger(&fs);
+        let t0 = Instant::now();
+        l.note_pause(GapCause::DiskFull, 3, 10_000);
+        assert!(l.take_due(t0, false, Some(GapCause::DiskFull)).is_empty());
+        l.note_pause(GapCause::DiskFull, 2, 5_000);
+        let due = l.take_due(t0, false, None);
+        assert_eq!(due.len(), 1);
+        assert_eq!(
+            (due[0].1.paused_collections, due[0].1.paused_ms),
+            (5, 15_000)
+        );
+        l.note(GapCause::SpoolFull, Loss::range(4, 4, 1, 10));
+        assert_eq!(l.take_due(t0, false, Some(GapCause::SpoolFull)).len(), 1);
     }
 
     #[test]
@@ -566,7 +599,7 @@ mod tests {
         l.note_held([(7, 70), (8, 80)]);
         l.acked(7);
         l.held_lost(7, "drop_oldest");
-        let due = l.take_due(Instant::now(), true);
+        let due = l.take_due(Instant::now(), true, None);
         assert_eq!(due[0].1.lost, vec![(8, 8)]);
         assert_eq!(due[0].1.bytes, 80);
     }

@@ -732,16 +732,16 @@ impl SpoolWriter {
         }
     }
 
-    /// The losses to report now as gap records (see [`super::losses::Ledger::take_due`]);
-    /// a pause under way is counted up to `now` first.
+    /// The losses to report now as gap records (see [`super::losses::Ledger::take_due`]).
+    /// With `force` (at stop), a pause under way is counted up to `now` and goes too.
     pub fn take_losses(&mut self, now: Instant, force: bool) -> Vec<(GapCause, Loss)> {
         let mut st = self.core.lock();
-        if let Some((cause, since)) = self.pause.as_mut() {
+        if force && let Some((cause, since)) = self.pause.as_mut() {
             let ms = now.saturating_duration_since(*since).as_millis() as u64;
             st.ledger.note_pause(*cause, 0, ms);
             *since = now;
         }
-        st.ledger.take_due(now, force)
+        st.ledger.take_due(now, force, self.pause.map(|p| p.0))
     }
 
     /// Appends the gap record `seq` that reports `loss` (past the bound if need be: it is
