@@ -189,22 +189,7 @@ impl Ledger {
             return;
         }
         *self.totals.entry(cause).or_default() += loss.records;
-        let carried: Vec<u64> = self
-            .book
-            .unshipped
-            .keys()
-            .copied()
-            .filter(|seq| loss.lost.iter().any(|&(a, b)| (a..=b).contains(seq)))
-            .collect();
-        for seq in carried {
-            if let Some(report) = self.book.unshipped.remove(&seq) {
-                self.book
-                    .pending
-                    .entry(report.cause)
-                    .or_default()
-                    .merge(report.loss);
-            }
-        }
+        self.carry(|seq| loss.lost.iter().any(|&(a, b)| (a..=b).contains(&seq)));
         self.book.pending.entry(cause).or_default().merge(loss);
         self.persist();
     }
@@ -264,12 +249,17 @@ impl Ledger {
     /// before they were made durable): what they reported is pending again.
     pub fn reconcile(&mut self, acked: u64, present: impl Fn(u64) -> bool) {
         self.book.unshipped.retain(|&s, _| s > acked);
+        self.carry(|seq| !present(seq));
+    }
+
+    /// Unshipped gap records that `lost` says are gone: what they reported is pending again.
+    fn carry(&mut self, lost: impl Fn(u64) -> bool) {
         let gone: Vec<u64> = self
             .book
             .unshipped
             .keys()
             .copied()
-            .filter(|&s| !present(s))
+            .filter(|&seq| lost(seq))
             .collect();
         for seq in gone {
             if let Some(report) = self.book.unshipped.remove(&seq) {

@@ -98,6 +98,20 @@ struct Inner {
 }
 
 impl Inner {
+    /// `path` holds `data`, synced (a new node: readers of the old one keep theirs).
+    fn put_durably(&mut self, path: &Path, data: &[u8]) {
+        if let Some(dir) = path.parent() {
+            self.dirs.insert(dir.to_path_buf());
+        }
+        self.files.insert(
+            path.to_path_buf(),
+            Arc::new(Mutex::new(Node {
+                data: data.to_vec(),
+                durable: data.to_vec(),
+            })),
+        );
+    }
+
     fn used(&self) -> u64 {
         self.files.values().map(|n| lock(n).data.len() as u64).sum()
     }
@@ -221,17 +235,7 @@ impl MemFs {
 
     /// Writes a file durably, bypassing faults and capacity (test setup).
     pub fn put(&self, path: &Path, data: &[u8]) {
-        let mut inner = self.inner();
-        if let Some(dir) = path.parent() {
-            inner.dirs.insert(dir.to_path_buf());
-        }
-        inner.files.insert(
-            path.to_path_buf(),
-            Arc::new(Mutex::new(Node {
-                data: data.to_vec(),
-                durable: data.to_vec(),
-            })),
-        );
+        self.inner().put_durably(path, data);
     }
 
     /// The names of the files in `dir`, sorted.
@@ -429,16 +433,7 @@ impl Filesystem for MemFs {
         if !fits {
             return Err(error(FaultKind::NoSpace));
         }
-        if let Some(dir) = path.parent() {
-            inner.dirs.insert(dir.to_path_buf());
-        }
-        inner.files.insert(
-            path.to_path_buf(),
-            Arc::new(Mutex::new(Node {
-                data: data.to_vec(),
-                durable: data.to_vec(),
-            })),
-        );
+        inner.put_durably(path, data);
         Ok(())
     }
 
