@@ -400,3 +400,36 @@ fn a_full_disk_never_fails_an_append_and_drains_as_upstream_takes_records() {
         "nothing lost"
     );
 }
+
+#[test]
+fn a_full_disk_that_holds_only_the_acknowledged_segment_being_written_frees_it_and_goes_on() {
+    let fs = MemFs::new();
+    let options = options(None);
+    let (mut writer, mut reader) = open(&fs, &options);
+    for seq in 1..=5 {
+        writer.append(seq, &payload(seq, 100)).unwrap();
+    }
+    writer.commit();
+    while reader.next_record().is_some() {}
+    reader.ack(5).unwrap();
+    // Nothing else fits on the disk: only the ledger and the acknowledged segment are there.
+    fs.set_capacity(Some(fs.used()));
+    for seq in 6..=8 {
+        writer.append(seq, &payload(seq, 100)).unwrap();
+    }
+    writer.commit();
+    assert!(writer.stats().storage_trouble.is_some(), "the disk is full");
+    let at = writer.deadline().expect("a retry is due");
+    writer.tick(at + std::time::Duration::from_secs(60));
+    writer.commit();
+    let stats = writer.stats();
+    assert!(stats.storage_trouble.is_none(), "{stats:?}");
+    let got: Vec<u64> = std::iter::from_fn(|| reader.next_record())
+        .map(|(seq, bytes)| {
+            assert_eq!(bytes, payload(seq, 100));
+            seq
+        })
+        .collect();
+    assert_eq!(got, vec![6, 7, 8]);
+    assert!(writer.take_losses(Instant::now(), true).is_empty());
+}

@@ -426,6 +426,7 @@ impl SpoolWriter {
 
     /// One attempt to write what waits and make it durable.
     fn retry(&mut self) {
+        self.release_acknowledged_tail();
         match self.drain_held().and_then(|()| self.sync_all()) {
             Ok(()) => {
                 if let Some(t) = self.trouble.take() {
@@ -438,6 +439,47 @@ impl SpoolWriter {
                 self.core.lock().storage_trouble = None;
             }
             Err(f) => self.fail(f),
+        }
+    }
+
+    /// What the segment being written has on disk is all acknowledged: it goes, and what
+    /// was buffered for it waits with the rest, so a full disk that holds nothing else of
+    /// the spool gets that space back (the reader deletes only sealed segments, and sealing
+    /// needs room for a footer).
+    fn release_acknowledged_tail(&mut self) {
+        let Some(tail) = &self.tail else {
+            return;
+        };
+        let mut st = self.core.lock();
+        let acked = st.acked;
+        let Some(seg) = st.segments.back().filter(|s| s.first_seq == tail.first_seq) else {
+            return;
+        };
+        // Seqs on disk are all below the first buffered one.
+        let written_last = self
+            .buf_frames
+            .first()
+            .map_or(seg.last_seq, |f| f.0.saturating_sub(1));
+        if tail.written == 0 || written_last > acked {
+            return;
+        }
+        st.segments.pop_back();
+        let mut at = 0usize;
+        let mut back = Vec::with_capacity(self.buf_frames.len());
+        for (seq, len) in self.buf_frames.drain(..) {
+            let len = len as usize;
+            back.push((seq, self.buf[at + HEADER..at + len].to_vec(), false));
+            at += len;
+        }
+        self.buf.clear();
+        for record in back.into_iter().rev() {
+            self.held.push_front(record);
+        }
+        st.waiting_in_memory = self.held.len() as u64;
+        drop(st);
+        let tail = self.tail.take().expect("checked");
+        if self.core.fs.remove(&tail.path).is_ok() {
+            self.dir_dirty = true;
         }
     }
 
