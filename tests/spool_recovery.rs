@@ -375,6 +375,58 @@ fn a_segment_with_nothing_intact_is_removed() {
 }
 
 #[test]
+fn a_flipped_bit_in_a_footer_loses_nothing_even_where_the_seqs_skip_after_it() {
+    // A restart skips seqs (the rest of the block the seq file reserved), so the segment
+    // sealed just before one can be followed by a segment that starts far above it. Damage
+    // to its footer alone must not count the seqs in between, which never existed, as lost.
+    let dir = TempDir::new("footer");
+    fill(&dir.0, small_segments(), 1..=20);
+    let big = vec![b'x'; 480];
+    {
+        let (mut writer, _, _) = open(&dir.0, small_segments());
+        // Too large for what is left of the tail: the tail is sealed, 1025 opens a segment.
+        writer.append(1025, &big).unwrap();
+        for seq in 1026..=1030 {
+            writer.append(seq, &payload(seq)).unwrap();
+        }
+        writer.commit();
+    }
+    let files = segment_files(&dir.0);
+    let at = files
+        .iter()
+        .position(|f| f.ends_with("00000000000000001025.seg"))
+        .expect("1025 opened a segment");
+    let flip = |file: &Path, from_end: usize| {
+        let mut bytes = fs::read(file).unwrap();
+        let n = bytes.len();
+        bytes[n - from_end] ^= 0x08;
+        fs::write(file, &bytes).unwrap();
+    };
+    flip(&files[at - 1], 5); // the record count in the footer before the skip
+    flip(&files[0], 48 - 5); // the checksum of the first segment's footer
+    let (mut writer, mut reader, report) = open(&dir.0, small_segments());
+    assert_eq!(report.segments_scanned, 2, "{report:?}");
+    assert_eq!(report.records_lost, 0, "{report:?}");
+    let got: Vec<u64> = std::iter::from_fn(|| reader.next_record())
+        .map(|(seq, bytes)| {
+            let want = if seq == 1025 {
+                big.clone()
+            } else {
+                payload(seq)
+            };
+            assert_eq!(bytes, want, "payload of {seq}");
+            seq
+        })
+        .collect();
+    let expect: Vec<u64> = (1..=20).chain(1025..=1030).collect();
+    assert_eq!(got, expect);
+    assert!(losses(&mut writer).is_empty(), "nothing was lost");
+    drop((writer, reader));
+    let (_, _, report) = open(&dir.0, small_segments());
+    assert_eq!(report.segments_scanned, 0, "footers rewritten: {report:?}");
+}
+
+#[test]
 fn a_segment_sealed_by_an_older_rackhand_is_scanned_once_and_given_a_footer() {
     let dir = TempDir::new("legacy");
     fill(&dir.0, small_segments(), 1..=30);

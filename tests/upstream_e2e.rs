@@ -17,6 +17,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use rackhand::sim::{Profile, TelnetRack};
 use serde_json::Value;
 
+use support::accounting::{gap_records, received};
 use support::agent::{
     Agent, Dev, Setup, copy_spool, http_upstream, read_status, rfc3339_ms, spool_contents,
 };
@@ -51,29 +52,6 @@ fn setup(dir: &TempDir, rack: &TelnetRack, commands: &[&str], upstream: Vec<Stri
             .map(|(name, addr)| Dev::telnet(name, *addr))
             .collect(),
     }
-}
-
-/// Every record the collector received, first arrival per seq.
-fn received(collector: &Collector) -> BTreeMap<u64, (Vec<u8>, Value)> {
-    collector.with_posts(|posts| {
-        let mut out = BTreeMap::new();
-        for post in posts {
-            for (line, r) in post.lines.iter().zip(&post.records) {
-                if let Some(seq) = r["seq"].as_u64() {
-                    out.entry(seq).or_insert_with(|| (line.clone(), r.clone()));
-                }
-            }
-        }
-        out
-    })
-}
-
-fn gaps(collector: &Collector) -> Vec<Value> {
-    received(collector)
-        .into_values()
-        .map(|(_, r)| r)
-        .filter(|r| r["status"] == "gap")
-        .collect()
 }
 
 fn brief(v: &Value) -> String {
@@ -500,7 +478,7 @@ fn drop_oldest_run(tag: &str, dropped: u64) -> DropRun {
 
     let mut seen = Vec::new();
     let arrived = poll_until(deadline(STEP), || {
-        seen = gaps(&collector);
+        seen = gap_records(&collector);
         let newer = received(&collector)
             .values()
             .any(|(_, r)| r["status"] == "ok" && started_ms(r) >= up_at);
@@ -516,7 +494,7 @@ fn drop_oldest_run(tag: &str, dropped: u64) -> DropRun {
     agent.assert_no_panic("drop_oldest");
     assert_batches(&collector);
     let got = received(&collector);
-    let gaps = gaps(&collector);
+    let gaps = gap_records(&collector);
     let log = agent.stderr();
     DropRun {
         collector,
@@ -624,7 +602,7 @@ fn a_full_spool_with_block_pauses_collections_then_resumes_and_reports_the_pause
     collector.set_mode(Mode::Accept);
     let mut seen = Vec::new();
     let resumed = poll_until(deadline(STEP), || {
-        seen = gaps(&collector);
+        seen = gap_records(&collector);
         let newer = received(&collector)
             .values()
             .any(|(_, r)| r["status"] == "ok" && started_ms(r) >= up_at);
@@ -642,7 +620,7 @@ fn a_full_spool_with_block_pauses_collections_then_resumes_and_reports_the_pause
     assert_batches(&collector);
 
     let got = received(&collector);
-    let gaps = gaps(&collector);
+    let gaps = gap_records(&collector);
     for g in &gaps {
         assert_gap_fields(g, "block");
         assert!(g["error"].as_str().unwrap().contains("paused"), "{g}");

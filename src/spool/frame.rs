@@ -63,6 +63,23 @@ impl Footer {
             records: u64_at(24),
         })
     }
+
+    /// Whether `bytes` (the last [`FOOTER`] bytes of a segment) are a footer that no longer
+    /// verifies: a flipped bit spoils either its header (the magic is still in place) or
+    /// its payload (the header still says seq 0 with a footer's length). Record bytes never
+    /// look like that: a record's JSON holds no NUL bytes.
+    pub fn is_damaged(bytes: &[u8]) -> bool {
+        let Some(head) = bytes
+            .get(..HEADER)
+            .and_then(|h| <&[u8; HEADER]>::try_from(h).ok())
+        else {
+            return false;
+        };
+        let h = Header::parse(head);
+        let framed_as_footer = h.seq == 0 && h.len as usize == FOOTER_PAYLOAD;
+        let magic = bytes.get(HEADER..HEADER + 8) == Some(&FOOTER_MAGIC[..]);
+        bytes.len() == FOOTER && Footer::decode(bytes).is_none() && (framed_as_footer || magic)
+    }
 }
 
 /// The fields in front of a payload, as read from disk (not yet verified).
@@ -136,6 +153,25 @@ mod tests {
         assert_eq!(Footer::decode(&bytes), Some(f));
         bytes[30] ^= 4;
         assert_eq!(Footer::decode(&bytes), None);
+    }
+
+    #[test]
+    fn a_footer_with_a_flipped_bit_anywhere_is_known_as_a_damaged_footer() {
+        let good = Footer {
+            first_seq: 7,
+            last_seq: 99,
+            records: 80,
+        }
+        .encode();
+        assert!(!Footer::is_damaged(&good), "a good footer is not damaged");
+        for i in 0..FOOTER {
+            let mut bytes = good;
+            bytes[i] ^= 0x20;
+            assert!(Footer::is_damaged(&bytes), "bit flipped in byte {i}");
+        }
+        let mut record = header(5, &[b'x'; 32]).to_vec();
+        record.extend_from_slice(&[b'x'; 32]);
+        assert!(!Footer::is_damaged(&record), "a record is not a footer");
     }
 
     #[test]

@@ -687,9 +687,22 @@ impl Opener<'_> {
             Ok(len) => len,
             Err(e) => return self.set_aside(first, floor, next, &path, &e),
         };
+        // Where the records end: before the footer of a sealed segment, also one whose footer
+        // a flipped bit spoiled. Scanned as damage, that footer would be bounded only by the
+        // next segment's first seq, and after a restart (seqs skip the rest of a reserved
+        // block) the seqs in between, which never existed, would be counted lost.
+        let mut records_end = len;
         if !is_tail && len >= frame::FOOTER as u64 {
             let mut tail = [0u8; frame::FOOTER];
-            if io::read_exact_at(&*file, &mut tail, len - frame::FOOTER as u64).is_ok()
+            let read = io::read_exact_at(&*file, &mut tail, len - frame::FOOTER as u64).is_ok();
+            if read && frame::Footer::is_damaged(&tail) {
+                records_end = len - frame::FOOTER as u64;
+                self.report.actions.push(format!(
+                    "{}: its footer is damaged; the segment is scanned and given a new one",
+                    path.display()
+                ));
+            }
+            if read
                 && let Some(footer) = frame::Footer::decode(&tail)
                 && footer.first_seq == first
                 && footer.last_seq > floor
@@ -712,7 +725,7 @@ impl Opener<'_> {
             self.report.segments_scanned += 1;
         }
         let upper = next.unwrap_or(u64::MAX);
-        let mut cursor = Cursor::new(file, len, floor.max(first.saturating_sub(1)), next);
+        let mut cursor = Cursor::new(file, records_end, floor.max(first.saturating_sub(1)), next);
         let (mut records, mut last_seq, mut first_seq) = (0u64, 0u64, None);
         let mut footer = None;
         let mut cut_at = None;
@@ -774,7 +787,7 @@ impl Opener<'_> {
             ));
             return None;
         }
-        let mut bytes = len;
+        let mut bytes = records_end;
         if let Some(at) = cut_at {
             let cut = self
                 .fs

@@ -4,6 +4,7 @@
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
+use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -12,6 +13,7 @@ use nix::sys::signal::Signal;
 use rackhand::spool::{Spool, SpoolOptions};
 use serde_json::Value;
 
+use super::accounting::{next_run_first_seq, stopped_run_last_seq};
 use super::process::ChildGuard;
 use super::{deadline, poll_until, rackhand_bin};
 
@@ -111,10 +113,13 @@ pub struct Agent {
     guard: ChildGuard,
     pub state_dir: PathBuf,
     pub started: Instant,
+    /// The first seq this run hands out (see `accounting`).
+    pub first_seq: u64,
 }
 
 impl Agent {
     pub fn start(config: &Path, state_dir: &Path) -> Agent {
+        let first_seq = next_run_first_seq(state_dir);
         let mut cmd = Command::new(rackhand_bin());
         cmd.arg("run")
             .arg("-c")
@@ -132,7 +137,17 @@ impl Agent {
             guard,
             state_dir: state_dir.to_path_buf(),
             started: Instant::now(),
+            first_seq,
         }
+    }
+
+    /// The seqs this run handed out, records and gap records; only once it has stopped.
+    pub fn handed_out(&mut self) -> RangeInclusive<u64> {
+        assert!(
+            self.check_running().is_err(),
+            "the seqs of a run are known once it has stopped"
+        );
+        self.first_seq..=stopped_run_last_seq(&self.state_dir)
     }
 
     pub fn pid(&self) -> u32 {
@@ -159,8 +174,13 @@ impl Agent {
             .expect("a SIGKILLed agent is gone within 10 s")
     }
 
-    /// SIGTERM and a bounded wait for the exit.
+    /// SIGTERM and a bounded wait for the exit. A SIGTERM before the agent has installed its
+    /// handlers would kill it outright (the default action); once it has saved its first
+    /// status, it has, so that is waited for first (bounded; not if it has exited).
     pub fn stop(&mut self) -> ExitStatus {
+        poll_until(deadline(STOP_WAIT), || {
+            self.status().is_some() || self.check_running().is_err()
+        });
         self.guard
             .terminate(deadline(STOP_WAIT))
             .unwrap_or_else(|e| panic!("{e}"))
@@ -170,9 +190,10 @@ impl Agent {
         self.guard.stderr_text()
     }
 
-    /// `state_dir/status.json`, if there is one yet.
+    /// `state_dir/status.json`, if this run has saved one yet (a previous run's, with
+    /// another pid, is not this run's).
     pub fn status(&self) -> Option<Value> {
-        read_status(&self.state_dir)
+        read_status(&self.state_dir).filter(|s| s["pid"].as_u64() == Some(u64::from(self.pid())))
     }
 
     /// Waits (bounded by `within`) until `status.json` satisfies `cond`; returns it.
@@ -204,6 +225,31 @@ impl Agent {
             !log.contains("panicked"),
             "{what}: the agent panicked:\n{log}"
         );
+    }
+}
+
+/// What `rackhand status -c CONFIG [--format json]` printed, and its exit status.
+pub struct StatusCli {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+pub fn status_cli(config: &Path, json: bool) -> StatusCli {
+    let mut cmd = Command::new(rackhand_bin());
+    cmd.arg("status").arg("-c").arg(config);
+    if json {
+        cmd.args(["--format", "json"]);
+    }
+    let out = cmd
+        .env_remove("RACKHAND_CONFIG")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run rackhand status");
+    StatusCli {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
 }
 

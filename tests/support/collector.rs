@@ -570,6 +570,18 @@ fn is_timeout(e: &io::Error) -> bool {
 /// key always carries the same records (a receiver that drops a key it has seen loses
 /// nothing). Returns every problem found, empty when none.
 pub fn batch_problems(posts: &[Post], agent: &str) -> Vec<String> {
+    batch_problems_after_damage(posts, agent, &|_| false)
+}
+
+/// [`batch_problems`] for a spool whose records may be damaged while a batch waits to be
+/// acknowledged: the batch sent again after a restart (cut at the same place, so under the
+/// same key) can no longer carry a record that was `damaged` (reported lost instead), so
+/// there a key may carry what it carried before minus such records, in the same order.
+pub fn batch_problems_after_damage(
+    posts: &[Post],
+    agent: &str,
+    damaged: &dyn Fn(u64) -> bool,
+) -> Vec<String> {
     let mut problems = Vec::new();
     let mut by_key: HashMap<&str, usize> = HashMap::new();
     for (i, post) in posts.iter().enumerate() {
@@ -609,7 +621,7 @@ pub fn batch_problems(posts: &[Post], agent: &str) -> Vec<String> {
         }
         if let Some(key) = post.key.as_deref() {
             match by_key.get(key) {
-                Some(&j) if posts[j].lines != post.lines => problems.push(format!(
+                Some(&j) if !resent_whole(&posts[j], post, damaged) => problems.push(format!(
                     "{what}: same key as POST #{j} but other records ({} vs {})",
                     post.lines.len(),
                     posts[j].lines.len()
@@ -622,4 +634,50 @@ pub fn batch_problems(posts: &[Post], agent: &str) -> Vec<String> {
         }
     }
     problems
+}
+
+/// `again` carries the records of `before`, in order, but for `damaged` ones left out.
+fn resent_whole(before: &Post, again: &Post, damaged: &dyn Fn(u64) -> bool) -> bool {
+    let mut left = again.lines.iter().peekable();
+    for (line, record) in before.lines.iter().zip(&before.records) {
+        if left.peek() == Some(&line) {
+            left.next();
+        } else if !record["seq"].as_u64().is_some_and(damaged) {
+            return false;
+        }
+    }
+    left.next().is_none()
+}
+
+#[test]
+fn a_resend_under_the_same_key_may_lack_only_records_reported_damaged() {
+    let post = |seqs: &[u64]| {
+        let records: Vec<Value> = seqs
+            .iter()
+            .map(|s| serde_json::json!({"id": format!("a:{s}"), "agent": "a", "seq": s}))
+            .collect();
+        Post {
+            at: Instant::now(),
+            key: Some("a:1-3".into()),
+            content_type: Some("application/x-ndjson".into()),
+            content_encoding: Some("gzip".into()),
+            mode: Mode::Accept,
+            lines: records.iter().map(|r| r.to_string().into_bytes()).collect(),
+            records,
+            malformed: None,
+        }
+    };
+    let posts = [post(&[1, 2, 3]), post(&[1, 3])];
+    assert!(batch_problems_after_damage(&posts, "a", &|s| s == 2).is_empty());
+    assert_eq!(
+        batch_problems(&posts, "a").len(),
+        1,
+        "not damaged: a problem"
+    );
+    let grown = [post(&[1, 3]), post(&[1, 2, 3])];
+    assert_eq!(
+        batch_problems_after_damage(&grown, "a", &|s| s == 2).len(),
+        1,
+        "a resend never gains records"
+    );
 }

@@ -101,3 +101,39 @@ fn normalizing_turns_crlf_into_lf_and_ends_the_last_line() {
     assert_eq!(normalize_output(b"a\rb\r\n"), b"a\rb\n");
     assert_eq!(normalize_output(b""), b"");
 }
+
+/// A made-up capture of about `bytes` bytes for a simulated device's command, when the tests
+/// need more output than any real capture has (a 2.5 MB `show tech-support`): interface
+/// counter lines, each different, from a seed, so compression cannot make it trivial and
+/// every record differs from its neighbours only where the device's output would.
+pub fn generated_output(bytes: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed ^ 0x9e37_79b9_7f4a_7c15;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let mut out = Vec::with_capacity(bytes + 128);
+    let mut line = 0u64;
+    while out.len() < bytes {
+        let r = next();
+        let text = format!(
+            "GigabitEthernet{}/0/{:<2} is up, line protocol is up  {:>12} packets input, {:>14} bytes, {:>6} CRC {:016x}\n",
+            line % 8 + 1,
+            line % 48 + 1,
+            r % 1_000_000_007,
+            (r >> 7) % 100_000_000_000,
+            (r >> 40) % 1000,
+            next()
+        );
+        out.extend_from_slice(text.as_bytes());
+        line += 1;
+    }
+    out.truncate(bytes);
+    // A capture ends its last line.
+    if let Some(last) = out.last_mut() {
+        *last = b'\n';
+    }
+    out
+}

@@ -7,6 +7,7 @@
 //! `mod support;` and uses only part of it, hence the `dead_code` allowance.
 #![allow(dead_code)]
 
+pub mod accounting;
 pub mod agent;
 pub mod client;
 pub mod collector;
@@ -14,8 +15,10 @@ pub mod device;
 pub mod fixtures;
 pub mod mosquitto;
 pub mod process;
+pub mod spool_files;
 pub mod sshd;
 pub mod tls;
+pub mod tmpfs;
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
