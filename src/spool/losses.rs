@@ -115,6 +115,15 @@ struct Report {
     loss: Loss,
 }
 
+/// A record deleted while the shipper held it in memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+struct Held {
+    seq: u64,
+    bytes: u64,
+    /// Why it was deleted: the spool was full, or the disk.
+    cause: GapCause,
+}
+
 /// What the ledger file holds.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
@@ -123,9 +132,9 @@ struct Book {
     pending: BTreeMap<GapCause, Loss>,
     /// In a gap record (by its seq) that upstream has not acknowledged.
     unshipped: BTreeMap<u64, Report>,
-    /// Records `drop_oldest` deleted while the shipper held them in memory (seq, bytes):
-    /// delivered if upstream acknowledges them, lost if the agent stops first.
-    held: Vec<(u64, u64)>,
+    /// Records deleted (`drop_oldest`) while the shipper held them in memory: delivered if
+    /// upstream acknowledges them, lost if the agent stops first.
+    held: Vec<Held>,
     /// Damage already noted, by (segment's first seq, first byte, end byte): the same span
     /// met again (after a restart) is not counted twice; a span that grew (more damage
     /// since) is counted again, which may count a record twice but never misses one.
@@ -205,10 +214,13 @@ impl Ledger {
         loss.paused_ms += ms;
     }
 
-    /// Records `drop_oldest` deleted while the shipper held them (seq, bytes).
-    pub fn note_held(&mut self, held: impl IntoIterator<Item = (u64, u64)>) {
+    /// Records deleted for `cause` while the shipper held them (seq, bytes).
+    pub fn note_held(&mut self, cause: GapCause, held: impl IntoIterator<Item = (u64, u64)>) {
         let before = self.book.held.len();
-        self.book.held.extend(held);
+        self.book.held.extend(
+            held.into_iter()
+                .map(|(seq, bytes)| Held { seq, bytes, cause }),
+        );
         if self.book.held.len() != before {
             self.book.held.sort_unstable();
             self.persist();
@@ -219,7 +231,7 @@ impl Ledger {
     pub fn acked(&mut self, seq: u64) {
         let before = (self.book.unshipped.len(), self.book.held.len());
         self.book.unshipped.retain(|&s, _| s > seq);
-        self.book.held.retain(|&(s, _)| s > seq);
+        self.book.held.retain(|h| h.seq > seq);
         if (self.book.unshipped.len(), self.book.held.len()) != before {
             self.persist();
         }
@@ -228,21 +240,27 @@ impl Ledger {
     /// Held records above `acked` will not be delivered now (the shipper stopped, or the
     /// agent died): they are lost.
     pub fn held_lost(&mut self, acked: u64, policy: &str) {
-        let held: Vec<(u64, u64)> = std::mem::take(&mut self.book.held)
+        let held: Vec<Held> = std::mem::take(&mut self.book.held)
             .into_iter()
-            .filter(|&(s, _)| s > acked)
+            .filter(|h| h.seq > acked)
             .collect();
         if held.is_empty() {
             self.persist();
             return;
         }
-        let mut loss = Loss::default().with_detail(format!(
-            "dropped to make room while being shipped (spool_full = \"{policy}\"), and the agent stopped before upstream took them"
-        ));
-        for (seq, bytes) in held {
-            loss.merge(Loss::range(seq, seq, 1, bytes));
+        let mut lost: BTreeMap<GapCause, Loss> = BTreeMap::new();
+        for h in held {
+            lost.entry(h.cause)
+                .or_insert_with(|| {
+                    Loss::default().with_detail(format!(
+                        "dropped to make room while being shipped (spool_full = \"{policy}\"), and the agent stopped before upstream took them"
+                    ))
+                })
+                .merge(Loss::range(h.seq, h.seq, 1, h.bytes));
         }
-        self.note(GapCause::SpoolFull, loss);
+        for (cause, loss) in lost {
+            self.note(cause, loss);
+        }
     }
 
     /// Gap records written at or below `last_seq` that are in no segment any more (a crash
@@ -586,7 +604,7 @@ mod tests {
     fn acknowledged_gap_records_and_held_records_leave_the_ledger() {
         let fs = MemFs::new();
         let mut l = ledger(&fs);
-        l.note_held([(7, 70), (8, 80)]);
+        l.note_held(GapCause::SpoolFull, [(7, 70), (8, 80)]);
         l.acked(7);
         l.held_lost(7, "drop_oldest");
         let due = l.take_due(Instant::now(), true, None);

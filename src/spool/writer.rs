@@ -74,6 +74,9 @@ struct Trouble {
     since: Instant,
     attempts: u32,
     next_try: Instant,
+    /// The acknowledged position at the last attempt: an acknowledgement since has deleted
+    /// segments, so there may be room now, whatever the backoff says.
+    acked: u64,
 }
 
 /// The spool's writer; see the module doc.
@@ -410,11 +413,13 @@ impl SpoolWriter {
         })
     }
 
-    /// Commits when due, or retries after a storage error when its backoff allows; the
+    /// Commits when due, or retries after a storage error when its backoff allows or an
+    /// acknowledgement may have freed room (the agent's loop is woken by each one); the
     /// caller calls it after appends and whenever [`Self::deadline`] passes.
     pub fn tick(&mut self, now: Instant) {
         if let Some(t) = &self.trouble {
-            if now >= t.next_try {
+            let freed = self.core.lock().acked > t.acked;
+            if now >= t.next_try || freed {
                 self.retry();
             }
             return;
@@ -526,10 +531,12 @@ impl SpoolWriter {
             f.path.display(),
             f.error
         );
+        let acked = self.core.lock().acked;
         match &mut self.trouble {
             Some(t) if t.cause == cause => {
                 t.attempts += 1;
                 t.next_try = next_try.unwrap_or(now + backoff(t.attempts));
+                t.acked = acked;
                 log::debug!("spool: still {error} (attempt {})", t.attempts);
             }
             _ => {
@@ -548,6 +555,7 @@ impl SpoolWriter {
                     since,
                     attempts: 1,
                     next_try: next_try.unwrap_or(now + RETRY_FIRST),
+                    acked,
                 });
             }
         }
@@ -684,7 +692,7 @@ impl SpoolWriter {
                 )
             }
         );
-        st.ledger.note_held(held);
+        st.ledger.note_held(cause, held);
         st.dropped_records += records;
         st.dropped_bytes += bytes;
         st.ledger.note(
@@ -775,13 +783,13 @@ impl SpoolWriter {
     }
 
     /// The losses to report now as gap records (see [`super::losses::Ledger::take_due`]).
-    /// With `force` (at stop), a pause under way is counted up to `now` and goes too.
+    /// With `force` (at stop: no collection starts any more), a pause under way ends now
+    /// and goes too.
     pub fn take_losses(&mut self, now: Instant, force: bool) -> Vec<(GapCause, Loss)> {
         let mut st = self.core.lock();
-        if force && let Some((cause, since)) = self.pause.as_mut() {
-            let ms = now.saturating_duration_since(*since).as_millis() as u64;
-            st.ledger.note_pause(*cause, 0, ms);
-            *since = now;
+        if force && let Some((cause, since)) = self.pause.take() {
+            let ms = now.saturating_duration_since(since).as_millis() as u64;
+            st.ledger.note_pause(cause, 0, ms);
         }
         st.ledger.take_due(now, force, self.pause.map(|p| p.0))
     }
