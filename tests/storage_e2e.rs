@@ -530,31 +530,7 @@ fn bytes_flipped_in_a_spool_at_rest_cost_only_the_damaged_records_which_are_repo
 
     t.collector.set_mode(Mode::Accept);
     let mut agent = Agent::start(&t.config, &t.setup.state_dir);
-    let good: Vec<u64> = spooled
-        .iter()
-        .map(|(s, _)| *s)
-        .filter(|s| !hit.contains(s))
-        .collect();
-    let mut waiting = Vec::new();
-    let delivered = poll_until(deadline(STEP), || {
-        let got = received(&t.collector);
-        waiting = good
-            .iter()
-            .filter(|s| !got.contains_key(s))
-            .copied()
-            .collect();
-        waiting.is_empty()
-    });
-    assert!(
-        delivered,
-        "{} intact records never arrived: {}; log:\n{}",
-        waiting.len(),
-        ranges_text(&waiting),
-        agent.stderr()
-    );
-    agent.wait_status("every damaged record counted", STEP, |s| {
-        status_u64(s, "/spool/lost/corrupt") >= hit.len() as u64
-    });
+    intact_arrive_and_damage_is_counted(&t.collector, &agent, &spooled, &hit);
     let status = agent.stop();
     assert!(status.success(), "exit {status}; log:\n{}", agent.stderr());
     agent.assert_no_panic("flipped at rest");
@@ -580,19 +556,14 @@ fn bytes_flipped_in_a_spool_at_rest_cost_only_the_damaged_records_which_are_repo
     );
 }
 
-#[test]
-fn bytes_flipped_under_a_running_agent_cost_only_the_damaged_records_which_are_reported_corrupt() {
-    let t = Flipping::new("st-flip-live");
-    let mut agent = t.spool_segments(6);
-    let spooled = snapshot(&t.setup.spool_dir(), &t.dir.join("copy"));
-    let segs = segments(&t.setup.spool_dir());
-    // The shipper has read at most a batch in flight and the next one (5 records each) from
-    // the first segment: the others are still to be read, and it must meet the damage.
-    let sealed: Vec<&SegmentFile> = segs.iter().filter(|s| s.sealed).skip(1).collect();
-    assert!(sealed.len() >= 4, "{} sealed segments", sealed.len());
-    let hit = flip_sealed(&sealed[..4]);
-
-    t.collector.set_mode(Mode::Accept);
+/// Waits (bounded) until every spooled record not in `hit` has reached the collector and
+/// the agent's status counts at least `hit` records lost as `corrupt`.
+fn intact_arrive_and_damage_is_counted(
+    collector: &Collector,
+    agent: &Agent,
+    spooled: &[(u64, Vec<u8>)],
+    hit: &BTreeSet<u64>,
+) {
     let good: Vec<u64> = spooled
         .iter()
         .map(|(s, _)| *s)
@@ -600,7 +571,7 @@ fn bytes_flipped_under_a_running_agent_cost_only_the_damaged_records_which_are_r
         .collect();
     let mut waiting = Vec::new();
     let delivered = poll_until(deadline(STEP), || {
-        let got = received(&t.collector);
+        let got = received(collector);
         waiting = good
             .iter()
             .filter(|s| !got.contains_key(s))
@@ -618,6 +589,22 @@ fn bytes_flipped_under_a_running_agent_cost_only_the_damaged_records_which_are_r
     agent.wait_status("every damaged record counted", STEP, |s| {
         status_u64(s, "/spool/lost/corrupt") >= hit.len() as u64
     });
+}
+
+#[test]
+fn bytes_flipped_under_a_running_agent_cost_only_the_damaged_records_which_are_reported_corrupt() {
+    let t = Flipping::new("st-flip-live");
+    let mut agent = t.spool_segments(6);
+    let spooled = snapshot(&t.setup.spool_dir(), &t.dir.join("copy"));
+    let segs = segments(&t.setup.spool_dir());
+    // The shipper has read at most a batch in flight and the next one (5 records each) from
+    // the first segment: the others are still to be read, and it must meet the damage.
+    let sealed: Vec<&SegmentFile> = segs.iter().filter(|s| s.sealed).skip(1).collect();
+    assert!(sealed.len() >= 4, "{} sealed segments", sealed.len());
+    let hit = flip_sealed(&sealed[..4]);
+
+    t.collector.set_mode(Mode::Accept);
+    intact_arrive_and_damage_is_counted(&t.collector, &agent, &spooled, &hit);
     if let Err(status) = agent.check_running() {
         panic!("the agent ended ({status}); log:\n{}", agent.stderr());
     }
