@@ -263,9 +263,11 @@ impl Worker {
                     drained = true;
                     break;
                 };
-                if self.report().oldest_unshipped.is_none() {
-                    self.report().oldest_unshipped = first_record(&payload);
+                let mut report = self.report();
+                if report.oldest_unshipped.is_none() {
+                    report.oldest_unshipped = first_record(&payload);
                 }
+                drop(report);
                 match self.batcher.push(seq, &payload, now) {
                     Ok(closed) => ready.extend(closed),
                     Err(e) => log::error!("{e}"),

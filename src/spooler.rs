@@ -115,10 +115,10 @@ impl Spooler {
     }
 
     fn spool(&mut self, outcome: Outcome, seq: u64) -> Record {
-        let mut record = self.fit(outcome, seq);
-        record.clock_synced = self.clock_synced();
+        let synced = self.clock_synced();
+        let (record, json) = self.fit(outcome, seq, synced);
         self.last_seq = seq;
-        if let Err(e) = self.writer.append(seq, record.to_json().as_bytes()) {
+        if let Err(e) = self.writer.append(seq, json.as_bytes()) {
             // Only a record that breaks the spool's rules gets here (fit() keeps records
             // within the limit, and seqs increase): counted, never silent.
             log::error!("{e}");
@@ -130,39 +130,51 @@ impl Spooler {
         record
     }
 
-    /// The record of `outcome`, its output cut (in bytes of the encoding) if the whole
-    /// record would pass the spool's record limit.
-    fn fit(&self, outcome: Outcome, seq: u64) -> Record {
+    /// The record of `outcome` and its JSON, its output cut (in bytes of the encoding) if
+    /// the whole record would pass the spool's record limit. The output is neither copied
+    /// nor encoded twice for a record that fits.
+    fn fit(&self, outcome: Outcome, seq: u64, synced: Option<bool>) -> (Record, String) {
         let limit = self.max_record as usize;
-        let raw = outcome.output.clone();
-        let record = outcome.clone().into_record(&self.agent, seq);
-        let len = record.to_json().len();
+        let encode = |o: Outcome| {
+            let mut record = o.into_record(&self.agent, seq);
+            record.clock_synced = synced;
+            let json = record.to_json();
+            (record, json)
+        };
+        let mut template = outcome;
+        let output = std::mem::take(&mut template.output);
+        let (record, json) = encode(Outcome {
+            output,
+            ..template.clone()
+        });
+        let len = json.len();
         if len <= limit {
-            return record;
+            return (record, json);
         }
+        let raw = record.output_bytes();
         let budget = limit.saturating_sub(RECORD_OVERHEAD).max(1024);
         // Shrink in proportion until it fits; each turn cuts at least a tenth.
         let mut keep = ((raw.len() as f64) * (budget as f64 / len as f64)) as usize;
-        let mut cut = record;
+        let mut cut = (record, json);
         for _ in 0..32 {
-            let mut o = outcome.clone();
+            let mut o = template.clone();
             o.output = raw[..keep.min(raw.len())].to_vec();
             o.status = Status::OutputTooLarge;
             o.error = Some(format!(
                 "output cut to {keep} of {} bytes: the whole record would pass the spool's record limit of {limit} bytes; lower max_output for this command or raise spool_max_bytes",
                 raw.len()
             ));
-            cut = o.into_record(&self.agent, seq);
-            if cut.to_json().len() <= limit {
+            cut = encode(o);
+            if cut.1.len() <= limit {
                 break;
             }
             keep = keep * 9 / 10;
         }
         log::error!(
             "{}: record {} of `{}` would be {len} bytes, above the spool's record limit of {limit} bytes; its output is cut to {keep} bytes: lower max_output for that command",
-            cut.device,
-            cut.id,
-            cut.command,
+            cut.0.device,
+            cut.0.id,
+            cut.0.command,
         );
         cut
     }

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use super::losses::Loss;
 use super::scan::{Cursor, Item};
-use super::{CHECKPOINT, Core, SpoolError, Stats, count_acked, ranges_text};
+use super::{CHECKPOINT, Core, SpoolError, count_acked, ranges_text};
 use crate::durable_file::human_bytes;
 use crate::record::GapCause;
 
@@ -86,18 +86,9 @@ impl SpoolReader {
         Waker(Arc::clone(&self.core))
     }
 
-    pub fn stats(&self) -> Stats {
-        self.core.lock().stats()
-    }
-
     /// The highest seq upstream acknowledged.
     pub fn acked(&self) -> u64 {
         self.core.lock().acked
-    }
-
-    /// Every record up to this seq is committed.
-    pub fn durable_seq(&self) -> u64 {
-        self.core.lock().durable_seq
     }
 
     /// Starts reading again at `seq` (records below it are passed over).

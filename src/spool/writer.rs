@@ -119,10 +119,6 @@ impl SpoolWriter {
         }
     }
 
-    pub fn dir(&self) -> &std::path::Path {
-        &self.core.dir
-    }
-
     pub fn stats(&self) -> Stats {
         self.core.lock().stats()
     }
