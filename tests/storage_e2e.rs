@@ -979,17 +979,36 @@ fn bit_flip_soak_flips_random_bytes_in_sealed_segments_at_random_moments() {
         }
         agent.assert_no_panic(&format!("cycle {cycle} (seed {seed})"));
     }
-    // Upstream back for good: everything spooled until now must go out (or be counted).
+    // Upstream back for good: everything spooled until now must go out (or be counted). `now`
+    // comes from a status saved after the last flip, so every damaged record is at or below
+    // it; once upstream has acknowledged past it, the reader has met all the damage.
+    let flipped_ms = now_ms();
     t.collector.set_mode(Mode::Accept);
     let now = agent
-        .wait_status("a status", STEP, |_| true)
+        .wait_status("a status saved after the last flip", STEP, |s| {
+            s["updated_at"]
+                .as_str()
+                .and_then(rfc3339_ms)
+                .is_some_and(|at| at > flipped_ms)
+        })
         .pointer("/spool/last_seq")
         .and_then(Value::as_u64)
         .unwrap_or(0);
-    agent.wait_status(
-        &format!("everything up to seq {now} acknowledged"),
+    // Every loss met is then in a gap record (at most one per cause per 10 s), and that gap
+    // record is acknowledged too before the stop: losses found while the agent stops go
+    // upstream only at its next start, and this run is the last.
+    let reported = agent.wait_status(
+        &format!("everything up to seq {now} acknowledged and every loss reported"),
         STEP,
-        |s| status_u64(s, "/spool/acked_seq") >= now,
+        |s| {
+            status_u64(s, "/spool/acked_seq") >= now && status_u64(s, "/spool/unreported_lost") == 0
+        },
+    );
+    let then = status_u64(&reported, "/spool/last_seq");
+    agent.wait_status(
+        &format!("everything up to seq {then} (the gap records) acknowledged"),
+        STEP,
+        |s| status_u64(s, "/spool/acked_seq") >= then,
     );
     let status = agent.stop();
     assert!(status.success(), "exit {status}; log:\n{}", agent.stderr());
