@@ -1,7 +1,7 @@
 //! What each command prints: real captures, embedded or from a directory.
 //!
 //! A simulator is only as convincing as its output, so it answers with real device captures
-//! (`../shared/fixtures/device-output/`, embedded at build time so the binary works anywhere)
+//! (`src/sim/captures/`, embedded at build time by `build.rs` so the binary works anywhere)
 //! or with a directory the user points at. Line ends are normalised here once (`\r\n` → `\n`);
 //! the session puts `\r\n` back on the wire. A file that does not end with a newline is still
 //! followed by one on the wire (a device always ends the line before its prompt), so what a

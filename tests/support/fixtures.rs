@@ -1,14 +1,12 @@
-//! The real device captures the simulator replays, read straight from disk so the tests
-//! compare against the files themselves and not against the simulator's embedded copy.
+//! The real device captures the simulator replays (`src/sim/captures/`), read straight from
+//! disk so the tests compare against the files themselves and not against the simulator's
+//! embedded copy.
 
 use std::path::PathBuf;
 
-/// `../shared/fixtures/device-output`, next to the repository.
+/// `src/sim/captures`: the same files `build.rs` embeds into the simulator.
 pub fn device_output_dir() -> PathBuf {
-    PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../shared/fixtures/device-output"
-    ))
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/src/sim/captures"))
 }
 
 /// One capture: what `command` printed on a device of `platform`.
@@ -52,7 +50,7 @@ pub fn captures(platform: &str) -> Vec<Capture> {
     let dir = device_output_dir().join(platform);
     let entries = std::fs::read_dir(&dir).unwrap_or_else(|e| {
         panic!(
-            "cannot read the device captures in {}: {e}; check out ../shared next to the repository",
+            "cannot read the device captures in {}: {e}; they are part of the repository (git checkout -- src/sim/captures)",
             dir.display()
         )
     });
