@@ -147,7 +147,7 @@ pub fn load_config(path: &Path) -> Result<Inventory, AgentError> {
 }
 
 /// The upstream in force: `[upstream]`, or the file sink in `state_dir/outbox` by default.
-fn upstream_of(inventory: &Inventory) -> Upstream {
+pub(crate) fn upstream_of(inventory: &Inventory) -> Upstream {
     inventory.upstream.clone().unwrap_or_else(|| Upstream {
         sink: SinkKind::File,
         target: inventory

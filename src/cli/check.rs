@@ -52,19 +52,7 @@ pub fn render_inventory(path: &Path, inv: &Inventory) -> String {
         inv.agent.id,
         inv.agent.workers,
         inv.agent.state_dir.display(),
-        match &inv.upstream {
-            None => "none (records stay in the spool)".to_string(),
-            Some(u) => format!(
-                "{} {}{}",
-                match u.sink {
-                    SinkKind::File => "file",
-                    SinkKind::Http => "http",
-                    SinkKind::Mqtt => "mqtt",
-                },
-                crate::config::url::redact(&u.target),
-                packet_limit(u)
-            ),
-        }
+        describe_upstream(inv)
     );
     let header = [
         "DEVICE",
@@ -149,6 +137,22 @@ fn summarize_commands(commands: &[String], width: usize) -> String {
     shown
 }
 
+/// The upstream the agent will ship to: `[upstream]`, or the default it uses without one.
+fn describe_upstream(inv: &Inventory) -> String {
+    let upstream = crate::agent::upstream_of(inv);
+    format!(
+        "{} {}{}{}",
+        upstream.sink.as_str(),
+        crate::config::url::redact(&upstream.target),
+        packet_limit(&upstream),
+        if inv.upstream.is_none() {
+            " (the default without [upstream])"
+        } else {
+            ""
+        }
+    )
+}
+
 /// `, max_packet_size 256KiB` for an mqtt upstream whose broker limits packets below MQTT's
 /// own largest: records over it go to the dead-letter file, worth seeing at a glance.
 fn packet_limit(upstream: &inventory::Upstream) -> String {
@@ -191,6 +195,21 @@ mod tests {
         );
         let plain = header("");
         assert!(plain.ends_with("upstream mqtt mqtt://b"), "{plain}");
+    }
+
+    #[test]
+    fn without_upstream_the_header_names_the_default_outbox() {
+        let path = Path::new("/etc/rackhand/rackhand.toml");
+        let (raw, mut report) =
+            crate::config::parse_str(path, "[agent]\nstate_dir = \"/srv/rh\"\n");
+        let inv = inventory::resolve(&raw, &mut report);
+        assert!(!report.has_errors(), "{report}");
+        let text = render_inventory(path, &inv);
+        let header = text.lines().nth(1).unwrap();
+        assert!(
+            header.ends_with("upstream file /srv/rh/outbox (the default without [upstream])"),
+            "{header}"
+        );
     }
 
     #[test]
