@@ -1,4 +1,4 @@
-//! The record: what one command on one device produced, as CONTRACT.md defines it.
+//! The record: what one command on one device produced, as docs/reference.md describes it.
 //!
 //! `output` is a JSON string. Devices sometimes print bytes that are not UTF-8 (a console
 //! with line noise, a binary banner); the record then carries `output` with those bytes
@@ -377,6 +377,74 @@ mod tests {
         assert!(record.output.contains('\u{fffd}'));
         assert_eq!(record.output_bytes(), bytes);
         assert!(record.to_json().contains("\"output_base64\":"));
+    }
+
+    /// docs/reference.md is the users' list of record fields and values: a field, status or
+    /// gap cause added here must be described there too.
+    #[test]
+    fn every_field_status_and_gap_cause_is_in_the_reference() {
+        let reference = include_str!("../docs/reference.md");
+        let mut record = outcome(b"\xff").into_record("a", 1);
+        record.clock_synced = Some(true);
+        let gap = Gap {
+            cause: GapCause::Corrupt,
+            policy: "block".into(),
+            lost: vec![[1, 1]],
+            lost_incomplete: true,
+            dropped_records: 1,
+            dropped_bytes: 1,
+            paused_collections: 0,
+            paused_ms: 0,
+        };
+        let gap_record = Record::gap("a", 2, gap, None, UNIX_EPOCH);
+        let mut names = Vec::new();
+        for json in [record.to_json(), gap_record.to_json()] {
+            let value: serde_json::Value = serde_json::from_str(&json).unwrap();
+            for (field, inner) in value.as_object().unwrap() {
+                names.push(format!("`{field}`"));
+                if let Some(inner) = inner.as_object() {
+                    names.extend(inner.keys().map(|k| format!("`{field}.{k}`")));
+                }
+            }
+        }
+        // A new status fails to compile here, a reminder to list it below.
+        let _every_status_listed = |s: Status| match s {
+            Status::Ok
+            | Status::Timeout
+            | Status::ConnectFailed
+            | Status::AuthFailed
+            | Status::HostKeyMismatch
+            | Status::CommandError
+            | Status::OutputTooLarge
+            | Status::DriverCrashed
+            | Status::Disconnected
+            | Status::PortBusy
+            | Status::Gap => (),
+        };
+        let statuses = [
+            Status::Ok,
+            Status::Timeout,
+            Status::ConnectFailed,
+            Status::AuthFailed,
+            Status::HostKeyMismatch,
+            Status::CommandError,
+            Status::OutputTooLarge,
+            Status::DriverCrashed,
+            Status::Disconnected,
+            Status::PortBusy,
+            Status::Gap,
+        ];
+        names.extend(statuses.iter().map(|s| format!("| `{}` |", s.as_str())));
+        names.extend(
+            GapCause::ALL
+                .iter()
+                .map(|c| format!("| `{}` |", c.as_str())),
+        );
+        let missing: Vec<&String> = names.iter().filter(|n| !reference.contains(*n)).collect();
+        assert!(
+            missing.is_empty(),
+            "docs/reference.md does not describe {missing:?}"
+        );
     }
 
     #[test]

@@ -93,3 +93,38 @@ pub fn main() -> i32 {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// The long options of `command` that `reference` does not name.
+    fn undocumented_options(command: &clap::Command, reference: &str) -> Vec<String> {
+        command
+            .get_arguments()
+            .filter_map(|arg| arg.get_long())
+            .filter(|long| !matches!(*long, "help" | "version"))
+            .filter(|long| !reference.contains(&format!("`--{long}")))
+            .map(|long| format!("{} --{long}", command.get_name()))
+            .collect()
+    }
+
+    /// docs/reference.md is the users' list of subcommands and options: one added here must
+    /// be described there too.
+    #[test]
+    fn every_subcommand_and_option_is_in_the_reference() {
+        let reference = include_str!("../../docs/reference.md");
+        let cli = super::Cli::command();
+        let mut missing = undocumented_options(&cli, reference);
+        for sub in cli.get_subcommands().filter(|s| !s.is_hide_set()) {
+            if !reference.contains(&format!("### `rackhand {}`", sub.get_name())) {
+                missing.push(format!("rackhand {}", sub.get_name()));
+            }
+            missing.extend(undocumented_options(sub, reference));
+        }
+        assert!(
+            missing.is_empty(),
+            "docs/reference.md does not describe {missing:?}"
+        );
+    }
+}

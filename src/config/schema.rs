@@ -248,4 +248,40 @@ mod tests {
         assert_eq!(suggest("serialport", keys.clone()), Some("serial_port"));
         assert_eq!(suggest("zzzzzzzz", keys), None);
     }
+
+    /// docs/reference.md is the users' list of keys: a key or a choice added here must be
+    /// described there too.
+    #[test]
+    fn every_section_key_and_choice_is_in_the_reference() {
+        let reference = include_str!("../../docs/reference.md");
+        let tables = [
+            AGENT_KEYS,
+            DEVICE_SETTINGS,
+            DEVICE_ONLY,
+            GROUP_ONLY,
+            UPSTREAM_KEYS,
+        ];
+        let mut missing = Vec::new();
+        for key in tables.iter().flat_map(|t| t.iter()) {
+            if !reference.contains(&format!("`{}`", key.name)) {
+                missing.push(key.name.to_string());
+            }
+            if let Kind::Enum(choices) = key.kind {
+                for choice in choices {
+                    if !reference.contains(&format!("`{choice}`")) {
+                        missing.push(format!("{} = {choice}", key.name));
+                    }
+                }
+            }
+        }
+        for section in SECTIONS {
+            if !reference.contains(&format!("[{section}]")) {
+                missing.push(format!("[{section}]"));
+            }
+        }
+        assert!(
+            missing.is_empty(),
+            "docs/reference.md does not describe {missing:?}"
+        );
+    }
 }
