@@ -11,11 +11,13 @@ fn unit_text() -> String {
 
 #[test]
 fn the_unit_verifies_with_systemd_analyze() {
-    // verify insists that ExecStart exists: point it at the binary cargo built.
+    // verify insists that ExecStart exists: point it at the binary cargo built. The man page
+    // is checked where the package installs it (scripts/package-check), hence --man=no here.
     let dir = std::env::temp_dir().join(format!("rackhand-unit-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let unit = dir.join("rackhand.service");
-    let text = unit_text().replace("/usr/local/bin/rackhand", env!("CARGO_BIN_EXE_rackhand"));
+    let text = unit_text().replace("/usr/bin/rackhand", env!("CARGO_BIN_EXE_rackhand"));
+    assert_ne!(text, unit_text(), "the unit does not run /usr/bin/rackhand");
     std::fs::write(&unit, text).unwrap();
     let out = Command::new("systemd-analyze")
         .args(["verify", "--man=no"])
@@ -36,6 +38,11 @@ fn the_unit_verifies_with_systemd_analyze() {
 fn the_unit_keeps_what_the_agent_relies_on() {
     let text = unit_text();
     for line in [
+        // Where the Debian package puts the binary; the config is the default one, which
+        // the package installs as /etc/rackhand/rackhand.toml.
+        "ExecStart=/usr/bin/rackhand run",
+        "EnvironmentFile=-/etc/rackhand/env",
+        "Documentation=man:rackhand(1)",
         "Type=notify",
         "WatchdogSec=",
         "Restart=on-failure",
