@@ -1431,6 +1431,33 @@ fn device_filter_command_override_and_exit_codes() {
 }
 
 #[test]
+fn each_config_warning_is_printed_once_whether_or_not_the_config_has_errors() {
+    let tmp = TempDir::new("collect-warn-once").unwrap();
+    let (_rack, addr) = rack1(ios());
+    // The base config writes the password inline: a warning, not an error.
+    let warning = "`password` is written in the config itself";
+    let valid = write_config(&tmp, 1, &[], &[Dev::telnet("a", addr)]);
+    let run = collect_cli(&valid, &[]);
+    assert_eq!(run.code, 0, "{}", run.context());
+    assert_eq!(run.stderr.matches(warning).count(), 1, "{}", run.stderr);
+
+    let invalid = write_config(
+        &tmp,
+        1,
+        &[],
+        &[Dev::telnet("a", addr).set("colour", "\"blue\"")],
+    );
+    let run = collect_cli(&invalid, &[]);
+    assert_eq!(run.code, 2, "{}", run.context());
+    assert!(
+        run.stderr.contains("unknown key `colour`"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(run.stderr.matches(warning).count(), 1, "{}", run.stderr);
+}
+
+#[test]
 fn a_generic_device_on_ipv6_loopback_is_collected_with_its_own_prompt_through_the_pager() {
     let tmp = TempDir::new("collect-generic").unwrap();
     let rack = TelnetRack::start("[::1]:0".parse().unwrap(), 1, ios())

@@ -40,13 +40,14 @@ pub struct CollectArgs {
 
 pub fn run(path: &Path, args: &CollectArgs) -> anyhow::Result<i32> {
     let (inventory, report) = super::check::load(path)?;
-    for d in report.warnings() {
-        log::warn!("{}", report.render(d));
-    }
     if report.has_errors() {
+        // Every finding once, warnings among the errors in file order, as `check` shows them.
         eprint!("{report}");
         eprintln!("rackhand collect: the config has errors; run `rackhand check` for details");
         return Ok(2);
+    }
+    for d in report.warnings() {
+        log::warn!("{}", report.render(d));
     }
     let mut devices: Vec<Device> = if args.devices.is_empty() {
         inventory.devices.clone()
