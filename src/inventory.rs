@@ -265,10 +265,29 @@ pub struct Inventory {
     pub upstream: Option<Upstream>,
 }
 
+/// Where the commands a device runs come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommandSource {
+    /// Its `commands` (the agent, `rackhand check`, `rackhand collect` without `--`): a
+    /// device without any is a mistake.
+    Configured,
+    /// The command line (`rackhand collect -- COMMAND...`): every device can run them,
+    /// whether or not it has commands of its own.
+    AdHoc,
+}
+
 /// Reads, parses and resolves the config at `path`; the report holds every finding, sorted.
 pub fn load(path: &std::path::Path) -> Result<(Inventory, Report), crate::config::LoadError> {
+    load_with(path, CommandSource::Configured)
+}
+
+/// [`load`], for commands that come from `source`.
+pub fn load_with(
+    path: &std::path::Path,
+    source: CommandSource,
+) -> Result<(Inventory, Report), crate::config::LoadError> {
     let (raw, mut report) = crate::config::load(path)?;
-    let inventory = resolve(&raw, &mut report);
+    let inventory = resolve_with(&raw, &mut report, source);
     report.sort();
     Ok((inventory, report))
 }
@@ -276,6 +295,11 @@ pub fn load(path: &std::path::Path) -> Result<(Inventory, Report), crate::config
 /// Resolves inheritance and checks what needs the whole picture. Returns the inventory even
 /// when the report has errors (devices with errors are left out), so callers can show both.
 pub fn resolve(raw: &RawConfig, report: &mut Report) -> Inventory {
+    resolve_with(raw, report, CommandSource::Configured)
+}
+
+/// [`resolve`], for commands that come from `source`.
+pub fn resolve_with(raw: &RawConfig, report: &mut Report, source: CommandSource) -> Inventory {
     let groups = resolve_groups(raw, report);
     let mut devices = Vec::new();
     let mut seen: BTreeMap<String, Range<usize>> = BTreeMap::new();
@@ -299,7 +323,7 @@ pub fn resolve(raw: &RawConfig, report: &mut Report) -> Inventory {
             continue;
         }
         seen.insert(name.clone(), name_setting.span.clone());
-        if let Some(device) = resolve_device(raw, layer, &name, report) {
+        if let Some(device) = resolve_device(raw, layer, &name, source, report) {
             devices.push(device);
         }
     }
@@ -437,6 +461,7 @@ fn resolve_device(
     raw: &RawConfig,
     layer: &Layer,
     name: &str,
+    source: CommandSource,
     report: &mut Report,
 ) -> Option<Device> {
     let layers = layers_of(raw, layer, report);
@@ -512,11 +537,11 @@ fn resolve_device(
     let commands = list_of(&layers, "commands").unwrap_or_default();
     // An empty list is a mistake; a list whose entries were all refused is reported already.
     let refused = written(&layers, "commands") && lookup(&layers, "commands").is_none();
-    if commands.is_empty() && !refused {
+    if commands.is_empty() && !refused && source == CommandSource::Configured {
         let span = lookup(&layers, "commands").map_or(here.clone(), |s| s.span.clone());
         report.error(
             span,
-            format!("device `{name}` has no commands to run; set commands = [\"show version\", ...] on it, its groups or [defaults]"),
+            format!("device `{name}` has no commands to run; set commands = [\"show version\", ...] on it, its groups or [defaults] (or give them for one run: rackhand collect --device {name} -- \"show version\")"),
         );
     }
 
@@ -972,6 +997,23 @@ commands = []
         assert!(messages[1].contains("not a valid regular expression"));
         assert!(messages[2].contains("no commands"));
         assert!(inv.devices.is_empty());
+    }
+
+    #[test]
+    fn a_device_without_commands_is_an_error_unless_they_come_from_the_command_line() {
+        let text = "[[device]]\nname = \"bare\"\nhost = \"192.0.2.1\"\nplatform = \"cisco_ios\"\n";
+        let (raw, mut report) = parse_str(Path::new("/etc/rackhand/rackhand.toml"), text);
+        let inv = resolve(&raw, &mut report);
+        let errors: Vec<String> = report.errors().map(|d| d.message.clone()).collect();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].contains("no commands to run"), "{errors:?}");
+        assert!(inv.devices.is_empty());
+
+        let mut report = Report::new(Path::new("/etc/rackhand/rackhand.toml"), text);
+        let inv = resolve_with(&raw, &mut report, CommandSource::AdHoc);
+        assert!(!report.has_errors(), "{report}");
+        assert_eq!(inv.devices.len(), 1);
+        assert!(inv.devices[0].commands.is_empty());
     }
 
     #[test]

@@ -1431,6 +1431,52 @@ fn device_filter_command_override_and_exit_codes() {
 }
 
 #[test]
+fn ad_hoc_commands_run_on_a_device_without_configured_commands() {
+    let tmp = TempDir::new("collect-ad-hoc").unwrap();
+    let rack = rack(ios(), 2);
+    let addrs = rack.addrs();
+    let devices = [
+        Dev::telnet("bare", addrs[0].1),
+        Dev::telnet("a", addrs[1].1).commands(&["show version"]),
+    ];
+    // No commands in [defaults] either: `bare` has none at all.
+    let path = write_config(&tmp, 2, &[], &devices);
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, text.replace("commands = [\"show clock\"]\n", "")).unwrap();
+
+    let one = collect_cli(&path, &["--device", "bare", "--", "show clock"]);
+    let got: Vec<(&str, &str, &str)> = one
+        .records
+        .iter()
+        .map(|r| (r.device.as_str(), r.command.as_str(), r.status.as_str()))
+        .collect();
+    assert_eq!(got, [("bare", "show clock", "ok")], "{}", one.context());
+    assert_eq!(one.code, 0, "{}", one.context());
+
+    let every = collect_cli(&path, &["--", "show clock"]);
+    assert_eq!(every.code, 0, "{}", every.context());
+    for name in ["bare", "a"] {
+        let commands: Vec<&str> = every.all(name).iter().map(|r| r.command.as_str()).collect();
+        assert_eq!(commands, ["show clock"], "{}", every.context());
+    }
+
+    // Without `--` there is nothing to run on it, and the message says both ways out.
+    let configured = collect_cli(&path, &["--device", "bare"]);
+    assert_eq!(configured.code, 2, "{}", configured.context());
+    assert!(configured.records.is_empty(), "{}", configured.context());
+    assert!(
+        configured
+            .stderr
+            .contains("device `bare` has no commands to run; set commands = ")
+            && configured
+                .stderr
+                .contains("rackhand collect --device bare -- \"show version\""),
+        "{}",
+        configured.stderr
+    );
+}
+
+#[test]
 fn each_config_warning_is_printed_once_whether_or_not_the_config_has_errors() {
     let tmp = TempDir::new("collect-warn-once").unwrap();
     let (_rack, addr) = rack1(ios());

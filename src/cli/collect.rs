@@ -10,7 +10,7 @@ use std::path::Path;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use crate::inventory::{Device, Isolation};
+use crate::inventory::{CommandSource, Device, Isolation};
 use crate::isolation;
 use crate::pool::{self, Event};
 use crate::record::{Record, Status};
@@ -39,7 +39,13 @@ pub struct CollectArgs {
 }
 
 pub fn run(path: &Path, args: &CollectArgs) -> anyhow::Result<i32> {
-    let (inventory, report) = super::check::load(path)?;
+    // Commands after `--` make every device collectable, configured commands or not.
+    let source = if args.commands.is_empty() {
+        CommandSource::Configured
+    } else {
+        CommandSource::AdHoc
+    };
+    let (inventory, report) = crate::inventory::load_with(path, source)?;
     if report.has_errors() {
         // Every finding once, warnings among the errors in file order, as `check` shows them.
         eprint!("{report}");
