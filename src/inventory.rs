@@ -525,7 +525,9 @@ fn resolve_device(
         .unwrap_or(defaults::PLATFORM)
         .to_string();
     let prompt = str_of(&layers, "prompt").map(str::to_string);
-    if platform == "generic" && !written(&layers, "prompt") {
+    let driver_exec = str_of(&layers, "driver_exec").map(PathBuf::from);
+    // An external driver knows its device: platform and prompt are only passed on to it.
+    if platform == "generic" && !written(&layers, "prompt") && driver_exec.is_none() {
         report.error(
             here.clone(),
             format!(
@@ -545,7 +547,6 @@ fn resolve_device(
         );
     }
 
-    let driver_exec = str_of(&layers, "driver_exec").map(PathBuf::from);
     let isolation = if driver_exec.is_some() || str_of(&layers, "isolation") == Some("process") {
         Isolation::Process
     } else {
@@ -997,6 +998,26 @@ commands = []
         assert!(messages[1].contains("not a valid regular expression"));
         assert!(messages[2].contains("no commands"));
         assert!(inv.devices.is_empty());
+    }
+
+    #[test]
+    fn a_device_with_driver_exec_needs_neither_platform_nor_prompt() {
+        let driver = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/drivers/pdu.py");
+        let (inv, report) = resolve_text(&format!(
+            "[[device]]\nname = \"pdu1\"\ntransport = \"telnet\"\nhost = \"192.0.2.9\"\n\
+             commands = [\"olStatus all\"]\ndriver_exec = \"{driver}\"\n\n\
+             [[device]]\nname = \"sw1\"\nhost = \"192.0.2.1\"\ncommands = [\"show clock\"]\n"
+        ));
+        let errors: Vec<String> = report.errors().map(|d| d.message.clone()).collect();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].contains("device `sw1` has platform `generic` but no `prompt`"),
+            "the built-in driver still needs one: {errors:?}"
+        );
+        assert_eq!(inv.devices.len(), 1);
+        assert_eq!(inv.devices[0].name, "pdu1");
+        assert_eq!(inv.devices[0].prompt, None);
+        assert_eq!(inv.devices[0].isolation, Isolation::Process);
     }
 
     #[test]
