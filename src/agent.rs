@@ -146,35 +146,6 @@ pub fn load_config(path: &Path) -> Result<Inventory, AgentError> {
     Ok(inventory)
 }
 
-/// The upstream in force: `[upstream]`, or the file sink in `state_dir/outbox` by default.
-fn upstream_of(inventory: &Inventory) -> Upstream {
-    inventory.upstream.clone().unwrap_or_else(|| Upstream {
-        sink: SinkKind::File,
-        target: inventory
-            .agent
-            .state_dir
-            .join("outbox")
-            .display()
-            .to_string(),
-        topic: inventory::defaults::MQTT_TOPIC.to_string(),
-        client_id: None,
-        headers: Vec::new(),
-        ca_file: None,
-        username: None,
-        password: None,
-        timeout: inventory::defaults::UPSTREAM_TIMEOUT,
-        batch_max_records: inventory::defaults::BATCH_MAX_RECORDS,
-        batch_max_bytes: inventory::defaults::BATCH_MAX_BYTES,
-        // Files are local: no reason to hold records back for long.
-        batch_max_age: Duration::from_secs(1),
-        spool_max_bytes: inventory::defaults::SPOOL_MAX_BYTES,
-        drop_oldest_when_full: false,
-        fsync_always: false,
-        file_max_bytes: inventory::defaults::FILE_MAX_BYTES,
-        max_packet_size: inventory::defaults::MQTT_MAX_PACKET_SIZE,
-    })
-}
-
 /// Header values may name a secret instead of holding it: `{env:NAME}` and `{file:PATH}`
 /// are replaced by that variable or that file's content (trimmed), e.g.
 /// `Authorization = "Bearer {file:/etc/rackhand/collector.token}"`.
@@ -459,7 +430,7 @@ pub fn run(config: &Path, mut options: Options) -> Result<Summary, AgentError> {
     crate::state_dir::prepare(&state_dir)?;
     let _lock = StateLock::acquire(&state_dir)?;
     let agent_id = inventory.agent.id.clone();
-    let upstream = upstream_of(&inventory);
+    let upstream = inventory.upstream_in_force();
     let sink = build_sink(&inventory, &upstream)?;
     let sink_name = sink.describe();
     let spool_dir = state_dir.join("spool");

@@ -44,6 +44,8 @@ pub mod defaults {
     pub const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(30);
     pub const FILE_MAX_BYTES: u64 = 64 << 20;
     pub const MQTT_TOPIC: &str = "rackhand/{agent}/{device}";
+    /// Without `[upstream]`, records go to NDJSON files in this folder of `state_dir`.
+    pub const OUTBOX: &str = "outbox";
     /// MQTT's largest packet: no limit below the protocol's unless the broker has one.
     pub const MQTT_MAX_PACKET_SIZE: usize = super::MQTT_PACKET_SIZE_MAX;
 }
@@ -274,6 +276,40 @@ pub enum CommandSource {
     /// The command line (`rackhand collect -- COMMAND...`): every device can run them,
     /// whether or not it has commands of its own.
     AdHoc,
+}
+
+impl Inventory {
+    /// Where records go: `[upstream]`, else NDJSON files in `state_dir/outbox`. The one place
+    /// that default is made: the agent ships there and `rackhand check` says so.
+    pub fn upstream_in_force(&self) -> Upstream {
+        self.upstream
+            .clone()
+            .unwrap_or_else(|| default_upstream(&self.agent))
+    }
+}
+
+/// The file sink in `state_dir/outbox`, for a config without `[upstream]`.
+fn default_upstream(agent: &Agent) -> Upstream {
+    Upstream {
+        sink: SinkKind::File,
+        target: agent.state_dir.join(defaults::OUTBOX).display().to_string(),
+        topic: defaults::MQTT_TOPIC.to_string(),
+        client_id: None,
+        headers: Vec::new(),
+        ca_file: None,
+        username: None,
+        password: None,
+        timeout: defaults::UPSTREAM_TIMEOUT,
+        batch_max_records: defaults::BATCH_MAX_RECORDS,
+        batch_max_bytes: defaults::BATCH_MAX_BYTES,
+        // Files are local: no reason to hold records back for long.
+        batch_max_age: Duration::from_secs(1),
+        spool_max_bytes: defaults::SPOOL_MAX_BYTES,
+        drop_oldest_when_full: false,
+        fsync_always: false,
+        file_max_bytes: defaults::FILE_MAX_BYTES,
+        max_packet_size: defaults::MQTT_MAX_PACKET_SIZE,
+    }
 }
 
 /// Reads, parses and resolves the config at `path`; the report holds every finding, sorted.

@@ -46,24 +46,21 @@ pub fn run(path: &Path, _args: &CheckArgs) -> anyhow::Result<i32> {
 
 /// The inventory as a table, with a header line about the agent and upstream.
 pub fn render_inventory(path: &Path, inv: &Inventory) -> String {
+    // What the agent will really do, default included.
+    let upstream = inv.upstream_in_force();
     let mut text = format!(
-        "config {}: ok\nagent {}: {} workers, state in {}, upstream {}\n\n",
+        "config {}: ok\nagent {}: {} workers, state in {}, upstream {} {}{}{}\n\n",
         path.display(),
         inv.agent.id,
         inv.agent.workers,
         inv.agent.state_dir.display(),
-        match &inv.upstream {
-            None => "none (records stay in the spool)".to_string(),
-            Some(u) => format!(
-                "{} {}{}",
-                match u.sink {
-                    SinkKind::File => "file",
-                    SinkKind::Http => "http",
-                    SinkKind::Mqtt => "mqtt",
-                },
-                crate::config::url::redact(&u.target),
-                packet_limit(u)
-            ),
+        upstream.sink.as_str(),
+        crate::config::url::redact(&upstream.target),
+        packet_limit(&upstream),
+        if inv.upstream.is_none() {
+            " (no [upstream]: NDJSON files in state_dir)"
+        } else {
+            ""
         }
     );
     let header = [
@@ -191,6 +188,29 @@ mod tests {
         );
         let plain = header("");
         assert!(plain.ends_with("upstream mqtt mqtt://b"), "{plain}");
+    }
+
+    #[test]
+    fn without_upstream_the_header_names_the_outbox_the_agent_writes() {
+        let path = Path::new("/etc/rackhand/rackhand.toml");
+        let (raw, mut report) =
+            crate::config::parse_str(path, "[agent]\nid = \"a\"\nstate_dir = \"/srv/rh\"\n");
+        let inv = inventory::resolve(&raw, &mut report);
+        assert!(!report.has_errors(), "{report}");
+        let header = render_inventory(path, &inv)
+            .lines()
+            .nth(1)
+            .unwrap()
+            .to_string();
+        let outbox = inv.upstream_in_force();
+        assert_eq!(outbox.sink, SinkKind::File);
+        assert_eq!(outbox.target, "/srv/rh/outbox");
+        assert!(
+            header.ends_with(
+                "upstream file /srv/rh/outbox (no [upstream]: NDJSON files in state_dir)"
+            ),
+            "{header}"
+        );
     }
 
     #[test]
