@@ -511,15 +511,15 @@ pub fn run(config: &Path, mut options: Options) -> Result<Summary, AgentError> {
     };
     let mut last_ping = Instant::now();
     let watchdog = notifier.watchdog_period();
-    let _ = notifier.ready(&format!(
-        "collecting {} devices with {workers} workers",
-        inventory.devices.len()
-    ));
+    let _ = notifier.ready(&collecting(&inventory, Some(workers)));
     log::info!(
         "agent {agent_id} running: {} devices, {workers} workers, spool {}, shipping to {sink_name}",
         inventory.devices.len(),
         spool_dir.display(),
     );
+    if inventory.devices.is_empty() {
+        log_idle(config);
+    }
 
     let mut handle = |event: PoolEvent<DeviceId>,
                       scheduler: &mut Scheduler,
@@ -594,10 +594,13 @@ pub fn run(config: &Path, mut options: Options) -> Result<Summary, AgentError> {
                     status
                         .status
                         .retain_devices(inventory.devices.iter().map(|d| d.name.as_str()));
+                    if inventory.devices.is_empty() {
+                        log_idle(config);
+                    }
                 }
                 Err(e) => log::error!("reload refused, keeping the running config: {e}"),
             }
-            let _ = notifier.ready(&format!("collecting {} devices", inventory.devices.len()));
+            let _ = notifier.ready(&collecting(&inventory, None));
         }
         paused = spooler.paused(now);
         if paused {
@@ -714,6 +717,24 @@ pub fn run(config: &Path, mut options: Options) -> Result<Summary, AgentError> {
         log::debug!("{name}: {} records, {} ok", tally.records, tally.ok);
     }
     Ok(summary)
+}
+
+/// The systemd status line: what the agent collects, or that it waits for devices.
+fn collecting(inventory: &Inventory, workers: Option<usize>) -> String {
+    match (inventory.devices.len(), workers) {
+        (0, _) => "idle: no devices in the config yet".to_string(),
+        (n, Some(workers)) => format!("collecting {n} devices with {workers} workers"),
+        (n, None) => format!("collecting {n} devices"),
+    }
+}
+
+/// A config without devices is a starting point (a package's starter config), not an error:
+/// the agent runs, ready for the devices a reload brings.
+fn log_idle(config: &Path) {
+    log::info!(
+        "no devices in {} yet: running idle; add [[device]] tables and reload (SIGHUP: systemctl reload rackhand)",
+        config.display()
+    );
 }
 
 /// Per-agent, so a fleet started together does not flush its batches in step.

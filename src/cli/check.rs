@@ -63,6 +63,15 @@ pub fn render_inventory(path: &Path, inv: &Inventory) -> String {
             ""
         }
     );
+    if inv.devices.is_empty() {
+        // A starter config (a package installs one and starts the agent): not an error.
+        text.push_str(
+            "no devices yet: add a [[device]] table for each (name, transport, host or serial_port); \
+             `rackhand run` runs idle until then and collects them after a reload \
+             (SIGHUP: systemctl reload rackhand)\n",
+        );
+        return text;
+    }
     let header = [
         "DEVICE",
         "TRANSPORT",
