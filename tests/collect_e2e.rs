@@ -1476,6 +1476,68 @@ fn ad_hoc_commands_run_on_a_device_without_configured_commands() {
     );
 }
 
+/// `t:collect-<start ms>-<tag>-<n>` → (start ms, tag, n).
+fn ad_hoc_id(id: &str) -> (u64, String, u64) {
+    let rest = id
+        .strip_prefix("t:collect-")
+        .unwrap_or_else(|| panic!("`{id}` is not a collect run's id"));
+    let parts: Vec<&str> = rest.split('-').collect();
+    assert_eq!(parts.len(), 3, "`{id}`");
+    assert!(
+        parts[1].len() == 8 && parts[1].bytes().all(|b| b.is_ascii_hexdigit()),
+        "`{id}`"
+    );
+    (
+        parts[0].parse().unwrap(),
+        parts[1].to_string(),
+        parts[2].parse().unwrap(),
+    )
+}
+
+#[test]
+fn collect_ids_have_a_form_of_their_own_and_never_repeat_across_runs() {
+    let tmp = TempDir::new("collect-ids").unwrap();
+    let (_rack, addr) = rack1(ios());
+    let devices = [Dev::telnet("a", addr).commands(&["show clock", "show version"])];
+    let path = write_config(&tmp, 1, &[], &devices);
+    // Nothing is written to the state folder: it cannot even be created here.
+    let blocker = tmp.join("not-a-folder");
+    std::fs::write(&blocker, "").unwrap();
+    let text = std::fs::read_to_string(&path).unwrap().replace(
+        &quote(&tmp.join("state").display().to_string()),
+        &quote(&blocker.join("state").display().to_string()),
+    );
+    std::fs::write(&path, text).unwrap();
+
+    let since_epoch = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+    };
+    let mut ids = std::collections::BTreeSet::new();
+    let mut tags = Vec::new();
+    for _ in 0..2 {
+        let before = since_epoch();
+        let run = collect_cli(&path, &[]);
+        let after = since_epoch();
+        assert_eq!(run.code, 0, "{}", run.context());
+        assert_eq!(run.records.len(), 2, "{}", run.context());
+        for (i, rec) in run.records.iter().enumerate() {
+            let id = rec.json["id"].as_str().unwrap();
+            let (start, tag, n) = ad_hoc_id(id);
+            assert!((before..=after).contains(&start), "`{id}` not started now");
+            assert_eq!(n, i as u64 + 1, "`{id}` numbers the records as printed");
+            assert_eq!(rec.json["seq"].as_u64(), Some(n), "{}", rec.json);
+            assert_eq!(rec.json["agent"], "t", "{}", rec.json);
+            assert!(ids.insert(id.to_string()), "`{id}` came twice");
+            tags.push(tag);
+        }
+    }
+    assert_eq!(tags[0], tags[1], "one tag per run");
+    assert_ne!(tags[0], tags[2], "each run a tag of its own");
+}
+
 #[test]
 fn each_config_warning_is_printed_once_whether_or_not_the_config_has_errors() {
     let tmp = TempDir::new("collect-warn-once").unwrap();

@@ -3,7 +3,9 @@
 //! What an engineer runs to try a config or grab outputs by hand: the configured commands
 //! (or the ones after `--`), one session per device, `workers` devices at a time. Records go
 //! to stdout (text, or NDJSON with `--format json`); progress and logs to stderr. Nothing is
-//! shipped upstream. Exit 0 when every record is `ok`, 1 otherwise, 2 on usage/config errors.
+//! shipped upstream, and the records are numbered 1..n with ids of the run's own
+//! ([`AdHocRun`]), never the agent's. Exit 0 when every record is `ok`, 1 otherwise, 2 on
+//! usage/config errors.
 
 use std::io::{IsTerminal, Write};
 use std::path::Path;
@@ -13,7 +15,7 @@ use std::time::{Duration, Instant};
 use crate::inventory::{CommandSource, Device, Isolation};
 use crate::isolation;
 use crate::pool::{self, Event};
-use crate::record::{Record, Status};
+use crate::record::{AdHocRun, Record, Status};
 use crate::session;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -101,13 +103,14 @@ pub fn run(path: &Path, args: &CollectArgs) -> anyhow::Result<i32> {
         });
         let mut progress = Progress::new(total, std::io::stderr().is_terminal());
         let stdout = std::io::stdout();
+        let run = AdHocRun::start();
         let mut seq = 0u64;
         for event in rx {
             match event {
                 Event::Started { device } => progress.started(device),
                 Event::Outcome { device, outcome } => {
                     seq += 1;
-                    let record = outcome.into_record(&agent, seq);
+                    let record = outcome.into_ad_hoc_record(&agent, &run, seq);
                     if record.status != Status::Ok {
                         failures += 1;
                     }
