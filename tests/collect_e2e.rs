@@ -1476,6 +1476,84 @@ fn ad_hoc_commands_run_on_a_device_without_configured_commands() {
     );
 }
 
+/// glibc's malloc arenas besides the main one in a process's `/proc/PID/maps`: each is a heap
+/// of its own, reserved as 64 MiB aligned to 64 MiB, the used part `rw-p` and the rest `---p`.
+fn extra_malloc_arenas(pid: u32) -> usize {
+    const HEAP_MAX: u64 = 64 << 20;
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
+    let regions: Vec<(u64, u64, String, bool)> = maps
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let (start, end) = fields.next()?.split_once('-')?;
+            let perms = fields.next()?.to_string();
+            let anonymous = fields.nth(3).is_none();
+            Some((
+                u64::from_str_radix(start, 16).ok()?,
+                u64::from_str_radix(end, 16).ok()?,
+                perms,
+                anonymous,
+            ))
+        })
+        .collect();
+    regions
+        .windows(2)
+        .filter(|pair| {
+            let ((start, end, perms, anon), (next_start, next_end, next_perms, next_anon)) =
+                (&pair[0], &pair[1]);
+            *anon
+                && *next_anon
+                && start % HEAP_MAX == 0
+                && perms == "rw-p"
+                && next_perms == "---p"
+                && next_start == end
+                && next_end - start == HEAP_MAX
+        })
+        .count()
+}
+
+#[test]
+fn collect_allocates_from_one_malloc_arena_however_many_workers_it_runs() {
+    // Eight sessions at once, each parked in a command that never answers: every worker has
+    // logged in (and allocated) by the time the simulator counts eight sessions.
+    let tmp = TempDir::new("collect-arena").unwrap();
+    let rack = rack(
+        ios().with_fault("show clock", rackhand::sim::Fault::Hang),
+        8,
+    );
+    let devices: Vec<Dev> = rack
+        .addrs()
+        .iter()
+        .enumerate()
+        .map(|(i, (_, addr))| Dev::telnet(&format!("d{i}"), *addr))
+        .collect();
+    let config = write_config(&tmp, 8, &["command_timeout = \"20s\""], &devices);
+    let child = Command::new(rackhand_bin())
+        .args(["collect", "--format", "json", "-c"])
+        .arg(&config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start rackhand collect");
+    let collector = Collector {
+        child,
+        reaped: false,
+    };
+    let stats = rack.stats();
+    assert!(
+        poll_until(deadline(STEP), || stats.current() == 8),
+        "only {} sessions at once",
+        stats.current()
+    );
+    let arenas = extra_malloc_arenas(collector.child.id());
+    drop(collector);
+    assert_eq!(
+        arenas, 0,
+        "rackhand collect made {arenas} malloc arenas besides the main one for 8 workers"
+    );
+}
+
 /// `t:collect-<start ms>-<tag>-<n>` → (start ms, tag, n).
 fn ad_hoc_id(id: &str) -> (u64, String, u64) {
     let rest = id

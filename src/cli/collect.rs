@@ -41,6 +41,8 @@ pub struct CollectArgs {
 }
 
 pub fn run(path: &Path, args: &CollectArgs) -> anyhow::Result<i32> {
+    // Many workers waiting on devices, as in the agent: the same allocator settings.
+    super::tune_malloc();
     // Commands after `--` make every device collectable, configured commands or not.
     let source = if args.commands.is_empty() {
         CommandSource::Configured
