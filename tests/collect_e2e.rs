@@ -12,6 +12,7 @@
 
 mod support;
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -1316,6 +1317,53 @@ fn a_console_left_in_a_pager_in_config_mode_mid_line_or_at_the_password_is_recov
 // ---------------------------------------------------------------------------------------
 // 3. Concurrency
 
+/// Milliseconds since the epoch of a record's `started_at` (`2026-11-25T10:00:00.123Z`).
+fn epoch_ms(rfc3339: &str) -> u64 {
+    let n = |range: std::ops::Range<usize>| -> i64 { rfc3339[range].parse().unwrap() };
+    let (y, m, d) = (n(0..4), n(5..7), n(8..10));
+    // Days from 1970-01-01 to a proleptic Gregorian date (H. Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + n(11..13) * 3600 + n(14..16) * 60 + n(17..19);
+    (secs * 1000 + n(20..23)) as u64
+}
+
+#[test]
+fn started_at_reads_as_milliseconds_since_the_epoch() {
+    assert_eq!(epoch_ms("2026-11-25T10:00:00.123Z"), 1_795_600_800_123);
+    assert_eq!(epoch_ms("2000-02-29T00:00:00.000Z"), 951_782_400_000);
+    assert_eq!(epoch_ms("1970-01-01T00:00:00.001Z"), 1);
+}
+
+/// The most devices whose commands ran at the same time: each device's span runs from its
+/// first command's start to its last command's end, half open. Rounded down to milliseconds
+/// both ends stay in order, so sessions one after the other on a worker never overlap.
+fn most_devices_at_once(records: &[Rec]) -> usize {
+    let mut spans: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
+    for r in records {
+        let start = epoch_ms(r.json["started_at"].as_str().unwrap());
+        let end = start + r.duration.as_millis() as u64;
+        let span = spans.entry(&r.device).or_insert((start, end));
+        *span = (span.0.min(start), span.1.max(end));
+    }
+    // Ends sort before starts at the same instant: half-open spans.
+    let mut edges: Vec<(u64, i32)> = spans
+        .values()
+        .flat_map(|&(start, end)| [(start, 1), (end, -1)])
+        .collect();
+    edges.sort();
+    let (mut now, mut most) = (0i32, 0i32);
+    for (_, step) in edges {
+        now += step;
+        most = most.max(now);
+    }
+    most as usize
+}
+
 #[test]
 fn twenty_devices_on_four_workers_never_exceed_four_sessions_or_one_per_device() {
     let tmp = TempDir::new("collect-pool").unwrap();
@@ -1337,12 +1385,17 @@ fn twenty_devices_on_four_workers_never_exceed_four_sessions_or_one_per_device()
     assert_eq!(run.code, 0, "{ctx}");
     assert_eq!(run.records.len(), 40, "{ctx}");
     assert!(run.records.iter().all(|r| r.status == "ok"), "{ctx}");
-    let stats = rack.stats().snapshot();
+    // The pool's bound, from the records: a worker holds one device at a time, so the spans
+    // of the devices' commands overlap at most four deep. (The simulator's own count is no
+    // upper bound: collect hangs up without waiting for the answer to `exit`, and the
+    // simulator notices a moment later, when the worker may be logging in elsewhere.)
+    let most = most_devices_at_once(&run.records);
     assert!(
-        (2..=4).contains(&stats.max_concurrent),
-        "max_concurrent {} with workers = 4",
-        stats.max_concurrent
+        (2..=4).contains(&most),
+        "{most} devices at once with workers = 4\n{ctx}"
     );
+    let stats = rack.stats().snapshot();
+    assert!(stats.max_concurrent >= 2, "{}", stats.max_concurrent);
     assert_eq!(stats.max_concurrent_per_device, 1);
     assert_eq!(stats.total, 20);
     // Records are numbered in the order they were printed.
@@ -1352,6 +1405,155 @@ fn twenty_devices_on_four_workers_never_exceed_four_sessions_or_one_per_device()
         .map(|r| r.json["seq"].as_u64().unwrap())
         .collect();
     assert_eq!(seqs, (1..=40).collect::<Vec<u64>>());
+}
+
+// ---------------------------------------------------------------------------------------
+// 3b. Leaving a device
+
+/// How long the simulated devices below take to answer `exit`.
+const EXIT_DELAY: Duration = Duration::from_secs(3);
+
+/// Opens a session, runs one command, and times `close`.
+fn time_to_close(device: &rackhand::inventory::Device) -> Duration {
+    let mut session =
+        rackhand::session::Session::open(device).unwrap_or_else(|e| panic!("{}: {e}", device.name));
+    let outcome = session.run("show clock");
+    assert_eq!(outcome.status, rackhand::record::Status::Ok, "{outcome:?}");
+    let start = Instant::now();
+    session.close();
+    start.elapsed()
+}
+
+#[test]
+fn a_network_session_hangs_up_after_exit_at_once_and_a_console_waits_for_its_logout() {
+    let tmp = TempDir::new("collect-close").unwrap();
+    let mut slow_logout = ios();
+    slow_logout.exit_delay = EXIT_DELAY;
+    let (rack, addr) = rack1(slow_logout.clone());
+    let delay = format!("{}ms", EXIT_DELAY.as_millis());
+    let sshd = sshd(&["--platform", "cisco_ios", "--exit-delay", &delay]);
+    let console_delay = Duration::from_secs(1);
+    slow_logout.exit_delay = console_delay;
+    let con = console(&tmp, "tty-close", slow_logout);
+    let devices = inventory(
+        &tmp,
+        &[],
+        &[
+            Dev::telnet("tn", addr),
+            Dev::ssh_key("ssh", &sshd, &tmp.join("known_hosts")),
+            Dev::serial("con", con.link_path()),
+        ],
+    );
+
+    // Telnet and SSH: the logout is sent, the line hung up, nothing waited for.
+    for device in &devices[..2] {
+        let took = time_to_close(device);
+
+        assert!(
+            took < EXIT_DELAY / 3,
+            "{}: close took {took:?}, waiting for the device's answer to exit",
+            device.name
+        );
+    }
+    let stats = rack.stats();
+    assert!(
+        poll_until(deadline(EXIT_DELAY / 2), || stats.current() == 0),
+        "the Telnet device was not hung up on before it answered exit"
+    );
+
+    // A console: the next user of the port must find it logged out, so close waits for it.
+    let took = time_to_close(&devices[2]);
+    assert!(
+        took >= console_delay,
+        "close returned after {took:?}, before the console logged out"
+    );
+    let stats = con.stats();
+    assert!(
+        poll_until(deadline(STEP), || stats.current() == 0),
+        "the console is still logged in"
+    );
+}
+
+/// A TCP link on loopback that delivers what the server sends `delay` late, as a long link to
+/// a remote rack does; what the client sends goes at once. Serves one connection.
+struct SlowLink {
+    addr: SocketAddr,
+}
+
+impl SlowLink {
+    fn start(server: SocketAddr, delay: Duration) -> SlowLink {
+        let listener = TcpListener::bind(loopback_any_port()).expect("bind the slow link");
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let Ok((client, _)) = listener.accept() else {
+                return;
+            };
+            let upstream = TcpStream::connect(server).expect("the slow link reaches its server");
+            let (client_in, upstream_out) =
+                (client.try_clone().unwrap(), upstream.try_clone().unwrap());
+            std::thread::spawn(move || relay(client_in, upstream_out, Duration::ZERO));
+            relay(upstream, client, delay);
+        });
+        SlowLink { addr }
+    }
+}
+
+/// Copies `from` to `to`, each chunk `delay` after it arrived, until either side ends.
+fn relay(mut from: TcpStream, mut to: TcpStream, delay: Duration) {
+    let (tx, rx) = mpsc::channel::<(Instant, Vec<u8>)>();
+    let writer = std::thread::spawn(move || {
+        for (due, bytes) in rx {
+            // The link's latency itself: nothing to wait for but the time.
+            if let Some(left) = remaining(due) {
+                std::thread::sleep(left);
+            }
+            if std::io::Write::write_all(&mut to, &bytes).is_err() {
+                break;
+            }
+        }
+        let _ = to.shutdown(std::net::Shutdown::Write);
+    });
+    let mut buf = [0u8; 16 * 1024];
+    while let Ok(n @ 1..) = from.read(&mut buf) {
+        if tx
+            .send((Instant::now() + delay, buf[..n].to_vec()))
+            .is_err()
+        {
+            break;
+        }
+    }
+    drop(tx);
+    let _ = writer.join();
+}
+
+#[test]
+fn closing_a_telnet_or_ssh_session_over_a_slow_link_takes_no_round_trip() {
+    const ONE_WAY: Duration = Duration::from_millis(200);
+    let tmp = TempDir::new("collect-close-slow").unwrap();
+    let (_rack, telnet_addr) = rack1(ios());
+    let sshd = sshd(&["--platform", "cisco_ios"]);
+    let (telnet_link, ssh_link) = (
+        SlowLink::start(telnet_addr, ONE_WAY),
+        SlowLink::start(sshd.addr, ONE_WAY),
+    );
+    let devices = inventory(
+        &tmp,
+        &["connect_timeout = \"30s\""],
+        &[
+            Dev::telnet("far-tn", telnet_link.addr),
+            Dev::ssh_key("far-ssh", &sshd, &tmp.join("known_hosts"))
+                .set("host", &quote(&ssh_link.addr.ip().to_string()))
+                .set("port", &ssh_link.addr.port().to_string()),
+        ],
+    );
+    for device in &devices {
+        let took = time_to_close(device);
+        assert!(
+            took < ONE_WAY / 2,
+            "{}: close took {took:?} over a link {ONE_WAY:?} long each way: it waited for a reply",
+            device.name
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------
