@@ -146,35 +146,6 @@ pub fn load_config(path: &Path) -> Result<Inventory, AgentError> {
     Ok(inventory)
 }
 
-/// The upstream in force: `[upstream]`, or the file sink in `state_dir/outbox` by default.
-pub(crate) fn upstream_of(inventory: &Inventory) -> Upstream {
-    inventory.upstream.clone().unwrap_or_else(|| Upstream {
-        sink: SinkKind::File,
-        target: inventory
-            .agent
-            .state_dir
-            .join("outbox")
-            .display()
-            .to_string(),
-        topic: inventory::defaults::MQTT_TOPIC.to_string(),
-        client_id: None,
-        headers: Vec::new(),
-        ca_file: None,
-        username: None,
-        password: None,
-        timeout: inventory::defaults::UPSTREAM_TIMEOUT,
-        batch_max_records: inventory::defaults::BATCH_MAX_RECORDS,
-        batch_max_bytes: inventory::defaults::BATCH_MAX_BYTES,
-        // Files are local: no reason to hold records back for long.
-        batch_max_age: Duration::from_secs(1),
-        spool_max_bytes: inventory::defaults::SPOOL_MAX_BYTES,
-        drop_oldest_when_full: false,
-        fsync_always: false,
-        file_max_bytes: inventory::defaults::FILE_MAX_BYTES,
-        max_packet_size: inventory::defaults::MQTT_MAX_PACKET_SIZE,
-    })
-}
-
 /// Header values may name a secret instead of holding it: `{env:NAME}` and `{file:PATH}`
 /// are replaced by that variable or that file's content (trimmed), e.g.
 /// `Authorization = "Bearer {file:/etc/rackhand/collector.token}"`.
@@ -459,7 +430,7 @@ pub fn run(config: &Path, mut options: Options) -> Result<Summary, AgentError> {
     crate::state_dir::prepare(&state_dir)?;
     let _lock = StateLock::acquire(&state_dir)?;
     let agent_id = inventory.agent.id.clone();
-    let upstream = upstream_of(&inventory);
+    let upstream = inventory.upstream_in_force();
     let sink = build_sink(&inventory, &upstream)?;
     let sink_name = sink.describe();
     let spool_dir = state_dir.join("spool");
@@ -540,15 +511,15 @@ pub fn run(config: &Path, mut options: Options) -> Result<Summary, AgentError> {
     };
     let mut last_ping = Instant::now();
     let watchdog = notifier.watchdog_period();
-    let _ = notifier.ready(&format!(
-        "collecting {} devices with {workers} workers",
-        inventory.devices.len()
-    ));
+    let _ = notifier.ready(&collecting(&inventory, Some(workers)));
     log::info!(
         "agent {agent_id} running: {} devices, {workers} workers, spool {}, shipping to {sink_name}",
         inventory.devices.len(),
         spool_dir.display(),
     );
+    if inventory.devices.is_empty() {
+        log_idle(config);
+    }
 
     let mut handle = |event: PoolEvent<DeviceId>,
                       scheduler: &mut Scheduler,
@@ -623,10 +594,13 @@ pub fn run(config: &Path, mut options: Options) -> Result<Summary, AgentError> {
                     status
                         .status
                         .retain_devices(inventory.devices.iter().map(|d| d.name.as_str()));
+                    if inventory.devices.is_empty() {
+                        log_idle(config);
+                    }
                 }
                 Err(e) => log::error!("reload refused, keeping the running config: {e}"),
             }
-            let _ = notifier.ready(&format!("collecting {} devices", inventory.devices.len()));
+            let _ = notifier.ready(&collecting(&inventory, None));
         }
         paused = spooler.paused(now);
         if paused {
@@ -743,6 +717,24 @@ pub fn run(config: &Path, mut options: Options) -> Result<Summary, AgentError> {
         log::debug!("{name}: {} records, {} ok", tally.records, tally.ok);
     }
     Ok(summary)
+}
+
+/// The systemd status line: what the agent collects, or that it waits for devices.
+fn collecting(inventory: &Inventory, workers: Option<usize>) -> String {
+    match (inventory.devices.len(), workers) {
+        (0, _) => "idle: no devices in the config yet".to_string(),
+        (n, Some(workers)) => format!("collecting {n} devices with {workers} workers"),
+        (n, None) => format!("collecting {n} devices"),
+    }
+}
+
+/// A config without devices is a starting point (a package's starter config), not an error:
+/// the agent runs, ready for the devices a reload brings.
+fn log_idle(config: &Path) {
+    log::info!(
+        "no devices in {} yet: running idle; add [[device]] tables and reload (SIGHUP: systemctl reload rackhand)",
+        config.display()
+    );
 }
 
 /// Per-agent, so a fleet started together does not flush its batches in step.

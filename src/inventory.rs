@@ -44,6 +44,8 @@ pub mod defaults {
     pub const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(30);
     pub const FILE_MAX_BYTES: u64 = 64 << 20;
     pub const MQTT_TOPIC: &str = "rackhand/{agent}/{device}";
+    /// Without `[upstream]`, records go to NDJSON files in this folder of `state_dir`.
+    pub const OUTBOX: &str = "outbox";
     /// MQTT's largest packet: no limit below the protocol's unless the broker has one.
     pub const MQTT_MAX_PACKET_SIZE: usize = super::MQTT_PACKET_SIZE_MAX;
 }
@@ -265,10 +267,63 @@ pub struct Inventory {
     pub upstream: Option<Upstream>,
 }
 
+/// Where the commands a device runs come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommandSource {
+    /// Its `commands` (the agent, `rackhand check`, `rackhand collect` without `--`): a
+    /// device without any is a mistake.
+    Configured,
+    /// The command line (`rackhand collect -- COMMAND...`): every device can run them,
+    /// whether or not it has commands of its own.
+    AdHoc,
+}
+
+impl Inventory {
+    /// Where records go: `[upstream]`, else NDJSON files in `state_dir/outbox`. The one place
+    /// that default is made: the agent ships there and `rackhand check` says so.
+    pub fn upstream_in_force(&self) -> Upstream {
+        self.upstream
+            .clone()
+            .unwrap_or_else(|| default_upstream(&self.agent))
+    }
+}
+
+/// The file sink in `state_dir/outbox`, for a config without `[upstream]`.
+fn default_upstream(agent: &Agent) -> Upstream {
+    Upstream {
+        sink: SinkKind::File,
+        target: agent.state_dir.join(defaults::OUTBOX).display().to_string(),
+        topic: defaults::MQTT_TOPIC.to_string(),
+        client_id: None,
+        headers: Vec::new(),
+        ca_file: None,
+        username: None,
+        password: None,
+        timeout: defaults::UPSTREAM_TIMEOUT,
+        batch_max_records: defaults::BATCH_MAX_RECORDS,
+        batch_max_bytes: defaults::BATCH_MAX_BYTES,
+        // Files are local: no reason to hold records back for long.
+        batch_max_age: Duration::from_secs(1),
+        spool_max_bytes: defaults::SPOOL_MAX_BYTES,
+        drop_oldest_when_full: false,
+        fsync_always: false,
+        file_max_bytes: defaults::FILE_MAX_BYTES,
+        max_packet_size: defaults::MQTT_MAX_PACKET_SIZE,
+    }
+}
+
 /// Reads, parses and resolves the config at `path`; the report holds every finding, sorted.
 pub fn load(path: &std::path::Path) -> Result<(Inventory, Report), crate::config::LoadError> {
+    load_with(path, CommandSource::Configured)
+}
+
+/// [`load`], for commands that come from `source`.
+pub fn load_with(
+    path: &std::path::Path,
+    source: CommandSource,
+) -> Result<(Inventory, Report), crate::config::LoadError> {
     let (raw, mut report) = crate::config::load(path)?;
-    let inventory = resolve(&raw, &mut report);
+    let inventory = resolve_with(&raw, &mut report, source);
     report.sort();
     Ok((inventory, report))
 }
@@ -276,6 +331,11 @@ pub fn load(path: &std::path::Path) -> Result<(Inventory, Report), crate::config
 /// Resolves inheritance and checks what needs the whole picture. Returns the inventory even
 /// when the report has errors (devices with errors are left out), so callers can show both.
 pub fn resolve(raw: &RawConfig, report: &mut Report) -> Inventory {
+    resolve_with(raw, report, CommandSource::Configured)
+}
+
+/// [`resolve`], for commands that come from `source`.
+pub fn resolve_with(raw: &RawConfig, report: &mut Report, source: CommandSource) -> Inventory {
     let groups = resolve_groups(raw, report);
     let mut devices = Vec::new();
     let mut seen: BTreeMap<String, Range<usize>> = BTreeMap::new();
@@ -299,7 +359,7 @@ pub fn resolve(raw: &RawConfig, report: &mut Report) -> Inventory {
             continue;
         }
         seen.insert(name.clone(), name_setting.span.clone());
-        if let Some(device) = resolve_device(raw, layer, &name, report) {
+        if let Some(device) = resolve_device(raw, layer, &name, source, report) {
             devices.push(device);
         }
     }
@@ -437,6 +497,7 @@ fn resolve_device(
     raw: &RawConfig,
     layer: &Layer,
     name: &str,
+    source: CommandSource,
     report: &mut Report,
 ) -> Option<Device> {
     let layers = layers_of(raw, layer, report);
@@ -500,7 +561,9 @@ fn resolve_device(
         .unwrap_or(defaults::PLATFORM)
         .to_string();
     let prompt = str_of(&layers, "prompt").map(str::to_string);
-    if platform == "generic" && !written(&layers, "prompt") {
+    let driver_exec = str_of(&layers, "driver_exec").map(PathBuf::from);
+    // An external driver knows its device: platform and prompt are only passed on to it.
+    if platform == "generic" && !written(&layers, "prompt") && driver_exec.is_none() {
         report.error(
             here.clone(),
             format!(
@@ -512,15 +575,14 @@ fn resolve_device(
     let commands = list_of(&layers, "commands").unwrap_or_default();
     // An empty list is a mistake; a list whose entries were all refused is reported already.
     let refused = written(&layers, "commands") && lookup(&layers, "commands").is_none();
-    if commands.is_empty() && !refused {
+    if commands.is_empty() && !refused && source == CommandSource::Configured {
         let span = lookup(&layers, "commands").map_or(here.clone(), |s| s.span.clone());
         report.error(
             span,
-            format!("device `{name}` has no commands to run; set commands = [\"show version\", ...] on it, its groups or [defaults]"),
+            format!("device `{name}` has no commands to run; set commands = [\"show version\", ...] on it, its groups or [defaults] (or give them for one run: rackhand collect --device {name} -- \"show version\")"),
         );
     }
 
-    let driver_exec = str_of(&layers, "driver_exec").map(PathBuf::from);
     let isolation = if driver_exec.is_some() || str_of(&layers, "isolation") == Some("process") {
         Isolation::Process
     } else {
@@ -972,6 +1034,43 @@ commands = []
         assert!(messages[1].contains("not a valid regular expression"));
         assert!(messages[2].contains("no commands"));
         assert!(inv.devices.is_empty());
+    }
+
+    #[test]
+    fn a_device_with_driver_exec_needs_neither_platform_nor_prompt() {
+        let driver = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/drivers/pdu.py");
+        let (inv, report) = resolve_text(&format!(
+            "[[device]]\nname = \"pdu1\"\ntransport = \"telnet\"\nhost = \"192.0.2.9\"\n\
+             commands = [\"olStatus all\"]\ndriver_exec = \"{driver}\"\n\n\
+             [[device]]\nname = \"sw1\"\nhost = \"192.0.2.1\"\ncommands = [\"show clock\"]\n"
+        ));
+        let errors: Vec<String> = report.errors().map(|d| d.message.clone()).collect();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].contains("device `sw1` has platform `generic` but no `prompt`"),
+            "the built-in driver still needs one: {errors:?}"
+        );
+        assert_eq!(inv.devices.len(), 1);
+        assert_eq!(inv.devices[0].name, "pdu1");
+        assert_eq!(inv.devices[0].prompt, None);
+        assert_eq!(inv.devices[0].isolation, Isolation::Process);
+    }
+
+    #[test]
+    fn a_device_without_commands_is_an_error_unless_they_come_from_the_command_line() {
+        let text = "[[device]]\nname = \"bare\"\nhost = \"192.0.2.1\"\nplatform = \"cisco_ios\"\n";
+        let (raw, mut report) = parse_str(Path::new("/etc/rackhand/rackhand.toml"), text);
+        let inv = resolve(&raw, &mut report);
+        let errors: Vec<String> = report.errors().map(|d| d.message.clone()).collect();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].contains("no commands to run"), "{errors:?}");
+        assert!(inv.devices.is_empty());
+
+        let mut report = Report::new(Path::new("/etc/rackhand/rackhand.toml"), text);
+        let inv = resolve_with(&raw, &mut report, CommandSource::AdHoc);
+        assert!(!report.has_errors(), "{report}");
+        assert_eq!(inv.devices.len(), 1);
+        assert!(inv.devices[0].commands.is_empty());
     }
 
     #[test]

@@ -158,6 +158,40 @@ pub struct Outcome {
     pub duration: Duration,
 }
 
+/// One run of `rackhand collect`, which names its records apart from the agent's.
+///
+/// The agent's ids are `<agent>:<seq>` from the sequence it persists in `state_dir`. A run by
+/// hand cannot draw from that sequence: the agent may be running and handing out numbers at
+/// that moment, and the state folder is usually not writable for the person at the keyboard.
+/// So its ids have a form of their own, `<agent>:collect-<start>-<tag>-<n>`: `start` the
+/// run's start in Unix milliseconds (readable, sortable), `tag` 32 random bits (two runs in
+/// the same millisecond, or a clock that restarts from the same time at every boot on a Pi
+/// without RTC, still differ), `n` the record's number in the run, 1, 2, … as printed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdHocRun {
+    start_ms: u64,
+    tag: u32,
+}
+
+impl AdHocRun {
+    /// A run starting now, with a fresh random tag.
+    pub fn start() -> AdHocRun {
+        use std::hash::{BuildHasher, RandomState};
+        let start_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        // std seeds every RandomState from the OS's random source: a random number without a
+        // dependency, and without blocking at boot.
+        let tag = RandomState::new().hash_one((start_ms, std::process::id())) as u32;
+        AdHocRun { start_ms, tag }
+    }
+
+    /// The id of the run's record number `n`.
+    pub fn record_id(&self, agent: &str, n: u64) -> String {
+        format!("{agent}:collect-{}-{:08x}-{n}", self.start_ms, self.tag)
+    }
+}
+
 impl Outcome {
     /// Numbers the outcome as record `seq` of agent `agent`.
     pub fn into_record(self, agent: &str, seq: u64) -> Record {
@@ -187,6 +221,14 @@ impl Outcome {
             clock_synced: None,
             gap: None,
         }
+    }
+
+    /// Numbers the outcome as record `n` of a `rackhand collect` run: `seq` is `n`, the id
+    /// the run's own (see [`AdHocRun`]).
+    pub fn into_ad_hoc_record(self, agent: &str, run: &AdHocRun, n: u64) -> Record {
+        let mut record = self.into_record(agent, n);
+        record.id = run.record_id(agent, n);
+        record
     }
 }
 
@@ -368,6 +410,33 @@ mod tests {
             json,
             r#"{"id":"rack-a12:42","agent":"rack-a12","seq":42,"device":"core1","transport":"ssh","command":"show version","status":"ok","error":null,"output":"Cisco IOS Software\n","started_at":"2026-11-25T10:00:00.123Z","duration_ms":412}"#
         );
+    }
+
+    #[test]
+    fn ad_hoc_ids_have_their_own_form_and_differ_between_runs() {
+        let (first, second) = (AdHocRun::start(), AdHocRun::start());
+        let record = outcome(b"x\n").into_ad_hoc_record("rack-a12", &first, 3);
+        assert_eq!(record.seq, 3);
+        assert_eq!(record.agent, "rack-a12");
+        let id = record
+            .id
+            .strip_prefix("rack-a12:collect-")
+            .expect(&record.id);
+        let parts: Vec<&str> = id.split('-').collect();
+        assert_eq!(parts.len(), 3, "{id}");
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        let start: u64 = parts[0].parse().unwrap();
+        assert!(start <= now_ms && now_ms - start < 60_000, "{id}");
+        assert!(
+            parts[1].len() == 8 && u32::from_str_radix(parts[1], 16).is_ok(),
+            "{id}"
+        );
+        assert_eq!(parts[2], "3");
+        // Two runs started together (same millisecond, most likely) still differ.
+        assert_ne!(first.record_id("a", 1), second.record_id("a", 1));
     }
 
     #[test]

@@ -526,7 +526,14 @@ impl<'d> Session<'d> {
         }
     }
 
-    /// Logs out politely (a console is left at its login prompt). Best effort, bounded.
+    /// Logs out politely. Best effort, bounded.
+    ///
+    /// Over Telnet and SSH the logout is sent and the connection closed at once: hanging up
+    /// ends the device's session whatever it answers, so waiting for the answer would only
+    /// keep the worker one round trip longer (and a slow AAA accounting stop much longer). A
+    /// console stays connected to the port, so there the logout must be seen to be done: the
+    /// next user of the port (the next collection, or a person with a cable) must find it
+    /// at its login prompt, not logged in.
     pub fn close(mut self) {
         if !self.healthy {
             return;
@@ -537,7 +544,10 @@ impl<'d> Session<'d> {
                 return;
             }
         }
-        // Wait for the line to close or the login prompt to come back; never longer.
+        if self.device.transport != Kind::Serial {
+            return;
+        }
+        // Wait for the login prompt to come back (or the line to close); never longer.
         let common = &driver::table().common;
         let patterns = [
             common.username.clone(),

@@ -410,7 +410,11 @@ fn records_reach_the_file_sink_and_sigterm_drains_a_slow_device_then_exits_0() {
             .any(|r| r.output.contains("Cisco IOS Software"))
     );
     assert!(fast.stats().max_concurrent_per_device() <= 1);
-    assert_eq!(slow_stats.current(), 0, "the agent left a session open");
+    // The agent hangs up without waiting for the device's answer to `exit`: the simulator
+    // notices a moment later.
+    wait_sim("the last session of `slow` ended", || {
+        slow_stats.current() == 0
+    });
 
     // A restart continues the sequence: ids are never reused.
     let last_seq = records.last().unwrap().seq;
@@ -543,6 +547,100 @@ fn an_invalid_config_on_sighup_is_refused_with_its_errors_and_the_old_one_keeps_
     assert_ids(&records);
     assert!(of(&records, "a").iter().all(|r| r.status == "ok"));
     assert!(of(&records, "newcomer").is_empty());
+}
+
+// ---------------------------------------------------------------------------------------
+// A config without devices (what a package installs and starts)
+
+#[test]
+fn a_config_without_devices_checks_clean_runs_idle_and_collects_what_a_reload_adds() {
+    let dir = TempDir::new("run-empty").unwrap();
+    let state = dir.join("state");
+    // A starter config as a package ships it: the devices are examples in comments, and no
+    // [upstream], so records go to the outbox in state_dir.
+    let starter = format!(
+        "[agent]\nid = \"{AGENT_ID}\"\nworkers = 4\nstate_dir = \"{}\"\n\n\
+         [defaults]\nplatform = \"cisco_ios\"\nusername = \"admin\"\npassword_env = \"RACKHAND_TEST_EMPTY_PW\"\n\
+         interval = \"{INTERVAL}\"\ncommands = [\"show clock\"]\n\n\
+         # [[device]]\n# name = \"core1\"\n# host = \"10.0.0.1\"\n",
+        state.display()
+    );
+    let config = write_config(&dir, &starter);
+
+    let check = Command::new(rackhand_bin())
+        .args(["check", "-c"])
+        .arg(&config)
+        .output()
+        .expect("run rackhand check");
+    let stdout = String::from_utf8_lossy(&check.stdout);
+    let stderr = String::from_utf8_lossy(&check.stderr);
+    assert!(check.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("no devices yet"), "{stdout}");
+    let outbox = state.join("outbox");
+    assert!(
+        stdout.contains(&format!("upstream file {}", outbox.display())),
+        "{stdout}"
+    );
+
+    let socket_path = dir.join("notify.sock");
+    let notify = NotifySocket::bind(&socket_path);
+    let mut agent = Agent::start(
+        &config,
+        outbox.clone(),
+        &[
+            ("NOTIFY_SOCKET", socket_path.to_str().unwrap()),
+            ("RACKHAND_TEST_EMPTY_PW", "admin"),
+        ],
+    );
+    let mut seen = Vec::new();
+    let (ready, _) = notify.expect("READY=1", &mut seen);
+    assert!(ready.contains("STATUS=idle: no devices"), "{ready:?}");
+    agent.wait_log("that it runs idle", |l| l.contains("no devices"));
+    let status_file = state.join("status.json");
+    assert!(
+        poll_until(deadline(STEP), || status_file.exists()),
+        "no status.json in {}",
+        state.display()
+    );
+    let status = Command::new(rackhand_bin())
+        .args(["status", "-c"])
+        .arg(&config)
+        .output()
+        .expect("run rackhand status");
+    assert!(
+        status.status.success(),
+        "rackhand status says the idle agent is not running: {}",
+        String::from_utf8_lossy(&status.stdout)
+    );
+    assert!(agent.records().is_empty(), "{}", listing(&agent.records()));
+
+    // The operator adds a device and reloads: the agent collects it.
+    let device = rack(ios());
+    let mut text = starter.clone();
+    let addr = device.addrs()[0].1;
+    write!(
+        text,
+        "\n[[device]]\nname = \"core1\"\ntransport = \"telnet\"\nhost = \"{}\"\nport = {}\n",
+        addr.ip(),
+        addr.port()
+    )
+    .unwrap();
+    write_config(&dir, &text);
+    agent.signal(Signal::SIGHUP);
+    agent.wait_log("`config reloaded: 1 added`", |l| {
+        l.contains("config reloaded: 1 added")
+    });
+    let (ready, _) = notify.expect("READY=1", &mut seen);
+    assert!(ready.contains("STATUS=collecting 1 devices"), "{ready:?}");
+    let records = agent.wait_records("two records of `core1`", |r| of(r, "core1").len() >= 2);
+    assert!(
+        records.iter().all(|r| r.status == "ok"),
+        "{}",
+        listing(&records)
+    );
+    let status = agent.stop();
+    assert!(status.success(), "exit {status:?}");
+    assert_ids(&agent.records());
 }
 
 // ---------------------------------------------------------------------------------------

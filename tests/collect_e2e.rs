@@ -12,6 +12,7 @@
 
 mod support;
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -1316,6 +1317,53 @@ fn a_console_left_in_a_pager_in_config_mode_mid_line_or_at_the_password_is_recov
 // ---------------------------------------------------------------------------------------
 // 3. Concurrency
 
+/// Milliseconds since the epoch of a record's `started_at` (`2026-11-25T10:00:00.123Z`).
+fn epoch_ms(rfc3339: &str) -> u64 {
+    let n = |range: std::ops::Range<usize>| -> i64 { rfc3339[range].parse().unwrap() };
+    let (y, m, d) = (n(0..4), n(5..7), n(8..10));
+    // Days from 1970-01-01 to a proleptic Gregorian date (H. Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + n(11..13) * 3600 + n(14..16) * 60 + n(17..19);
+    (secs * 1000 + n(20..23)) as u64
+}
+
+#[test]
+fn started_at_reads_as_milliseconds_since_the_epoch() {
+    assert_eq!(epoch_ms("2026-11-25T10:00:00.123Z"), 1_795_600_800_123);
+    assert_eq!(epoch_ms("2000-02-29T00:00:00.000Z"), 951_782_400_000);
+    assert_eq!(epoch_ms("1970-01-01T00:00:00.001Z"), 1);
+}
+
+/// The most devices whose commands ran at the same time: each device's span runs from its
+/// first command's start to its last command's end, half open. Rounded down to milliseconds
+/// both ends stay in order, so sessions one after the other on a worker never overlap.
+fn most_devices_at_once(records: &[Rec]) -> usize {
+    let mut spans: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
+    for r in records {
+        let start = epoch_ms(r.json["started_at"].as_str().unwrap());
+        let end = start + r.duration.as_millis() as u64;
+        let span = spans.entry(&r.device).or_insert((start, end));
+        *span = (span.0.min(start), span.1.max(end));
+    }
+    // Ends sort before starts at the same instant: half-open spans.
+    let mut edges: Vec<(u64, i32)> = spans
+        .values()
+        .flat_map(|&(start, end)| [(start, 1), (end, -1)])
+        .collect();
+    edges.sort();
+    let (mut now, mut most) = (0i32, 0i32);
+    for (_, step) in edges {
+        now += step;
+        most = most.max(now);
+    }
+    most as usize
+}
+
 #[test]
 fn twenty_devices_on_four_workers_never_exceed_four_sessions_or_one_per_device() {
     let tmp = TempDir::new("collect-pool").unwrap();
@@ -1337,12 +1385,17 @@ fn twenty_devices_on_four_workers_never_exceed_four_sessions_or_one_per_device()
     assert_eq!(run.code, 0, "{ctx}");
     assert_eq!(run.records.len(), 40, "{ctx}");
     assert!(run.records.iter().all(|r| r.status == "ok"), "{ctx}");
-    let stats = rack.stats().snapshot();
+    // The pool's bound, from the records: a worker holds one device at a time, so the spans
+    // of the devices' commands overlap at most four deep. (The simulator's own count is no
+    // upper bound: collect hangs up without waiting for the answer to `exit`, and the
+    // simulator notices a moment later, when the worker may be logging in elsewhere.)
+    let most = most_devices_at_once(&run.records);
     assert!(
-        (2..=4).contains(&stats.max_concurrent),
-        "max_concurrent {} with workers = 4",
-        stats.max_concurrent
+        (2..=4).contains(&most),
+        "{most} devices at once with workers = 4\n{ctx}"
     );
+    let stats = rack.stats().snapshot();
+    assert!(stats.max_concurrent >= 2, "{}", stats.max_concurrent);
     assert_eq!(stats.max_concurrent_per_device, 1);
     assert_eq!(stats.total, 20);
     // Records are numbered in the order they were printed.
@@ -1352,6 +1405,155 @@ fn twenty_devices_on_four_workers_never_exceed_four_sessions_or_one_per_device()
         .map(|r| r.json["seq"].as_u64().unwrap())
         .collect();
     assert_eq!(seqs, (1..=40).collect::<Vec<u64>>());
+}
+
+// ---------------------------------------------------------------------------------------
+// 3b. Leaving a device
+
+/// How long the simulated devices below take to answer `exit`.
+const EXIT_DELAY: Duration = Duration::from_secs(3);
+
+/// Opens a session, runs one command, and times `close`.
+fn time_to_close(device: &rackhand::inventory::Device) -> Duration {
+    let mut session =
+        rackhand::session::Session::open(device).unwrap_or_else(|e| panic!("{}: {e}", device.name));
+    let outcome = session.run("show clock");
+    assert_eq!(outcome.status, rackhand::record::Status::Ok, "{outcome:?}");
+    let start = Instant::now();
+    session.close();
+    start.elapsed()
+}
+
+#[test]
+fn a_network_session_hangs_up_after_exit_at_once_and_a_console_waits_for_its_logout() {
+    let tmp = TempDir::new("collect-close").unwrap();
+    let mut slow_logout = ios();
+    slow_logout.exit_delay = EXIT_DELAY;
+    let (rack, addr) = rack1(slow_logout.clone());
+    let delay = format!("{}ms", EXIT_DELAY.as_millis());
+    let sshd = sshd(&["--platform", "cisco_ios", "--exit-delay", &delay]);
+    let console_delay = Duration::from_secs(1);
+    slow_logout.exit_delay = console_delay;
+    let con = console(&tmp, "tty-close", slow_logout);
+    let devices = inventory(
+        &tmp,
+        &[],
+        &[
+            Dev::telnet("tn", addr),
+            Dev::ssh_key("ssh", &sshd, &tmp.join("known_hosts")),
+            Dev::serial("con", con.link_path()),
+        ],
+    );
+
+    // Telnet and SSH: the logout is sent, the line hung up, nothing waited for.
+    for device in &devices[..2] {
+        let took = time_to_close(device);
+
+        assert!(
+            took < EXIT_DELAY / 3,
+            "{}: close took {took:?}, waiting for the device's answer to exit",
+            device.name
+        );
+    }
+    let stats = rack.stats();
+    assert!(
+        poll_until(deadline(EXIT_DELAY / 2), || stats.current() == 0),
+        "the Telnet device was not hung up on before it answered exit"
+    );
+
+    // A console: the next user of the port must find it logged out, so close waits for it.
+    let took = time_to_close(&devices[2]);
+    assert!(
+        took >= console_delay,
+        "close returned after {took:?}, before the console logged out"
+    );
+    let stats = con.stats();
+    assert!(
+        poll_until(deadline(STEP), || stats.current() == 0),
+        "the console is still logged in"
+    );
+}
+
+/// A TCP link on loopback that delivers what the server sends `delay` late, as a long link to
+/// a remote rack does; what the client sends goes at once. Serves one connection.
+struct SlowLink {
+    addr: SocketAddr,
+}
+
+impl SlowLink {
+    fn start(server: SocketAddr, delay: Duration) -> SlowLink {
+        let listener = TcpListener::bind(loopback_any_port()).expect("bind the slow link");
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let Ok((client, _)) = listener.accept() else {
+                return;
+            };
+            let upstream = TcpStream::connect(server).expect("the slow link reaches its server");
+            let (client_in, upstream_out) =
+                (client.try_clone().unwrap(), upstream.try_clone().unwrap());
+            std::thread::spawn(move || relay(client_in, upstream_out, Duration::ZERO));
+            relay(upstream, client, delay);
+        });
+        SlowLink { addr }
+    }
+}
+
+/// Copies `from` to `to`, each chunk `delay` after it arrived, until either side ends.
+fn relay(mut from: TcpStream, mut to: TcpStream, delay: Duration) {
+    let (tx, rx) = mpsc::channel::<(Instant, Vec<u8>)>();
+    let writer = std::thread::spawn(move || {
+        for (due, bytes) in rx {
+            // The link's latency itself: nothing to wait for but the time.
+            if let Some(left) = remaining(due) {
+                std::thread::sleep(left);
+            }
+            if std::io::Write::write_all(&mut to, &bytes).is_err() {
+                break;
+            }
+        }
+        let _ = to.shutdown(std::net::Shutdown::Write);
+    });
+    let mut buf = [0u8; 16 * 1024];
+    while let Ok(n @ 1..) = from.read(&mut buf) {
+        if tx
+            .send((Instant::now() + delay, buf[..n].to_vec()))
+            .is_err()
+        {
+            break;
+        }
+    }
+    drop(tx);
+    let _ = writer.join();
+}
+
+#[test]
+fn closing_a_telnet_or_ssh_session_over_a_slow_link_takes_no_round_trip() {
+    const ONE_WAY: Duration = Duration::from_millis(200);
+    let tmp = TempDir::new("collect-close-slow").unwrap();
+    let (_rack, telnet_addr) = rack1(ios());
+    let sshd = sshd(&["--platform", "cisco_ios"]);
+    let (telnet_link, ssh_link) = (
+        SlowLink::start(telnet_addr, ONE_WAY),
+        SlowLink::start(sshd.addr, ONE_WAY),
+    );
+    let devices = inventory(
+        &tmp,
+        &["connect_timeout = \"30s\""],
+        &[
+            Dev::telnet("far-tn", telnet_link.addr),
+            Dev::ssh_key("far-ssh", &sshd, &tmp.join("known_hosts"))
+                .set("host", &quote(&ssh_link.addr.ip().to_string()))
+                .set("port", &ssh_link.addr.port().to_string()),
+        ],
+    );
+    for device in &devices {
+        let took = time_to_close(device);
+        assert!(
+            took < ONE_WAY / 2,
+            "{}: close took {took:?} over a link {ONE_WAY:?} long each way: it waited for a reply",
+            device.name
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1428,6 +1630,219 @@ fn device_filter_command_override_and_exit_codes() {
         "{}",
         rejected.records[1].brief()
     );
+}
+
+#[test]
+fn ad_hoc_commands_run_on_a_device_without_configured_commands() {
+    let tmp = TempDir::new("collect-ad-hoc").unwrap();
+    let rack = rack(ios(), 2);
+    let addrs = rack.addrs();
+    let devices = [
+        Dev::telnet("bare", addrs[0].1),
+        Dev::telnet("a", addrs[1].1).commands(&["show version"]),
+    ];
+    // No commands in [defaults] either: `bare` has none at all.
+    let path = write_config(&tmp, 2, &[], &devices);
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, text.replace("commands = [\"show clock\"]\n", "")).unwrap();
+
+    let one = collect_cli(&path, &["--device", "bare", "--", "show clock"]);
+    let got: Vec<(&str, &str, &str)> = one
+        .records
+        .iter()
+        .map(|r| (r.device.as_str(), r.command.as_str(), r.status.as_str()))
+        .collect();
+    assert_eq!(got, [("bare", "show clock", "ok")], "{}", one.context());
+    assert_eq!(one.code, 0, "{}", one.context());
+
+    let every = collect_cli(&path, &["--", "show clock"]);
+    assert_eq!(every.code, 0, "{}", every.context());
+    for name in ["bare", "a"] {
+        let commands: Vec<&str> = every.all(name).iter().map(|r| r.command.as_str()).collect();
+        assert_eq!(commands, ["show clock"], "{}", every.context());
+    }
+
+    // Without `--` there is nothing to run on it, and the message says both ways out.
+    let configured = collect_cli(&path, &["--device", "bare"]);
+    assert_eq!(configured.code, 2, "{}", configured.context());
+    assert!(configured.records.is_empty(), "{}", configured.context());
+    assert!(
+        configured
+            .stderr
+            .contains("device `bare` has no commands to run; set commands = ")
+            && configured
+                .stderr
+                .contains("rackhand collect --device bare -- \"show version\""),
+        "{}",
+        configured.stderr
+    );
+}
+
+/// glibc's malloc arenas besides the main one in a process's `/proc/PID/maps`: each is a heap
+/// of its own, reserved as 64 MiB aligned to 64 MiB, the used part `rw-p` and the rest `---p`.
+fn extra_malloc_arenas(pid: u32) -> usize {
+    const HEAP_MAX: u64 = 64 << 20;
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
+    let regions: Vec<(u64, u64, String, bool)> = maps
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let (start, end) = fields.next()?.split_once('-')?;
+            let perms = fields.next()?.to_string();
+            let anonymous = fields.nth(3).is_none();
+            Some((
+                u64::from_str_radix(start, 16).ok()?,
+                u64::from_str_radix(end, 16).ok()?,
+                perms,
+                anonymous,
+            ))
+        })
+        .collect();
+    regions
+        .windows(2)
+        .filter(|pair| {
+            let ((start, end, perms, anon), (next_start, next_end, next_perms, next_anon)) =
+                (&pair[0], &pair[1]);
+            *anon
+                && *next_anon
+                && start % HEAP_MAX == 0
+                && perms == "rw-p"
+                && next_perms == "---p"
+                && next_start == end
+                && next_end - start == HEAP_MAX
+        })
+        .count()
+}
+
+#[test]
+fn collect_allocates_from_one_malloc_arena_however_many_workers_it_runs() {
+    // Eight sessions at once, each parked in a command that never answers: every worker has
+    // logged in (and allocated) by the time the simulator counts eight sessions.
+    let tmp = TempDir::new("collect-arena").unwrap();
+    let rack = rack(
+        ios().with_fault("show clock", rackhand::sim::Fault::Hang),
+        8,
+    );
+    let devices: Vec<Dev> = rack
+        .addrs()
+        .iter()
+        .enumerate()
+        .map(|(i, (_, addr))| Dev::telnet(&format!("d{i}"), *addr))
+        .collect();
+    let config = write_config(&tmp, 8, &["command_timeout = \"20s\""], &devices);
+    let child = Command::new(rackhand_bin())
+        .args(["collect", "--format", "json", "-c"])
+        .arg(&config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start rackhand collect");
+    let collector = Collector {
+        child,
+        reaped: false,
+    };
+    let stats = rack.stats();
+    assert!(
+        poll_until(deadline(STEP), || stats.current() == 8),
+        "only {} sessions at once",
+        stats.current()
+    );
+    let arenas = extra_malloc_arenas(collector.child.id());
+    drop(collector);
+    assert_eq!(
+        arenas, 0,
+        "rackhand collect made {arenas} malloc arenas besides the main one for 8 workers"
+    );
+}
+
+/// `t:collect-<start ms>-<tag>-<n>` → (start ms, tag, n).
+fn ad_hoc_id(id: &str) -> (u64, String, u64) {
+    let rest = id
+        .strip_prefix("t:collect-")
+        .unwrap_or_else(|| panic!("`{id}` is not a collect run's id"));
+    let parts: Vec<&str> = rest.split('-').collect();
+    assert_eq!(parts.len(), 3, "`{id}`");
+    assert!(
+        parts[1].len() == 8 && parts[1].bytes().all(|b| b.is_ascii_hexdigit()),
+        "`{id}`"
+    );
+    (
+        parts[0].parse().unwrap(),
+        parts[1].to_string(),
+        parts[2].parse().unwrap(),
+    )
+}
+
+#[test]
+fn collect_ids_have_a_form_of_their_own_and_never_repeat_across_runs() {
+    let tmp = TempDir::new("collect-ids").unwrap();
+    let (_rack, addr) = rack1(ios());
+    let devices = [Dev::telnet("a", addr).commands(&["show clock", "show version"])];
+    let path = write_config(&tmp, 1, &[], &devices);
+    // Nothing is written to the state folder: it cannot even be created here.
+    let blocker = tmp.join("not-a-folder");
+    std::fs::write(&blocker, "").unwrap();
+    let text = std::fs::read_to_string(&path).unwrap().replace(
+        &quote(&tmp.join("state").display().to_string()),
+        &quote(&blocker.join("state").display().to_string()),
+    );
+    std::fs::write(&path, text).unwrap();
+
+    let since_epoch = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+    };
+    let mut ids = std::collections::BTreeSet::new();
+    let mut tags = Vec::new();
+    for _ in 0..2 {
+        let before = since_epoch();
+        let run = collect_cli(&path, &[]);
+        let after = since_epoch();
+        assert_eq!(run.code, 0, "{}", run.context());
+        assert_eq!(run.records.len(), 2, "{}", run.context());
+        for (i, rec) in run.records.iter().enumerate() {
+            let id = rec.json["id"].as_str().unwrap();
+            let (start, tag, n) = ad_hoc_id(id);
+            assert!((before..=after).contains(&start), "`{id}` not started now");
+            assert_eq!(n, i as u64 + 1, "`{id}` numbers the records as printed");
+            assert_eq!(rec.json["seq"].as_u64(), Some(n), "{}", rec.json);
+            assert_eq!(rec.json["agent"], "t", "{}", rec.json);
+            assert!(ids.insert(id.to_string()), "`{id}` came twice");
+            tags.push(tag);
+        }
+    }
+    assert_eq!(tags[0], tags[1], "one tag per run");
+    assert_ne!(tags[0], tags[2], "each run a tag of its own");
+}
+
+#[test]
+fn each_config_warning_is_printed_once_whether_or_not_the_config_has_errors() {
+    let tmp = TempDir::new("collect-warn-once").unwrap();
+    let (_rack, addr) = rack1(ios());
+    // The base config writes the password inline: a warning, not an error.
+    let warning = "`password` is written in the config itself";
+    let valid = write_config(&tmp, 1, &[], &[Dev::telnet("a", addr)]);
+    let run = collect_cli(&valid, &[]);
+    assert_eq!(run.code, 0, "{}", run.context());
+    assert_eq!(run.stderr.matches(warning).count(), 1, "{}", run.stderr);
+
+    let invalid = write_config(
+        &tmp,
+        1,
+        &[],
+        &[Dev::telnet("a", addr).set("colour", "\"blue\"")],
+    );
+    let run = collect_cli(&invalid, &[]);
+    assert_eq!(run.code, 2, "{}", run.context());
+    assert!(
+        run.stderr.contains("unknown key `colour`"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(run.stderr.matches(warning).count(), 1, "{}", run.stderr);
 }
 
 #[test]

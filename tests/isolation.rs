@@ -725,6 +725,57 @@ fn rackhand_collect_runs_process_isolated_devices_in_drivers() {
 }
 
 #[test]
+fn a_driver_exec_device_needs_neither_platform_nor_prompt() {
+    let mut profile = Profile::for_platform("linux").unwrap();
+    profile.hostname = "pdu1".into();
+    profile
+        .outputs
+        .insert("olstatus all", PDU_STATUS.as_bytes());
+    let rack = TelnetRack::start(loopback_any_port(), 1, profile).unwrap();
+    let dir = TempDir::new("iso-exec-bare").unwrap();
+    let addr = rack.addrs()[0].1;
+    // What the example driver's own header asks for, and nothing the built-in driver needs.
+    let config = config_file(
+        &dir,
+        &[(
+            "pdu1",
+            vec![
+                "transport = \"telnet\"".to_string(),
+                format!("host = \"{}\"", addr.ip()),
+                format!("port = {}", addr.port()),
+                toml_list(&["olstatus all"]),
+                format!("driver_exec = \"{}\"", pdu_driver().display()),
+            ],
+        )],
+    );
+    let check = Command::new(env!("CARGO_BIN_EXE_rackhand"))
+        .args(["check", "-c"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+
+    let (mut guard, stdout) = rackhand_collect(&config);
+    let status = guard
+        .wait_until(Instant::now() + Duration::from_secs(30))
+        .unwrap()
+        .expect("rackhand collect finished");
+    let out = String::from_utf8(stdout.recv_timeout(Duration::from_secs(5)).unwrap()).unwrap();
+    assert!(
+        status.success(),
+        "{status:?}\n{out}\n{}",
+        guard.stderr_text()
+    );
+    let record: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(record["status"], "ok", "{record:#}");
+    assert_eq!(record["output"], PDU_STATUS, "{record:#}");
+}
+
+#[test]
 fn a_driver_dies_with_the_agent() {
     let dir = TempDir::new("iso-pdeathsig").unwrap();
     let exec = script(&dir, "stuck.sh", "read -r request\nexec sleep 120");

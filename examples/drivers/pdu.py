@@ -9,17 +9,17 @@ docs/driver-protocol.md). Python 3 standard library only (telnetlib left the sta
 library in 3.13, so the few Telnet rules needed are here).
 
 What it does: connect, answer the username/password prompts, wait for the device's `prompt`
-regex, run each command, and report one outcome per command as soon as it is done, then
-`done`. Diagnostics go to stderr, which rackhand logs under the device's name.
+regex (optional: without one, a line ending in `>`, `#`, `$` or `%`), run each command, and
+report one outcome per command as soon as it is done, then `done`. Diagnostics go to stderr,
+which rackhand logs under the device's name.
 The `prompt` regex is compiled with Python's `re`: keep it to the syntax both Rust's regex
 and Python share (classes, anchors, `\s`, `\$`), as in the example below.
 
-Config:
+Config (a device with `driver_exec` needs no `platform`; rackhand only passes it on):
     [[device]]
     name = "pdu1"
     transport = "telnet"
     host = "10.0.0.9"
-    platform = "generic"
     prompt = '^apc>\s*$'
     driver_exec = "/usr/local/lib/rackhand/pdu.py"
     commands = ["olStatus all"]

@@ -46,14 +46,32 @@ pub fn run(path: &Path, _args: &CheckArgs) -> anyhow::Result<i32> {
 
 /// The inventory as a table, with a header line about the agent and upstream.
 pub fn render_inventory(path: &Path, inv: &Inventory) -> String {
+    // What the agent will really do, default included.
+    let upstream = inv.upstream_in_force();
     let mut text = format!(
-        "config {}: ok\nagent {}: {} workers, state in {}, upstream {}\n\n",
+        "config {}: ok\nagent {}: {} workers, state in {}, upstream {} {}{}{}\n\n",
         path.display(),
         inv.agent.id,
         inv.agent.workers,
         inv.agent.state_dir.display(),
-        describe_upstream(inv)
+        upstream.sink.as_str(),
+        crate::config::url::redact(&upstream.target),
+        packet_limit(&upstream),
+        if inv.upstream.is_none() {
+            " (no [upstream]: NDJSON files in state_dir)"
+        } else {
+            ""
+        }
     );
+    if inv.devices.is_empty() {
+        // A starter config (a package installs one and starts the agent): not an error.
+        text.push_str(
+            "no devices yet: add a [[device]] table for each (name, transport, host or serial_port); \
+             `rackhand run` runs idle until then and collects them after a reload \
+             (SIGHUP: systemctl reload rackhand)\n",
+        );
+        return text;
+    }
     let header = [
         "DEVICE",
         "TRANSPORT",
@@ -137,22 +155,6 @@ fn summarize_commands(commands: &[String], width: usize) -> String {
     shown
 }
 
-/// The upstream the agent will ship to: `[upstream]`, or the default it uses without one.
-fn describe_upstream(inv: &Inventory) -> String {
-    let upstream = crate::agent::upstream_of(inv);
-    format!(
-        "{} {}{}{}",
-        upstream.sink.as_str(),
-        crate::config::url::redact(&upstream.target),
-        packet_limit(&upstream),
-        if inv.upstream.is_none() {
-            " (the default without [upstream])"
-        } else {
-            ""
-        }
-    )
-}
-
 /// `, max_packet_size 256KiB` for an mqtt upstream whose broker limits packets below MQTT's
 /// own largest: records over it go to the dead-letter file, worth seeing at a glance.
 fn packet_limit(upstream: &inventory::Upstream) -> String {
@@ -198,16 +200,24 @@ mod tests {
     }
 
     #[test]
-    fn without_upstream_the_header_names_the_default_outbox() {
+    fn without_upstream_the_header_names_the_outbox_the_agent_writes() {
         let path = Path::new("/etc/rackhand/rackhand.toml");
         let (raw, mut report) =
-            crate::config::parse_str(path, "[agent]\nstate_dir = \"/srv/rh\"\n");
+            crate::config::parse_str(path, "[agent]\nid = \"a\"\nstate_dir = \"/srv/rh\"\n");
         let inv = inventory::resolve(&raw, &mut report);
         assert!(!report.has_errors(), "{report}");
-        let text = render_inventory(path, &inv);
-        let header = text.lines().nth(1).unwrap();
+        let header = render_inventory(path, &inv)
+            .lines()
+            .nth(1)
+            .unwrap()
+            .to_string();
+        let outbox = inv.upstream_in_force();
+        assert_eq!(outbox.sink, SinkKind::File);
+        assert_eq!(outbox.target, "/srv/rh/outbox");
         assert!(
-            header.ends_with("upstream file /srv/rh/outbox (the default without [upstream])"),
+            header.ends_with(
+                "upstream file /srv/rh/outbox (no [upstream]: NDJSON files in state_dir)"
+            ),
             "{header}"
         );
     }

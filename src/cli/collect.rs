@@ -3,17 +3,19 @@
 //! What an engineer runs to try a config or grab outputs by hand: the configured commands
 //! (or the ones after `--`), one session per device, `workers` devices at a time. Records go
 //! to stdout (text, or NDJSON with `--format json`); progress and logs to stderr. Nothing is
-//! shipped upstream. Exit 0 when every record is `ok`, 1 otherwise, 2 on usage/config errors.
+//! shipped upstream, and the records are numbered 1..n with ids of the run's own
+//! ([`AdHocRun`]), never the agent's. Exit 0 when every record is `ok`, 1 otherwise, 2 on
+//! usage/config errors.
 
 use std::io::{IsTerminal, Write};
 use std::path::Path;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use crate::inventory::{Device, Isolation};
+use crate::inventory::{CommandSource, Device, Isolation};
 use crate::isolation;
 use crate::pool::{self, Event};
-use crate::record::{Record, Status};
+use crate::record::{AdHocRun, Record, Status};
 use crate::session;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -39,14 +41,23 @@ pub struct CollectArgs {
 }
 
 pub fn run(path: &Path, args: &CollectArgs) -> anyhow::Result<i32> {
-    let (inventory, report) = super::check::load(path)?;
-    for d in report.warnings() {
-        log::warn!("{}", report.render(d));
-    }
+    // Many workers waiting on devices, as in the agent: the same allocator settings.
+    super::tune_malloc();
+    // Commands after `--` make every device collectable, configured commands or not.
+    let source = if args.commands.is_empty() {
+        CommandSource::Configured
+    } else {
+        CommandSource::AdHoc
+    };
+    let (inventory, report) = crate::inventory::load_with(path, source)?;
     if report.has_errors() {
+        // Every finding once, warnings among the errors in file order, as `check` shows them.
         eprint!("{report}");
         eprintln!("rackhand collect: the config has errors; run `rackhand check` for details");
         return Ok(2);
+    }
+    for d in report.warnings() {
+        log::warn!("{}", report.render(d));
     }
     let mut devices: Vec<Device> = if args.devices.is_empty() {
         inventory.devices.clone()
@@ -94,13 +105,14 @@ pub fn run(path: &Path, args: &CollectArgs) -> anyhow::Result<i32> {
         });
         let mut progress = Progress::new(total, std::io::stderr().is_terminal());
         let stdout = std::io::stdout();
+        let run = AdHocRun::start();
         let mut seq = 0u64;
         for event in rx {
             match event {
                 Event::Started { device } => progress.started(device),
                 Event::Outcome { device, outcome } => {
                     seq += 1;
-                    let record = outcome.into_record(&agent, seq);
+                    let record = outcome.into_ad_hoc_record(&agent, &run, seq);
                     if record.status != Status::Ok {
                         failures += 1;
                     }

@@ -86,6 +86,9 @@ pub struct DeviceArgs {
     /// Delay before each command's output, e.g. 50ms, 2s.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub latency: Option<Duration>,
+    /// Further delay before the answer to exit/logout (and, on Telnet, the hang-up).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub exit_delay: Option<Duration>,
     /// Misbehave on a command: 'COMMAND=hang|drop|endless|garbage|slow' (repeatable).
     #[arg(long, value_name = "COMMAND=FAULT")]
     pub fault: Vec<String>,
@@ -187,6 +190,9 @@ fn profile(args: &DeviceArgs, stdio: bool) -> anyhow::Result<Profile> {
     p.refuse_paging_off = args.refuse_paging_off;
     if let Some(latency) = args.latency {
         p.latency = latency;
+    }
+    if let Some(delay) = args.exit_delay {
+        p.exit_delay = delay;
     }
     for spec in &args.fault {
         p.faults.push(parse_fault_spec(spec)?);

@@ -912,7 +912,13 @@ impl Engine {
         };
         self.job = Some(Job {
             chunks: lines.into_iter().map(Chunk::Line).collect(),
-            next_at: now + self.profile.latency,
+            next_at: now
+                + self.profile.latency
+                + if after == After::EndSession {
+                    self.profile.exit_delay
+                } else {
+                    Duration::ZERO
+                },
             pace,
             endless: None,
             drop_after: None,

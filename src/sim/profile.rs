@@ -123,6 +123,10 @@ pub struct Profile {
     pub refuse_paging_off: bool,
     /// Delay before any output of a command.
     pub latency: Duration,
+    /// Further delay before the answer to `exit`/`logout` (the logout banner, the console
+    /// going back to "Press RETURN", the connection closing): a device whose logout waits
+    /// on AAA accounting, say.
+    pub exit_delay: Duration,
     /// How long a `slow` fault takes to trickle out one command's output.
     pub slow_duration: Duration,
     /// Faults by command (normalised: lower case, single spaces, full words).
@@ -168,6 +172,7 @@ impl Profile {
             page_lines: if style == Style::Linux { 0 } else { 24 },
             refuse_paging_off: false,
             latency: Duration::ZERO,
+            exit_delay: Duration::ZERO,
             slow_duration: Duration::from_secs(3),
             faults: Vec::new(),
             echo: true,

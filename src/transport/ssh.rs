@@ -36,7 +36,7 @@ use crate::inventory::{Device, Endpoint, HostKeyCheck, SshSettings};
 /// into records); 24 rows is what every CLI copes with, paging is turned off by the driver.
 const PTY_COLS: u32 = 511;
 const PTY_ROWS: u32 = 24;
-/// How long `Drop` may spend closing the channel and saying goodbye to the server.
+/// How long `Drop` may spend handing the server its goodbye (it waits for no answer).
 const CLOSE_BUDGET: Duration = Duration::from_millis(1000);
 /// Safety net against a socket that polls readable forever while libssh2 finds nothing to
 /// hand out (it should not happen; if it does we fail loudly instead of spinning).
@@ -340,16 +340,20 @@ impl Transport for SshTransport {
 
 impl Drop for SshTransport {
     fn drop(&mut self) {
-        // Blocking with a short timeout: a polite close must not hold a worker hostage.
-        let until = Instant::now() + CLOSE_BUDGET;
+        // SSH_MSG_DISCONNECT ends the channel with the connection (RFC 4253 11.1) and wants
+        // no answer. Closing the channel first would wait a round trip for the server's own
+        // CLOSE, which OpenSSH sends only once the shell has exited: the device's answer to
+        // `exit`, which a network session need not wait for (see `Session::close`).
+        // Blocking with a short timeout: a goodbye must not hold a worker hostage.
         self.session.set_blocking(true);
-        let _ = arm(&self.session, until, CLOSE_BUDGET);
-        let _ = self.channel.close();
-        if arm(&self.session, until, CLOSE_BUDGET).is_ok() {
+        if arm(&self.session, Instant::now() + CLOSE_BUDGET, CLOSE_BUDGET).is_ok() {
             let _ = self
                 .session
                 .disconnect(None, "rackhand: collection done", None);
         }
+        // With the socket shut, freeing the channel (right after this) fails to send its
+        // CLOSE at once instead of waiting for the server's.
+        let _ = self.socket.shutdown(std::net::Shutdown::Both);
     }
 }
 

@@ -291,6 +291,30 @@ fn exit_closes_a_network_session() {
 }
 
 #[test]
+fn exit_delay_holds_back_the_logout_of_a_network_session_and_a_console() {
+    for console in [false, true] {
+        let mut p = profile("cisco_ios");
+        p.exit_delay = Duration::from_secs(3);
+        let mut t = Term::new(p, console);
+        if console {
+            t.type_bytes(b"\r");
+        }
+        t.take();
+        // Other commands are not delayed.
+        assert_eq!(
+            t.run("show clock"),
+            "show clock\r\n*10:00:00.000 UTC Thu Nov 26 2026\r\nsim#"
+        );
+        assert_eq!(t.run("exit"), "exit\r\n");
+        t.wait(Duration::from_millis(2999));
+        assert!(!t.closed && !t.engine.is_idle(), "console {console}");
+        t.wait(Duration::from_millis(1));
+        assert_eq!(t.closed, !console);
+        assert_eq!(t.engine.is_idle(), console);
+    }
+}
+
+#[test]
 fn latency_delays_output_and_typeahead_runs_in_order() {
     let mut p = profile("cisco_ios");
     p.latency = Duration::from_millis(200);
