@@ -180,7 +180,7 @@ fn the_starter_config_checks_clean_and_has_no_devices() {
         !stderr.contains("warning"),
         "the packaged config warns:\n{stderr}"
     );
-    assert!(stdout.contains("0 devices"), "{stdout}");
+    assert!(stdout.contains("no devices yet"), "{stdout}");
 }
 
 /// Lines that start with `#` and a non-space are settings to uncomment (the config says so);
