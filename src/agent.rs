@@ -739,9 +739,7 @@ fn log_idle(config: &Path) {
 
 /// Per-agent, so a fleet started together does not flush its batches in step.
 fn jitter_seed(agent: &str) -> u64 {
-    agent.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    }) ^ u64::from(std::process::id())
+    crate::hash::fnv1a(agent.as_bytes()) ^ u64::from(std::process::id())
 }
 
 #[cfg(test)]

@@ -58,6 +58,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::hash::{fnv1a, mix};
 use crate::inventory::{Device, Endpoint, Inventory};
 pub use crate::pool::RunSummary;
 
@@ -670,23 +671,6 @@ pub fn backoff_delay(
     let random = mix(seed ^ fnv1a(name.as_bytes()) ^ u64::from(streak).rotate_left(32));
     let unit = (random >> 11) as f64 / (1u64 << 53) as f64;
     full.mul_f64(1.0 - jitter * unit)
-}
-
-fn fnv1a(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
-}
-
-/// SplitMix64's finaliser: spreads every input bit over the output.
-fn mix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
 }
 
 /// Identifies a device's serial port: the real device node where the path resolves (so

@@ -645,16 +645,16 @@ impl Supervisor<'_> {
             }
             let mut fds = Vec::with_capacity(3);
             let in_at = stdin.as_ref().map(|s| {
-                fds.push(pollfd(s.as_raw_fd(), libc::POLLOUT));
+                fds.push(crate::poll::pollfd(s.as_raw_fd(), libc::POLLOUT));
                 fds.len() - 1
             });
             let out_at = stdout.as_ref().map(|s| {
-                fds.push(pollfd(s.as_raw_fd(), libc::POLLIN));
+                fds.push(crate::poll::pollfd(s.as_raw_fd(), libc::POLLIN));
                 fds.len() - 1
             });
             let exit_at = match (&pidfd, exited) {
                 (Some(fd), false) => {
-                    fds.push(pollfd(fd.as_raw_fd(), libc::POLLIN));
+                    fds.push(crate::poll::pollfd(fd.as_raw_fd(), libc::POLLIN));
                     Some(fds.len() - 1)
                 }
                 _ => None,
@@ -663,16 +663,7 @@ impl Supervisor<'_> {
             if pidfd.is_none() && !exited {
                 wait = wait.min(Duration::from_millis(20));
             }
-            // SAFETY: `fds` is a valid array of pollfd of the given length.
-            let ready =
-                unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, poll_ms(wait)) };
-            if ready < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(watch_err(e));
-            }
+            crate::poll::poll(&mut fds, wait).map_err(watch_err)?;
             if let (Some(i), Some(pipe)) = (in_at, stdin.as_mut()) {
                 if fds[i].revents != 0 {
                     match pipe.write(&request[written..]) {
@@ -881,21 +872,6 @@ enum Taken {
     Chatter,
 }
 
-fn pollfd(fd: i32, events: libc::c_short) -> libc::pollfd {
-    libc::pollfd {
-        fd,
-        events,
-        revents: 0,
-    }
-}
-
-/// poll(2) takes whole milliseconds: round up, so a wait never ends just before its deadline.
-fn poll_ms(d: Duration) -> libc::c_int {
-    d.as_nanos()
-        .div_ceil(1_000_000)
-        .min(libc::c_int::MAX as u128) as libc::c_int
-}
-
 fn set_nonblocking(fd: i32) -> io::Result<()> {
     // SAFETY: fcntl on a descriptor we own.
     unsafe {
@@ -1027,12 +1003,5 @@ mod tests {
             level_of("Traceback (most recent call last):"),
             (log::Level::Warn, "Traceback (most recent call last):")
         );
-    }
-
-    #[test]
-    fn poll_rounds_up() {
-        assert_eq!(poll_ms(Duration::from_micros(1)), 1);
-        assert_eq!(poll_ms(Duration::from_millis(1500)), 1500);
-        assert_eq!(poll_ms(Duration::ZERO), 0);
     }
 }

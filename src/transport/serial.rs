@@ -319,26 +319,16 @@ fn read_by(fd: RawFd, buf: &mut [u8], deadline: Instant) -> Read {
         if left.is_zero() {
             return Read::TimedOut;
         }
-        let mut pfd = libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
+        let revents = match crate::poll::wait(fd, libc::POLLIN, left) {
+            Ok(revents) => revents,
+            Err(e) => return Read::Failed(e),
         };
-        // SAFETY: one valid pollfd for the duration of the call.
-        let r = unsafe { libc::poll(&mut pfd, 1, poll_millis(left)) };
-        if r < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Read::Failed(e);
-        }
-        if r == 0 {
+        if revents == 0 {
             continue; // the loop head decides whether the deadline has passed
         }
-        if pfd.revents & libc::POLLIN == 0 {
+        if revents & libc::POLLIN == 0 {
             // No data, only an error condition: hangup, or the descriptor is dead.
-            return Read::Vanished(format!("poll reported {:#x}", pfd.revents));
+            return Read::Vanished(format!("poll reported {revents:#x}"));
         }
         // SAFETY: `buf` is valid for `buf.len()` bytes of writes.
         let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
@@ -358,13 +348,6 @@ fn read_by(fd: RawFd, buf: &mut [u8], deadline: Instant) -> Read {
             _ => return Read::Failed(e),
         }
     }
-}
-
-/// poll(2) takes whole milliseconds: round up, so we never wake just before the deadline
-/// and spin on a zero timeout.
-fn poll_millis(d: Duration) -> libc::c_int {
-    let ms = d.as_nanos().div_ceil(1_000_000);
-    ms.min(libc::c_int::MAX as u128) as libc::c_int
 }
 
 impl Transport for SerialTransport {
@@ -524,13 +507,8 @@ impl DirWatch {
             std::thread::sleep(timeout);
             return;
         };
-        let mut pfd = libc::pollfd {
-            fd: fd.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd. An interrupted poll simply returns early; the caller loops.
-        unsafe { libc::poll(&mut pfd, 1, poll_millis(timeout)) };
+        // An interrupted or failed wait simply returns early; the caller loops.
+        let _ = crate::poll::wait(fd.as_raw_fd(), libc::POLLIN, timeout);
     }
 }
 
@@ -850,12 +828,5 @@ mod tests {
             0,
             "locks outlived their owners"
         );
-    }
-
-    #[test]
-    fn poll_timeouts_round_up() {
-        assert_eq!(poll_millis(Duration::from_micros(1)), 1);
-        assert_eq!(poll_millis(Duration::from_millis(5)), 5);
-        assert_eq!(poll_millis(Duration::from_secs(u64::MAX)), libc::c_int::MAX);
     }
 }

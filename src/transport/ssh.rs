@@ -211,10 +211,12 @@ impl SshTransport {
             BlockDirections::Inbound | BlockDirections::None => libc::POLLIN,
         };
         let left = until.saturating_duration_since(Instant::now());
-        poll_fd(&self.socket, events, left).map_err(|e| TransportError::Io {
-            peer: self.peer.clone(),
-            detail: format!("cannot wait on the socket: {e}"),
-        })
+        crate::poll::wait(self.socket.as_raw_fd(), events, left)
+            .map(drop)
+            .map_err(|e| TransportError::Io {
+                peer: self.peer.clone(),
+                detail: format!("cannot wait on the socket: {e}"),
+            })
     }
 
     /// Sends a keepalive if one is due; returns when the next one is.
@@ -1298,26 +1300,6 @@ fn base64(bytes: &[u8]) -> String {
         }
     }
     out
-}
-
-/// `poll` on one fd; returns when it is ready, `timeout` passed, or a signal arrived (the
-/// caller re-checks its deadline in every case).
-fn poll_fd(fd: &impl AsRawFd, events: libc::c_short, timeout: Duration) -> io::Result<()> {
-    let ms = timeout.as_millis().min(i32::MAX as u128) as libc::c_int;
-    let mut pfd = libc::pollfd {
-        fd: fd.as_raw_fd(),
-        events,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd on the stack and a count of 1.
-    let n = unsafe { libc::poll(&mut pfd, 1, ms) };
-    if n < 0 {
-        let err = io::Error::last_os_error();
-        if err.kind() != io::ErrorKind::Interrupted {
-            return Err(err);
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]
