@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use super::frame::{FOOTER, Footer, HEADER, MAX_PAYLOAD, header};
-use super::io::WriteFile;
+use super::io::{Filesystem, WriteFile};
 use super::losses::Loss;
 use super::scan::{Cursor, Item};
 use super::{
@@ -79,6 +79,15 @@ struct Trouble {
     acked: u64,
 }
 
+/// A record that could not be placed while the disk refused writes; it waits in memory.
+struct Waiting {
+    seq: u64,
+    payload: Vec<u8>,
+    /// Subject to the full-spool policy (false: a gap record, which may pass the bound, or
+    /// a record taken back from an acknowledged tail).
+    bounded: bool,
+}
+
 /// The spool's writer; see the module doc.
 pub struct SpoolWriter {
     core: Arc<Core>,
@@ -87,9 +96,8 @@ pub struct SpoolWriter {
     buf: Vec<u8>,
     /// (seq, frame length) of each frame in `buf`.
     buf_frames: Vec<(u64, u64)>,
-    /// Records that could not be placed while the disk refused writes: (seq, payload,
-    /// bounded by the full-spool policy).
-    held: VecDeque<(u64, Vec<u8>, bool)>,
+    /// Records that could not be placed while the disk refused writes, oldest first.
+    waiting: VecDeque<Waiting>,
     trouble: Option<Trouble>,
     uncommitted: u64,
     last_commit: Instant,
@@ -109,7 +117,7 @@ impl SpoolWriter {
             tail,
             buf: Vec::with_capacity(FLUSH_AT + 4096),
             buf_frames: Vec::new(),
-            held: VecDeque::new(),
+            waiting: VecDeque::new(),
             trouble: None,
             uncommitted: 0,
             last_commit: Instant::now(),
@@ -157,12 +165,12 @@ impl SpoolWriter {
             st.uncommitted += 1;
         }
         self.uncommitted += 1;
-        if self.trouble.is_some() || !self.held.is_empty() {
-            self.hold(seq, payload.to_vec(), bounded);
+        if self.trouble.is_some() || !self.waiting.is_empty() {
+            self.wait_in_memory(seq, payload.to_vec(), bounded);
             return Ok(());
         }
         if let Err(f) = self.place(seq, payload, bounded) {
-            self.hold(seq, payload.to_vec(), bounded);
+            self.wait_in_memory(seq, payload.to_vec(), bounded);
             self.fail(f);
         } else if self.buf.len() >= FLUSH_AT
             && let Err(f) = self.flush_buf()
@@ -172,9 +180,13 @@ impl SpoolWriter {
         Ok(())
     }
 
-    fn hold(&mut self, seq: u64, payload: Vec<u8>, bounded: bool) {
-        self.held.push_back((seq, payload, bounded));
-        self.core.lock().waiting_in_memory = self.held.len() as u64;
+    fn wait_in_memory(&mut self, seq: u64, payload: Vec<u8>, bounded: bool) {
+        self.waiting.push_back(Waiting {
+            seq,
+            payload,
+            bounded,
+        });
+        self.core.lock().waiting_in_memory = self.waiting.len() as u64;
     }
 
     /// Puts one frame into the buffer of the tail segment: room first (`drop_oldest`), a new
@@ -367,7 +379,7 @@ impl SpoolWriter {
             seg.durable = tail.synced;
             seg.durable_last = seg.last_seq;
         }
-        if self.held.is_empty() {
+        if self.waiting.is_empty() {
             st.durable_seq = st.last_seq;
         }
         st.uncommitted = 0;
@@ -428,7 +440,7 @@ impl SpoolWriter {
     /// One attempt to write what waits and make it durable.
     fn retry(&mut self) {
         self.release_acknowledged_tail();
-        match self.drain_held().and_then(|()| self.sync_all()) {
+        match self.drain_waiting().and_then(|()| self.sync_all()) {
             Ok(()) => {
                 if let Some(t) = self.trouble.take() {
                     log::info!(
@@ -469,14 +481,18 @@ impl SpoolWriter {
         let mut back = Vec::with_capacity(self.buf_frames.len());
         for (seq, len) in self.buf_frames.drain(..) {
             let len = len as usize;
-            back.push((seq, self.buf[at + HEADER..at + len].to_vec(), false));
+            back.push(Waiting {
+                seq,
+                payload: self.buf[at + HEADER..at + len].to_vec(),
+                bounded: false,
+            });
             at += len;
         }
         self.buf.clear();
         for record in back.into_iter().rev() {
-            self.held.push_front(record);
+            self.waiting.push_front(record);
         }
-        st.waiting_in_memory = self.held.len() as u64;
+        st.waiting_in_memory = self.waiting.len() as u64;
         drop(st);
         let tail = self.tail.take().expect("checked");
         if self.core.fs.remove(&tail.path).is_ok() {
@@ -484,15 +500,15 @@ impl SpoolWriter {
         }
     }
 
-    fn drain_held(&mut self) -> Result<(), Failure> {
+    fn drain_waiting(&mut self) -> Result<(), Failure> {
         self.flush_buf()?;
         // Each turn places one record or stops: bounded by the queue.
-        while let Some((seq, payload, bounded)) = self.held.pop_front() {
-            if let Err(f) = self.place(seq, &payload, bounded) {
-                self.held.push_front((seq, payload, bounded));
+        while let Some(record) = self.waiting.pop_front() {
+            if let Err(f) = self.place(record.seq, &record.payload, record.bounded) {
+                self.waiting.push_front(record);
                 return Err(f);
             }
-            self.core.lock().waiting_in_memory = self.held.len() as u64;
+            self.core.lock().waiting_in_memory = self.waiting.len() as u64;
             if self.buf.len() >= FLUSH_AT {
                 self.flush_buf()?;
             }
@@ -607,70 +623,12 @@ impl SpoolWriter {
         }
         let mut st = self.core.lock();
         let seg = st.segments.pop_front().expect("checked");
-        let (acked, read_through) = (st.acked, st.read_through);
-        let mut lost = Vec::new();
-        let (mut records, mut bytes) = (0u64, 0u64);
-        let mut held = Vec::new();
-        match self.core.fs.open_read(&seg.path) {
-            Ok(file) => {
-                let mut cursor = Cursor::new(file, seg.durable.max(seg.bytes), 0, None);
-                // Each turn consumes one item; bounded by the segment.
-                loop {
-                    match cursor.next() {
-                        Ok(Item::Record { seq, payload }) if seq > acked => {
-                            let len = (HEADER + payload.len()) as u64;
-                            if seq <= read_through {
-                                held.push((seq, len));
-                            } else {
-                                records += 1;
-                                bytes += len;
-                                lost.push((seq, seq));
-                            }
-                        }
-                        Ok(Item::Damage(d)) => {
-                            // Damaged and dropped: lost either way, unless the shipper
-                            // read it before the damage came (then it is held).
-                            let upper = seg.last_seq.saturating_add(1);
-                            let unread =
-                                super::damage_loss(&d, upper, acked.max(read_through), &seg.path);
-                            records += unread.records;
-                            bytes += unread.bytes;
-                            lost.extend(unread.lost);
-                            let first = (d.after_seq + 1).max(acked + 1);
-                            let last = d.next_seq.unwrap_or(upper).saturating_sub(1);
-                            held.extend((first..=last.min(read_through)).map(|s| (s, 0)));
-                        }
-                        Ok(Item::Record { .. }) => {}
-                        Ok(Item::Footer(_)) | Ok(Item::End) => break,
-                        Err(e) => {
-                            // The rest cannot be read: what it held is gone with it.
-                            let from = (cursor.last_seq + 1).max(acked + 1);
-                            let unread_from = from.max(read_through + 1);
-                            if seg.last_seq >= unread_from {
-                                records += seg.last_seq - unread_from + 1;
-                                lost.push((unread_from, seg.last_seq));
-                            }
-                            held.extend((from..=seg.last_seq.min(read_through)).map(|s| (s, 0)));
-                            log::warn!(
-                                "cannot read the rest of {} before dropping it ({e}); its unshipped records count as lost",
-                                seg.path.display()
-                            );
-                            break;
-                        }
-                    }
-                }
-            }
-            Err(e) => {
-                log::warn!(
-                    "cannot list the records of {} before dropping it ({e}); all its unshipped records count as lost",
-                    seg.path.display()
-                );
-                records = seg.unacked();
-                bytes = seg.bytes;
-                lost.push((seg.first_seq.max(acked + 1), seg.last_seq));
-            }
-        }
-        let lost = joined(lost);
+        let Dropped {
+            records,
+            bytes,
+            lost,
+            held,
+        } = dropped(&*self.core.fs, &seg, st.acked, st.read_through);
         let why = match cause {
             GapCause::DiskFull => "the disk is full",
             _ => "the spool is full",
@@ -856,10 +814,10 @@ impl SpoolWriter {
             bytes += len;
             lost.push((seq, seq));
         }
-        for (seq, payload, _) in &self.held {
+        for record in &self.waiting {
             records += 1;
-            bytes += (HEADER + payload.len()) as u64;
-            lost.push((*seq, *seq));
+            bytes += (HEADER + record.payload.len()) as u64;
+            lost.push((record.seq, record.seq));
         }
         let lost = joined(lost);
         log::error!(
@@ -889,4 +847,86 @@ fn backoff(attempts: u32) -> Duration {
     RETRY_FIRST
         .saturating_mul(1 << attempts.saturating_sub(1).min(16))
         .min(RETRY_MAX)
+}
+
+/// What dropping a segment costs: its unacknowledged records the shipper has not read
+/// (`records`, `bytes`, `lost` as joined ranges) and those it has read (`held`: seq, bytes).
+struct Dropped {
+    records: u64,
+    bytes: u64,
+    lost: Vec<(u64, u64)>,
+    held: Vec<(u64, u64)>,
+}
+
+/// Reads `seg` before it is dropped, to know what it costs; what cannot be read of it counts
+/// as lost (or held, below `read_through`).
+fn dropped(fs: &dyn Filesystem, seg: &Segment, acked: u64, read_through: u64) -> Dropped {
+    let mut lost = Vec::new();
+    let (mut records, mut bytes) = (0u64, 0u64);
+    let mut held = Vec::new();
+    match fs.open_read(&seg.path) {
+        Ok(file) => {
+            let mut cursor = Cursor::new(file, seg.durable.max(seg.bytes), 0, None);
+            // Each turn consumes one item; bounded by the segment.
+            loop {
+                match cursor.next() {
+                    Ok(Item::Record { seq, payload }) if seq > acked => {
+                        let len = (HEADER + payload.len()) as u64;
+                        if seq <= read_through {
+                            held.push((seq, len));
+                        } else {
+                            records += 1;
+                            bytes += len;
+                            lost.push((seq, seq));
+                        }
+                    }
+                    Ok(Item::Damage(d)) => {
+                        // Damaged and dropped: lost either way, unless the shipper
+                        // read it before the damage came (then it is held).
+                        let upper = seg.last_seq.saturating_add(1);
+                        let unread =
+                            super::damage_loss(&d, upper, acked.max(read_through), &seg.path);
+                        records += unread.records;
+                        bytes += unread.bytes;
+                        lost.extend(unread.lost);
+                        let first = (d.after_seq + 1).max(acked + 1);
+                        let last = d.next_seq.unwrap_or(upper).saturating_sub(1);
+                        held.extend((first..=last.min(read_through)).map(|s| (s, 0)));
+                    }
+                    Ok(Item::Record { .. }) => {}
+                    Ok(Item::Footer(_)) | Ok(Item::End) => break,
+                    Err(e) => {
+                        // The rest cannot be read: what it held is gone with it.
+                        let from = (cursor.last_seq + 1).max(acked + 1);
+                        let unread_from = from.max(read_through + 1);
+                        if seg.last_seq >= unread_from {
+                            records += seg.last_seq - unread_from + 1;
+                            lost.push((unread_from, seg.last_seq));
+                        }
+                        held.extend((from..=seg.last_seq.min(read_through)).map(|s| (s, 0)));
+                        log::warn!(
+                            "cannot read the rest of {} before dropping it ({e}); its unshipped records count as lost",
+                            seg.path.display()
+                        );
+                        break;
+                    }
+                }
+            }
+        }
+        Err(e) => {
+            log::warn!(
+                "cannot list the records of {} before dropping it ({e}); all its unshipped records count as lost",
+                seg.path.display()
+            );
+            records = seg.unacked();
+            bytes = seg.bytes;
+            lost.push((seg.first_seq.max(acked + 1), seg.last_seq));
+        }
+    }
+    Dropped {
+        records,
+        bytes,
+        lost: joined(lost),
+        held,
+    }
 }
