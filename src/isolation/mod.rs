@@ -109,7 +109,11 @@ pub struct Isolator {
 
 /// [`Isolator::collect`] with this executable as `rackhand driver` and the default limits:
 /// the drop-in for `session::collect` where `device.isolation` is `process`.
-pub fn collect_isolated(device: &Device, commands: &[String], emit: &mut dyn FnMut(Outcome)) {
+pub(crate) fn collect_isolated(
+    device: &Device,
+    commands: &[String],
+    emit: &mut dyn FnMut(Outcome),
+) {
     match Isolator::current() {
         Ok(isolator) => isolator.collect(device, commands, emit),
         Err(e) => {
