@@ -25,7 +25,8 @@
 //! process group, PDEATHSIG, rlimits) and kills and reaps it; `watch.rs` is the watch loop
 //! (request out, outcomes in, the deadline and the chatter budget); `ending.rs` words how it
 //! ended for the unanswered commands; `stderr.rs` forwards its stderr to the log; the wire
-//! format is `protocol.rs`, the driver process's own side `child.rs`.
+//! format is `protocol.rs`, the driver process's own side `child.rs`. Here "driver" is always
+//! that child process, never the platform table (`crate::driver`).
 
 pub(crate) mod child;
 mod ending;

@@ -41,6 +41,13 @@
 //! is never hammered. One attempt (connect, publish, PUBACKs) never outlasts `timeout` nor
 //! `until`; while it waits for the broker it looks at the stop flag at least every 50 ms.
 //! Dropping the sink closes the connection and ends its thread.
+//!
+//! # Where things are
+//! This file holds the config, the errors and the sink (batches in, retries with backoff,
+//! refused records to the dead-letter file); `connection.rs` the connection thread and the
+//! state it shares with the sink (PUBLISHes and PUBACKs per connection); `attempt.rs` one
+//! attempt (a clean connection, publish, every PUBACK); `options.rs` the broker URL,
+//! credentials and TLS; `packet.rs` topics and the PUBLISH size.
 
 mod attempt;
 mod connection;
