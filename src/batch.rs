@@ -10,7 +10,7 @@
 //! range, and its `Idempotency-Key` is `"<agent>:<first seq>-<last seq>"`: the same records
 //! always give the same key. A cut decided by the clock (the age limit) cannot be repeated
 //! after a restart by replaying the records alone, so the caller can persist the last seq of
-//! a batch in flight and hand it back with [`Batcher::resume_cut`]; the batch is then cut at
+//! a batch in flight and hand it back with `Batcher::resume_cut`; the batch is then cut at
 //! the same place and carries the same key.
 //!
 //! The struct does no I/O and never sleeps: the caller passes `now` and waits for

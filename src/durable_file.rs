@@ -11,7 +11,7 @@
 //! agent goes on. On a copy-on-write filesystem that needs blocks for any write, the in-place
 //! write fails too and the caller gets the error.
 //!
-//! Files are created 0640 (see [`FILE_MODE`]) whatever the umask: they sit in `state_dir`
+//! Files are created 0640 (see `FILE_MODE`) whatever the umask: they sit in `state_dir`
 //! beside device output.
 
 use std::fs::{self, File, OpenOptions};

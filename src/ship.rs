@@ -14,7 +14,7 @@
 //! open batch, one batch in flight, one record read ahead.
 //!
 //! The sink retries by itself; the shipper only adds a backoff between calls that failed
-//! outright (a full disk under the file sink) and keeps the [`ShipReport`] that logs and
+//! outright (a full disk under the file sink) and keeps the `ShipReport` that logs and
 //! `rackhand status` show. Damage met while reading is the reader's to count; the shipper
 //! never sees it.
 

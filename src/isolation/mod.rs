@@ -7,7 +7,7 @@
 //! rlimits, and it dies with the agent (PR_SET_PDEATHSIG).
 //!
 //! The child is `rackhand driver` (the same binary, hidden subcommand) or, for a device with
-//! `driver_exec`, any program speaking the same JSON lines protocol ([`protocol`],
+//! `driver_exec`, any program speaking the same JSON lines protocol (`protocol.rs`,
 //! `docs/driver-protocol.md`). The agent side here spawns it, writes the request, reads
 //! outcomes with a deadline per command, forwards its stderr to the log under the device's
 //! name, and always kills what is left of its process group and reaps it before returning, so
@@ -16,8 +16,8 @@
 //!
 //! Only an outcome restarts the deadline. Whatever else a driver prints on stdout (blank
 //! lines, log text, progress, JSON of a type we do not know) is tolerated but counts against
-//! the running deadline, and against a budget per outcome ([`CHATTER_LINES`],
-//! [`CHATTER_BYTES`]): a driver that keeps talking without answering is killed at its
+//! the running deadline, and against a budget per outcome (`CHATTER_LINES`,
+//! `CHATTER_BYTES`): a driver that keeps talking without answering is killed at its
 //! deadline like a silent one, and one that floods is stopped as soon as it passes the
 //! budget, before it costs the agent much CPU.
 //!

@@ -15,7 +15,7 @@
 //!   file becomes `dead-letter.old.ndjson` (replacing the one before) and a new one starts, so
 //!   at most two files of about the cap each. An entry larger than the cap is still written
 //!   whole, into a file of its own.
-//! - Durable before it counts: [`DeadLetters::write`] fsyncs the file (and the folder, when the
+//! - Durable before it counts: `DeadLetters::write` fsyncs the file (and the folder, when the
 //!   file is new) before it returns, i.e. before the batch may leave the spool. When it fails,
 //!   the file is cut back to where this write began and the batch stays in the spool.
 

@@ -8,7 +8,7 @@
 //! - [`Spool::open`] hands out two handles with two roles, enforced by types: the
 //!   [`SpoolWriter`] (the agent's loop: append, commit, the full-spool policy, storage
 //!   errors) and the [`SpoolReader`] (the shipper: read committed records, acknowledge);
-//! - every loss, whatever its cause, is counted in one place, the ledger ([`losses`]),
+//! - every loss, whatever its cause, is counted in one place, the ledger (`losses.rs`),
 //!   durably before it becomes irreversible, and reported upstream as gap records;
 //! - every byte goes through a [`Filesystem`] ([`io`]), so the fault tests can fill the disk,
 //!   fail a write or tear it at any point ([`memfs`]).
@@ -16,14 +16,14 @@
 //! Opening is fast whatever the spool holds: sealed segments end with a footer that names
 //! their records ([`frame::Footer`]), so only the unsealed tail segment is scanned; the
 //! others are checked record by record as the reader reads them, and a damaged frame then
-//! costs itself, not its neighbours ([`scan`]). Limits come from the frame format and the
+//! costs itself, not its neighbours (`scan.rs`). Limits come from the frame format and the
 //! files' real sizes, never from the current config, so records spooled under an older
 //! config are delivered whole.
 //!
 //! Layout in `dir` (the agent passes `state_dir/spool`):
 //! - `<first seq, 20 digits>.seg`: segments, rolled at about `segment_bytes`;
 //! - `checkpoint`: the highest seq upstream acknowledged, as decimal text;
-//! - `ledger`: losses not yet reported upstream ([`losses`]).
+//! - `ledger`: losses not yet reported upstream (`losses.rs`).
 
 pub mod frame;
 pub mod io;

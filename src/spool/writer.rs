@@ -577,7 +577,7 @@ impl SpoolWriter {
         });
     }
 
-    /// The losses to report now as gap records (see [`super::losses::Ledger::take_due`]).
+    /// The losses to report now as gap records (see `Ledger::take_due` in `losses.rs`).
     /// With `force` (at stop: no collection starts any more), a pause under way ends now
     /// and goes too.
     pub fn take_losses(&mut self, now: Instant, force: bool) -> Vec<(GapCause, Loss)> {

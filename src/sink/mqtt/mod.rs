@@ -13,7 +13,7 @@
 //! rumqttc's `publish()` returns once the message is queued, not once the broker has it. So a
 //! dedicated thread drives the connection (`Connection::recv`) and notes, per connection, the
 //! packet id of every PUBLISH that went out and every PUBACK that came back;
-//! [`MqttSink::ship`] returns `Ok` only when as many PUBLISHes as the batch has records went
+//! [`MqttSink::send`] returns `Ok` only when as many PUBLISHes as the batch has records went
 //! out on one connection and none of them awaits its PUBACK. Anything else (the connection
 //! drops, the broker restarts, it stops acknowledging within `timeout`) fails the attempt,
 //! and the next attempt publishes the *whole* batch again on a fresh connection: the broker
@@ -34,7 +34,7 @@
 //!
 //! # Connecting and waiting
 //! [`MqttSink::new`] checks the URL, topic template, credentials and CA file, and starts the
-//! connection thread, but connects lazily: at the first [`MqttSink::ship`], so an agent starts
+//! connection thread, but connects lazily: at the first [`MqttSink::send`], so an agent starts
 //! (and spools) while the broker is down. After a failed attempt the next waits with
 //! [`Backoff`] (full jitter, 1 s → 60 s by default) in [`StopFlag::wait_until`]; the
 //! connection thread never reconnects by itself, only when an attempt asks, so a dead broker
@@ -244,7 +244,7 @@ impl std::fmt::Debug for MqttSink {
 
 impl MqttSink {
     /// Checks the URL, topic, credentials and CA file now, so a mistake shows at start, and
-    /// starts the (idle) connection thread; the first [`MqttSink::ship`] connects.
+    /// starts the (idle) connection thread; the first [`MqttSink::send`] connects.
     pub fn new(config: MqttConfig) -> Result<MqttSink, MqttSinkError> {
         let url = redact(&config.broker).into_owned();
         check_topic(&config.topic, &url)?;
