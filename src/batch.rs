@@ -10,7 +10,7 @@
 //! range, and its `Idempotency-Key` is `"<agent>:<first seq>-<last seq>"`: the same records
 //! always give the same key. A cut decided by the clock (the age limit) cannot be repeated
 //! after a restart by replaying the records alone, so the caller can persist the last seq of
-//! a batch in flight and hand it back with [`Batcher::resume_cut`]; the batch is then cut at
+//! a batch in flight and hand it back with `Batcher::resume_cut`; the batch is then cut at
 //! the same place and carries the same key.
 //!
 //! The struct does no I/O and never sleeps: the caller passes `now` and waits for
@@ -34,7 +34,7 @@ pub struct BatchLimits {
 
 impl BatchLimits {
     /// Default jitter: a batch waits between 80 % and 100 % of `batch_max_age`.
-    pub const DEFAULT_JITTER: f64 = 0.2;
+    pub(crate) const DEFAULT_JITTER: f64 = 0.2;
 
     pub fn from_upstream(upstream: &crate::inventory::Upstream) -> BatchLimits {
         BatchLimits {
@@ -215,7 +215,7 @@ impl Batcher {
     /// acknowledged: the batch holding `last_seq` closes exactly there, so its resend has the
     /// same key. Count and byte limits still apply (they can only cut earlier if the config
     /// was lowered meanwhile).
-    pub fn resume_cut(&mut self, last_seq: u64) {
+    pub(crate) fn resume_cut(&mut self, last_seq: u64) {
         self.resume_cut = Some(last_seq);
     }
 
@@ -280,7 +280,7 @@ impl Batcher {
     /// When the open batch's age limit passes: the caller waits (on its own events) until
     /// then and calls [`Batcher::poll`]. `None` when no batch is open.
     /// The NDJSON body of the batch still open (not yet closed), if any.
-    pub fn open_body(&self) -> Option<&[u8]> {
+    pub(crate) fn open_body(&self) -> Option<&[u8]> {
         self.open.as_ref().map(|o| o.body.as_slice())
     }
 

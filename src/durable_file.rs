@@ -11,7 +11,7 @@
 //! agent goes on. On a copy-on-write filesystem that needs blocks for any write, the in-place
 //! write fails too and the caller gets the error.
 //!
-//! Files are created 0640 (see [`FILE_MODE`]) whatever the umask: they sit in `state_dir`
+//! Files are created 0640 (see `FILE_MODE`) whatever the umask: they sit in `state_dir`
 //! beside device output.
 
 use std::fs::{self, File, OpenOptions};
@@ -21,12 +21,12 @@ use std::path::Path;
 
 /// Mode of every file the agent creates in `state_dir`: the owner reads and writes, its
 /// group (operators running `rackhand status`) reads, others nothing.
-pub const FILE_MODE: u32 = 0o640;
+pub(crate) const FILE_MODE: u32 = 0o640;
 /// Mode of `state_dir` and the folders in it.
-pub const DIR_MODE: u32 = 0o750;
+pub(crate) const DIR_MODE: u32 = 0o750;
 
 /// Replaces `path` with `bytes` atomically: temp file, fsync, rename, fsync of the folder.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let tmp = path.with_extension("tmp");
     {
         let mut f = OpenOptions::new()
@@ -46,7 +46,7 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
 }
 
 /// Whether `error` means the filesystem has no room (or the user's quota is used up).
-pub fn is_out_of_space(error: &io::Error) -> bool {
+pub(crate) fn is_out_of_space(error: &io::Error) -> bool {
     matches!(
         error.raw_os_error(),
         Some(libc::ENOSPC) | Some(libc::EDQUOT)
@@ -55,7 +55,7 @@ pub fn is_out_of_space(error: &io::Error) -> bool {
 
 /// [`write_atomically`], or, when that fails for lack of space and the file exists, the
 /// content written over the old one in place (see the module doc). Short files only.
-pub fn write_durably(path: &Path, bytes: &[u8]) -> io::Result<()> {
+pub(crate) fn write_durably(path: &Path, bytes: &[u8]) -> io::Result<()> {
     match write_atomically(path, bytes) {
         Ok(()) => Ok(()),
         Err(e) if is_out_of_space(&e) => {
@@ -67,7 +67,7 @@ pub fn write_durably(path: &Path, bytes: &[u8]) -> io::Result<()> {
 }
 
 /// Writes `bytes` at offset 0 of the existing `path`, cuts it to that length and syncs.
-pub fn overwrite_in_place(path: &Path, bytes: &[u8]) -> io::Result<()> {
+pub(crate) fn overwrite_in_place(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let f = OpenOptions::new().write(true).open(path)?;
     f.write_all_at(bytes, 0)?;
     f.set_len(bytes.len() as u64)?;
@@ -85,7 +85,7 @@ pub fn free_bytes(path: &Path) -> Option<u64> {
 }
 
 /// `12.3 MB`-style text for log lines about space.
-pub fn human_bytes(n: u64) -> String {
+pub(crate) fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["bytes", "KiB", "MiB", "GiB", "TiB"];
     let mut value = n as f64;
     let mut unit = 0;

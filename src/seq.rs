@@ -15,7 +15,7 @@ use std::sync::Mutex;
 use crate::durable_file::write_durably;
 
 /// How many numbers one write of the seq file reserves.
-pub const BLOCK: u64 = 1024;
+pub(crate) const BLOCK: u64 = 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SeqError {
@@ -37,7 +37,7 @@ struct State {
 
 /// A persisted, strictly increasing sequence.
 #[derive(Debug)]
-pub struct Sequence {
+pub(crate) struct Sequence {
     path: PathBuf,
     state: Mutex<State>,
 }
@@ -81,7 +81,7 @@ impl Sequence {
     /// every seq that can have reached upstream is at most `floor` (the shipper sends only
     /// records committed to the spool, and the spool's last and acked seqs cover those), so
     /// continuing above `floor` reuses nothing.
-    pub fn open_above(dir: &Path, floor: u64) -> Result<Sequence, SeqError> {
+    pub(crate) fn open_above(dir: &Path, floor: u64) -> Result<Sequence, SeqError> {
         let sequence = match Sequence::open(dir) {
             // Unreadable (a bad sector) is no better than damaged; neither stops the agent.
             Err(SeqError::Io { path, error }) => Sequence::damaged(path, &error.to_string(), floor),

@@ -14,7 +14,7 @@
 //! open batch, one batch in flight, one record read ahead.
 //!
 //! The sink retries by itself; the shipper only adds a backoff between calls that failed
-//! outright (a full disk under the file sink) and keeps the [`ShipReport`] that logs and
+//! outright (a full disk under the file sink) and keeps the `ShipReport` that logs and
 //! `rackhand status` show. Damage met while reading is the reader's to count; the shipper
 //! never sees it.
 
@@ -33,7 +33,7 @@ use crate::sink::{Backoff, Jitter, Retry, Shipped, Sink, StopFlag};
 use crate::spool::{Loss, SpoolReader, Waker};
 
 /// The file in `state_dir` that names the last seq of the batch in flight.
-pub const SHIP_CUT_FILE: &str = "ship-cut";
+pub(crate) const SHIP_CUT_FILE: &str = "ship-cut";
 
 /// How long one call to the sink may retry by itself before the shipper looks again (it
 /// calls again at once with the same batch; this only bounds a single call).
@@ -41,7 +41,7 @@ const SHIP_CALL: Duration = Duration::from_secs(3600);
 
 /// Where the shipper stands, for logs and `rackhand status`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ShipReport {
+pub(crate) struct ShipReport {
     pub sink: String,
     pub state: ShipState,
     pub last_error: Option<String>,
@@ -59,7 +59,7 @@ pub struct ShipReport {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ShipState {
+pub(crate) enum ShipState {
     /// Nothing to send.
     Idle,
     /// A batch is on its way.
@@ -81,7 +81,7 @@ impl ShipState {
     }
 }
 
-pub struct ShipperOptions {
+pub(crate) struct ShipperOptions {
     pub agent: String,
     pub limits: BatchLimits,
     /// Where `ship-cut` is kept.
@@ -93,7 +93,7 @@ pub struct ShipperOptions {
 }
 
 /// The running shipper thread.
-pub struct Shipper {
+pub(crate) struct Shipper {
     waker: Waker,
     stop: Arc<StopFlag>,
     report: Arc<Mutex<ShipReport>>,

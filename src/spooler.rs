@@ -23,7 +23,7 @@ const CLOCK_EVERY: Duration = Duration::from_secs(10);
 /// (a control character JSON-escapes as `\u00XX`), and output that is not UTF-8 is carried
 /// again as base64 (4/3 per byte). Records are limited in bytes of their encoding, so an
 /// output within `max_output` always fits, whatever bytes it holds.
-pub fn record_limit(max_output: u64) -> u64 {
+pub(crate) fn record_limit(max_output: u64) -> u64 {
     max_output
         .saturating_mul(22)
         .div_ceil(3)
@@ -31,7 +31,7 @@ pub fn record_limit(max_output: u64) -> u64 {
 }
 
 /// See the module doc.
-pub struct Spooler {
+pub(crate) struct Spooler {
     writer: SpoolWriter,
     seq: Sequence,
     agent: String,
@@ -228,7 +228,7 @@ impl Spooler {
 
     /// Turns the ledger's losses into gap records: those due (at most one per cause per
     /// [`crate::spool::REPORT_EVERY`]), or all of them with `force`.
-    pub fn report_losses(&mut self, now: Instant, force: bool) {
+    pub(crate) fn report_losses(&mut self, now: Instant, force: bool) {
         for (cause, loss) in self.writer.take_losses(now, force) {
             let seq = match self.seq.next() {
                 Ok(seq) => seq,

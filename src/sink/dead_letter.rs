@@ -15,7 +15,7 @@
 //!   file becomes `dead-letter.old.ndjson` (replacing the one before) and a new one starts, so
 //!   at most two files of about the cap each. An entry larger than the cap is still written
 //!   whole, into a file of its own.
-//! - Durable before it counts: [`DeadLetters::write`] fsyncs the file (and the folder, when the
+//! - Durable before it counts: `DeadLetters::write` fsyncs the file (and the folder, when the
 //!   file is new) before it returns, i.e. before the batch may leave the spool. When it fails,
 //!   the file is cut back to where this write began and the batch stays in the spool.
 
@@ -38,7 +38,7 @@ pub const MAX_BYTES: u64 = 16 * 1024 * 1024;
 /// Who refused: each header names the sink and its target (a URL without credentials, or a
 /// broker).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Refuser<'a> {
+pub(crate) struct Refuser<'a> {
     /// `http` or `mqtt`.
     pub sink: &'static str,
     pub target: &'a str,
@@ -46,7 +46,7 @@ pub struct Refuser<'a> {
 
 /// A contiguous run of a batch's records upstream refused for good, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Refusal<'a> {
+pub(crate) struct Refusal<'a> {
     /// The refused records: the whole batch, a part of it, or a single record.
     pub part: Cow<'a, Batch>,
     /// The HTTP status that refused them (none for mqtt).
@@ -71,7 +71,7 @@ pub struct DeadLetterError {
 
 /// The dead-letter file of one sink: its folder and cap.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeadLetters {
+pub(crate) struct DeadLetters {
     dir: PathBuf,
     max_bytes: u64,
 }

@@ -98,7 +98,7 @@ impl FileSink {
     }
 
     /// The file records are appended to now.
-    pub fn current_path(&self) -> PathBuf {
+    pub(crate) fn current_path(&self) -> PathBuf {
         self.dir.join(CURRENT)
     }
 
@@ -131,7 +131,7 @@ impl FileSink {
 
     /// Appends a batch's NDJSON lines and makes them durable before returning (the spool
     /// may then drop them). A batch is never split across two files.
-    pub fn write_batch(&mut self, batch: &Batch) -> Result<(), FileSinkError> {
+    pub(crate) fn write_batch(&mut self, batch: &Batch) -> Result<(), FileSinkError> {
         if self.size >= self.max_bytes {
             self.rotate()?;
         }

@@ -36,10 +36,10 @@ use crate::config::url::{redact, redact_in};
 use crate::inventory::Upstream;
 
 /// How much of a response body is kept for the dead-letter file and error messages.
-pub const RESPONSE_EXCERPT: usize = 2048;
+pub(crate) const RESPONSE_EXCERPT: usize = 2048;
 /// A `Retry-After` longer than this is cut to it: an HTTP date read with an unsynchronised
 /// clock (a Pi without RTC boots in 1970) could otherwise mean a wait of decades.
-pub const RETRY_AFTER_MAX: Duration = Duration::from_secs(600);
+pub(crate) const RETRY_AFTER_MAX: Duration = Duration::from_secs(600);
 
 /// Headers the sink sets itself; config may not override them.
 const RESERVED_HEADERS: &[&str] = &[
@@ -605,7 +605,7 @@ fn describe(error: &ureq::Error, url: &str, timeout: Duration) -> String {
 }
 
 /// `Retry-After` as seconds or an HTTP date (IMF-fixdate, RFC 850 or asctime, RFC 9110).
-pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+pub(crate) fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     let value = value.trim();
     if let Ok(secs) = value.parse::<u64>() {
         return Some(Duration::from_secs(secs));

@@ -131,7 +131,7 @@ impl Jitter {
     }
 
     /// Reproducible draws (never zero: xorshift's one fixed point).
-    pub fn from_seed(seed: u64) -> Jitter {
+    pub(crate) fn from_seed(seed: u64) -> Jitter {
         Jitter(seed | 1)
     }
 

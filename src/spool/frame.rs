@@ -68,7 +68,7 @@ impl Footer {
     /// verifies: a flipped bit spoils either its header (the magic is still in place) or
     /// its payload (the header still says seq 0 with a footer's length). Record bytes never
     /// look like that: a record's JSON holds no NUL bytes.
-    pub fn is_damaged(bytes: &[u8]) -> bool {
+    pub(crate) fn is_damaged(bytes: &[u8]) -> bool {
         let Some(head) = bytes
             .get(..HEADER)
             .and_then(|h| <&[u8; HEADER]>::try_from(h).ok())
@@ -104,7 +104,7 @@ impl Header {
     }
 
     /// Bytes the whole frame takes on disk.
-    pub fn frame_len(&self) -> u64 {
+    pub(crate) fn frame_len(&self) -> u64 {
         HEADER as u64 + u64::from(self.len)
     }
 

@@ -29,6 +29,25 @@ struct Position {
     cursor: Cursor,
 }
 
+/// The part of a segment one read may cover: up to what is committed (`end`), below
+/// `upper` (`u64::MAX`: unbounded).
+struct Window {
+    segment: u64,
+    end: u64,
+    upper: u64,
+    sealed: bool,
+}
+
+/// One step of [`SpoolReader::next_record`].
+enum Step<T> {
+    /// Go on with this.
+    Go(T),
+    /// Look again (another item, another segment).
+    Again,
+    /// Nothing more is committed for now.
+    CaughtUp,
+}
+
 /// The spool's reader; see the module doc.
 pub struct SpoolReader {
     core: Arc<Core>,
@@ -105,132 +124,165 @@ impl SpoolReader {
         // Each turn consumes one item of a segment or moves to the next segment: bounded by
         // the spool's content.
         loop {
-            let (segment, end, upper, sealed) = {
-                let mut st = self.core.lock();
-                self.seen_commits = st.commits;
-                let current = self
-                    .at
-                    .as_ref()
-                    .and_then(|p| st.segment(p.segment).map(|s| (p.segment, s)));
-                let seg = match current {
-                    Some((_, s)) => s,
-                    None => {
-                        if let Some(p) = self.at.take() {
-                            // Deleted under us (dropped or acknowledged): what it held is
-                            // counted where it was deleted.
-                            self.finished = Some(p.segment);
-                        }
-                        let chosen = match self.finished {
-                            Some(done) => st.segments.iter().find(|s| s.first_seq > done),
-                            None => st
-                                .segments
-                                .iter()
-                                .rev()
-                                .find(|s| s.first_seq <= self.next)
-                                .or(st.segments.front()),
-                        };
-                        let seg = chosen?;
-                        match self.core.fs.open_read(&seg.path) {
-                            Ok(file) => {
-                                let floor = seg.first_seq.saturating_sub(1);
-                                self.at = Some(Position {
-                                    segment: seg.first_seq,
-                                    cursor: Cursor::new(file, seg.durable, floor, None),
-                                });
-                                seg
-                            }
-                            Err(e) if seg.sealed => {
-                                let (first, path) = (seg.first_seq, seg.path.clone());
-                                let upper = seg.last_seq.saturating_add(1);
-                                unreadable(&mut st, first, 0, first, upper, &path, &e);
-                                self.finished = Some(first);
-                                continue;
-                            }
-                            Err(e) => {
-                                // The tail, which the writer holds open: try again at the
-                                // next call rather than pass over what it will still get.
-                                log::warn!("cannot open {} to read it: {e}", seg.path.display());
-                                return None;
-                            }
-                        }
-                    }
-                };
-                // What bounds the records this read can meet: the segment's last record,
-                // or in the tail, the last one committed (later ones may still be buffered).
-                let last = if seg.sealed {
-                    seg.last_seq
-                } else {
-                    seg.durable_last
-                };
-                let upper = if last > 0 {
-                    last.saturating_add(1)
-                } else {
-                    u64::MAX
-                };
-                (seg.first_seq, seg.durable, upper, seg.sealed)
+            let window = match self.window() {
+                Step::Go(window) => window,
+                Step::Again => continue,
+                Step::CaughtUp => return None,
             };
-            let pos = self.at.as_mut().expect("chosen above");
-            pos.cursor.end = end;
-            pos.cursor.set_upper((upper != u64::MAX).then_some(upper));
-            // A read error may pass (a busy card): two more tries before the rest counts
-            // as unreadable.
-            let mut item = pos.cursor.next();
-            for _ in 0..2 {
-                if item.is_ok() {
-                    break;
+            let item = self.read_item(&window);
+            match self.take_item(item, &window) {
+                Step::Go(record) => return Some(record),
+                Step::Again => continue,
+                Step::CaughtUp => return None,
+            }
+        }
+    }
+
+    /// The segment to read from now, opened at the reader's place: the current one while it
+    /// exists, else the next after the one finished (or the one holding `next`).
+    fn window(&mut self) -> Step<Window> {
+        let mut st = self.core.lock();
+        self.seen_commits = st.commits;
+        let current = self
+            .at
+            .as_ref()
+            .and_then(|p| st.segment(p.segment).map(|s| (p.segment, s)));
+        let seg = match current {
+            Some((_, s)) => s,
+            None => {
+                if let Some(p) = self.at.take() {
+                    // Deleted under us (dropped or acknowledged): what it held is
+                    // counted where it was deleted.
+                    self.finished = Some(p.segment);
                 }
-                item = pos.cursor.next();
-            }
-            let mut st = self.core.lock();
-            if st.segment(segment).is_none() {
-                // Deleted while we read: see above.
-                continue;
-            }
-            match item {
-                Ok(Item::Record { seq, payload }) => {
-                    if seq < self.next || seq <= st.acked {
-                        continue;
+                let chosen = match self.finished {
+                    Some(done) => st.segments.iter().find(|s| s.first_seq > done),
+                    None => st
+                        .segments
+                        .iter()
+                        .rev()
+                        .find(|s| s.first_seq <= self.next)
+                        .or(st.segments.front()),
+                };
+                let Some(seg) = chosen else {
+                    return Step::CaughtUp;
+                };
+                match self.core.fs.open_read(&seg.path) {
+                    Ok(file) => {
+                        let floor = seg.first_seq.saturating_sub(1);
+                        self.at = Some(Position {
+                            segment: seg.first_seq,
+                            cursor: Cursor::new(file, seg.durable, floor, None),
+                        });
+                        seg
                     }
-                    self.next = seq + 1;
-                    st.read_through = st.read_through.max(seq);
-                    return Some((seq, payload));
+                    Err(e) if seg.sealed => {
+                        let (first, path) = (seg.first_seq, seg.path.clone());
+                        let upper = seg.last_seq.saturating_add(1);
+                        unreadable(&mut st, first, 0, first, upper, &path, &e);
+                        self.finished = Some(first);
+                        return Step::Again;
+                    }
+                    Err(e) => {
+                        // The tail, which the writer holds open: try again at the
+                        // next call rather than pass over what it will still get.
+                        log::warn!("cannot open {} to read it: {e}", seg.path.display());
+                        return Step::CaughtUp;
+                    }
                 }
-                Ok(Item::Footer(_)) => {
+            }
+        };
+        // What bounds the records this read can meet: the segment's last record,
+        // or in the tail, the last one committed (later ones may still be buffered).
+        let last = if seg.sealed {
+            seg.last_seq
+        } else {
+            seg.durable_last
+        };
+        let upper = if last > 0 {
+            last.saturating_add(1)
+        } else {
+            u64::MAX
+        };
+        Step::Go(Window {
+            segment: seg.first_seq,
+            end: seg.durable,
+            upper,
+            sealed: seg.sealed,
+        })
+    }
+
+    /// The next item of the window, outside the lock. A read error may pass (a busy card):
+    /// two more tries before the rest counts as unreadable.
+    fn read_item(&mut self, window: &Window) -> std::io::Result<Item> {
+        let pos = self.at.as_mut().expect("chosen by window");
+        pos.cursor.end = window.end;
+        pos.cursor
+            .set_upper((window.upper != u64::MAX).then_some(window.upper));
+        let mut item = pos.cursor.next();
+        for _ in 0..2 {
+            if item.is_ok() {
+                break;
+            }
+            item = pos.cursor.next();
+        }
+        item
+    }
+
+    /// What an item means: a record to return, the segment's end, damage or an unreadable
+    /// rest to note and pass over.
+    fn take_item(&mut self, item: std::io::Result<Item>, window: &Window) -> Step<(u64, Vec<u8>)> {
+        let segment = window.segment;
+        let mut st = self.core.lock();
+        if st.segment(segment).is_none() {
+            // Deleted while we read: see `window`.
+            return Step::Again;
+        }
+        match item {
+            Ok(Item::Record { seq, payload }) => {
+                if seq < self.next || seq <= st.acked {
+                    return Step::Again;
+                }
+                self.next = seq + 1;
+                st.read_through = st.read_through.max(seq);
+                return Step::Go((seq, payload));
+            }
+            Ok(Item::Footer(_)) => {
+                self.at = None;
+                self.finished = Some(segment);
+            }
+            Ok(Item::End) if window.sealed => {
+                self.at = None;
+                self.finished = Some(segment);
+            }
+            Ok(Item::End) => return Step::CaughtUp,
+            Ok(Item::Damage(d)) => {
+                let path = st
+                    .segment(segment)
+                    .map(|s| s.path.clone())
+                    .unwrap_or_default();
+                st.note_damage(segment, window.upper, &d, &path, true);
+            }
+            Err(e) => {
+                let Some(path) = st.segment(segment).map(|s| s.path.clone()) else {
+                    return Step::Again;
+                };
+                let pos = self.at.as_mut().expect("reading it");
+                let from = pos.cursor.last_seq + 1;
+                let at = pos.cursor.pos;
+                unreadable(&mut st, segment, at, from, window.upper, &path, &e);
+                if window.sealed {
                     self.at = None;
                     self.finished = Some(segment);
-                }
-                Ok(Item::End) if sealed => {
-                    self.at = None;
-                    self.finished = Some(segment);
-                }
-                Ok(Item::End) => return None,
-                Ok(Item::Damage(d)) => {
-                    let path = st
-                        .segment(segment)
-                        .map(|s| s.path.clone())
-                        .unwrap_or_default();
-                    st.note_damage(segment, upper, &d, &path, true);
-                }
-                Err(e) => {
-                    let Some(path) = st.segment(segment).map(|s| s.path.clone()) else {
-                        continue;
-                    };
-                    let pos = self.at.as_mut().expect("reading it");
-                    let from = pos.cursor.last_seq + 1;
-                    let at = pos.cursor.pos;
-                    unreadable(&mut st, segment, at, from, upper, &path, &e);
-                    if sealed {
-                        self.at = None;
-                        self.finished = Some(segment);
-                    } else {
-                        // The tail goes on growing: pass over what is committed of it now
-                        // and read on from there.
-                        pos.cursor.pos = end;
-                        pos.cursor.last_seq = upper.saturating_sub(1).max(pos.cursor.last_seq);
-                    }
+                } else {
+                    // The tail goes on growing: pass over what is committed of it now
+                    // and read on from there.
+                    pos.cursor.pos = window.end;
+                    pos.cursor.last_seq = window.upper.saturating_sub(1).max(pos.cursor.last_seq);
                 }
             }
         }
+        Step::Again
     }
 
     /// Waits until something is committed after the last [`Self::next_record`] that found nothing,

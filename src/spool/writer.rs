@@ -13,11 +13,9 @@
 //! records in memory lost, and then the ledger (written in place, it needs no new block)
 //! counts them for a gap record at the next start.
 //!
-//! The full-spool policy lives here and only here: `drop_oldest` deletes whole segments
-//! before an append would pass `max_bytes`; `block` never refuses an append (records of
-//! sessions already running still go in) but pauses admission near the bound and resumes it
-//! well below, so the agent does not flap around the limit.
+//! The full-spool policy lives in one place, `writer/full.rs`.
 
+mod full;
 use std::collections::VecDeque;
 use std::io;
 use std::path::PathBuf;
@@ -27,7 +25,6 @@ use std::time::{Duration, Instant, SystemTime};
 use super::frame::{FOOTER, Footer, HEADER, MAX_PAYLOAD, header};
 use super::io::WriteFile;
 use super::losses::Loss;
-use super::scan::{Cursor, Item};
 use super::{
     Core, Durability, FullPolicy, Segment, SpoolError, Stats, StorageTrouble, joined, ranges_text,
     segment_name,
@@ -40,9 +37,6 @@ const FLUSH_AT: usize = 64 * 1024;
 /// The first retry after a storage error; the wait doubles up to [`RETRY_MAX`].
 const RETRY_FIRST: Duration = Duration::from_secs(1);
 const RETRY_MAX: Duration = Duration::from_secs(30);
-/// Under `block`, admission pauses at 15/16 of the bound and resumes below 3/4 of it.
-const PAUSE_AT: (u64, u64) = (15, 16);
-const RESUME_BELOW: (u64, u64) = (3, 4);
 
 /// The segment being appended to.
 pub(super) struct Tail {
@@ -79,6 +73,15 @@ struct Trouble {
     acked: u64,
 }
 
+/// A record that could not be placed while the disk refused writes; it waits in memory.
+struct Waiting {
+    seq: u64,
+    payload: Vec<u8>,
+    /// Subject to the full-spool policy (false: a gap record, which may pass the bound, or
+    /// a record taken back from an acknowledged tail).
+    bounded: bool,
+}
+
 /// The spool's writer; see the module doc.
 pub struct SpoolWriter {
     core: Arc<Core>,
@@ -87,9 +90,8 @@ pub struct SpoolWriter {
     buf: Vec<u8>,
     /// (seq, frame length) of each frame in `buf`.
     buf_frames: Vec<(u64, u64)>,
-    /// Records that could not be placed while the disk refused writes: (seq, payload,
-    /// bounded by the full-spool policy).
-    held: VecDeque<(u64, Vec<u8>, bool)>,
+    /// Records that could not be placed while the disk refused writes, oldest first.
+    waiting: VecDeque<Waiting>,
     trouble: Option<Trouble>,
     uncommitted: u64,
     last_commit: Instant,
@@ -109,7 +111,7 @@ impl SpoolWriter {
             tail,
             buf: Vec::with_capacity(FLUSH_AT + 4096),
             buf_frames: Vec::new(),
-            held: VecDeque::new(),
+            waiting: VecDeque::new(),
             trouble: None,
             uncommitted: 0,
             last_commit: Instant::now(),
@@ -157,12 +159,12 @@ impl SpoolWriter {
             st.uncommitted += 1;
         }
         self.uncommitted += 1;
-        if self.trouble.is_some() || !self.held.is_empty() {
-            self.hold(seq, payload.to_vec(), bounded);
+        if self.trouble.is_some() || !self.waiting.is_empty() {
+            self.wait_in_memory(seq, payload.to_vec(), bounded);
             return Ok(());
         }
         if let Err(f) = self.place(seq, payload, bounded) {
-            self.hold(seq, payload.to_vec(), bounded);
+            self.wait_in_memory(seq, payload.to_vec(), bounded);
             self.fail(f);
         } else if self.buf.len() >= FLUSH_AT
             && let Err(f) = self.flush_buf()
@@ -172,9 +174,13 @@ impl SpoolWriter {
         Ok(())
     }
 
-    fn hold(&mut self, seq: u64, payload: Vec<u8>, bounded: bool) {
-        self.held.push_back((seq, payload, bounded));
-        self.core.lock().waiting_in_memory = self.held.len() as u64;
+    fn wait_in_memory(&mut self, seq: u64, payload: Vec<u8>, bounded: bool) {
+        self.waiting.push_back(Waiting {
+            seq,
+            payload,
+            bounded,
+        });
+        self.core.lock().waiting_in_memory = self.waiting.len() as u64;
     }
 
     /// Puts one frame into the buffer of the tail segment: room first (`drop_oldest`), a new
@@ -367,7 +373,7 @@ impl SpoolWriter {
             seg.durable = tail.synced;
             seg.durable_last = seg.last_seq;
         }
-        if self.held.is_empty() {
+        if self.waiting.is_empty() {
             st.durable_seq = st.last_seq;
         }
         st.uncommitted = 0;
@@ -428,7 +434,7 @@ impl SpoolWriter {
     /// One attempt to write what waits and make it durable.
     fn retry(&mut self) {
         self.release_acknowledged_tail();
-        match self.drain_held().and_then(|()| self.sync_all()) {
+        match self.drain_waiting().and_then(|()| self.sync_all()) {
             Ok(()) => {
                 if let Some(t) = self.trouble.take() {
                     log::info!(
@@ -469,14 +475,18 @@ impl SpoolWriter {
         let mut back = Vec::with_capacity(self.buf_frames.len());
         for (seq, len) in self.buf_frames.drain(..) {
             let len = len as usize;
-            back.push((seq, self.buf[at + HEADER..at + len].to_vec(), false));
+            back.push(Waiting {
+                seq,
+                payload: self.buf[at + HEADER..at + len].to_vec(),
+                bounded: false,
+            });
             at += len;
         }
         self.buf.clear();
         for record in back.into_iter().rev() {
-            self.held.push_front(record);
+            self.waiting.push_front(record);
         }
-        st.waiting_in_memory = self.held.len() as u64;
+        st.waiting_in_memory = self.waiting.len() as u64;
         drop(st);
         let tail = self.tail.take().expect("checked");
         if self.core.fs.remove(&tail.path).is_ok() {
@@ -484,15 +494,15 @@ impl SpoolWriter {
         }
     }
 
-    fn drain_held(&mut self) -> Result<(), Failure> {
+    fn drain_waiting(&mut self) -> Result<(), Failure> {
         self.flush_buf()?;
         // Each turn places one record or stops: bounded by the queue.
-        while let Some((seq, payload, bounded)) = self.held.pop_front() {
-            if let Err(f) = self.place(seq, &payload, bounded) {
-                self.held.push_front((seq, payload, bounded));
+        while let Some(record) = self.waiting.pop_front() {
+            if let Err(f) = self.place(record.seq, &record.payload, record.bounded) {
+                self.waiting.push_front(record);
                 return Err(f);
             }
-            self.core.lock().waiting_in_memory = self.held.len() as u64;
+            self.core.lock().waiting_in_memory = self.waiting.len() as u64;
             if self.buf.len() >= FLUSH_AT {
                 self.flush_buf()?;
             }
@@ -567,218 +577,7 @@ impl SpoolWriter {
         });
     }
 
-    /// `drop_oldest`: deletes the oldest segments until `needed` more bytes fit the bound.
-    fn make_room(&mut self, needed: u64) -> Result<(), Failure> {
-        let max = self.core.options.max_bytes;
-        // Each turn deletes one segment: bounded by their number.
-        loop {
-            let bytes = {
-                let st = self.core.lock();
-                if st.segments.is_empty() {
-                    return Ok(());
-                }
-                st.bytes()
-            };
-            if bytes + needed <= max {
-                return Ok(());
-            }
-            if !self.drop_front(GapCause::SpoolFull)? {
-                return Ok(());
-            }
-        }
-    }
-
-    /// Deletes the oldest segment, noting its unacknowledged records as lost (those the
-    /// shipper has not read) or held (those it has: lost only if it stops before upstream
-    /// takes them). Durable in the ledger before the file goes. False: nothing to drop (the
-    /// only segment is the one being written and the disk, not the bound, is full).
-    fn drop_front(&mut self, cause: GapCause) -> Result<bool, Failure> {
-        let front = match self.core.lock().segments.front() {
-            Some(s) => s.first_seq,
-            None => return Ok(false),
-        };
-        if self.tail.as_ref().is_some_and(|t| t.first_seq == front) {
-            if cause == GapCause::DiskFull {
-                return Ok(false);
-            }
-            // The only segment is the one being written: its frames go with it.
-            self.flush_buf()?;
-            self.tail = None;
-        }
-        let mut st = self.core.lock();
-        let seg = st.segments.pop_front().expect("checked");
-        let (acked, read_through) = (st.acked, st.read_through);
-        let mut lost = Vec::new();
-        let (mut records, mut bytes) = (0u64, 0u64);
-        let mut held = Vec::new();
-        match self.core.fs.open_read(&seg.path) {
-            Ok(file) => {
-                let mut cursor = Cursor::new(file, seg.durable.max(seg.bytes), 0, None);
-                // Each turn consumes one item; bounded by the segment.
-                loop {
-                    match cursor.next() {
-                        Ok(Item::Record { seq, payload }) if seq > acked => {
-                            let len = (HEADER + payload.len()) as u64;
-                            if seq <= read_through {
-                                held.push((seq, len));
-                            } else {
-                                records += 1;
-                                bytes += len;
-                                lost.push((seq, seq));
-                            }
-                        }
-                        Ok(Item::Damage(d)) => {
-                            // Damaged and dropped: lost either way, unless the shipper
-                            // read it before the damage came (then it is held).
-                            let upper = seg.last_seq.saturating_add(1);
-                            let unread =
-                                super::damage_loss(&d, upper, acked.max(read_through), &seg.path);
-                            records += unread.records;
-                            bytes += unread.bytes;
-                            lost.extend(unread.lost);
-                            let first = (d.after_seq + 1).max(acked + 1);
-                            let last = d.next_seq.unwrap_or(upper).saturating_sub(1);
-                            held.extend((first..=last.min(read_through)).map(|s| (s, 0)));
-                        }
-                        Ok(Item::Record { .. }) => {}
-                        Ok(Item::Footer(_)) | Ok(Item::End) => break,
-                        Err(e) => {
-                            // The rest cannot be read: what it held is gone with it.
-                            let from = (cursor.last_seq + 1).max(acked + 1);
-                            let unread_from = from.max(read_through + 1);
-                            if seg.last_seq >= unread_from {
-                                records += seg.last_seq - unread_from + 1;
-                                lost.push((unread_from, seg.last_seq));
-                            }
-                            held.extend((from..=seg.last_seq.min(read_through)).map(|s| (s, 0)));
-                            log::warn!(
-                                "cannot read the rest of {} before dropping it ({e}); its unshipped records count as lost",
-                                seg.path.display()
-                            );
-                            break;
-                        }
-                    }
-                }
-            }
-            Err(e) => {
-                log::warn!(
-                    "cannot list the records of {} before dropping it ({e}); all its unshipped records count as lost",
-                    seg.path.display()
-                );
-                records = seg.unacked();
-                bytes = seg.bytes;
-                lost.push((seg.first_seq.max(acked + 1), seg.last_seq));
-            }
-        }
-        let lost = joined(lost);
-        let why = match cause {
-            GapCause::DiskFull => "the disk is full",
-            _ => "the spool is full",
-        };
-        log::warn!(
-            "{why} (spool_full = \"drop_oldest\"): dropped {records} unshipped records ({bytes} bytes, {}) of {}{}",
-            ranges_text(&lost),
-            seg.path.display(),
-            if held.is_empty() {
-                String::new()
-            } else {
-                format!(
-                    "; {} more were already read for shipping and are lost only if the agent stops before upstream takes them",
-                    held.len()
-                )
-            }
-        );
-        st.ledger.note_held(cause, held);
-        st.dropped_records += records;
-        st.dropped_bytes += bytes;
-        st.ledger.note(
-            cause,
-            Loss {
-                records,
-                bytes,
-                lost,
-                detail: Some(format!("dropped {}", seg.path.display())),
-                ..Loss::default()
-            },
-        );
-        if let Some(first) = st.segments.front().map(|s| s.first_seq) {
-            st.ledger.forget_seen_below(first);
-        }
-        drop(st);
-        if let Err(e) = self.core.fs.remove(&seg.path) {
-            log::error!(
-                "cannot delete {}: {e}; its records are counted lost all the same",
-                seg.path.display()
-            );
-        }
-        self.dir_dirty = true;
-        Ok(true)
-    }
-
-    /// Whether new collections may start; `Some(cause)` while they must wait: the spool is
-    /// near its bound under `block` (hysteresis, see the module doc), or the disk refuses
-    /// writes. Pauses are counted in the ledger and reported in gap records.
-    pub fn admission(&mut self, now: Instant) -> Option<GapCause> {
-        let want = if let Some(t) = &self.trouble {
-            Some(t.cause)
-        } else if self.core.options.full == FullPolicy::Block {
-            let bytes = self.core.lock().bytes();
-            let max = self.core.options.max_bytes;
-            let paused_full = matches!(self.pause, Some((GapCause::SpoolFull, _)));
-            let threshold = if paused_full {
-                max / RESUME_BELOW.1 * RESUME_BELOW.0
-            } else {
-                max / PAUSE_AT.1 * PAUSE_AT.0
-            };
-            (bytes >= threshold).then_some(GapCause::SpoolFull)
-        } else {
-            None
-        };
-        let current = self.pause.map(|p| p.0);
-        if want != current {
-            if let Some((cause, since)) = self.pause.take() {
-                let paused = now.saturating_duration_since(since);
-                self.core
-                    .lock()
-                    .ledger
-                    .note_pause(cause, 0, paused.as_millis() as u64);
-                if want.is_none() {
-                    log::info!("collections resume: the spool takes records again");
-                }
-            }
-            if let Some(cause) = want {
-                self.pause = Some((cause, now));
-                if cause == GapCause::SpoolFull {
-                    // A spool flapping at its bound would otherwise warn twice a second.
-                    let quiet = self
-                        .last_full_warning
-                        .is_some_and(|t| now.saturating_duration_since(t) < super::REPORT_EVERY);
-                    let level = if quiet {
-                        log::Level::Debug
-                    } else {
-                        log::Level::Warn
-                    };
-                    self.last_full_warning = Some(now);
-                    let bytes = self.core.lock().bytes();
-                    log::log!(
-                        level,
-                        "spool full ({bytes} of {} bytes): new collections pause until upstream takes records (spool_full = \"block\")",
-                        self.core.options.max_bytes
-                    );
-                }
-            }
-        }
-        want
-    }
-
-    /// `collections` due collections were not started because admission is paused.
-    pub fn passed_over(&mut self, collections: u64) {
-        if let Some((cause, _)) = self.pause {
-            self.core.lock().ledger.note_pause(cause, collections, 0);
-        }
-    }
-
-    /// The losses to report now as gap records (see [`super::losses::Ledger::take_due`]).
+    /// The losses to report now as gap records (see `Ledger::take_due` in `losses.rs`).
     /// With `force` (at stop: no collection starts any more), a pause under way ends now
     /// and goes too.
     pub fn take_losses(&mut self, now: Instant, force: bool) -> Vec<(GapCause, Loss)> {
@@ -856,10 +655,10 @@ impl SpoolWriter {
             bytes += len;
             lost.push((seq, seq));
         }
-        for (seq, payload, _) in &self.held {
+        for record in &self.waiting {
             records += 1;
-            bytes += (HEADER + payload.len()) as u64;
-            lost.push((*seq, *seq));
+            bytes += (HEADER + record.payload.len()) as u64;
+            lost.push((record.seq, record.seq));
         }
         let lost = joined(lost);
         log::error!(

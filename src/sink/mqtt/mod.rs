@@ -13,7 +13,7 @@
 //! rumqttc's `publish()` returns once the message is queued, not once the broker has it. So a
 //! dedicated thread drives the connection (`Connection::recv`) and notes, per connection, the
 //! packet id of every PUBLISH that went out and every PUBACK that came back;
-//! [`MqttSink::ship`] returns `Ok` only when as many PUBLISHes as the batch has records went
+//! [`MqttSink::send`] returns `Ok` only when as many PUBLISHes as the batch has records went
 //! out on one connection and none of them awaits its PUBACK. Anything else (the connection
 //! drops, the broker restarts, it stops acknowledging within `timeout`) fails the attempt,
 //! and the next attempt publishes the *whole* batch again on a fresh connection: the broker
@@ -34,29 +34,34 @@
 //!
 //! # Connecting and waiting
 //! [`MqttSink::new`] checks the URL, topic template, credentials and CA file, and starts the
-//! connection thread, but connects lazily: at the first [`MqttSink::ship`], so an agent starts
+//! connection thread, but connects lazily: at the first [`MqttSink::send`], so an agent starts
 //! (and spools) while the broker is down. After a failed attempt the next waits with
 //! [`Backoff`] (full jitter, 1 s → 60 s by default) in [`StopFlag::wait_until`]; the
 //! connection thread never reconnects by itself, only when an attempt asks, so a dead broker
 //! is never hammered. One attempt (connect, publish, PUBACKs) never outlasts `timeout` nor
 //! `until`; while it waits for the broker it looks at the stop flag at least every 50 ms.
 //! Dropping the sink closes the connection and ends its thread.
+//!
+//! # Where things are
+//! This file holds the config, the errors and the sink (batches in, retries with backoff,
+//! refused records to the dead-letter file); `connection.rs` the connection thread and the
+//! state it shares with the sink (PUBLISHes and PUBACKs per connection); `attempt.rs` one
+//! attempt (a clean connection, publish, every PUBACK); `options.rs` the broker URL,
+//! credentials and TLS; `packet.rs` topics and the PUBLISH size.
+
+mod attempt;
+mod connection;
+mod options;
+mod packet;
 
 use std::borrow::Cow;
-use std::collections::HashSet;
-use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use rumqttc::{
-    Client, ClientError, ConnectReturnCode, Connection, ConnectionError, Event, MqttOptions,
-    Outgoing, Packet, QoS, StateError, TlsConfiguration, Transport,
-};
-use rustls::pki_types::CertificateDer;
-use rustls::pki_types::pem::PemObject;
+use rumqttc::Client;
 
 use super::dead_letter::{self, DeadLetterError, DeadLetters, Refusal, Refuser};
 pub use super::{Backoff, Retry, StopFlag};
@@ -65,6 +70,10 @@ use crate::batch::Batch;
 use crate::config::Secret;
 use crate::config::url::redact;
 use crate::inventory::{MQTT_PACKET_SIZE_MAX, MQTT_PACKET_SIZE_MIN, Upstream};
+use attempt::Failure;
+use connection::{Describe, Shared, State, drive};
+pub use packet::publish_packet_size;
+use packet::{check_topic, render_topic};
 
 /// What the sink needs, resolved from `[upstream]` and the agent id.
 #[derive(Clone, PartialEq, Eq)]
@@ -120,12 +129,6 @@ impl std::fmt::Debug for MqttConfig {
 /// The keep-alive unless set otherwise: cheap on a cellular uplink, and a half-open
 /// connection is noticed within a minute.
 pub const KEEP_ALIVE: Duration = Duration::from_secs(30);
-/// The longest text put in place of `{agent}` or `{device}` (MQTT topics end at 64 KiB).
-pub const TOPIC_VALUE_MAX: usize = 1024;
-/// The largest packet accepted from the broker: it only sends CONNACK, PUBACK and PINGRESP.
-const MAX_INCOMING_PACKET: usize = 64 * 1024;
-/// How often a wait for the broker looks at the stop flag.
-const STOP_POLL: Duration = Duration::from_millis(50);
 /// Requests queued to the connection thread at most; more wait for room.
 const QUEUE: usize = 256;
 
@@ -220,59 +223,6 @@ pub enum MqttSinkError {
     DeadLetter(#[from] DeadLetterError),
 }
 
-/// Where the connection thread is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    /// No connection; waits for `go`.
-    Idle,
-    /// Connecting (TCP, TLS, CONNECT/CONNACK).
-    Connecting,
-    /// CONNACK received.
-    Connected,
-}
-
-/// What the sink and its connection thread share, under one mutex.
-#[derive(Debug)]
-struct State {
-    phase: Phase,
-    /// Set by the sink: connect now (the thread is `Idle`).
-    go: bool,
-    /// Set by the sink: drop the connection at the next event (it may carry stale requests).
-    close: bool,
-    /// Set by `Drop`: close and end the thread.
-    shutdown: bool,
-    /// CONNACKs so far: one number per connection.
-    generation: u64,
-    /// Connections (or attempts to connect) that ended so far, and why the last one did:
-    /// `None` when the sink asked for it.
-    ended: u64,
-    last_error: Option<String>,
-    /// PUBLISHes sent on the current connection.
-    published: u64,
-    /// Their packet ids still awaiting a PUBACK.
-    unacked: HashSet<u16>,
-    exited: bool,
-}
-
-struct Shared {
-    state: Mutex<State>,
-    changed: Condvar,
-}
-
-impl Shared {
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-/// Why one attempt failed.
-enum Failure {
-    /// Worth another attempt after the backoff.
-    Retry(String),
-    Stopped(String),
-    Deadline(String),
-}
-
 pub struct MqttSink {
     config: MqttConfig,
     dead_letters: DeadLetters,
@@ -294,9 +244,8 @@ impl std::fmt::Debug for MqttSink {
 
 impl MqttSink {
     /// Checks the URL, topic, credentials and CA file now, so a mistake shows at start, and
-    /// starts the (idle) connection thread; the first [`MqttSink::ship`] connects.
+    /// starts the (idle) connection thread; the first [`MqttSink::send`] connects.
     pub fn new(config: MqttConfig) -> Result<MqttSink, MqttSinkError> {
-        let (tls, host, port) = parse_broker(&config.broker)?;
         let url = redact(&config.broker).into_owned();
         check_topic(&config.topic, &url)?;
         if config.client_id.is_empty() {
@@ -308,66 +257,13 @@ impl MqttSink {
                 size: config.max_packet_size,
             });
         }
-        let mut options = MqttOptions::new(config.client_id.clone(), host.clone(), port);
-        options
-            .set_clean_session(false)
-            .set_keep_alive(config.keep_alive.max(Duration::from_secs(1)))
-            // rumqttc refuses to send a larger packet too (and drops the connection): the
-            // sink never asks it to, as such records are dead-lettered instead.
-            .set_max_packet_size(MAX_INCOMING_PACKET, config.max_packet_size)
-            .set_request_channel_capacity(QUEUE);
-        let password = match &config.password {
-            None => None,
-            Some(secret) => Some(secret.expose().ok_or_else(|| MqttSinkError::BadCredentials {
-                url: url.clone(),
-                detail: format!(
-                    "the password comes from {}, which is not set in the agent's environment",
-                    secret.describe()
-                ),
-            })?),
-        };
-        match (&config.username, password) {
-            (Some(user), pw) => {
-                options.set_credentials(user.clone(), pw.unwrap_or_default());
-            }
-            (None, Some(_)) => {
-                return Err(MqttSinkError::BadCredentials {
-                    url,
-                    detail: "a password without a username (MQTT 3.1.1 sends none); add username to [upstream]".into(),
-                });
-            }
-            (None, None) => {}
-        }
-        if tls {
-            options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
-                tls_config(&config, &url)?,
-            )));
-        } else if let Some(path) = &config.ca_file {
-            return Err(MqttSinkError::BadUrl {
-                url,
-                detail: format!(
-                    "ca_file {} is set but mqtt:// does not use TLS: use mqtts:// to talk TLS with the broker, or remove ca_file",
-                    path.display()
-                ),
-            });
-        }
+        let (options, host) = options::options(&config, &url)?;
         let (client, mut connection) = Client::new(options, QUEUE);
         let mut network = connection.eventloop.network_options();
         network.set_connection_timeout(config.timeout.as_secs_f64().ceil().max(1.0) as u64);
         connection.eventloop.set_network_options(network);
         let shared = Arc::new(Shared {
-            state: Mutex::new(State {
-                phase: Phase::Idle,
-                go: false,
-                close: false,
-                shutdown: false,
-                generation: 0,
-                ended: 0,
-                last_error: None,
-                published: 0,
-                unacked: HashSet::new(),
-                exited: false,
-            }),
+            state: Mutex::new(State::new()),
             changed: Condvar::new(),
         });
         let thread = {
@@ -546,137 +442,6 @@ impl MqttSink {
         render_topic(&self.config.topic, &agent, device.as_deref().unwrap_or(""))
     }
 
-    /// One attempt: a usable connection, every record published on it, every PUBACK back.
-    fn attempt(
-        &mut self,
-        records: &[(String, Vec<u8>)],
-        until: Instant,
-        stop: &StopFlag,
-    ) -> Result<(), Failure> {
-        let url = redact(&self.config.broker).into_owned();
-        let timeout = self.config.timeout;
-        let deadline = (Instant::now() + timeout).min(until);
-        let expired = |what: String| {
-            if deadline >= until {
-                Failure::Deadline(what)
-            } else {
-                Failure::Retry(what)
-            }
-        };
-        let shared = Arc::clone(&self.shared);
-        let mut st = shared.lock();
-
-        // 1. A connection that carries nothing of an earlier attempt.
-        let mut seen = st.ended;
-        let generation = loop {
-            if st.phase == Phase::Connected && !st.close {
-                break st.generation;
-            }
-            if st.ended != seen {
-                seen = st.ended;
-                if let Some(error) = st.last_error.clone() {
-                    return Err(Failure::Retry(error));
-                }
-            }
-            if st.phase == Phase::Idle && !st.go {
-                st.go = true;
-                shared.changed.notify_all();
-            }
-            st = match wait(&shared, st, deadline, stop) {
-                Ok(st) => st,
-                Err(true) => return Err(Failure::Stopped(format!("connecting to {url}"))),
-                Err(false) => {
-                    return Err(expired(format!(
-                        "{url} did not accept the connection within {:.1}s; the broker is slow or unreachable",
-                        timeout.as_secs_f64()
-                    )));
-                }
-            };
-        };
-        let base = st.published;
-        let lost = |st: &State| st.generation != generation || st.phase != Phase::Connected;
-        let lost_error = |st: &State| {
-            st.last_error
-                .clone()
-                .unwrap_or_else(|| format!("the connection to {url} closed"))
-        };
-
-        // 2. Publish; the connection thread takes QUEUE requests at a time.
-        let n = records.len() as u64;
-        let mut queued = 0;
-        let failure = 'publish: {
-            while queued < records.len() {
-                if lost(&st) {
-                    break 'publish Failure::Retry(lost_error(&st));
-                }
-                let (topic, payload) = &records[queued];
-                match self.client.try_publish(
-                    topic.as_str(),
-                    QoS::AtLeastOnce,
-                    false,
-                    payload.clone(),
-                ) {
-                    Ok(()) => {
-                        queued += 1;
-                        continue;
-                    }
-                    Err(ClientError::TryRequest(_) | ClientError::Request(_)) => {}
-                }
-                st = match wait(&shared, st, deadline, stop) {
-                    Ok(st) => st,
-                    Err(stopped) => {
-                        let what = format!(
-                            "{url} took {queued} of {n} records within {:.1}s",
-                            timeout.as_secs_f64()
-                        );
-                        st = shared.lock();
-                        break 'publish if stopped {
-                            Failure::Stopped(what)
-                        } else {
-                            expired(what)
-                        };
-                    }
-                };
-            }
-
-            // 3. Every PUBACK.
-            loop {
-                if lost(&st) {
-                    break 'publish Failure::Retry(lost_error(&st));
-                }
-                let sent = st.published - base;
-                if sent >= n && st.unacked.is_empty() {
-                    return Ok(());
-                }
-                st = match wait(&shared, st, deadline, stop) {
-                    Ok(st) => st,
-                    Err(stopped) => {
-                        st = shared.lock();
-                        let acked = (st.published - base).saturating_sub(st.unacked.len() as u64);
-                        let what = format!(
-                            "{url} acknowledged {acked} of {n} records within {:.1}s",
-                            timeout.as_secs_f64()
-                        );
-                        break 'publish if stopped {
-                            Failure::Stopped(what)
-                        } else {
-                            expired(what)
-                        };
-                    }
-                };
-            }
-        };
-        // Requests of this attempt may still sit in the queue: the next attempt must not
-        // count them as its own, so this connection is dropped and the next one starts clean.
-        if st.phase != Phase::Idle {
-            st.close = true;
-            shared.changed.notify_all();
-            drop(st);
-            let _ = self.client.try_disconnect();
-        }
-        Err(failure)
-    }
-
     fn not_delivered(
         &self,
         stopped: bool,
@@ -702,30 +467,6 @@ impl MqttSink {
         }
     }
 }
-
-/// Waits for the connection thread to report something, at most until `deadline`, looking
-/// at `stop` every [`STOP_POLL`]. `Err(true)` when stopped, `Err(false)` at the deadline
-/// (the lock is then released).
-fn wait<'a>(
-    shared: &'a Shared,
-    st: MutexGuard<'a, State>,
-    deadline: Instant,
-    stop: &StopFlag,
-) -> Result<MutexGuard<'a, State>, bool> {
-    if stop.is_stopped() {
-        return Err(true);
-    }
-    let left = deadline.saturating_duration_since(Instant::now());
-    if left.is_zero() {
-        return Err(false);
-    }
-    let (st, _) = shared
-        .changed
-        .wait_timeout(st, left.min(STOP_POLL))
-        .unwrap_or_else(|e| e.into_inner());
-    Ok(st)
-}
-
 impl Drop for MqttSink {
     fn drop(&mut self) {
         {
@@ -782,348 +523,12 @@ impl super::Sink for MqttSink {
     }
 }
 
-/// What the connection thread needs to word its errors.
-struct Describe {
-    url: String,
-    client_id: String,
-    timeout: Duration,
-}
-
-/// The connection thread: connects when the sink asks, then reports every PUBLISH sent, every
-/// PUBACK and how the connection ended, until the sink is dropped.
-fn drive(mut connection: Connection, shared: &Shared, describe: &Describe) {
-    loop {
-        {
-            let mut st = shared.lock();
-            st.phase = Phase::Idle;
-            shared.changed.notify_all();
-            while !st.go && !st.shutdown {
-                st = shared.changed.wait(st).unwrap_or_else(|e| e.into_inner());
-            }
-            if st.shutdown {
-                break;
-            }
-            st.go = false;
-            st.close = false;
-            st.phase = Phase::Connecting;
-            shared.changed.notify_all();
-        }
-        // What the last connection left (its in-flight publishes, queued requests, buffered
-        // events) belongs to attempts that failed and publish their batch again: drop it, so
-        // the new connection carries only what the next attempt sends.
-        let eventloop = &mut connection.eventloop;
-        eventloop.network = None;
-        eventloop.clean();
-        eventloop.pending.clear();
-        eventloop.state.events.clear();
-        eventloop.state.collision = None;
-        loop {
-            let event = connection.recv();
-            let mut st = shared.lock();
-            match event {
-                Ok(Ok(Event::Incoming(Packet::ConnAck(ack)))) => {
-                    st.generation += 1;
-                    st.phase = Phase::Connected;
-                    st.published = 0;
-                    st.unacked.clear();
-                    log::info!(
-                        "connected to {} as client `{}` (session {})",
-                        describe.url,
-                        describe.client_id,
-                        if ack.session_present {
-                            "resumed"
-                        } else {
-                            "new"
-                        }
-                    );
-                }
-                Ok(Ok(Event::Outgoing(Outgoing::Publish(pkid)))) => {
-                    st.published += 1;
-                    st.unacked.insert(pkid);
-                }
-                Ok(Ok(Event::Incoming(Packet::PubAck(ack)))) => {
-                    st.unacked.remove(&ack.pkid);
-                }
-                Ok(Ok(_)) => {}
-                Ok(Err(error)) => {
-                    let text = describe_error(&error, describe);
-                    if st.phase == Phase::Connected {
-                        log::warn!("{text}");
-                    }
-                    st.phase = Phase::Idle;
-                    st.ended += 1;
-                    st.last_error = Some(text);
-                    shared.changed.notify_all();
-                    break;
-                }
-                // The event loop holds a sender of its own, so its queue never closes.
-                Err(_) => {
-                    st.shutdown = true;
-                    break;
-                }
-            }
-            if st.close || st.shutdown {
-                connection.eventloop.network = None;
-                st.phase = Phase::Idle;
-                st.ended += 1;
-                st.last_error = None;
-                shared.changed.notify_all();
-                break;
-            }
-            shared.changed.notify_all();
-        }
-    }
-    let mut st = shared.lock();
-    st.phase = Phase::Idle;
-    st.exited = true;
-    shared.changed.notify_all();
-}
-
-/// Says what a connection error means for the operator.
-fn describe_error(error: &ConnectionError, d: &Describe) -> String {
-    let url = &d.url;
-    let secs = d.timeout.as_secs_f64();
-    match error {
-        ConnectionError::Io(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
-            format!("connection to {url} refused: is the broker running and listening there?")
-        }
-        ConnectionError::Io(e)
-            if e.kind() == io::ErrorKind::InvalidData && url.starts_with("mqtts:") =>
-        {
-            format!(
-                "TLS with {url} failed ({e}); check ca_file in [upstream] (the CA that signed the broker's certificate) and that the certificate names this host"
-            )
-        }
-        ConnectionError::Io(e) => format!("network error talking to {url}: {e}"),
-        ConnectionError::Tls(e) => format!(
-            "TLS with {url} failed ({e}); check ca_file in [upstream] (the CA that signed the broker's certificate) and that the certificate names this host"
-        ),
-        ConnectionError::NetworkTimeout => format!(
-            "{url} did not accept the connection within {secs:.1}s; the broker is slow or unreachable"
-        ),
-        ConnectionError::FlushTimeout => {
-            format!("{url} took no data for {secs:.1}s; the broker or the uplink is stuck")
-        }
-        ConnectionError::ConnectionRefused(code) => match code {
-            ConnectReturnCode::BadUserNamePassword | ConnectReturnCode::NotAuthorized => format!(
-                "{url} refused the login ({code:?}); check username and password in [upstream]"
-            ),
-            ConnectReturnCode::BadClientId => format!(
-                "{url} refused client id `{}`; set client_id in [upstream] to one the broker accepts",
-                d.client_id
-            ),
-            ConnectReturnCode::RefusedProtocolVersion => {
-                format!("{url} refused MQTT 3.1.1; the broker must accept protocol version 4")
-            }
-            ConnectReturnCode::ServiceUnavailable | ConnectReturnCode::Success => {
-                format!("{url} refused the connection for now ({code:?})")
-            }
-        },
-        ConnectionError::NotConnAck(packet) => format!(
-            "{url} answered CONNECT with {packet:?}, not CONNACK: is an MQTT broker listening there?"
-        ),
-        ConnectionError::MqttState(StateError::AwaitPingResp) => format!(
-            "{url} stopped answering (no PINGRESP within the keep-alive); the broker or the uplink is gone"
-        ),
-        ConnectionError::MqttState(StateError::ConnectionAborted) => {
-            format!(
-                "{url} closed the connection (broker restarted, or it took this client id over)"
-            )
-        }
-        ConnectionError::MqttState(StateError::Io(e)) => {
-            format!("connection to {url} lost: {e}")
-        }
-        other => format!("connection to {url} failed: {other}"),
-    }
-}
-
-/// The bytes of a QoS 1 PUBLISH of `payload_len` bytes on a topic of `topic_len` bytes: fixed
-/// header (type byte and 1 to 4 bytes of remaining length), topic with its length, packet id,
-/// payload. The size rumqttc and brokers compare with their limit.
-pub fn publish_packet_size(topic_len: usize, payload_len: usize) -> usize {
-    let remaining = 2 + topic_len + 2 + payload_len;
-    let length_bytes = match remaining {
-        0..=127 => 1,
-        128..=16_383 => 2,
-        16_384..=2_097_151 => 3,
-        _ => 4,
-    };
-    1 + length_bytes + remaining
-}
-
-/// `(tls, host, port)` of `mqtt://host[:port]` or `mqtts://host[:port]`; a trailing `/` is
-/// allowed, a path, user info or query is not.
-fn parse_broker(url: &str) -> Result<(bool, String, u16), MqttSinkError> {
-    let bad = |detail: &str| MqttSinkError::BadUrl {
-        url: redact(url).into_owned(),
-        detail: detail.to_string(),
-    };
-    let (tls, rest) = if let Some(rest) = url.strip_prefix("mqtt://") {
-        (false, rest)
-    } else if let Some(rest) = url.strip_prefix("mqtts://") {
-        (true, rest)
-    } else {
-        return Err(bad("it needs an mqtt:// or mqtts:// scheme"));
-    };
-    let authority = rest.strip_suffix('/').unwrap_or(rest);
-    if authority.contains('@') {
-        return Err(bad(
-            "credentials do not go in the URL; set username and password_env (or password_file) in [upstream]",
-        ));
-    }
-    if authority.contains(['/', '?', '#']) {
-        return Err(bad("MQTT has no path or query; give only host and port"));
-    }
-    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-        let (host, after) = v6
-            .split_once(']')
-            .ok_or_else(|| bad("an IPv6 address needs its closing `]`"))?;
-        match after {
-            "" => (host, None),
-            p => (
-                host,
-                Some(
-                    p.strip_prefix(':')
-                        .ok_or_else(|| bad("after `]` only `:port` may follow"))?,
-                ),
-            ),
-        }
-    } else {
-        match authority.rsplit_once(':') {
-            Some((h, p)) => (h, Some(p)),
-            None => (authority, None),
-        }
-    };
-    if host.is_empty() {
-        return Err(bad("it has no host"));
-    }
-    let port = match port {
-        None => {
-            if tls {
-                8883
-            } else {
-                1883
-            }
-        }
-        Some(p) => match p.parse::<u16>() {
-            Ok(n) if n > 0 => n,
-            _ => return Err(bad("the port must be a number from 1 to 65535")),
-        },
-    };
-    Ok((tls, host.to_string(), port))
-}
-
-/// The template must make a valid topic name whatever the placeholders become.
-fn check_topic(template: &str, url: &str) -> Result<(), MqttSinkError> {
-    let bad = |detail: &str| MqttSinkError::BadTopic {
-        topic: template.to_string(),
-        url: url.to_string(),
-        detail: detail.to_string(),
-    };
-    let fixed = template.replace("{agent}", "").replace("{device}", "");
-    if template.is_empty() {
-        return Err(bad("it is empty; the default is rackhand/{agent}/{device}"));
-    }
-    if fixed.contains(['+', '#']) {
-        return Err(bad(
-            "`+` and `#` are subscription wildcards, not allowed in a topic one publishes to",
-        ));
-    }
-    if fixed.contains('\0') {
-        return Err(bad("it holds a NUL character"));
-    }
-    if template.starts_with('$') {
-        return Err(bad("topics starting with `$` belong to the broker ($SYS)"));
-    }
-    if template.len() > 32 * 1024 {
-        return Err(bad("it is longer than 32 KiB"));
-    }
-    Ok(())
-}
-
-/// The template with `{agent}` and `{device}` replaced, each value made one safe topic level.
-pub fn render_topic(template: &str, agent: &str, device: &str) -> String {
-    let mut topic = String::with_capacity(template.len() + agent.len() + device.len());
-    let mut rest = template;
-    while let Some(at) = rest.find('{') {
-        topic.push_str(&rest[..at]);
-        let tail = &rest[at..];
-        if let Some(after) = tail.strip_prefix("{agent}") {
-            push_level(&mut topic, agent);
-            rest = after;
-        } else if let Some(after) = tail.strip_prefix("{device}") {
-            push_level(&mut topic, device);
-            rest = after;
-        } else {
-            topic.push('{');
-            rest = &tail[1..];
-        }
-    }
-    topic.push_str(rest);
-    topic
-}
-
-/// `value` as one topic level: `/`, `+`, `#` and NUL become `_`, empty becomes `_`, cut at
-/// [`TOPIC_VALUE_MAX`] bytes.
-fn push_level(topic: &mut String, value: &str) {
-    if value.is_empty() {
-        topic.push('_');
-        return;
-    }
-    let mut len = 0;
-    for c in value.chars() {
-        len += c.len_utf8();
-        if len > TOPIC_VALUE_MAX {
-            break;
-        }
-        topic.push(if matches!(c, '/' | '+' | '#' | '\0') {
-            '_'
-        } else {
-            c
-        });
-    }
-}
-
-fn tls_config(config: &MqttConfig, url: &str) -> Result<Arc<rustls::ClientConfig>, MqttSinkError> {
-    let mut roots = rustls::RootCertStore::empty();
-    match &config.ca_file {
-        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
-        Some(path) => {
-            let invalid = |detail: String| MqttSinkError::CaFileInvalid {
-                path: path.clone(),
-                url: url.to_string(),
-                detail,
-            };
-            let pem = fs::read(path).map_err(|error| MqttSinkError::CaFileRead {
-                path: path.clone(),
-                url: url.to_string(),
-                error,
-            })?;
-            for cert in CertificateDer::pem_slice_iter(&pem) {
-                let cert = cert.map_err(|e| invalid(format!("is not valid PEM ({e})")))?;
-                roots
-                    .add(cert)
-                    .map_err(|e| invalid(format!("holds a certificate rustls cannot use ({e})")))?;
-            }
-            if roots.is_empty() {
-                return Err(invalid("holds no certificate".into()));
-            }
-        }
-    }
-    // The provider is named here, not taken from the process default, so nothing else
-    // (aws-lc, a second provider) can change what this sink uses.
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("ring supports TLS 1.2 and 1.3")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(Arc::new(tls))
-}
-
 #[cfg(test)]
 mod tests {
+    use super::options::parse_broker;
+    use super::packet::TOPIC_VALUE_MAX;
     use super::*;
+    use rumqttc::QoS;
 
     #[test]
     fn placeholders_become_one_safe_topic_level_each() {
