@@ -328,6 +328,38 @@ pub fn load_with(
     Ok((inventory, report))
 }
 
+/// A config the agent cannot run on.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    // Transparent: `anyhow`'s `{:#}` prints the source chain, so a `{0}` would print the
+    // message twice.
+    #[error(transparent)]
+    Load(#[from] crate::config::LoadError),
+    #[error("the config {path} has errors:\n{report}run `rackhand check -c {path}` for details")]
+    Invalid { path: PathBuf, report: String },
+}
+
+/// [`load`] for the agent (its start and every reload): warnings are logged, and a config
+/// with errors is refused with every error rendered.
+pub fn load_valid(path: &std::path::Path) -> Result<Inventory, ConfigError> {
+    let (inventory, report) = load(path)?;
+    for d in report.warnings() {
+        log::warn!("{}", report.render(d));
+    }
+    if report.has_errors() {
+        let mut text = String::new();
+        for d in report.errors() {
+            text.push_str(&report.render(d));
+            text.push('\n');
+        }
+        return Err(ConfigError::Invalid {
+            path: path.to_path_buf(),
+            report: text,
+        });
+    }
+    Ok(inventory)
+}
+
 /// Resolves inheritance and checks what needs the whole picture. Returns the inventory even
 /// when the report has errors (devices with errors are left out), so callers can show both.
 pub fn resolve(raw: &RawConfig, report: &mut Report) -> Inventory {

@@ -19,7 +19,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use crate::inventory::Upstream;
 use crate::record::rfc3339_millis;
+use crate::ship::ShipReport;
+use crate::spool::{SpoolOptions, Stats};
 
 /// The status file's name inside `agent.state_dir`.
 pub const STATUS_FILE: &str = "status.json";
@@ -171,6 +174,99 @@ impl DeviceStatus {
         } else {
             self.consecutive_failures = self.consecutive_failures.saturating_add(1);
         }
+    }
+}
+
+impl SpoolStatus {
+    /// The spool as configured, before anything is known of its content.
+    pub fn configured(dir: &Path, options: &SpoolOptions) -> SpoolStatus {
+        SpoolStatus {
+            dir: dir.display().to_string(),
+            max_bytes: options.max_bytes,
+            full_policy: options.full.as_str().into(),
+            ..SpoolStatus::default()
+        }
+    }
+
+    /// Takes the spool's counters now. `oldest_unshipped_at` comes from the shipper, which
+    /// read that record; it is kept only while it is still the spool's oldest.
+    fn observe(&mut self, stats: &Stats, ship: &ShipReport) {
+        self.records = stats.records;
+        self.bytes = stats.bytes;
+        self.segments = stats.segments as u64;
+        self.oldest_unshipped_seq = stats.oldest_unshipped;
+        self.oldest_unshipped_at = ship
+            .oldest_unshipped
+            .as_ref()
+            .filter(|o| Some(o.0) == stats.oldest_unshipped)
+            .and_then(|o| o.1.clone());
+        self.acked_seq = stats.acked;
+        self.last_seq = stats.last_seq;
+        self.dropped_records = stats.dropped_records;
+        self.dropped_bytes = stats.dropped_bytes;
+        self.waiting_in_memory = stats.waiting_in_memory;
+        let trouble = stats.storage_trouble.as_ref();
+        self.storage_error = trouble.map(|t| t.error.clone());
+        self.storage_error_cause = trouble.map(|t| t.cause.as_str().to_string());
+        self.storage_error_since = trouble.map(|t| rfc3339_millis(t.since));
+        self.checkpoint_error = stats.checkpoint_trouble;
+        self.lost = stats
+            .lost
+            .iter()
+            .map(|(cause, n)| (cause.as_str().to_string(), *n))
+            .collect();
+        self.unreported_lost = stats.unreported_lost;
+    }
+}
+
+impl UpstreamStatus {
+    /// The upstream in force, idle until the shipper reports.
+    pub fn configured(upstream: &Upstream) -> UpstreamStatus {
+        UpstreamStatus {
+            sink: upstream.sink.as_str().into(),
+            target: crate::config::url::redact(&upstream.target).into_owned(),
+            state: "idle".into(),
+            ..UpstreamStatus::default()
+        }
+    }
+
+    /// Takes the shipper's report now.
+    fn observe(&mut self, ship: &ShipReport) {
+        self.state = ship.state.as_str().to_string();
+        self.last_error = ship.last_error.clone();
+        self.last_error_at = ship.last_error_at.map(rfc3339_millis);
+        self.last_ack_at = ship.last_ack_at.map(rfc3339_millis);
+        self.consecutive_failures = ship.consecutive_failures;
+        self.shipped_records = ship.shipped_records;
+        self.shipped_batches = ship.shipped_batches;
+        self.dead_lettered_batches = ship.dead_lettered_batches;
+        self.rejected_records = ship.rejected_records;
+        self.dead_letter_file = ship
+            .dead_letter_file
+            .as_ref()
+            .map(|p| p.display().to_string());
+    }
+}
+
+/// Whether the agent holds new collections back (the `block` policy on a full spool, or a
+/// disk that refuses writes), and how many it has not started because of it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Admission {
+    pub paused: bool,
+    /// Since the agent started.
+    pub paused_collections: u64,
+}
+
+impl AgentStatus {
+    /// Brings the status up to now: the wall clock and its sync, the spool's counters, the
+    /// shipper's report and whether collections are paused.
+    pub fn observe(&mut self, stats: &Stats, ship: &ShipReport, admission: Admission) {
+        self.updated_at = rfc3339_millis(SystemTime::now());
+        self.clock_synced = crate::clock::synchronised();
+        self.spool.observe(stats, ship);
+        self.spool.paused = admission.paused;
+        self.spool.paused_collections = admission.paused_collections;
+        self.upstream.observe(ship);
     }
 }
 

@@ -5,6 +5,7 @@
 //! file that should be readable by the agent alone. The value never appears in `Debug` output.
 
 use std::fmt;
+use std::io;
 use std::path::{Path, PathBuf};
 
 /// A secret named inside a longer value (an `[upstream]` header): `{env:NAME}` or
@@ -45,6 +46,33 @@ pub fn substitute<E>(
     }
     out.push_str(rest);
     Ok(out)
+}
+
+/// Why a `{env:NAME}` or `{file:PATH}` in a value could not be replaced.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretRefError {
+    #[error(
+        "environment variable {var} is not set; set it for the service (systemd: Environment= or EnvironmentFile=)"
+    )]
+    EnvUnset { var: String },
+    #[error("cannot read {path}: {error}; check the path and that the agent may read it")]
+    FileUnreadable { path: PathBuf, error: io::Error },
+}
+
+/// [`substitute`] with the real sources: the variable's value, or the file's content with
+/// surrounding whitespace trimmed, e.g. `Bearer {file:/etc/rackhand/collector.token}`.
+pub fn resolve_refs(value: &str) -> Result<String, SecretRefError> {
+    substitute(value, |named| match named {
+        SecretRef::Env(var) => std::env::var(var).map_err(|_| SecretRefError::EnvUnset {
+            var: var.to_string(),
+        }),
+        SecretRef::File(path) => std::fs::read_to_string(path)
+            .map(|s| s.trim().to_string())
+            .map_err(|error| SecretRefError::FileUnreadable {
+                path: PathBuf::from(path),
+                error,
+            }),
+    })
 }
 
 #[derive(Clone, PartialEq, Eq)]
