@@ -532,155 +532,195 @@ fn resolve_device(
     source: CommandSource,
     report: &mut Report,
 ) -> Option<Device> {
-    let layers = layers_of(raw, layer, report);
+    let d = DeviceLayers {
+        layers: layers_of(raw, layer, report),
+        name,
+        // Where to point when something is missing: the device's own header.
+        here: layer.header.clone(),
+    };
     let errors_before = report.errors().count();
-    // Where to point when something is missing: the device's own header.
-    let here = layer.header.clone();
-
-    let transport = match str_of(&layers, "transport").unwrap_or(defaults::TRANSPORT) {
-        "telnet" => Transport::Telnet,
-        "serial" => Transport::Serial,
-        _ => Transport::Ssh,
-    };
-    let endpoint = match transport {
-        Transport::Ssh | Transport::Telnet => {
-            let port = int_of(&layers, "port").map(|p| p as u16).unwrap_or(
-                if transport == Transport::Ssh {
-                    defaults::SSH_PORT
-                } else {
-                    defaults::TELNET_PORT
-                },
-            );
-            match str_of(&layers, "host") {
-                Some(host) => Some(Endpoint::Net {
-                    host: host.to_string(),
-                    port,
-                }),
-                None => {
-                    if !written(&layers, "host") {
-                        report.error(
-                        here.clone(),
-                        format!(
-                            "device `{name}` uses {} but has no `host`; add host = \"<address or name>\"",
-                            transport.as_str()
-                        ),
-                    );
-                    }
-                    None
-                }
-            }
-        }
-        Transport::Serial => match str_of(&layers, "serial_port") {
-            Some(port) => Some(Endpoint::Serial {
-                port: PathBuf::from(port),
-                settings: serial_settings(&layers),
-            }),
-            None => {
-                if !written(&layers, "serial_port") {
-                    report.error(
-                    here.clone(),
-                    format!(
-                        "device `{name}` uses serial but has no `serial_port`; add serial_port = \"/dev/serial/by-id/...\" (stable across reboots) or \"/dev/ttyUSB0\""
-                    ),
-                );
-                }
-                None
-            }
-        },
-    };
-
-    let platform = str_of(&layers, "platform")
+    let transport = d.transport();
+    let endpoint = d.endpoint(transport, report);
+    let platform = str_of(&d.layers, "platform")
         .unwrap_or(defaults::PLATFORM)
         .to_string();
-    let prompt = str_of(&layers, "prompt").map(str::to_string);
-    let driver_exec = str_of(&layers, "driver_exec").map(PathBuf::from);
-    // An external driver knows its device: platform and prompt are only passed on to it.
-    if platform == "generic" && !written(&layers, "prompt") && driver_exec.is_none() {
-        report.error(
-            here.clone(),
-            format!(
-                "device `{name}` has platform `generic` but no `prompt`; add prompt = '<regex>' (e.g. '^{name}[>#]\\s*$') or choose a platform"
-            ),
-        );
-    }
-
-    let commands = list_of(&layers, "commands").unwrap_or_default();
-    // An empty list is a mistake; a list whose entries were all refused is reported already.
-    let refused = written(&layers, "commands") && lookup(&layers, "commands").is_none();
-    if commands.is_empty() && !refused && source == CommandSource::Configured {
-        let span = lookup(&layers, "commands").map_or(here.clone(), |s| s.span.clone());
-        report.error(
-            span,
-            format!("device `{name}` has no commands to run; set commands = [\"show version\", ...] on it, its groups or [defaults] (or give them for one run: rackhand collect --device {name} -- \"show version\")"),
-        );
-    }
-
-    let isolation = if driver_exec.is_some() || str_of(&layers, "isolation") == Some("process") {
-        Isolation::Process
-    } else {
-        Isolation::Thread
-    };
-    if driver_exec.is_some() && str_of(&layers, "isolation") == Some("thread") {
-        let span = lookup(&layers, "isolation").map_or(here.clone(), |s| s.span.clone());
-        report.error(
-            span,
-            format!("device `{name}` has a `driver_exec`, which always runs isolated; remove isolation = \"thread\""),
-        );
-    }
-
-    let state_dir = raw
-        .agent
-        .str("state_dir")
-        .unwrap_or(defaults::STATE_DIR)
-        .to_string();
-    let ssh = SshSettings {
-        key_file: str_of(&layers, "key_file").map(PathBuf::from),
-        key_passphrase: lookup_secret(&layers, &SECRET_FAMILIES[2]),
-        host_key_check: match str_of(&layers, "host_key_check").unwrap_or(defaults::HOST_KEY_CHECK)
-        {
-            "strict" => HostKeyCheck::Strict,
-            "off" => HostKeyCheck::Off,
-            _ => HostKeyCheck::AcceptNew,
-        },
-        known_hosts: str_of(&layers, "known_hosts")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(state_dir).join("known_hosts")),
-        legacy: matches!(
-            lookup(&layers, "legacy_ssh").map(|s| &s.value),
-            Some(Value::Bool(true))
-        ),
-        kex: list_of(&layers, "kex").unwrap_or_default(),
-        host_key_algorithms: list_of(&layers, "host_key_algorithms").unwrap_or_default(),
-        ciphers: list_of(&layers, "ciphers").unwrap_or_default(),
-        macs: list_of(&layers, "macs").unwrap_or_default(),
-        keepalive: duration_of(&layers, "keepalive", defaults::KEEPALIVE),
-    };
-
+    let prompt = str_of(&d.layers, "prompt").map(str::to_string);
+    let driver_exec = str_of(&d.layers, "driver_exec").map(PathBuf::from);
+    d.check_prompt(&platform, driver_exec.is_some(), report);
+    let commands = d.commands(source, report);
+    let isolation = d.isolation(driver_exec.is_some(), report);
+    let ssh = d.ssh(raw);
     if report.errors().count() > errors_before {
         return None;
     }
+    let layers = &d.layers;
     Some(Device {
         name: name.to_string(),
-        groups: list_of(&layers, "groups").unwrap_or_default(),
+        groups: list_of(layers, "groups").unwrap_or_default(),
         transport,
         endpoint: endpoint?,
         platform,
         prompt,
-        username: str_of(&layers, "username").map(str::to_string),
-        password: lookup_secret(&layers, &SECRET_FAMILIES[0]),
-        enable_secret: lookup_secret(&layers, &SECRET_FAMILIES[1]),
+        username: str_of(layers, "username").map(str::to_string),
+        password: lookup_secret(layers, &SECRET_FAMILIES[0]),
+        enable_secret: lookup_secret(layers, &SECRET_FAMILIES[1]),
         ssh,
         commands,
-        interval: duration_of(&layers, "interval", defaults::INTERVAL),
-        connect_timeout: duration_of(&layers, "connect_timeout", defaults::CONNECT_TIMEOUT),
-        command_timeout: duration_of(&layers, "command_timeout", defaults::COMMAND_TIMEOUT),
-        max_output: match lookup(&layers, "max_output").map(|s| &s.value) {
+        interval: duration_of(layers, "interval", defaults::INTERVAL),
+        connect_timeout: duration_of(layers, "connect_timeout", defaults::CONNECT_TIMEOUT),
+        command_timeout: duration_of(layers, "command_timeout", defaults::COMMAND_TIMEOUT),
+        max_output: match lookup(layers, "max_output").map(|s| &s.value) {
             Some(Value::Size(n)) => *n,
             _ => defaults::MAX_OUTPUT,
         },
         isolation,
         driver_exec,
     })
+}
+
+/// One `[[device]]` being resolved: the layers it inherits from, most specific first.
+struct DeviceLayers<'a> {
+    layers: Vec<&'a Layer>,
+    name: &'a str,
+    /// The device's header, where a missing key is reported.
+    here: Range<usize>,
+}
+
+impl DeviceLayers<'_> {
+    fn transport(&self) -> Transport {
+        match str_of(&self.layers, "transport").unwrap_or(defaults::TRANSPORT) {
+            "telnet" => Transport::Telnet,
+            "serial" => Transport::Serial,
+            _ => Transport::Ssh,
+        }
+    }
+
+    /// Host and port, or the serial port and its settings; `None` (reported) when missing.
+    fn endpoint(&self, transport: Transport, report: &mut Report) -> Option<Endpoint> {
+        let name = self.name;
+        match transport {
+            Transport::Ssh | Transport::Telnet => {
+                let port = int_of(&self.layers, "port").map(|p| p as u16).unwrap_or(
+                    if transport == Transport::Ssh {
+                        defaults::SSH_PORT
+                    } else {
+                        defaults::TELNET_PORT
+                    },
+                );
+                if let Some(host) = str_of(&self.layers, "host") {
+                    return Some(Endpoint::Net {
+                        host: host.to_string(),
+                        port,
+                    });
+                }
+                if !written(&self.layers, "host") {
+                    report.error(
+                        self.here.clone(),
+                        format!(
+                            "device `{name}` uses {} but has no `host`; add host = \"<address or name>\"",
+                            transport.as_str()
+                        ),
+                    );
+                }
+                None
+            }
+            Transport::Serial => {
+                if let Some(port) = str_of(&self.layers, "serial_port") {
+                    return Some(Endpoint::Serial {
+                        port: PathBuf::from(port),
+                        settings: serial_settings(&self.layers),
+                    });
+                }
+                if !written(&self.layers, "serial_port") {
+                    report.error(
+                        self.here.clone(),
+                        format!(
+                            "device `{name}` uses serial but has no `serial_port`; add serial_port = \"/dev/serial/by-id/...\" (stable across reboots) or \"/dev/ttyUSB0\""
+                        ),
+                    );
+                }
+                None
+            }
+        }
+    }
+
+    /// A `generic` device needs a prompt; an external driver knows its device (platform and
+    /// prompt are only passed on to it).
+    fn check_prompt(&self, platform: &str, external_driver: bool, report: &mut Report) {
+        let name = self.name;
+        if platform == "generic" && !written(&self.layers, "prompt") && !external_driver {
+            report.error(
+                self.here.clone(),
+                format!(
+                    "device `{name}` has platform `generic` but no `prompt`; add prompt = '<regex>' (e.g. '^{name}[>#]\\s*$') or choose a platform"
+                ),
+            );
+        }
+    }
+
+    fn commands(&self, source: CommandSource, report: &mut Report) -> Vec<String> {
+        let name = self.name;
+        let commands = list_of(&self.layers, "commands").unwrap_or_default();
+        // An empty list is a mistake; a list whose entries were all refused is reported already.
+        let refused =
+            written(&self.layers, "commands") && lookup(&self.layers, "commands").is_none();
+        if commands.is_empty() && !refused && source == CommandSource::Configured {
+            let span =
+                lookup(&self.layers, "commands").map_or(self.here.clone(), |s| s.span.clone());
+            report.error(
+                span,
+                format!("device `{name}` has no commands to run; set commands = [\"show version\", ...] on it, its groups or [defaults] (or give them for one run: rackhand collect --device {name} -- \"show version\")"),
+            );
+        }
+        commands
+    }
+
+    /// `process` when asked for or with a `driver_exec`, which always runs isolated.
+    fn isolation(&self, external_driver: bool, report: &mut Report) -> Isolation {
+        let name = self.name;
+        let asked = str_of(&self.layers, "isolation");
+        if external_driver && asked == Some("thread") {
+            let span =
+                lookup(&self.layers, "isolation").map_or(self.here.clone(), |s| s.span.clone());
+            report.error(
+                span,
+                format!("device `{name}` has a `driver_exec`, which always runs isolated; remove isolation = \"thread\""),
+            );
+        }
+        if external_driver || asked == Some("process") {
+            Isolation::Process
+        } else {
+            Isolation::Thread
+        }
+    }
+
+    fn ssh(&self, raw: &RawConfig) -> SshSettings {
+        let layers = &self.layers;
+        let state_dir = raw.agent.str("state_dir").unwrap_or(defaults::STATE_DIR);
+        SshSettings {
+            key_file: str_of(layers, "key_file").map(PathBuf::from),
+            key_passphrase: lookup_secret(layers, &SECRET_FAMILIES[2]),
+            host_key_check: match str_of(layers, "host_key_check")
+                .unwrap_or(defaults::HOST_KEY_CHECK)
+            {
+                "strict" => HostKeyCheck::Strict,
+                "off" => HostKeyCheck::Off,
+                _ => HostKeyCheck::AcceptNew,
+            },
+            known_hosts: str_of(layers, "known_hosts")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from(state_dir).join("known_hosts")),
+            legacy: matches!(
+                lookup(layers, "legacy_ssh").map(|s| &s.value),
+                Some(Value::Bool(true))
+            ),
+            kex: list_of(layers, "kex").unwrap_or_default(),
+            host_key_algorithms: list_of(layers, "host_key_algorithms").unwrap_or_default(),
+            ciphers: list_of(layers, "ciphers").unwrap_or_default(),
+            macs: list_of(layers, "macs").unwrap_or_default(),
+            keepalive: duration_of(layers, "keepalive", defaults::KEEPALIVE),
+        }
+    }
 }
 
 fn serial_settings(layers: &[&Layer]) -> SerialSettings {
