@@ -46,7 +46,7 @@ const SHIP_GRACE: Duration = Duration::from_secs(5);
 const MAX_IDLE: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
-pub enum AgentError {
+pub(crate) enum AgentError {
     // Transparent where the inner error already says it all: `anyhow`'s `{:#}` prints the
     // source chain, so a `{0}` here would print the same message twice.
     #[error(transparent)]
@@ -70,10 +70,10 @@ pub enum AgentError {
 }
 
 /// Called for every record as it is written.
-pub type RecordHook = Box<dyn FnMut(&Record) + Send>;
+pub(crate) type RecordHook = Box<dyn FnMut(&Record) + Send>;
 
 /// How a run is bounded and observed.
-pub struct Options {
+pub(crate) struct Options {
     /// How long in-flight work may take to finish after SIGTERM (or the end of `run_for`).
     pub drain: Duration,
     /// Stop by itself after this long (the demo); `None` runs until SIGTERM.
@@ -97,7 +97,7 @@ impl Default for Options {
 
 /// What a device did during the run.
 #[derive(Debug, Clone, Default)]
-pub struct DeviceTally {
+pub(crate) struct DeviceTally {
     pub records: u64,
     pub ok: u64,
     pub runs: u64,
@@ -108,7 +108,7 @@ pub struct DeviceTally {
 
 /// The run's outcome, per device.
 #[derive(Debug, Default)]
-pub struct Summary {
+pub(crate) struct Summary {
     pub devices: BTreeMap<String, DeviceTally>,
     pub records: u64,
     pub outbox: PathBuf,
@@ -136,7 +136,7 @@ impl Summary {
 }
 
 /// Runs the agent until stopped; returns what each device did.
-pub fn run(config: &Path, options: Options) -> Result<Summary, AgentError> {
+pub(crate) fn run(config: &Path, options: Options) -> Result<Summary, AgentError> {
     let inventory = inventory::load_valid(config)?;
     let mut agent = AgentLoop::start(config, inventory, options)?;
     // Ends at SIGTERM/SIGINT, at the end of `run_for`, or if the pool is gone.

@@ -155,7 +155,12 @@ impl Lines {
 }
 
 /// The human report: the agent, its spool, its upstream, its devices.
-pub fn render(status: &AgentStatus, file: &Path, liveness: Liveness, now: SystemTime) -> String {
+pub(crate) fn render(
+    status: &AgentStatus,
+    file: &Path,
+    liveness: Liveness,
+    now: SystemTime,
+) -> String {
     let mut out = Lines(String::new());
     render_agent(&mut out, status, file, liveness, now);
     out.line(String::new());

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 /// Why a duration or a size as written is refused; each message says how to write it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum UnitError {
+pub(crate) enum UnitError {
     #[error("empty duration; write e.g. \"30s\", \"500ms\" or \"5m\"")]
     EmptyDuration,
     #[error(
@@ -31,7 +31,7 @@ pub enum UnitError {
 }
 
 /// Parses `"500ms"`, `"30s"`, `"5m"`, `"2h"`, `"1d"` and sums like `"1m30s"`.
-pub fn parse_duration(text: &str) -> Result<Duration, UnitError> {
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, UnitError> {
     let s = text.trim();
     if s.is_empty() {
         return Err(UnitError::EmptyDuration);
@@ -81,7 +81,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, UnitError> {
 }
 
 /// Parses `"64KiB"`, `"512MiB"`, `"1GiB"`, `"100MB"`, `"4096B"`.
-pub fn parse_size(text: &str) -> Result<u64, UnitError> {
+pub(crate) fn parse_size(text: &str) -> Result<u64, UnitError> {
     let s = text.trim();
     let digits = s
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
@@ -123,7 +123,7 @@ pub fn parse_size(text: &str) -> Result<u64, UnitError> {
 }
 
 /// The short human form used in tables: `15m`, `1m30s`, `500ms`.
-pub fn format_duration(d: Duration) -> String {
+pub(crate) fn format_duration(d: Duration) -> String {
     let ms = d.as_millis();
     if ms == 0 {
         return "0s".into();
@@ -143,7 +143,7 @@ pub fn format_duration(d: Duration) -> String {
 }
 
 /// The short human form of a size: `16MiB`, `1500B`.
-pub fn format_size(bytes: u64) -> String {
+pub(crate) fn format_size(bytes: u64) -> String {
     for (unit, size) in [("GiB", 1u64 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
         if bytes >= size && bytes % size == 0 {
             return format!("{}{unit}", bytes / size);

@@ -16,7 +16,7 @@ use super::mqtt::{MqttConfig, MqttSink};
 use super::{Sink, SinkError};
 
 #[derive(Debug, thiserror::Error)]
-pub enum BuildError {
+pub(crate) enum BuildError {
     // Transparent: the sink's error already names the upstream and the fix.
     #[error(transparent)]
     Sink(#[from] SinkError),
@@ -29,7 +29,7 @@ pub enum BuildError {
 
 /// The sink for `upstream` (the one in force: `Inventory::upstream_in_force`). `agent_id`
 /// names the MQTT client and topic; dead-letter files go to `state_dir`.
-pub fn build(
+pub(crate) fn build(
     upstream: &Upstream,
     agent_id: &str,
     state_dir: &Path,

@@ -12,9 +12,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::config::schema::{SECRET_FAMILIES, Setting, Value};
-use crate::config::secret::{SecretRef, substitute};
-use crate::config::url;
 use crate::config::{Layer, RawConfig, Report, Secret};
+
+mod upstream;
+
+use upstream::{default_upstream, resolve_upstream};
 
 /// Built-in defaults, used when neither the device, its groups nor `[defaults]` set a key.
 pub mod defaults {
@@ -51,9 +53,9 @@ pub mod defaults {
 }
 
 /// The smallest `max_packet_size`: below it nearly every record would be dead-lettered.
-pub const MQTT_PACKET_SIZE_MIN: usize = 1024;
+pub(crate) const MQTT_PACKET_SIZE_MIN: usize = 1024;
 /// The largest packet MQTT can frame (a 4-byte remaining length).
-pub const MQTT_PACKET_SIZE_MAX: usize = 268_435_455;
+pub(crate) const MQTT_PACKET_SIZE_MAX: usize = 268_435_455;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {
@@ -269,7 +271,7 @@ pub struct Inventory {
 
 /// Where the commands a device runs come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CommandSource {
+pub(crate) enum CommandSource {
     /// Its `commands` (the agent, `rackhand check`, `rackhand collect` without `--`): a
     /// device without any is a mistake.
     Configured,
@@ -281,34 +283,10 @@ pub enum CommandSource {
 impl Inventory {
     /// Where records go: `[upstream]`, else NDJSON files in `state_dir/outbox`. The one place
     /// that default is made: the agent ships there and `rackhand check` says so.
-    pub fn upstream_in_force(&self) -> Upstream {
+    pub(crate) fn upstream_in_force(&self) -> Upstream {
         self.upstream
             .clone()
             .unwrap_or_else(|| default_upstream(&self.agent))
-    }
-}
-
-/// The file sink in `state_dir/outbox`, for a config without `[upstream]`.
-fn default_upstream(agent: &Agent) -> Upstream {
-    Upstream {
-        sink: SinkKind::File,
-        target: agent.state_dir.join(defaults::OUTBOX).display().to_string(),
-        topic: defaults::MQTT_TOPIC.to_string(),
-        client_id: None,
-        headers: Vec::new(),
-        ca_file: None,
-        username: None,
-        password: None,
-        timeout: defaults::UPSTREAM_TIMEOUT,
-        batch_max_records: defaults::BATCH_MAX_RECORDS,
-        batch_max_bytes: defaults::BATCH_MAX_BYTES,
-        // Files are local: no reason to hold records back for long.
-        batch_max_age: Duration::from_secs(1),
-        spool_max_bytes: defaults::SPOOL_MAX_BYTES,
-        drop_oldest_when_full: false,
-        fsync_always: false,
-        file_max_bytes: defaults::FILE_MAX_BYTES,
-        max_packet_size: defaults::MQTT_MAX_PACKET_SIZE,
     }
 }
 
@@ -318,7 +296,7 @@ pub fn load(path: &std::path::Path) -> Result<(Inventory, Report), crate::config
 }
 
 /// [`load`], for commands that come from `source`.
-pub fn load_with(
+pub(crate) fn load_with(
     path: &std::path::Path,
     source: CommandSource,
 ) -> Result<(Inventory, Report), crate::config::LoadError> {
@@ -330,7 +308,7 @@ pub fn load_with(
 
 /// A config the agent cannot run on.
 #[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
+pub(crate) enum ConfigError {
     // Transparent: `anyhow`'s `{:#}` prints the source chain, so a `{0}` would print the
     // message twice.
     #[error(transparent)]
@@ -341,7 +319,7 @@ pub enum ConfigError {
 
 /// [`load`] for the agent (its start and every reload): warnings are logged, and a config
 /// with errors is refused with every error rendered.
-pub fn load_valid(path: &std::path::Path) -> Result<Inventory, ConfigError> {
+pub(crate) fn load_valid(path: &std::path::Path) -> Result<Inventory, ConfigError> {
     let (inventory, report) = load(path)?;
     for d in report.warnings() {
         log::warn!("{}", report.render(d));
@@ -367,7 +345,11 @@ pub fn resolve(raw: &RawConfig, report: &mut Report) -> Inventory {
 }
 
 /// [`resolve`], for commands that come from `source`.
-pub fn resolve_with(raw: &RawConfig, report: &mut Report, source: CommandSource) -> Inventory {
+pub(crate) fn resolve_with(
+    raw: &RawConfig,
+    report: &mut Report,
+    source: CommandSource,
+) -> Inventory {
     let groups = resolve_groups(raw, report);
     let mut devices = Vec::new();
     let mut seen: BTreeMap<String, Range<usize>> = BTreeMap::new();
@@ -756,27 +738,6 @@ fn resolve_agent(layer: &Layer) -> Agent {
     }
 }
 
-/// What is wrong here with the `{env:NAME}` / `{file:PATH}` placeholders of a header value
-/// (the agent resolves them at start; `check` warns ahead).
-fn header_secret_problems(value: &str) -> Vec<String> {
-    let mut problems = Vec::new();
-    let _ = substitute(value, |named| {
-        match named {
-            SecretRef::Env(var) if std::env::var_os(var).is_none() => problems.push(format!(
-                "environment variable {var} is not set here (the service's environment must set it)"
-            )),
-            SecretRef::File(path) => {
-                if let Err(e) = std::fs::File::open(path) {
-                    problems.push(format!("cannot read {path}: {e}"));
-                }
-            }
-            SecretRef::Env(_) => {}
-        }
-        Ok::<_, std::convert::Infallible>(String::new())
-    });
-    problems
-}
-
 /// The machine's hostname, the agent id when none is configured.
 pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -784,158 +745,6 @@ pub fn hostname() -> String {
         .ok()
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "rackhand".to_string())
-}
-
-/// The error for a user name or password written into the `url` or `broker`: where they
-/// go instead, for each sink.
-fn credentials_in_url(kind: SinkKind, key: &str, target: &str) -> String {
-    let fix = match kind {
-        SinkKind::Mqtt => {
-            "remove them and set them in [upstream] instead: username = \"...\" and \
-             password_env = \"MQTT_PASSWORD\" (or password_file = \"...\")"
-        }
-        _ => {
-            "remove them and send a header instead, with the secret from the service's \
-             environment: headers = { Authorization = \"Basic {env:COLLECTOR_AUTH}\" } \
-             (COLLECTOR_AUTH holding base64 of user:password; `{file:PATH}` works too)"
-        }
-    };
-    format!(
-        "`{key}` = \"{}\" holds a user name or password, which would show in logs, \
-         `rackhand check` and status.json; {fix}",
-        url::redact(target)
-    )
-}
-
-fn resolve_upstream(layer: &Layer, report: &mut Report) -> Option<Upstream> {
-    let layers = [layer];
-    let Some(sink) = layer.str("sink") else {
-        report.error(
-            layer.header.clone(),
-            "[upstream] has no `sink`; add sink = \"file\", \"http\" or \"mqtt\"",
-        );
-        return None;
-    };
-    let (kind, target_key, example) = match sink {
-        "http" => (
-            SinkKind::Http,
-            "url",
-            "url = \"https://collector.example.net/ingest\"",
-        ),
-        "mqtt" => (
-            SinkKind::Mqtt,
-            "broker",
-            "broker = \"mqtt://127.0.0.1:1883\"",
-        ),
-        _ => (
-            SinkKind::File,
-            "path",
-            "path = \"/var/lib/rackhand/outbox\"",
-        ),
-    };
-    let Some(target) = layer.get(target_key) else {
-        report.error(
-            layer.header.clone(),
-            format!("[upstream] sink `{sink}` needs `{target_key}`; add {example}"),
-        );
-        return None;
-    };
-    let target_str = target.as_str().unwrap_or_default().to_string();
-    let scheme_ok = match kind {
-        SinkKind::Http => target_str.starts_with("http://") || target_str.starts_with("https://"),
-        SinkKind::Mqtt => target_str.starts_with("mqtt://") || target_str.starts_with("mqtts://"),
-        SinkKind::File => true,
-    };
-    if !scheme_ok {
-        report.error(
-            target.span.clone(),
-            format!(
-                "`{target_key}` = \"{}\" does not fit sink `{sink}`; {example}",
-                url::redact(&target_str)
-            ),
-        );
-        return None;
-    }
-    if kind != SinkKind::File && url::userinfo(&target_str).is_some() {
-        report.error(
-            target.span.clone(),
-            credentials_in_url(kind, target_key, &target_str),
-        );
-        return None;
-    }
-    if let Some(headers) = layer.get("headers") {
-        if let Value::Map(map) = &headers.value {
-            for (name, value) in map {
-                for problem in header_secret_problems(value) {
-                    report.warning(
-                        headers.span.clone(),
-                        format!("[upstream] header `{name}`: {problem}; the agent will refuse to start until it is"),
-                    );
-                }
-            }
-        }
-    }
-    let size = |key: &str, default: u64| match layer.get(key).map(|s| &s.value) {
-        Some(Value::Size(n)) => *n,
-        _ => default,
-    };
-    Some(Upstream {
-        sink: kind,
-        target: target_str,
-        topic: layer
-            .str("topic")
-            .unwrap_or(defaults::MQTT_TOPIC)
-            .to_string(),
-        client_id: layer.str("client_id").map(str::to_string),
-        headers: match layer.get("headers").map(|s| &s.value) {
-            Some(Value::Map(m)) => m.clone(),
-            _ => Vec::new(),
-        },
-        ca_file: layer.str("ca_file").map(PathBuf::from),
-        username: layer.str("username").map(str::to_string),
-        password: lookup_secret(&layers, &SECRET_FAMILIES[0]),
-        timeout: duration_of(&layers, "timeout", defaults::UPSTREAM_TIMEOUT),
-        batch_max_records: int_of(&layers, "batch_max_records")
-            .map_or(defaults::BATCH_MAX_RECORDS, |n| n as usize),
-        batch_max_bytes: size("batch_max_bytes", defaults::BATCH_MAX_BYTES),
-        batch_max_age: duration_of(&layers, "batch_max_age", defaults::BATCH_MAX_AGE),
-        spool_max_bytes: size("spool_max_bytes", defaults::SPOOL_MAX_BYTES),
-        drop_oldest_when_full: layer.str("spool_full") == Some("drop_oldest"),
-        fsync_always: layer.str("fsync") == Some("always"),
-        file_max_bytes: size("file_max_bytes", defaults::FILE_MAX_BYTES),
-        max_packet_size: max_packet_size(layer, kind, report),
-    })
-}
-
-/// `max_packet_size`: only for mqtt, and within what an MQTT packet can be.
-fn max_packet_size(layer: &Layer, sink: SinkKind, report: &mut Report) -> usize {
-    let Some(setting) = layer.get("max_packet_size") else {
-        return defaults::MQTT_MAX_PACKET_SIZE;
-    };
-    let Value::Size(size) = setting.value else {
-        return defaults::MQTT_MAX_PACKET_SIZE;
-    };
-    if sink != SinkKind::Mqtt {
-        report.warning(
-            setting.key_span.clone(),
-            format!(
-                "`max_packet_size` applies only to sink = \"mqtt\", not `{}`; remove it",
-                sink.as_str()
-            ),
-        );
-    }
-    match usize::try_from(size) {
-        Ok(n) if (MQTT_PACKET_SIZE_MIN..=MQTT_PACKET_SIZE_MAX).contains(&n) => n,
-        _ => {
-            report.error(
-                setting.span.clone(),
-                format!(
-                    "`max_packet_size` is {size} bytes; it must be from {MQTT_PACKET_SIZE_MIN} bytes (\"1KiB\") to {MQTT_PACKET_SIZE_MAX} bytes (MQTT's largest packet): set it to the broker's limit (mosquitto: max_packet_size)"
-                ),
-            );
-            defaults::MQTT_MAX_PACKET_SIZE
-        }
-    }
 }
 
 #[cfg(test)]
