@@ -12,14 +12,14 @@ use std::time::Duration;
 
 /// A connection to the service manager, if there is one.
 #[derive(Debug)]
-pub struct Notifier {
+pub(crate) struct Notifier {
     socket: Option<(UnixDatagram, SocketAddr)>,
     watchdog: Option<Duration>,
 }
 
 impl Notifier {
     /// Reads `NOTIFY_SOCKET` and the watchdog settings from the environment.
-    pub fn from_env() -> io::Result<Notifier> {
+    pub(crate) fn from_env() -> io::Result<Notifier> {
         let socket = match std::env::var_os("NOTIFY_SOCKET") {
             None => None,
             Some(path) => {
@@ -45,7 +45,7 @@ impl Notifier {
     }
 
     /// A notifier that sends nothing (not under systemd, or its socket is unusable).
-    pub fn disabled() -> Notifier {
+    pub(crate) fn disabled() -> Notifier {
         Notifier {
             socket: None,
             watchdog: None,
@@ -53,11 +53,12 @@ impl Notifier {
     }
 
     /// How often to send `WATCHDOG=1`: half the interval systemd enforces.
-    pub fn watchdog_period(&self) -> Option<Duration> {
+    pub(crate) fn watchdog_period(&self) -> Option<Duration> {
         self.watchdog.map(|d| d / 2)
     }
 
-    pub fn is_active(&self) -> bool {
+    #[cfg(test)]
+    fn is_active(&self) -> bool {
         self.socket.is_some()
     }
 
@@ -68,23 +69,19 @@ impl Notifier {
         }
     }
 
-    pub fn ready(&self, status: &str) -> io::Result<()> {
+    pub(crate) fn ready(&self, status: &str) -> io::Result<()> {
         self.send(&format!("READY=1\nSTATUS={status}"))
     }
 
-    pub fn watchdog(&self) -> io::Result<()> {
+    pub(crate) fn watchdog(&self) -> io::Result<()> {
         self.send("WATCHDOG=1")
     }
 
-    pub fn reloading(&self) -> io::Result<()> {
+    pub(crate) fn reloading(&self) -> io::Result<()> {
         self.send("RELOADING=1")
     }
 
-    pub fn status(&self, status: &str) -> io::Result<()> {
-        self.send(&format!("STATUS={status}"))
-    }
-
-    pub fn stopping(&self) -> io::Result<()> {
+    pub(crate) fn stopping(&self) -> io::Result<()> {
         self.send("STOPPING=1")
     }
 }

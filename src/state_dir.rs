@@ -18,10 +18,10 @@ use std::path::{Path, PathBuf};
 use crate::durable_file::{DIR_MODE, FILE_MODE};
 
 /// The umask the agent runs with: nothing for others, no writing for the group.
-pub const UMASK: u32 = 0o027;
+pub(crate) const UMASK: u32 = 0o027;
 
 #[derive(Debug, thiserror::Error)]
-pub enum StateDirError {
+pub(crate) enum StateDirError {
     #[error(
         "another rackhand{holder} is running with state_dir {dir}: two agents on one spool would corrupt it; stop the other one (systemctl stop rackhand) or give this one its own [agent] state_dir"
     )]
@@ -38,7 +38,7 @@ pub enum StateDirError {
 /// the folders in it 0750 at most, files 0640 at most (two levels: `state_dir` and the spool
 /// and outbox in it). Sets the process umask to [`UMASK`] so files created from now on come
 /// out right too. Files the agent cannot change (another owner) are left as they are.
-pub fn prepare(state_dir: &Path) -> Result<(), StateDirError> {
+pub(crate) fn prepare(state_dir: &Path) -> Result<(), StateDirError> {
     // SAFETY: umask only sets the process's file-creation mask.
     unsafe { libc::umask(UMASK as libc::mode_t) };
     fs::create_dir_all(state_dir).map_err(|error| StateDirError::Create {
@@ -75,12 +75,12 @@ fn tighten(path: &Path, depth: u32) {
 /// Holds `state_dir/lock` (flock) while the agent runs: one agent per spool. The kernel
 /// drops the lock when the process dies, however it dies, so a crash never needs a manual
 /// unlock.
-pub struct StateLock {
+pub(crate) struct StateLock {
     _file: nix::fcntl::Flock<fs::File>,
 }
 
 impl StateLock {
-    pub fn acquire(state_dir: &Path) -> Result<StateLock, StateDirError> {
+    pub(crate) fn acquire(state_dir: &Path) -> Result<StateLock, StateDirError> {
         let path = state_dir.join("lock");
         let err = |error| StateDirError::Lock {
             path: path.clone(),

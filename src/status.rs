@@ -19,13 +19,16 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use crate::inventory::Upstream;
 use crate::record::rfc3339_millis;
+use crate::ship::ShipReport;
+use crate::spool::{SpoolOptions, Stats};
 
 /// The status file's name inside `agent.state_dir`.
 pub const STATUS_FILE: &str = "status.json";
 
 /// The agent saves about every 2 s; a status older than this means the agent is gone or stuck.
-pub const STALE_AFTER: Duration = Duration::from_secs(30);
+pub(crate) const STALE_AFTER: Duration = Duration::from_secs(30);
 
 /// The temp file `save` writes before renaming it over `status.json`. One fixed name: there is
 /// one writer per state folder (the agent), and a crash leaves at most this one file behind,
@@ -174,6 +177,99 @@ impl DeviceStatus {
     }
 }
 
+impl SpoolStatus {
+    /// The spool as configured, before anything is known of its content.
+    pub(crate) fn configured(dir: &Path, options: &SpoolOptions) -> SpoolStatus {
+        SpoolStatus {
+            dir: dir.display().to_string(),
+            max_bytes: options.max_bytes,
+            full_policy: options.full.as_str().into(),
+            ..SpoolStatus::default()
+        }
+    }
+
+    /// Takes the spool's counters now. `oldest_unshipped_at` comes from the shipper, which
+    /// read that record; it is kept only while it is still the spool's oldest.
+    fn observe(&mut self, stats: &Stats, ship: &ShipReport) {
+        self.records = stats.records;
+        self.bytes = stats.bytes;
+        self.segments = stats.segments as u64;
+        self.oldest_unshipped_seq = stats.oldest_unshipped;
+        self.oldest_unshipped_at = ship
+            .oldest_unshipped
+            .as_ref()
+            .filter(|o| Some(o.0) == stats.oldest_unshipped)
+            .and_then(|o| o.1.clone());
+        self.acked_seq = stats.acked;
+        self.last_seq = stats.last_seq;
+        self.dropped_records = stats.dropped_records;
+        self.dropped_bytes = stats.dropped_bytes;
+        self.waiting_in_memory = stats.waiting_in_memory;
+        let trouble = stats.storage_trouble.as_ref();
+        self.storage_error = trouble.map(|t| t.error.clone());
+        self.storage_error_cause = trouble.map(|t| t.cause.as_str().to_string());
+        self.storage_error_since = trouble.map(|t| rfc3339_millis(t.since));
+        self.checkpoint_error = stats.checkpoint_trouble;
+        self.lost = stats
+            .lost
+            .iter()
+            .map(|(cause, n)| (cause.as_str().to_string(), *n))
+            .collect();
+        self.unreported_lost = stats.unreported_lost;
+    }
+}
+
+impl UpstreamStatus {
+    /// The upstream in force, idle until the shipper reports.
+    pub(crate) fn configured(upstream: &Upstream) -> UpstreamStatus {
+        UpstreamStatus {
+            sink: upstream.sink.as_str().into(),
+            target: crate::config::url::redact(&upstream.target).into_owned(),
+            state: "idle".into(),
+            ..UpstreamStatus::default()
+        }
+    }
+
+    /// Takes the shipper's report now.
+    fn observe(&mut self, ship: &ShipReport) {
+        self.state = ship.state.as_str().to_string();
+        self.last_error = ship.last_error.clone();
+        self.last_error_at = ship.last_error_at.map(rfc3339_millis);
+        self.last_ack_at = ship.last_ack_at.map(rfc3339_millis);
+        self.consecutive_failures = ship.consecutive_failures;
+        self.shipped_records = ship.shipped_records;
+        self.shipped_batches = ship.shipped_batches;
+        self.dead_lettered_batches = ship.dead_lettered_batches;
+        self.rejected_records = ship.rejected_records;
+        self.dead_letter_file = ship
+            .dead_letter_file
+            .as_ref()
+            .map(|p| p.display().to_string());
+    }
+}
+
+/// Whether the agent holds new collections back (the `block` policy on a full spool, or a
+/// disk that refuses writes), and how many it has not started because of it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Admission {
+    pub paused: bool,
+    /// Since the agent started.
+    pub paused_collections: u64,
+}
+
+impl AgentStatus {
+    /// Brings the status up to now: the wall clock and its sync, the spool's counters, the
+    /// shipper's report and whether collections are paused.
+    pub(crate) fn observe(&mut self, stats: &Stats, ship: &ShipReport, admission: Admission) {
+        self.updated_at = rfc3339_millis(SystemTime::now());
+        self.clock_synced = crate::clock::synchronised();
+        self.spool.observe(stats, ship);
+        self.spool.paused = admission.paused;
+        self.spool.paused_collections = admission.paused_collections;
+        self.upstream.observe(ship);
+    }
+}
+
 impl AgentStatus {
     /// A status for this process, started now, with nothing known yet.
     pub fn new(agent: &str) -> AgentStatus {
@@ -220,7 +316,7 @@ impl AgentStatus {
     /// from the previous run's file what outlives a restart (each device's last collection,
     /// the upstream's last acknowledgement). Spool and shipping counters start again. A missing
     /// file is a first start; an unreadable or corrupt one is logged as a warning and replaced.
-    pub fn load_or_default(state_dir: &Path, agent: &str) -> AgentStatus {
+    pub(crate) fn load_or_default(state_dir: &Path, agent: &str) -> AgentStatus {
         let mut fresh = AgentStatus::new(agent);
         match Self::load(state_dir) {
             Ok(None) => {}
@@ -236,13 +332,14 @@ impl AgentStatus {
     }
 
     /// Forgets devices that are no longer in the inventory (after a reload or restart).
-    pub fn retain_devices<'a>(&mut self, names: impl IntoIterator<Item = &'a str>) {
+    pub(crate) fn retain_devices<'a>(&mut self, names: impl IntoIterator<Item = &'a str>) {
         let keep: std::collections::BTreeSet<&str> = names.into_iter().collect();
         self.devices.retain(|name, _| keep.contains(name.as_str()));
     }
 
     /// Sets `updated_at` to now and saves.
-    pub fn touch_and_save(&mut self, state_dir: &Path) -> Result<(), StatusError> {
+    #[cfg(test)]
+    fn touch_and_save(&mut self, state_dir: &Path) -> Result<(), StatusError> {
         self.updated_at = rfc3339_millis(SystemTime::now());
         self.save(state_dir)
     }
@@ -297,7 +394,7 @@ impl AgentStatus {
     }
 
     /// Whether the process that wrote this status is alive and saving (see [`Liveness`]).
-    pub fn liveness(&self, now: SystemTime) -> Liveness {
+    pub(crate) fn liveness(&self, now: SystemTime) -> Liveness {
         if !pid_is_rackhand(self.pid) {
             return Liveness::Gone;
         }
@@ -311,7 +408,7 @@ impl AgentStatus {
 
 /// What `rackhand status` concludes about the agent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Liveness {
+pub(crate) enum Liveness {
     /// Its pid is a live rackhand process and the status is fresh.
     Running,
     /// Its pid is a live rackhand process, but it has not saved for longer than
@@ -324,7 +421,7 @@ pub enum Liveness {
 /// Whether `pid` is a live process running rackhand. Signal 0 checks for existence (EPERM: it
 /// exists but belongs to another user, like the `rackhand` service user); the program name in
 /// `/proc/<pid>/cmdline` guards against the pid having been reused since the agent died.
-pub fn pid_is_rackhand(pid: u32) -> bool {
+pub(crate) fn pid_is_rackhand(pid: u32) -> bool {
     // 0 and negative pids address process groups, never one process.
     let Ok(raw) = i32::try_from(pid) else {
         return false;
@@ -352,14 +449,14 @@ pub fn pid_is_rackhand(pid: u32) -> bool {
 
 /// How long ago an RFC 3339 time was, by the wall clock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Age {
+pub(crate) enum Age {
     Past(Duration),
     /// Later than now: the clock was set back since (or the writer's clock was ahead).
     Future(Duration),
 }
 
 /// The age of `rfc3339` at `now`; `None` when it does not parse.
-pub fn age(rfc3339: &str, now: SystemTime) -> Option<Age> {
+pub(crate) fn age(rfc3339: &str, now: SystemTime) -> Option<Age> {
     let then = parse_rfc3339(rfc3339)?;
     Some(match now.duration_since(then) {
         Ok(d) => Age::Past(d),
@@ -369,7 +466,7 @@ pub fn age(rfc3339: &str, now: SystemTime) -> Option<Age> {
 
 /// Parses `2026-11-25T10:00:00.123Z` (what [`rfc3339_millis`] writes), also with other
 /// fraction lengths, a lowercase `t`/`z` or a `+HH:MM`/`-HH:MM` offset.
-pub fn parse_rfc3339(text: &str) -> Option<SystemTime> {
+pub(crate) fn parse_rfc3339(text: &str) -> Option<SystemTime> {
     let b = text.trim().as_bytes();
     let num = |range: std::ops::Range<usize>| -> Option<i64> {
         let s = b.get(range)?;

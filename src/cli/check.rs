@@ -45,7 +45,7 @@ pub fn run(path: &Path, _args: &CheckArgs) -> anyhow::Result<i32> {
 }
 
 /// The inventory as a table, with a header line about the agent and upstream.
-pub fn render_inventory(path: &Path, inv: &Inventory) -> String {
+pub(crate) fn render_inventory(path: &Path, inv: &Inventory) -> String {
     // What the agent will really do, default included.
     let upstream = inv.upstream_in_force();
     let mut text = format!(

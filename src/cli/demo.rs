@@ -50,15 +50,260 @@ const IOS: &[&str] = &[
     "show inventory",
 ];
 
-fn telnet(profile: Profile) -> anyhow::Result<TelnetRack> {
-    TelnetRack::start(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), 1, profile)
-        .context("start a simulated Telnet device on 127.0.0.1")
+/// What the simulator does differently for one Telnet device.
+#[derive(Clone, Copy)]
+enum Quirk {
+    None,
+    /// [`SLOW_LATENCY`] before every answer.
+    Slow,
+    /// Never answers this command.
+    HangsOn(&'static str),
 }
+
+/// One Telnet device of the demo rack.
+struct TelnetDevice {
+    name: &'static str,
+    platform: &'static str,
+    password: &'static str,
+    commands: &'static [&'static str],
+    quirk: Quirk,
+    note: &'static str,
+}
+
+const TELNET_DEVICES: &[TelnetDevice] = &[
+    TelnetDevice {
+        name: "core-1",
+        platform: "cisco_ios",
+        password: "admin",
+        commands: IOS,
+        quirk: Quirk::None,
+        note: "",
+    },
+    TelnetDevice {
+        name: "core-2",
+        platform: "cisco_ios",
+        password: "admin",
+        commands: IOS,
+        quirk: Quirk::None,
+        note: "",
+    },
+    TelnetDevice {
+        name: "dist-1",
+        platform: "cisco_nxos",
+        password: "admin",
+        commands: &[
+            "show version",
+            "show clock",
+            "show ip interface brief",
+            "show environment",
+        ],
+        quirk: Quirk::None,
+        note: "",
+    },
+    TelnetDevice {
+        name: "leaf-1",
+        platform: "arista_eos",
+        password: "admin",
+        commands: &[
+            "show version",
+            "show clock",
+            "show lldp neighbors",
+            "show vlan",
+        ],
+        quirk: Quirk::None,
+        note: "",
+    },
+    TelnetDevice {
+        name: "old-sw",
+        platform: "cisco_ios",
+        password: "admin",
+        commands: IOS,
+        quirk: Quirk::Slow,
+        note: "slow: 1 s per command",
+    },
+    TelnetDevice {
+        name: "flaky-sw",
+        platform: "cisco_ios",
+        password: "admin",
+        commands: IOS,
+        quirk: Quirk::HangsOn("show inventory"),
+        note: "hangs on `show inventory`",
+    },
+    TelnetDevice {
+        name: "locked-sw",
+        platform: "cisco_ios",
+        password: "wrong-password",
+        commands: IOS,
+        quirk: Quirk::None,
+        note: "wrong password in the config",
+    },
+    TelnetDevice {
+        name: "edge-1",
+        platform: "juniper_junos",
+        password: "admin",
+        commands: &["show version", "show system uptime", "show interfaces"],
+        quirk: Quirk::None,
+        note: "",
+    },
+];
+
+/// Consoles on pseudo-terminals, as a USB-serial cable would show them: name, platform,
+/// commands.
+const CONSOLES: &[(&str, &str, &[&str])] = &[
+    ("con-core-1", "cisco_ios", IOS),
+    (
+        "con-edge-1",
+        "juniper_junos",
+        &[
+            "show version",
+            "show system uptime",
+            "show chassis hardware",
+        ],
+    ),
+];
+
+/// Devices behind a real OpenSSH sshd: name, platform, commands.
+const SSH_DEVICES: &[(&str, &str, &[&str])] = &[
+    ("core-3", "cisco_ios", IOS),
+    (
+        "spine-1",
+        "arista_eos",
+        &["show version", "show interfaces status", "show ip route"],
+    ),
+];
 
 fn profile(platform: &str, hostname: &str) -> anyhow::Result<Profile> {
     let mut p = Profile::for_platform(platform)?;
     p.hostname = hostname.to_string();
     Ok(p)
+}
+
+/// The simulated rack: its servers, stopped at the end, and how the config reaches each
+/// device.
+struct Rack {
+    members: Vec<Member>,
+    telnet: Vec<TelnetRack>,
+    consoles: Vec<PtyConsole>,
+    ssh: Vec<crate::sim::sshd::SshDevice>,
+}
+
+impl Rack {
+    /// Every device on 127.0.0.1 (consoles as links in `dir`).
+    fn start(dir: &Path) -> anyhow::Result<Rack> {
+        let mut rack = Rack {
+            members: Vec::new(),
+            telnet: Vec::new(),
+            consoles: Vec::new(),
+            ssh: Vec::new(),
+        };
+        for device in TELNET_DEVICES {
+            rack.start_telnet(device)?;
+        }
+        for (name, platform, commands) in CONSOLES {
+            rack.start_console(dir, name, platform, commands)?;
+        }
+        // Behind a real OpenSSH sshd where one can run here (installed, and we are root).
+        match crate::sim::sshd::available() {
+            Ok(()) => {
+                for (name, platform, commands) in SSH_DEVICES {
+                    rack.start_ssh(dir, name, platform, commands)?;
+                }
+            }
+            Err(why) => eprintln!("rackhand demo: no SSH devices: {why}"),
+        }
+        Ok(rack)
+    }
+
+    fn start_telnet(&mut self, device: &TelnetDevice) -> anyhow::Result<()> {
+        let mut p = profile(device.platform, device.name)?;
+        match device.quirk {
+            Quirk::None => {}
+            Quirk::Slow => p.latency = SLOW_LATENCY,
+            Quirk::HangsOn(command) => p = p.with_fault(command, Fault::Hang),
+        }
+        let server = TelnetRack::start(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), 1, p)
+            .context("start a simulated Telnet device on 127.0.0.1")?;
+        let addr = server.addrs()[0].1;
+        self.members.push(Member {
+            name: device.name.to_string(),
+            platform: device.platform,
+            endpoint: format!(
+                "transport = \"telnet\"\nhost = \"127.0.0.1\"\nport = {}\n",
+                addr.port()
+            ),
+            password: device.password,
+            commands: device.commands,
+            note: device.note,
+        });
+        self.telnet.push(server);
+        Ok(())
+    }
+
+    fn start_console(
+        &mut self,
+        dir: &Path,
+        name: &str,
+        platform: &'static str,
+        commands: &'static [&'static str],
+    ) -> anyhow::Result<()> {
+        let link = dir.join(format!("{name}.tty"));
+        let console = PtyConsole::start(&link, Some(115_200), profile(platform, name)?)
+            .with_context(|| format!("start a simulated console at {}", link.display()))?;
+        self.members.push(Member {
+            name: name.to_string(),
+            platform,
+            endpoint: format!(
+                "transport = \"serial\"\nserial_port = \"{}\"\nbaud = 115200\n",
+                link.display()
+            ),
+            password: "admin",
+            commands,
+            note: "console at 115200 baud",
+        });
+        self.consoles.push(console);
+        Ok(())
+    }
+
+    fn start_ssh(
+        &mut self,
+        dir: &Path,
+        name: &str,
+        platform: &'static str,
+        commands: &'static [&'static str],
+    ) -> anyhow::Result<()> {
+        let server = crate::sim::sshd::SshDevice::start(
+            &dir.join(format!("sshd-{name}")),
+            &["--platform", platform, "--hostname", name],
+        )
+        .with_context(|| format!("start sshd for the simulated {name}"))?;
+        self.members.push(Member {
+            name: name.to_string(),
+            platform,
+            endpoint: format!(
+                "transport = \"ssh\"\nhost = \"127.0.0.1\"\nport = {}\nusername = \"{}\"\nkey_file = \"{}\"\nhost_key_check = \"accept-new\"\n",
+                server.addr.port(),
+                server.user,
+                server.client_key.display()
+            ),
+            password: "admin",
+            commands,
+            note: "ssh, via OpenSSH sshd",
+        });
+        self.ssh.push(server);
+        Ok(())
+    }
+
+    /// Stops every server; the members stay for the summary.
+    fn stop(self) -> Vec<Member> {
+        for server in self.telnet {
+            server.stop();
+        }
+        for console in self.consoles {
+            console.stop();
+        }
+        drop(self.ssh);
+        self.members
+    }
 }
 
 pub fn run(args: &DemoArgs) -> anyhow::Result<i32> {
@@ -75,202 +320,47 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<i32> {
         "rackhand demo: a simulated rack on 127.0.0.1, the agent for {:?}",
         args.duration
     );
-
-    let mut racks = Vec::new();
-    let mut members = Vec::new();
-    let mut add_telnet = |name: &str,
-                          p: Profile,
-                          platform: &'static str,
-                          password: &'static str,
-                          commands: &'static [&'static str],
-                          note: &'static str|
-     -> anyhow::Result<()> {
-        let rack = telnet(p)?;
-        let addr = rack.addrs()[0].1;
-        members.push(Member {
-            name: name.to_string(),
-            platform,
-            endpoint: format!(
-                "transport = \"telnet\"\nhost = \"127.0.0.1\"\nport = {}\n",
-                addr.port()
-            ),
-            password,
-            commands,
-            note,
-        });
-        racks.push(rack);
-        Ok(())
-    };
-    add_telnet(
-        "core-1",
-        profile("cisco_ios", "core-1")?,
-        "cisco_ios",
-        "admin",
-        IOS,
-        "",
-    )?;
-    add_telnet(
-        "core-2",
-        profile("cisco_ios", "core-2")?,
-        "cisco_ios",
-        "admin",
-        IOS,
-        "",
-    )?;
-    add_telnet(
-        "dist-1",
-        profile("cisco_nxos", "dist-1")?,
-        "cisco_nxos",
-        "admin",
-        &[
-            "show version",
-            "show clock",
-            "show ip interface brief",
-            "show environment",
-        ],
-        "",
-    )?;
-    add_telnet(
-        "leaf-1",
-        profile("arista_eos", "leaf-1")?,
-        "arista_eos",
-        "admin",
-        &[
-            "show version",
-            "show clock",
-            "show lldp neighbors",
-            "show vlan",
-        ],
-        "",
-    )?;
-    let mut slow = profile("cisco_ios", "old-sw")?;
-    slow.latency = SLOW_LATENCY;
-    add_telnet(
-        "old-sw",
-        slow,
-        "cisco_ios",
-        "admin",
-        IOS,
-        "slow: 1 s per command",
-    )?;
-    let hang = profile("cisco_ios", "flaky-sw")?.with_fault("show inventory", Fault::Hang);
-    add_telnet(
-        "flaky-sw",
-        hang,
-        "cisco_ios",
-        "admin",
-        IOS,
-        "hangs on `show inventory`",
-    )?;
-    add_telnet(
-        "locked-sw",
-        profile("cisco_ios", "locked-sw")?,
-        "cisco_ios",
-        "wrong-password",
-        IOS,
-        "wrong password in the config",
-    )?;
-
-    let edge = profile("juniper_junos", "edge-1")?;
-    add_telnet(
-        "edge-1",
-        edge,
-        "juniper_junos",
-        "admin",
-        &["show version", "show system uptime", "show interfaces"],
-        "",
-    )?;
-
-    // Consoles on pseudo-terminals, as a USB-serial cable would show them.
-    let mut consoles = Vec::new();
-    for (name, platform, commands) in [
-        ("con-core-1", "cisco_ios", IOS),
-        (
-            "con-edge-1",
-            "juniper_junos",
-            &[
-                "show version",
-                "show system uptime",
-                "show chassis hardware",
-            ][..],
-        ),
-    ] {
-        let link = dir.join(format!("{name}.tty"));
-        let console = PtyConsole::start(&link, Some(115_200), profile(platform, name)?)
-            .with_context(|| format!("start a simulated console at {}", link.display()))?;
-        members.push(Member {
-            name: name.to_string(),
-            platform,
-            endpoint: format!(
-                "transport = \"serial\"\nserial_port = \"{}\"\nbaud = 115200\n",
-                link.display()
-            ),
-            password: "admin",
-            commands,
-            note: "console at 115200 baud",
-        });
-        consoles.push(console);
-    }
-    // Behind a real OpenSSH sshd where one can run here (installed, and we are root).
-    let mut ssh_servers = Vec::new();
-    match crate::sim::sshd::available() {
-        Ok(()) => {
-            for (name, platform, commands) in [
-                ("core-3", "cisco_ios", IOS),
-                (
-                    "spine-1",
-                    "arista_eos",
-                    &["show version", "show interfaces status", "show ip route"][..],
-                ),
-            ] {
-                let server = crate::sim::sshd::SshDevice::start(
-                    &dir.join(format!("sshd-{name}")),
-                    &["--platform", platform, "--hostname", name],
-                )
-                .with_context(|| format!("start sshd for the simulated {name}"))?;
-                members.push(Member {
-                    name: name.to_string(),
-                    platform,
-                    endpoint: format!(
-                        "transport = \"ssh\"\nhost = \"127.0.0.1\"\nport = {}\nusername = \"{}\"\nkey_file = \"{}\"\nhost_key_check = \"accept-new\"\n",
-                        server.addr.port(),
-                        server.user,
-                        server.client_key.display()
-                    ),
-                    password: "admin",
-                    commands,
-                    note: "ssh, via OpenSSH sshd",
-                });
-                ssh_servers.push(server);
-            }
-        }
-        Err(why) => eprintln!("rackhand demo: no SSH devices: {why}"),
-    }
-
-    // Passwords in files readable by us alone, as in the field.
-    let secrets = dir.join("secrets");
-    std::fs::create_dir_all(&secrets)?;
-    for m in &members {
-        write_secret(&secrets.join(m.password), m.password)?;
-    }
-    let config = dir.join("rackhand.toml");
-    std::fs::write(&config, config_text(&dir, &members))
-        .with_context(|| format!("write {}", config.display()))?;
+    let rack = Rack::start(&dir)?;
+    let config = write_config(&dir, &rack.members)?;
     eprintln!(
         "rackhand demo: {} devices ({} telnet, {} ssh, {} consoles), config {}",
-        members.len(),
-        racks.len(),
-        ssh_servers.len(),
-        consoles.len(),
+        rack.members.len(),
+        rack.telnet.len(),
+        rack.ssh.len(),
+        rack.consoles.len(),
         config.display()
     );
 
     let live = std::io::stderr().is_terminal();
+    let summary = agent::run(
+        &config,
+        Options {
+            drain: DRAIN,
+            run_for: Some(args.duration),
+            on_record: Some(Box::new(progress(live, args.duration))),
+            signals: true,
+        },
+    )?;
+    if live {
+        eprint!("\r\x1b[K");
+    }
+    let members = rack.stop();
+    println!("{}", render_summary(&members, &summary));
+    println!(
+        "{} records in {} (NDJSON, one record per line); config and state in {}",
+        summary.records,
+        summary.outbox.display(),
+        dir.display()
+    );
+    Ok(0)
+}
+
+/// The progress line on a terminal: records so far, how many not ok, the last one.
+fn progress(live: bool, duration: Duration) -> impl FnMut(&Record) + Send + 'static {
     let start = Instant::now();
-    let duration = args.duration;
     let mut seen = 0u64;
     let mut failed = 0u64;
-    let on_record = move |r: &Record| {
+    move |r: &Record| {
         seen += 1;
         if r.status != Status::Ok {
             failed += 1;
@@ -285,35 +375,20 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<i32> {
                 r.status.as_str()
             );
         }
-    };
-    let summary = agent::run(
-        &config,
-        Options {
-            drain: DRAIN,
-            run_for: Some(args.duration),
-            on_record: Some(Box::new(on_record)),
-            signals: true,
-        },
-    )?;
-    if live {
-        eprint!("\r\x1b[K");
     }
-    for rack in racks {
-        rack.stop();
-    }
-    for console in consoles {
-        console.stop();
-    }
-    drop(ssh_servers);
+}
 
-    println!("{}", render_summary(&members, &summary));
-    println!(
-        "{} records in {} (NDJSON, one record per line); config and state in {}",
-        summary.records,
-        summary.outbox.display(),
-        dir.display()
-    );
-    Ok(0)
+/// The passwords in files readable by us alone, as in the field, and the config naming them.
+fn write_config(dir: &Path, members: &[Member]) -> anyhow::Result<PathBuf> {
+    let secrets = dir.join("secrets");
+    std::fs::create_dir_all(&secrets)?;
+    for m in members {
+        write_secret(&secrets.join(m.password), m.password)?;
+    }
+    let config = dir.join("rackhand.toml");
+    std::fs::write(&config, config_text(dir, members))
+        .with_context(|| format!("write {}", config.display()))?;
+    Ok(config)
 }
 
 fn config_text(dir: &Path, members: &[Member]) -> String {

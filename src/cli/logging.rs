@@ -45,7 +45,7 @@ impl Log for StderrLogger {
 }
 
 /// Installs the logger once; later calls only change the level.
-pub fn init(config_level: Option<&str>) {
+pub(crate) fn init(config_level: Option<&str>) {
     let level = std::env::var("RUST_LOG")
         .ok()
         .and_then(|v| v.parse::<LevelFilter>().ok())

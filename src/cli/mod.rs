@@ -15,7 +15,7 @@ pub mod sim;
 pub mod status;
 
 /// Where the config comes from when `-c` is not given.
-pub const DEFAULT_CONFIG: &str = "/etc/rackhand/rackhand.toml";
+pub(crate) const DEFAULT_CONFIG: &str = "/etc/rackhand/rackhand.toml";
 
 #[derive(Debug, Parser)]
 #[command(name = "rackhand", version, long_version = long_version(), about = "Edge collector for network equipment")]
@@ -66,7 +66,7 @@ fn long_version() -> &'static str {
 }
 
 /// The config path in force: `-c`, then `RACKHAND_CONFIG` (both through clap), then the default.
-pub fn config_path(cli: &Cli) -> PathBuf {
+pub(crate) fn config_path(cli: &Cli) -> PathBuf {
     cli.config
         .clone()
         .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG))

@@ -12,7 +12,7 @@ pub struct RunArgs {
     pub drain: Duration,
 }
 
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, crate::config::units::UnitError> {
     crate::config::units::parse_duration(text)
 }
 

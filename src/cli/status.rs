@@ -4,13 +4,14 @@
 //! the config only to find that folder, reads the file, checks that the process that wrote it
 //! is still a live rackhand that keeps saving, and prints a short report or the JSON.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use crate::config::units::{format_duration, format_size};
 use crate::inventory;
-use crate::status::{self, Age, AgentStatus, Liveness};
+use crate::status::{self, Age, AgentStatus, DeviceStatus, Liveness, SpoolStatus, UpstreamStatus};
 
 /// The exit status is in the help (`after_help`): 0 running; 1 stopped, stuck or never run
 /// with this state_dir; 2 the config is not TOML or `[agent]` has errors (so `state_dir` is
@@ -143,13 +144,42 @@ pub fn run(path: &Path, args: &StatusArgs) -> anyhow::Result<i32> {
     Ok(if liveness == Liveness::Running { 0 } else { 1 })
 }
 
-/// The human report.
-pub fn render(status: &AgentStatus, file: &Path, liveness: Liveness, now: SystemTime) -> String {
-    let mut text = String::new();
-    let mut line = |s: String| {
-        text.push_str(&s);
-        text.push('\n');
-    };
+/// The report being written, one line at a time.
+struct Lines(String);
+
+impl Lines {
+    fn line(&mut self, s: String) {
+        self.0.push_str(&s);
+        self.0.push('\n');
+    }
+}
+
+/// The human report: the agent, its spool, its upstream, its devices.
+pub(crate) fn render(
+    status: &AgentStatus,
+    file: &Path,
+    liveness: Liveness,
+    now: SystemTime,
+) -> String {
+    let mut out = Lines(String::new());
+    render_agent(&mut out, status, file, liveness, now);
+    out.line(String::new());
+    render_spool(&mut out, &status.spool, now);
+    render_spool_troubles(&mut out, &status.spool, now);
+    out.line(String::new());
+    render_upstream(&mut out, &status.upstream, now);
+    render_devices(&mut out, &status.devices, now);
+    out.0
+}
+
+/// Whether it runs, its version and start, the clock.
+fn render_agent(
+    out: &mut Lines,
+    status: &AgentStatus,
+    file: &Path,
+    liveness: Liveness,
+    now: SystemTime,
+) {
     let updated = ago(&status.updated_at, now);
     let state = match liveness {
         Liveness::Running => format!("running (pid {}, updated {updated})", status.pid),
@@ -159,7 +189,7 @@ pub fn render(status: &AgentStatus, file: &Path, liveness: Liveness, now: System
         ),
         Liveness::Gone => format!("not running (last seen {updated}, pid {})", status.pid),
     };
-    line(format!(
+    out.line(format!(
         "agent {}: {state}",
         if status.agent.is_empty() {
             "(unnamed)"
@@ -167,13 +197,13 @@ pub fn render(status: &AgentStatus, file: &Path, liveness: Liveness, now: System
             &status.agent
         }
     ));
-    line(format!(
+    out.line(format!(
         "  version {}, started {}; status file {}",
         or_unknown(&status.version),
         ago(&status.started_at, now),
         file.display()
     ));
-    line(format!(
+    out.line(format!(
         "  clock: {}",
         match status.clock_synced {
             Some(true) => "synchronised",
@@ -181,10 +211,11 @@ pub fn render(status: &AgentStatus, file: &Path, liveness: Liveness, now: System
             None => "unknown (cannot tell whether it is synchronised)",
         }
     ));
+}
 
-    let spool = &status.spool;
-    line(String::new());
-    line(format!(
+/// How full the spool is, how far shipping has come.
+fn render_spool(out: &mut Lines, spool: &SpoolStatus, now: SystemTime) {
+    out.line(format!(
         "spool {}: {} record{}, {} of {}{}, {} segment{}, when full: {}",
         or_unknown(&spool.dir),
         spool.records,
@@ -201,42 +232,47 @@ pub fn render(status: &AgentStatus, file: &Path, liveness: Liveness, now: System
         or_unknown(&spool.full_policy)
     ));
     match (spool.oldest_unshipped_seq, &spool.oldest_unshipped_at) {
-        (Some(seq), Some(at)) => line(format!(
+        (Some(seq), Some(at)) => out.line(format!(
             "  oldest unshipped: seq {seq}, collected {}",
             ago(at, now)
         )),
-        (Some(seq), None) => line(format!("  oldest unshipped: seq {seq}")),
-        _ => line("  nothing unshipped".into()),
+        (Some(seq), None) => out.line(format!("  oldest unshipped: seq {seq}")),
+        _ => out.line("  nothing unshipped".into()),
     }
-    line(format!(
+    out.line(format!(
         "  acked up to seq {}, last seq {}",
         spool.acked_seq, spool.last_seq
     ));
     if spool.dropped_records > 0 {
-        line(format!(
+        out.line(format!(
             "  WARNING: {} record{} ({}) dropped since start: the spool was full (drop_oldest)",
             spool.dropped_records,
             plural(spool.dropped_records),
             approx_size(spool.dropped_bytes)
         ));
     }
+}
+
+/// What went wrong with the spool since the start: the disk refusing writes, paused
+/// collections, records lost, the checkpoint.
+fn render_spool_troubles(out: &mut Lines, spool: &SpoolStatus, now: SystemTime) {
     if let Some(error) = &spool.storage_error {
         let since = spool
             .storage_error_since
             .as_deref()
             .map_or(String::new(), |at| format!(" since {}", ago(at, now)));
-        line(format!(
+        out.line(format!(
             "  ERROR: the disk refuses writes ({}){since}: {error}",
             spool.storage_error_cause.as_deref().unwrap_or("io_error")
         ));
-        line(format!(
+        out.line(format!(
             "  {} collected record{} wait in memory; new collections pause until the disk takes writes again",
             spool.waiting_in_memory,
             plural(spool.waiting_in_memory)
         ));
     }
     if spool.paused || spool.paused_collections > 0 {
-        line(format!(
+        out.line(format!(
             "  WARNING: {}{} collection{} not started since start because the spool or the disk was full",
             if spool.paused {
                 "collections paused now; "
@@ -255,7 +291,7 @@ pub fn render(status: &AgentStatus, file: &Path, liveness: Liveness, now: System
             .filter(|(_, n)| **n > 0)
             .map(|(cause, n)| format!("{n} {cause}"))
             .collect();
-        line(format!(
+        out.line(format!(
             "  WARNING: {lost} record{} lost since start ({}); {}",
             plural(lost),
             causes.join(", "),
@@ -270,15 +306,16 @@ pub fn render(status: &AgentStatus, file: &Path, liveness: Liveness, now: System
         ));
     }
     if spool.checkpoint_error {
-        line(
+        out.line(
             "  WARNING: the acknowledged position cannot be written (disk full?): a restart would send some records again"
                 .into(),
         );
     }
+}
 
-    let up = &status.upstream;
-    line(String::new());
-    line(format!(
+/// The upstream's state, last ack and error, what was shipped or dead-lettered.
+fn render_upstream(out: &mut Lines, up: &UpstreamStatus, now: SystemTime) {
+    out.line(format!(
         "upstream {} {}: {}{}",
         or_unknown(&up.sink),
         crate::config::url::redact(&up.target),
@@ -293,7 +330,7 @@ pub fn render(status: &AgentStatus, file: &Path, liveness: Liveness, now: System
             String::new()
         }
     ));
-    line(format!(
+    out.line(format!(
         "  last ack: {}",
         up.last_ack_at
             .as_deref()
@@ -304,9 +341,9 @@ pub fn render(status: &AgentStatus, file: &Path, liveness: Liveness, now: System
             .last_error_at
             .as_deref()
             .map_or(String::new(), |at| format!(" ({})", ago(at, now)));
-        line(format!("  last error{when}: {error}"));
+        out.line(format!("  last error{when}: {error}"));
     }
-    line(format!(
+    out.line(format!(
         "  shipped since start: {} record{} in {} batch{}",
         up.shipped_records,
         plural(up.shipped_records),
@@ -314,7 +351,7 @@ pub fn render(status: &AgentStatus, file: &Path, liveness: Liveness, now: System
         if up.shipped_batches == 1 { "" } else { "es" }
     ));
     if up.dead_lettered_batches > 0 || up.dead_letter_file.is_some() {
-        line(format!(
+        out.line(format!(
             "  dead letters: {} record{} in {} batch{} refused by the upstream for good{}",
             up.rejected_records,
             plural(up.rejected_records),
@@ -329,10 +366,13 @@ pub fn render(status: &AgentStatus, file: &Path, liveness: Liveness, now: System
                 .map_or(String::new(), |f| format!(", kept in {f}"))
         ));
     }
+}
 
-    line(String::new());
-    if status.devices.is_empty() {
-        line("no device has been collected yet".into());
+/// One row per device: its last good collection, last status and error.
+fn render_devices(out: &mut Lines, devices: &BTreeMap<String, DeviceStatus>, now: SystemTime) {
+    out.line(String::new());
+    if devices.is_empty() {
+        out.line("no device has been collected yet".into());
     } else {
         let header = [
             "DEVICE",
@@ -341,8 +381,7 @@ pub fn render(status: &AgentStatus, file: &Path, liveness: Liveness, now: System
             "FAILURES",
             "LAST ERROR",
         ];
-        let rows: Vec<[String; 5]> = status
-            .devices
+        let rows: Vec<[String; 5]> = devices
             .iter()
             .map(|(name, d)| {
                 [
@@ -373,14 +412,13 @@ pub fn render(status: &AgentStatus, file: &Path, liveness: Liveness, now: System
                     s.push_str(&format!("{cell:<w$}  "));
                 }
             }
-            line(s.trim_end().to_string());
+            out.line(s.trim_end().to_string());
         };
         row_line(header);
         for row in &rows {
             row_line([&row[0], &row[1], &row[2], &row[3], &row[4]]);
         }
     }
-    text
 }
 
 /// `5m ago`, `in the future (clock changed?)`, or the raw text when it does not parse.

@@ -368,6 +368,7 @@ impl Walker<'_> {
         }
     }
 
+    /// A string for a key of `kind`: checked and converted, or reported (`None`).
     fn string_value(
         &mut self,
         name: &str,
@@ -382,162 +383,201 @@ impl Walker<'_> {
         }
         match kind {
             Kind::Str | Kind::Path => Some(Value::Str(s.to_string())),
-            Kind::Duration => match parse_duration(s) {
-                Ok(d) if d.is_zero() => {
-                    self.report
-                        .error(span, format!("`{name}` must be longer than zero"));
-                    None
-                }
-                Ok(d) => Some(Value::Duration(d)),
-                Err(e) => {
-                    self.report
-                        .error(span, format!("bad duration for `{name}`: {e}"));
-                    None
-                }
-            },
-            Kind::Size => match parse_size(s) {
-                Ok(0) => {
-                    self.report
-                        .error(span, format!("`{name}` must be larger than zero"));
-                    None
-                }
-                Ok(n) => Some(Value::Size(n)),
-                Err(e) => {
-                    self.report
-                        .error(span, format!("bad size for `{name}`: {e}"));
-                    None
-                }
-            },
-            Kind::Enum(choices) => {
-                if choices.contains(&s) {
-                    return Some(Value::Str(s.to_string()));
-                }
-                let hint = schema::suggest(s, choices.iter().copied())
-                    .map(|c| format!(" (did you mean `{c}`?)"))
-                    .unwrap_or_default();
+            Kind::Duration => self.duration_value(name, s, span),
+            Kind::Size => self.size_value(name, s, span),
+            Kind::Enum(choices) => self.choice_value(name, choices, s, span),
+            Kind::Regex => self.regex_value(name, s, span),
+            Kind::InlineSecret => self.inline_secret(name, s, span),
+            Kind::SecretEnv => self.secret_env(name, s, span),
+            Kind::SecretFile => self.secret_file(name, s, span),
+            Kind::ReadableFile => self.readable_file(name, s, span),
+            Kind::Executable => self.executable(name, s, span),
+            Kind::Int { .. } | Kind::Bool | Kind::StrList | Kind::StrMap => {
+                unreachable!("not a string kind")
+            }
+        }
+    }
+
+    /// `"30s"`: longer than zero.
+    fn duration_value(&mut self, name: &str, s: &str, span: Range<usize>) -> Option<Value> {
+        match parse_duration(s) {
+            Ok(d) if d.is_zero() => {
+                self.report
+                    .error(span, format!("`{name}` must be longer than zero"));
+                None
+            }
+            Ok(d) => Some(Value::Duration(d)),
+            Err(e) => {
+                self.report
+                    .error(span, format!("bad duration for `{name}`: {e}"));
+                None
+            }
+        }
+    }
+
+    /// `"16MiB"`: larger than zero.
+    fn size_value(&mut self, name: &str, s: &str, span: Range<usize>) -> Option<Value> {
+        match parse_size(s) {
+            Ok(0) => {
+                self.report
+                    .error(span, format!("`{name}` must be larger than zero"));
+                None
+            }
+            Ok(n) => Some(Value::Size(n)),
+            Err(e) => {
+                self.report
+                    .error(span, format!("bad size for `{name}`: {e}"));
+                None
+            }
+        }
+    }
+
+    /// One of the key's choices, with a suggestion when it is close to one.
+    fn choice_value(
+        &mut self,
+        name: &str,
+        choices: &[&str],
+        s: &str,
+        span: Range<usize>,
+    ) -> Option<Value> {
+        if choices.contains(&s) {
+            return Some(Value::Str(s.to_string()));
+        }
+        let hint = schema::suggest(s, choices.iter().copied())
+            .map(|c| format!(" (did you mean `{c}`?)"))
+            .unwrap_or_default();
+        self.report.error(
+            span,
+            format!(
+                "unknown {name} `{s}`{hint}; expected one of: {}",
+                choices.join(", ")
+            ),
+        );
+        None
+    }
+
+    /// A regular expression that compiles.
+    fn regex_value(&mut self, name: &str, s: &str, span: Range<usize>) -> Option<Value> {
+        match regex_lite::Regex::new(s) {
+            Ok(_) => Some(Value::Str(s.to_string())),
+            Err(e) => {
+                let detail = e.to_string();
+                let detail = detail.lines().last().unwrap_or("").trim().to_string();
+                self.report.error(
+                    span,
+                    format!("`{name}` is not a valid regular expression: {detail}"),
+                );
+                None
+            }
+        }
+    }
+
+    /// A secret written in the config itself: taken, with a warning.
+    fn inline_secret(&mut self, name: &str, s: &str, span: Range<usize>) -> Option<Value> {
+        self.report.warning(
+            span.clone(),
+            format!(
+                "`{name}` is written in the config itself; prefer `{name}_file` (mode 600) or `{name}_env`"
+            ),
+        );
+        Some(Value::Secret(Secret::inline(s)))
+    }
+
+    /// A secret named by an environment variable (warned when it is not set here).
+    fn secret_env(&mut self, name: &str, s: &str, span: Range<usize>) -> Option<Value> {
+        let valid = s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            && !s.starts_with(|c: char| c.is_ascii_digit());
+        if !valid {
+            self.report.error(
+                span,
+                format!("`{name}` = \"{s}\" is not an environment variable name"),
+            );
+            return None;
+        }
+        let secret = Secret::from_env(s);
+        if secret.expose().is_none() {
+            self.report.warning(
+                span,
+                format!(
+                    "environment variable {s} (from `{name}`) is not set here; devices using it cannot log in unless the service's environment sets it"
+                ),
+            );
+        }
+        Some(Value::Secret(secret))
+    }
+
+    /// A secret read from a file (warned when others may read it).
+    fn secret_file(&mut self, name: &str, s: &str, span: Range<usize>) -> Option<Value> {
+        let path = self.path(s);
+        match Secret::from_file(&path) {
+            Ok(secret) => {
+                self.warn_if_shared(&path, name, span);
+                Some(Value::Secret(secret))
+            }
+            Err(e) => {
                 self.report.error(
                     span,
                     format!(
-                        "unknown {name} `{s}`{hint}; expected one of: {}",
-                        choices.join(", ")
+                        "cannot read `{name}` {}: {e}; check the path and that the rackhand user may read it",
+                        path.display()
                     ),
                 );
                 None
             }
-            Kind::Regex => match regex_lite::Regex::new(s) {
-                Ok(_) => Some(Value::Str(s.to_string())),
-                Err(e) => {
-                    let detail = e.to_string();
-                    let detail = detail.lines().last().unwrap_or("").trim().to_string();
-                    self.report.error(
-                        span,
-                        format!("`{name}` is not a valid regular expression: {detail}"),
-                    );
-                    None
+        }
+    }
+
+    /// A file the agent reads (a CA, a key): it must be readable now.
+    fn readable_file(&mut self, name: &str, s: &str, span: Range<usize>) -> Option<Value> {
+        let path = self.path(s);
+        match std::fs::File::open(&path).and_then(|f| f.metadata()) {
+            Ok(meta) if meta.is_file() => {
+                if name.starts_with("key") {
+                    self.warn_if_shared(&path, name, span.clone());
                 }
-            },
-            Kind::InlineSecret => {
-                self.report.warning(
-                    span.clone(),
+                Some(Value::Str(path.display().to_string()))
+            }
+            Ok(_) => {
+                self.report.error(
+                    span,
+                    format!("`{name}` {} is not a regular file", path.display()),
+                );
+                None
+            }
+            Err(e) => {
+                self.report.error(
+                    span,
                     format!(
-                        "`{name}` is written in the config itself; prefer `{name}_file` (mode 600) or `{name}_env`"
+                        "cannot read `{name}` {}: {e}; check the path and that the rackhand user may read it",
+                        path.display()
                     ),
                 );
-                Some(Value::Secret(Secret::inline(s)))
+                None
             }
-            Kind::SecretEnv => {
-                let valid = s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-                    && !s.starts_with(|c: char| c.is_ascii_digit());
-                if !valid {
-                    self.report.error(
-                        span,
-                        format!("`{name}` = \"{s}\" is not an environment variable name"),
-                    );
-                    return None;
-                }
-                let secret = Secret::from_env(s);
-                if secret.expose().is_none() {
-                    self.report.warning(
-                        span,
-                        format!(
-                            "environment variable {s} (from `{name}`) is not set here; devices using it cannot log in unless the service's environment sets it"
-                        ),
-                    );
-                }
-                Some(Value::Secret(secret))
+        }
+    }
+
+    /// A program the agent runs (`driver_exec`).
+    fn executable(&mut self, name: &str, s: &str, span: Range<usize>) -> Option<Value> {
+        let path = self.path(s);
+        match std::fs::metadata(&path) {
+            Ok(meta) if meta.is_file() && meta.permissions().mode() & 0o111 != 0 => {
+                Some(Value::Str(path.display().to_string()))
             }
-            Kind::SecretFile => {
-                let path = self.path(s);
-                match Secret::from_file(&path) {
-                    Ok(secret) => {
-                        self.warn_if_shared(&path, name, span);
-                        Some(Value::Secret(secret))
-                    }
-                    Err(e) => {
-                        self.report.error(
-                            span,
-                            format!(
-                                "cannot read `{name}` {}: {e}; check the path and that the rackhand user may read it",
-                                path.display()
-                            ),
-                        );
-                        None
-                    }
-                }
+            Ok(_) => {
+                self.report.error(
+                    span,
+                    format!(
+                        "`{name}` {} is not an executable file; chmod +x it",
+                        path.display()
+                    ),
+                );
+                None
             }
-            Kind::ReadableFile => {
-                let path = self.path(s);
-                match std::fs::File::open(&path).and_then(|f| f.metadata()) {
-                    Ok(meta) if meta.is_file() => {
-                        if name.starts_with("key") {
-                            self.warn_if_shared(&path, name, span.clone());
-                        }
-                        Some(Value::Str(path.display().to_string()))
-                    }
-                    Ok(_) => {
-                        self.report.error(
-                            span,
-                            format!("`{name}` {} is not a regular file", path.display()),
-                        );
-                        None
-                    }
-                    Err(e) => {
-                        self.report.error(
-                            span,
-                            format!(
-                                "cannot read `{name}` {}: {e}; check the path and that the rackhand user may read it",
-                                path.display()
-                            ),
-                        );
-                        None
-                    }
-                }
-            }
-            Kind::Executable => {
-                let path = self.path(s);
-                match std::fs::metadata(&path) {
-                    Ok(meta) if meta.is_file() && meta.permissions().mode() & 0o111 != 0 => {
-                        Some(Value::Str(path.display().to_string()))
-                    }
-                    Ok(_) => {
-                        self.report.error(
-                            span,
-                            format!(
-                                "`{name}` {} is not an executable file; chmod +x it",
-                                path.display()
-                            ),
-                        );
-                        None
-                    }
-                    Err(e) => {
-                        self.report
-                            .error(span, format!("cannot use `{name}` {}: {e}", path.display()));
-                        None
-                    }
-                }
-            }
-            Kind::Int { .. } | Kind::Bool | Kind::StrList | Kind::StrMap => {
-                unreachable!("not a string kind")
+            Err(e) => {
+                self.report
+                    .error(span, format!("cannot use `{name}` {}: {e}", path.display()));
+                None
             }
         }
     }

@@ -5,12 +5,13 @@
 //! file that should be readable by the agent alone. The value never appears in `Debug` output.
 
 use std::fmt;
+use std::io;
 use std::path::{Path, PathBuf};
 
 /// A secret named inside a longer value (an `[upstream]` header): `{env:NAME}` or
 /// `{file:PATH}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SecretRef<'a> {
+pub(crate) enum SecretRef<'a> {
     Env(&'a str),
     File(&'a str),
 }
@@ -18,7 +19,7 @@ pub enum SecretRef<'a> {
 /// Replaces every `{env:NAME}` and `{file:PATH}` in `value` by what `resolve` returns for it;
 /// any other braces stay as written. The agent resolves header values with this at start,
 /// `check` with a `resolve` that only notes what it cannot find.
-pub fn substitute<E>(
+pub(crate) fn substitute<E>(
     value: &str,
     mut resolve: impl FnMut(SecretRef<'_>) -> Result<String, E>,
 ) -> Result<String, E> {
@@ -45,6 +46,33 @@ pub fn substitute<E>(
     }
     out.push_str(rest);
     Ok(out)
+}
+
+/// Why a `{env:NAME}` or `{file:PATH}` in a value could not be replaced.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SecretRefError {
+    #[error(
+        "environment variable {var} is not set; set it for the service (systemd: Environment= or EnvironmentFile=)"
+    )]
+    EnvUnset { var: String },
+    #[error("cannot read {path}: {error}; check the path and that the agent may read it")]
+    FileUnreadable { path: PathBuf, error: io::Error },
+}
+
+/// [`substitute`] with the real sources: the variable's value, or the file's content with
+/// surrounding whitespace trimmed, e.g. `Bearer {file:/etc/rackhand/collector.token}`.
+pub(crate) fn resolve_refs(value: &str) -> Result<String, SecretRefError> {
+    substitute(value, |named| match named {
+        SecretRef::Env(var) => std::env::var(var).map_err(|_| SecretRefError::EnvUnset {
+            var: var.to_string(),
+        }),
+        SecretRef::File(path) => std::fs::read_to_string(path)
+            .map(|s| s.trim().to_string())
+            .map_err(|error| SecretRefError::FileUnreadable {
+                path: PathBuf::from(path),
+                error,
+            }),
+    })
 }
 
 #[derive(Clone, PartialEq, Eq)]
@@ -80,7 +108,7 @@ impl Secret {
     }
 
     /// Reads the file; one trailing line end is not part of the secret.
-    pub fn from_file(path: &Path) -> std::io::Result<Self> {
+    pub(crate) fn from_file(path: &Path) -> std::io::Result<Self> {
         let text = std::fs::read_to_string(path)?;
         let value = text
             .strip_suffix("\r\n")
@@ -93,7 +121,7 @@ impl Secret {
     }
 
     /// The secret itself, for the one place that sends it to a device.
-    pub fn expose(&self) -> Option<&str> {
+    pub(crate) fn expose(&self) -> Option<&str> {
         self.value.as_deref()
     }
 

@@ -5,11 +5,36 @@
 
 use std::time::Duration;
 
+/// Why a duration or a size as written is refused; each message says how to write it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum UnitError {
+    #[error("empty duration; write e.g. \"30s\", \"500ms\" or \"5m\"")]
+    EmptyDuration,
+    #[error(
+        "`{text}` is not a duration; write a number and a unit, e.g. \"30s\", \"500ms\", \"5m\""
+    )]
+    NotADuration { text: String },
+    #[error("`{text}` is not a size; write a number and a unit, e.g. \"64KiB\", \"512MiB\"")]
+    NotASize { text: String },
+    #[error("`{number}` in `{text}` is not a number")]
+    NotANumber { number: String, text: String },
+    #[error("`{text}` has no unit; write e.g. \"{number}s\" or \"{number}ms\"")]
+    DurationWithoutUnit { text: String, number: String },
+    #[error("`{text}` has no unit; write e.g. \"{number}B\", \"{number}KiB\" or \"{number}MiB\"")]
+    SizeWithoutUnit { text: String, number: String },
+    #[error("unknown unit `{unit}` in `{text}`; use ms, s, m, h or d")]
+    UnknownDurationUnit { unit: String, text: String },
+    #[error("unknown unit `{unit}` in `{text}`; use B, KiB, MiB, GiB (or kB, MB, GB)")]
+    UnknownSizeUnit { unit: String, text: String },
+    #[error("`{text}` is out of range")]
+    OutOfRange { text: String },
+}
+
 /// Parses `"500ms"`, `"30s"`, `"5m"`, `"2h"`, `"1d"` and sums like `"1m30s"`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, UnitError> {
     let s = text.trim();
     if s.is_empty() {
-        return Err("empty duration; write e.g. \"30s\", \"500ms\" or \"5m\"".into());
+        return Err(UnitError::EmptyDuration);
     }
     let mut total = Duration::ZERO;
     let mut rest = s;
@@ -18,13 +43,12 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             .find(|c: char| !(c.is_ascii_digit() || c == '.'))
             .unwrap_or(rest.len());
         if digits == 0 {
-            return Err(format!(
-                "`{text}` is not a duration; write a number and a unit, e.g. \"30s\", \"500ms\", \"5m\""
-            ));
+            return Err(UnitError::NotADuration { text: text.into() });
         }
-        let number: f64 = rest[..digits]
-            .parse()
-            .map_err(|_| format!("`{}` in `{text}` is not a number", &rest[..digits]))?;
+        let number: f64 = rest[..digits].parse().map_err(|_| UnitError::NotANumber {
+            number: rest[..digits].into(),
+            text: text.into(),
+        })?;
         rest = &rest[digits..];
         let unit_len = rest
             .find(|c: char| c.is_ascii_digit() || c == '.')
@@ -38,36 +62,37 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             "h" => number * 3600.0,
             "d" => number * 86400.0,
             "" => {
-                return Err(format!(
-                    "`{text}` has no unit; write e.g. \"{number}s\" or \"{number}ms\""
-                ));
+                return Err(UnitError::DurationWithoutUnit {
+                    text: text.into(),
+                    number: number.to_string(),
+                });
             }
             other => {
-                return Err(format!(
-                    "unknown unit `{other}` in `{text}`; use ms, s, m, h or d"
-                ));
+                return Err(UnitError::UnknownDurationUnit {
+                    unit: other.into(),
+                    text: text.into(),
+                });
             }
         };
         total += Duration::try_from_secs_f64(seconds)
-            .map_err(|_| format!("`{text}` is out of range"))?;
+            .map_err(|_| UnitError::OutOfRange { text: text.into() })?;
     }
     Ok(total)
 }
 
 /// Parses `"64KiB"`, `"512MiB"`, `"1GiB"`, `"100MB"`, `"4096B"`.
-pub fn parse_size(text: &str) -> Result<u64, String> {
+pub(crate) fn parse_size(text: &str) -> Result<u64, UnitError> {
     let s = text.trim();
     let digits = s
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(s.len());
     if digits == 0 {
-        return Err(format!(
-            "`{text}` is not a size; write a number and a unit, e.g. \"64KiB\", \"512MiB\""
-        ));
+        return Err(UnitError::NotASize { text: text.into() });
     }
-    let number: f64 = s[..digits]
-        .parse()
-        .map_err(|_| format!("`{}` in `{text}` is not a number", &s[..digits]))?;
+    let number: f64 = s[..digits].parse().map_err(|_| UnitError::NotANumber {
+        number: s[..digits].into(),
+        text: text.into(),
+    })?;
     let multiplier: u64 = match s[digits..].trim() {
         "B" => 1,
         "KiB" => 1 << 10,
@@ -78,25 +103,27 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         "MB" => 1_000_000,
         "GB" => 1_000_000_000,
         "" => {
-            return Err(format!(
-                "`{text}` has no unit; write e.g. \"{number}B\", \"{number}KiB\" or \"{number}MiB\""
-            ));
+            return Err(UnitError::SizeWithoutUnit {
+                text: text.into(),
+                number: number.to_string(),
+            });
         }
         other => {
-            return Err(format!(
-                "unknown unit `{other}` in `{text}`; use B, KiB, MiB, GiB (or kB, MB, GB)"
-            ));
+            return Err(UnitError::UnknownSizeUnit {
+                unit: other.into(),
+                text: text.into(),
+            });
         }
     };
     let bytes = number * multiplier as f64;
     if !bytes.is_finite() || bytes > u64::MAX as f64 {
-        return Err(format!("`{text}` is out of range"));
+        return Err(UnitError::OutOfRange { text: text.into() });
     }
     Ok(bytes.round() as u64)
 }
 
 /// The short human form used in tables: `15m`, `1m30s`, `500ms`.
-pub fn format_duration(d: Duration) -> String {
+pub(crate) fn format_duration(d: Duration) -> String {
     let ms = d.as_millis();
     if ms == 0 {
         return "0s".into();
@@ -116,7 +143,7 @@ pub fn format_duration(d: Duration) -> String {
 }
 
 /// The short human form of a size: `16MiB`, `1500B`.
-pub fn format_size(bytes: u64) -> String {
+pub(crate) fn format_size(bytes: u64) -> String {
     for (unit, size) in [("GiB", 1u64 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
         if bytes >= size && bytes % size == 0 {
             return format!("{}{unit}", bytes / size);
@@ -141,10 +168,16 @@ mod tests {
 
     #[test]
     fn durations_without_unit_or_with_unknown_unit_are_refused_with_a_hint() {
-        assert!(parse_duration("30").unwrap_err().contains("no unit"));
+        assert!(
+            parse_duration("30")
+                .unwrap_err()
+                .to_string()
+                .contains("no unit")
+        );
         assert!(
             parse_duration("5 fortnights")
                 .unwrap_err()
+                .to_string()
                 .contains("fortnights")
         );
         assert!(parse_duration("").is_err());
@@ -158,7 +191,12 @@ mod tests {
         assert_eq!(parse_size("1GiB"), Ok(1 << 30));
         assert_eq!(parse_size("100MB"), Ok(100_000_000));
         assert_eq!(parse_size("4096B"), Ok(4096));
-        assert!(parse_size("12").unwrap_err().contains("no unit"));
+        assert!(
+            parse_size("12")
+                .unwrap_err()
+                .to_string()
+                .contains("no unit")
+        );
         assert!(parse_size("12 parsecs").is_err());
     }
 

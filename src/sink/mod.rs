@@ -16,6 +16,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::batch::Batch;
 
+pub mod build;
 pub mod dead_letter;
 pub mod file;
 pub mod http;

@@ -12,9 +12,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::config::schema::{SECRET_FAMILIES, Setting, Value};
-use crate::config::secret::{SecretRef, substitute};
-use crate::config::url;
 use crate::config::{Layer, RawConfig, Report, Secret};
+
+mod upstream;
+
+use upstream::{default_upstream, resolve_upstream};
 
 /// Built-in defaults, used when neither the device, its groups nor `[defaults]` set a key.
 pub mod defaults {
@@ -51,9 +53,9 @@ pub mod defaults {
 }
 
 /// The smallest `max_packet_size`: below it nearly every record would be dead-lettered.
-pub const MQTT_PACKET_SIZE_MIN: usize = 1024;
+pub(crate) const MQTT_PACKET_SIZE_MIN: usize = 1024;
 /// The largest packet MQTT can frame (a 4-byte remaining length).
-pub const MQTT_PACKET_SIZE_MAX: usize = 268_435_455;
+pub(crate) const MQTT_PACKET_SIZE_MAX: usize = 268_435_455;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {
@@ -269,7 +271,7 @@ pub struct Inventory {
 
 /// Where the commands a device runs come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CommandSource {
+pub(crate) enum CommandSource {
     /// Its `commands` (the agent, `rackhand check`, `rackhand collect` without `--`): a
     /// device without any is a mistake.
     Configured,
@@ -281,34 +283,10 @@ pub enum CommandSource {
 impl Inventory {
     /// Where records go: `[upstream]`, else NDJSON files in `state_dir/outbox`. The one place
     /// that default is made: the agent ships there and `rackhand check` says so.
-    pub fn upstream_in_force(&self) -> Upstream {
+    pub(crate) fn upstream_in_force(&self) -> Upstream {
         self.upstream
             .clone()
             .unwrap_or_else(|| default_upstream(&self.agent))
-    }
-}
-
-/// The file sink in `state_dir/outbox`, for a config without `[upstream]`.
-fn default_upstream(agent: &Agent) -> Upstream {
-    Upstream {
-        sink: SinkKind::File,
-        target: agent.state_dir.join(defaults::OUTBOX).display().to_string(),
-        topic: defaults::MQTT_TOPIC.to_string(),
-        client_id: None,
-        headers: Vec::new(),
-        ca_file: None,
-        username: None,
-        password: None,
-        timeout: defaults::UPSTREAM_TIMEOUT,
-        batch_max_records: defaults::BATCH_MAX_RECORDS,
-        batch_max_bytes: defaults::BATCH_MAX_BYTES,
-        // Files are local: no reason to hold records back for long.
-        batch_max_age: Duration::from_secs(1),
-        spool_max_bytes: defaults::SPOOL_MAX_BYTES,
-        drop_oldest_when_full: false,
-        fsync_always: false,
-        file_max_bytes: defaults::FILE_MAX_BYTES,
-        max_packet_size: defaults::MQTT_MAX_PACKET_SIZE,
     }
 }
 
@@ -318,7 +296,7 @@ pub fn load(path: &std::path::Path) -> Result<(Inventory, Report), crate::config
 }
 
 /// [`load`], for commands that come from `source`.
-pub fn load_with(
+pub(crate) fn load_with(
     path: &std::path::Path,
     source: CommandSource,
 ) -> Result<(Inventory, Report), crate::config::LoadError> {
@@ -328,6 +306,38 @@ pub fn load_with(
     Ok((inventory, report))
 }
 
+/// A config the agent cannot run on.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ConfigError {
+    // Transparent: `anyhow`'s `{:#}` prints the source chain, so a `{0}` would print the
+    // message twice.
+    #[error(transparent)]
+    Load(#[from] crate::config::LoadError),
+    #[error("the config {path} has errors:\n{report}run `rackhand check -c {path}` for details")]
+    Invalid { path: PathBuf, report: String },
+}
+
+/// [`load`] for the agent (its start and every reload): warnings are logged, and a config
+/// with errors is refused with every error rendered.
+pub(crate) fn load_valid(path: &std::path::Path) -> Result<Inventory, ConfigError> {
+    let (inventory, report) = load(path)?;
+    for d in report.warnings() {
+        log::warn!("{}", report.render(d));
+    }
+    if report.has_errors() {
+        let mut text = String::new();
+        for d in report.errors() {
+            text.push_str(&report.render(d));
+            text.push('\n');
+        }
+        return Err(ConfigError::Invalid {
+            path: path.to_path_buf(),
+            report: text,
+        });
+    }
+    Ok(inventory)
+}
+
 /// Resolves inheritance and checks what needs the whole picture. Returns the inventory even
 /// when the report has errors (devices with errors are left out), so callers can show both.
 pub fn resolve(raw: &RawConfig, report: &mut Report) -> Inventory {
@@ -335,7 +345,11 @@ pub fn resolve(raw: &RawConfig, report: &mut Report) -> Inventory {
 }
 
 /// [`resolve`], for commands that come from `source`.
-pub fn resolve_with(raw: &RawConfig, report: &mut Report, source: CommandSource) -> Inventory {
+pub(crate) fn resolve_with(
+    raw: &RawConfig,
+    report: &mut Report,
+    source: CommandSource,
+) -> Inventory {
     let groups = resolve_groups(raw, report);
     let mut devices = Vec::new();
     let mut seen: BTreeMap<String, Range<usize>> = BTreeMap::new();
@@ -500,155 +514,195 @@ fn resolve_device(
     source: CommandSource,
     report: &mut Report,
 ) -> Option<Device> {
-    let layers = layers_of(raw, layer, report);
+    let d = DeviceLayers {
+        layers: layers_of(raw, layer, report),
+        name,
+        // Where to point when something is missing: the device's own header.
+        here: layer.header.clone(),
+    };
     let errors_before = report.errors().count();
-    // Where to point when something is missing: the device's own header.
-    let here = layer.header.clone();
-
-    let transport = match str_of(&layers, "transport").unwrap_or(defaults::TRANSPORT) {
-        "telnet" => Transport::Telnet,
-        "serial" => Transport::Serial,
-        _ => Transport::Ssh,
-    };
-    let endpoint = match transport {
-        Transport::Ssh | Transport::Telnet => {
-            let port = int_of(&layers, "port").map(|p| p as u16).unwrap_or(
-                if transport == Transport::Ssh {
-                    defaults::SSH_PORT
-                } else {
-                    defaults::TELNET_PORT
-                },
-            );
-            match str_of(&layers, "host") {
-                Some(host) => Some(Endpoint::Net {
-                    host: host.to_string(),
-                    port,
-                }),
-                None => {
-                    if !written(&layers, "host") {
-                        report.error(
-                        here.clone(),
-                        format!(
-                            "device `{name}` uses {} but has no `host`; add host = \"<address or name>\"",
-                            transport.as_str()
-                        ),
-                    );
-                    }
-                    None
-                }
-            }
-        }
-        Transport::Serial => match str_of(&layers, "serial_port") {
-            Some(port) => Some(Endpoint::Serial {
-                port: PathBuf::from(port),
-                settings: serial_settings(&layers),
-            }),
-            None => {
-                if !written(&layers, "serial_port") {
-                    report.error(
-                    here.clone(),
-                    format!(
-                        "device `{name}` uses serial but has no `serial_port`; add serial_port = \"/dev/serial/by-id/...\" (stable across reboots) or \"/dev/ttyUSB0\""
-                    ),
-                );
-                }
-                None
-            }
-        },
-    };
-
-    let platform = str_of(&layers, "platform")
+    let transport = d.transport();
+    let endpoint = d.endpoint(transport, report);
+    let platform = str_of(&d.layers, "platform")
         .unwrap_or(defaults::PLATFORM)
         .to_string();
-    let prompt = str_of(&layers, "prompt").map(str::to_string);
-    let driver_exec = str_of(&layers, "driver_exec").map(PathBuf::from);
-    // An external driver knows its device: platform and prompt are only passed on to it.
-    if platform == "generic" && !written(&layers, "prompt") && driver_exec.is_none() {
-        report.error(
-            here.clone(),
-            format!(
-                "device `{name}` has platform `generic` but no `prompt`; add prompt = '<regex>' (e.g. '^{name}[>#]\\s*$') or choose a platform"
-            ),
-        );
-    }
-
-    let commands = list_of(&layers, "commands").unwrap_or_default();
-    // An empty list is a mistake; a list whose entries were all refused is reported already.
-    let refused = written(&layers, "commands") && lookup(&layers, "commands").is_none();
-    if commands.is_empty() && !refused && source == CommandSource::Configured {
-        let span = lookup(&layers, "commands").map_or(here.clone(), |s| s.span.clone());
-        report.error(
-            span,
-            format!("device `{name}` has no commands to run; set commands = [\"show version\", ...] on it, its groups or [defaults] (or give them for one run: rackhand collect --device {name} -- \"show version\")"),
-        );
-    }
-
-    let isolation = if driver_exec.is_some() || str_of(&layers, "isolation") == Some("process") {
-        Isolation::Process
-    } else {
-        Isolation::Thread
-    };
-    if driver_exec.is_some() && str_of(&layers, "isolation") == Some("thread") {
-        let span = lookup(&layers, "isolation").map_or(here.clone(), |s| s.span.clone());
-        report.error(
-            span,
-            format!("device `{name}` has a `driver_exec`, which always runs isolated; remove isolation = \"thread\""),
-        );
-    }
-
-    let state_dir = raw
-        .agent
-        .str("state_dir")
-        .unwrap_or(defaults::STATE_DIR)
-        .to_string();
-    let ssh = SshSettings {
-        key_file: str_of(&layers, "key_file").map(PathBuf::from),
-        key_passphrase: lookup_secret(&layers, &SECRET_FAMILIES[2]),
-        host_key_check: match str_of(&layers, "host_key_check").unwrap_or(defaults::HOST_KEY_CHECK)
-        {
-            "strict" => HostKeyCheck::Strict,
-            "off" => HostKeyCheck::Off,
-            _ => HostKeyCheck::AcceptNew,
-        },
-        known_hosts: str_of(&layers, "known_hosts")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(state_dir).join("known_hosts")),
-        legacy: matches!(
-            lookup(&layers, "legacy_ssh").map(|s| &s.value),
-            Some(Value::Bool(true))
-        ),
-        kex: list_of(&layers, "kex").unwrap_or_default(),
-        host_key_algorithms: list_of(&layers, "host_key_algorithms").unwrap_or_default(),
-        ciphers: list_of(&layers, "ciphers").unwrap_or_default(),
-        macs: list_of(&layers, "macs").unwrap_or_default(),
-        keepalive: duration_of(&layers, "keepalive", defaults::KEEPALIVE),
-    };
-
+    let prompt = str_of(&d.layers, "prompt").map(str::to_string);
+    let driver_exec = str_of(&d.layers, "driver_exec").map(PathBuf::from);
+    d.check_prompt(&platform, driver_exec.is_some(), report);
+    let commands = d.commands(source, report);
+    let isolation = d.isolation(driver_exec.is_some(), report);
+    let ssh = d.ssh(raw);
     if report.errors().count() > errors_before {
         return None;
     }
+    let layers = &d.layers;
     Some(Device {
         name: name.to_string(),
-        groups: list_of(&layers, "groups").unwrap_or_default(),
+        groups: list_of(layers, "groups").unwrap_or_default(),
         transport,
         endpoint: endpoint?,
         platform,
         prompt,
-        username: str_of(&layers, "username").map(str::to_string),
-        password: lookup_secret(&layers, &SECRET_FAMILIES[0]),
-        enable_secret: lookup_secret(&layers, &SECRET_FAMILIES[1]),
+        username: str_of(layers, "username").map(str::to_string),
+        password: lookup_secret(layers, &SECRET_FAMILIES[0]),
+        enable_secret: lookup_secret(layers, &SECRET_FAMILIES[1]),
         ssh,
         commands,
-        interval: duration_of(&layers, "interval", defaults::INTERVAL),
-        connect_timeout: duration_of(&layers, "connect_timeout", defaults::CONNECT_TIMEOUT),
-        command_timeout: duration_of(&layers, "command_timeout", defaults::COMMAND_TIMEOUT),
-        max_output: match lookup(&layers, "max_output").map(|s| &s.value) {
+        interval: duration_of(layers, "interval", defaults::INTERVAL),
+        connect_timeout: duration_of(layers, "connect_timeout", defaults::CONNECT_TIMEOUT),
+        command_timeout: duration_of(layers, "command_timeout", defaults::COMMAND_TIMEOUT),
+        max_output: match lookup(layers, "max_output").map(|s| &s.value) {
             Some(Value::Size(n)) => *n,
             _ => defaults::MAX_OUTPUT,
         },
         isolation,
         driver_exec,
     })
+}
+
+/// One `[[device]]` being resolved: the layers it inherits from, most specific first.
+struct DeviceLayers<'a> {
+    layers: Vec<&'a Layer>,
+    name: &'a str,
+    /// The device's header, where a missing key is reported.
+    here: Range<usize>,
+}
+
+impl DeviceLayers<'_> {
+    fn transport(&self) -> Transport {
+        match str_of(&self.layers, "transport").unwrap_or(defaults::TRANSPORT) {
+            "telnet" => Transport::Telnet,
+            "serial" => Transport::Serial,
+            _ => Transport::Ssh,
+        }
+    }
+
+    /// Host and port, or the serial port and its settings; `None` (reported) when missing.
+    fn endpoint(&self, transport: Transport, report: &mut Report) -> Option<Endpoint> {
+        let name = self.name;
+        match transport {
+            Transport::Ssh | Transport::Telnet => {
+                let port = int_of(&self.layers, "port").map(|p| p as u16).unwrap_or(
+                    if transport == Transport::Ssh {
+                        defaults::SSH_PORT
+                    } else {
+                        defaults::TELNET_PORT
+                    },
+                );
+                if let Some(host) = str_of(&self.layers, "host") {
+                    return Some(Endpoint::Net {
+                        host: host.to_string(),
+                        port,
+                    });
+                }
+                if !written(&self.layers, "host") {
+                    report.error(
+                        self.here.clone(),
+                        format!(
+                            "device `{name}` uses {} but has no `host`; add host = \"<address or name>\"",
+                            transport.as_str()
+                        ),
+                    );
+                }
+                None
+            }
+            Transport::Serial => {
+                if let Some(port) = str_of(&self.layers, "serial_port") {
+                    return Some(Endpoint::Serial {
+                        port: PathBuf::from(port),
+                        settings: serial_settings(&self.layers),
+                    });
+                }
+                if !written(&self.layers, "serial_port") {
+                    report.error(
+                        self.here.clone(),
+                        format!(
+                            "device `{name}` uses serial but has no `serial_port`; add serial_port = \"/dev/serial/by-id/...\" (stable across reboots) or \"/dev/ttyUSB0\""
+                        ),
+                    );
+                }
+                None
+            }
+        }
+    }
+
+    /// A `generic` device needs a prompt; an external driver knows its device (platform and
+    /// prompt are only passed on to it).
+    fn check_prompt(&self, platform: &str, external_driver: bool, report: &mut Report) {
+        let name = self.name;
+        if platform == "generic" && !written(&self.layers, "prompt") && !external_driver {
+            report.error(
+                self.here.clone(),
+                format!(
+                    "device `{name}` has platform `generic` but no `prompt`; add prompt = '<regex>' (e.g. '^{name}[>#]\\s*$') or choose a platform"
+                ),
+            );
+        }
+    }
+
+    fn commands(&self, source: CommandSource, report: &mut Report) -> Vec<String> {
+        let name = self.name;
+        let commands = list_of(&self.layers, "commands").unwrap_or_default();
+        // An empty list is a mistake; a list whose entries were all refused is reported already.
+        let refused =
+            written(&self.layers, "commands") && lookup(&self.layers, "commands").is_none();
+        if commands.is_empty() && !refused && source == CommandSource::Configured {
+            let span =
+                lookup(&self.layers, "commands").map_or(self.here.clone(), |s| s.span.clone());
+            report.error(
+                span,
+                format!("device `{name}` has no commands to run; set commands = [\"show version\", ...] on it, its groups or [defaults] (or give them for one run: rackhand collect --device {name} -- \"show version\")"),
+            );
+        }
+        commands
+    }
+
+    /// `process` when asked for or with a `driver_exec`, which always runs isolated.
+    fn isolation(&self, external_driver: bool, report: &mut Report) -> Isolation {
+        let name = self.name;
+        let asked = str_of(&self.layers, "isolation");
+        if external_driver && asked == Some("thread") {
+            let span =
+                lookup(&self.layers, "isolation").map_or(self.here.clone(), |s| s.span.clone());
+            report.error(
+                span,
+                format!("device `{name}` has a `driver_exec`, which always runs isolated; remove isolation = \"thread\""),
+            );
+        }
+        if external_driver || asked == Some("process") {
+            Isolation::Process
+        } else {
+            Isolation::Thread
+        }
+    }
+
+    fn ssh(&self, raw: &RawConfig) -> SshSettings {
+        let layers = &self.layers;
+        let state_dir = raw.agent.str("state_dir").unwrap_or(defaults::STATE_DIR);
+        SshSettings {
+            key_file: str_of(layers, "key_file").map(PathBuf::from),
+            key_passphrase: lookup_secret(layers, &SECRET_FAMILIES[2]),
+            host_key_check: match str_of(layers, "host_key_check")
+                .unwrap_or(defaults::HOST_KEY_CHECK)
+            {
+                "strict" => HostKeyCheck::Strict,
+                "off" => HostKeyCheck::Off,
+                _ => HostKeyCheck::AcceptNew,
+            },
+            known_hosts: str_of(layers, "known_hosts")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from(state_dir).join("known_hosts")),
+            legacy: matches!(
+                lookup(layers, "legacy_ssh").map(|s| &s.value),
+                Some(Value::Bool(true))
+            ),
+            kex: list_of(layers, "kex").unwrap_or_default(),
+            host_key_algorithms: list_of(layers, "host_key_algorithms").unwrap_or_default(),
+            ciphers: list_of(layers, "ciphers").unwrap_or_default(),
+            macs: list_of(layers, "macs").unwrap_or_default(),
+            keepalive: duration_of(layers, "keepalive", defaults::KEEPALIVE),
+        }
+    }
 }
 
 fn serial_settings(layers: &[&Layer]) -> SerialSettings {
@@ -684,27 +738,6 @@ fn resolve_agent(layer: &Layer) -> Agent {
     }
 }
 
-/// What is wrong here with the `{env:NAME}` / `{file:PATH}` placeholders of a header value
-/// (the agent resolves them at start; `check` warns ahead).
-fn header_secret_problems(value: &str) -> Vec<String> {
-    let mut problems = Vec::new();
-    let _ = substitute(value, |named| {
-        match named {
-            SecretRef::Env(var) if std::env::var_os(var).is_none() => problems.push(format!(
-                "environment variable {var} is not set here (the service's environment must set it)"
-            )),
-            SecretRef::File(path) => {
-                if let Err(e) = std::fs::File::open(path) {
-                    problems.push(format!("cannot read {path}: {e}"));
-                }
-            }
-            SecretRef::Env(_) => {}
-        }
-        Ok::<_, std::convert::Infallible>(String::new())
-    });
-    problems
-}
-
 /// The machine's hostname, the agent id when none is configured.
 pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -712,158 +745,6 @@ pub fn hostname() -> String {
         .ok()
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "rackhand".to_string())
-}
-
-/// The error for a user name or password written into the `url` or `broker`: where they
-/// go instead, for each sink.
-fn credentials_in_url(kind: SinkKind, key: &str, target: &str) -> String {
-    let fix = match kind {
-        SinkKind::Mqtt => {
-            "remove them and set them in [upstream] instead: username = \"...\" and \
-             password_env = \"MQTT_PASSWORD\" (or password_file = \"...\")"
-        }
-        _ => {
-            "remove them and send a header instead, with the secret from the service's \
-             environment: headers = { Authorization = \"Basic {env:COLLECTOR_AUTH}\" } \
-             (COLLECTOR_AUTH holding base64 of user:password; `{file:PATH}` works too)"
-        }
-    };
-    format!(
-        "`{key}` = \"{}\" holds a user name or password, which would show in logs, \
-         `rackhand check` and status.json; {fix}",
-        url::redact(target)
-    )
-}
-
-fn resolve_upstream(layer: &Layer, report: &mut Report) -> Option<Upstream> {
-    let layers = [layer];
-    let Some(sink) = layer.str("sink") else {
-        report.error(
-            layer.header.clone(),
-            "[upstream] has no `sink`; add sink = \"file\", \"http\" or \"mqtt\"",
-        );
-        return None;
-    };
-    let (kind, target_key, example) = match sink {
-        "http" => (
-            SinkKind::Http,
-            "url",
-            "url = \"https://collector.example.net/ingest\"",
-        ),
-        "mqtt" => (
-            SinkKind::Mqtt,
-            "broker",
-            "broker = \"mqtt://127.0.0.1:1883\"",
-        ),
-        _ => (
-            SinkKind::File,
-            "path",
-            "path = \"/var/lib/rackhand/outbox\"",
-        ),
-    };
-    let Some(target) = layer.get(target_key) else {
-        report.error(
-            layer.header.clone(),
-            format!("[upstream] sink `{sink}` needs `{target_key}`; add {example}"),
-        );
-        return None;
-    };
-    let target_str = target.as_str().unwrap_or_default().to_string();
-    let scheme_ok = match kind {
-        SinkKind::Http => target_str.starts_with("http://") || target_str.starts_with("https://"),
-        SinkKind::Mqtt => target_str.starts_with("mqtt://") || target_str.starts_with("mqtts://"),
-        SinkKind::File => true,
-    };
-    if !scheme_ok {
-        report.error(
-            target.span.clone(),
-            format!(
-                "`{target_key}` = \"{}\" does not fit sink `{sink}`; {example}",
-                url::redact(&target_str)
-            ),
-        );
-        return None;
-    }
-    if kind != SinkKind::File && url::userinfo(&target_str).is_some() {
-        report.error(
-            target.span.clone(),
-            credentials_in_url(kind, target_key, &target_str),
-        );
-        return None;
-    }
-    if let Some(headers) = layer.get("headers") {
-        if let Value::Map(map) = &headers.value {
-            for (name, value) in map {
-                for problem in header_secret_problems(value) {
-                    report.warning(
-                        headers.span.clone(),
-                        format!("[upstream] header `{name}`: {problem}; the agent will refuse to start until it is"),
-                    );
-                }
-            }
-        }
-    }
-    let size = |key: &str, default: u64| match layer.get(key).map(|s| &s.value) {
-        Some(Value::Size(n)) => *n,
-        _ => default,
-    };
-    Some(Upstream {
-        sink: kind,
-        target: target_str,
-        topic: layer
-            .str("topic")
-            .unwrap_or(defaults::MQTT_TOPIC)
-            .to_string(),
-        client_id: layer.str("client_id").map(str::to_string),
-        headers: match layer.get("headers").map(|s| &s.value) {
-            Some(Value::Map(m)) => m.clone(),
-            _ => Vec::new(),
-        },
-        ca_file: layer.str("ca_file").map(PathBuf::from),
-        username: layer.str("username").map(str::to_string),
-        password: lookup_secret(&layers, &SECRET_FAMILIES[0]),
-        timeout: duration_of(&layers, "timeout", defaults::UPSTREAM_TIMEOUT),
-        batch_max_records: int_of(&layers, "batch_max_records")
-            .map_or(defaults::BATCH_MAX_RECORDS, |n| n as usize),
-        batch_max_bytes: size("batch_max_bytes", defaults::BATCH_MAX_BYTES),
-        batch_max_age: duration_of(&layers, "batch_max_age", defaults::BATCH_MAX_AGE),
-        spool_max_bytes: size("spool_max_bytes", defaults::SPOOL_MAX_BYTES),
-        drop_oldest_when_full: layer.str("spool_full") == Some("drop_oldest"),
-        fsync_always: layer.str("fsync") == Some("always"),
-        file_max_bytes: size("file_max_bytes", defaults::FILE_MAX_BYTES),
-        max_packet_size: max_packet_size(layer, kind, report),
-    })
-}
-
-/// `max_packet_size`: only for mqtt, and within what an MQTT packet can be.
-fn max_packet_size(layer: &Layer, sink: SinkKind, report: &mut Report) -> usize {
-    let Some(setting) = layer.get("max_packet_size") else {
-        return defaults::MQTT_MAX_PACKET_SIZE;
-    };
-    let Value::Size(size) = setting.value else {
-        return defaults::MQTT_MAX_PACKET_SIZE;
-    };
-    if sink != SinkKind::Mqtt {
-        report.warning(
-            setting.key_span.clone(),
-            format!(
-                "`max_packet_size` applies only to sink = \"mqtt\", not `{}`; remove it",
-                sink.as_str()
-            ),
-        );
-    }
-    match usize::try_from(size) {
-        Ok(n) if (MQTT_PACKET_SIZE_MIN..=MQTT_PACKET_SIZE_MAX).contains(&n) => n,
-        _ => {
-            report.error(
-                setting.span.clone(),
-                format!(
-                    "`max_packet_size` is {size} bytes; it must be from {MQTT_PACKET_SIZE_MIN} bytes (\"1KiB\") to {MQTT_PACKET_SIZE_MAX} bytes (MQTT's largest packet): set it to the broker's limit (mosquitto: max_packet_size)"
-                ),
-            );
-            defaults::MQTT_MAX_PACKET_SIZE
-        }
-    }
 }
 
 #[cfg(test)]
