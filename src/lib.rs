@@ -17,6 +17,7 @@ mod hash;
 pub mod inventory;
 pub mod isolation;
 pub mod notify;
+pub mod outcome;
 mod poll;
 pub mod pool;
 pub mod record;

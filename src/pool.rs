@@ -25,7 +25,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::inventory::Device;
-use crate::record::{Outcome, Status};
+pub use crate::outcome::RunSummary;
+use crate::outcome::{Outcome, Status};
 
 /// How long dropping a [`Pool`] waits for running sessions before leaving their threads to
 /// end on their own (each session is bounded by its own timeouts).
@@ -125,113 +126,6 @@ pub fn work_on(
     }
     summary.settle();
     summary
-}
-
-/// How a device's run went, in the terms the scheduler decides on. Built from the outcomes
-/// as they pass ([`RunSummary::observe`]), so outputs need not be kept.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RunSummary {
-    /// Outcomes seen (one per command).
-    pub commands: usize,
-    /// Of those, `ok`.
-    pub ok: usize,
-    /// The session never got going, or the driver crashed: the status that says why. The
-    /// scheduler backs the device off on this.
-    pub session_failure: Option<Status>,
-    /// The first error message seen, for the log.
-    pub error: Option<String>,
-    /// The first outcome's (status, start, empty output, error), to tell a login timeout from
-    /// a command timeout.
-    first: Option<(Status, SystemTime, bool, Option<String>)>,
-    /// Whether every outcome so far has the first one's status, start and error with no
-    /// output: the shape of a session that failed to open (`session::collect` gives every
-    /// command the open's error).
-    all_like_first: bool,
-    /// The first status seen that only a failed open (or a crash) produces.
-    hard: Option<Status>,
-}
-
-impl RunSummary {
-    /// A run of `commands` commands that all went `ok`.
-    pub fn ok(commands: usize) -> RunSummary {
-        RunSummary {
-            commands,
-            ok: commands,
-            ..RunSummary::default()
-        }
-    }
-
-    /// A run whose session failed to open with `status` (`error` says why).
-    pub fn session_failed(commands: usize, status: Status, error: &str) -> RunSummary {
-        RunSummary {
-            commands,
-            ok: 0,
-            session_failure: Some(status),
-            error: Some(error.to_string()),
-            ..RunSummary::default()
-        }
-    }
-
-    /// Every outcome was `ok` (and there was at least one, and no crash).
-    pub fn all_ok(&self) -> bool {
-        self.commands > 0 && self.ok == self.commands && self.session_failure.is_none()
-    }
-
-    /// Takes one outcome into account.
-    pub fn observe(&mut self, outcome: &Outcome) {
-        self.commands += 1;
-        if outcome.status == Status::Ok {
-            self.ok += 1;
-        } else if self.error.is_none() {
-            self.error = outcome.error.clone();
-        }
-        let this = (
-            outcome.status,
-            outcome.started_at,
-            outcome.output.is_empty(),
-            outcome.error.clone(),
-        );
-        match &self.first {
-            None => {
-                self.all_like_first = true;
-                self.first = Some(this);
-            }
-            Some(first) => self.all_like_first &= *first == this,
-        }
-        if self.hard.is_none() {
-            self.hard = hard_failure(outcome.status);
-        }
-    }
-
-    /// A timeout counts as a login failure when it is the first outcome's, without output,
-    /// and every outcome repeats it (what `session::collect` reports when the session did not
-    /// open). With one command, a command timeout with no output at all looks the same; it
-    /// then backs off too, which suits a device that stopped answering.
-    fn timeout_at_login(&self) -> bool {
-        matches!(&self.first, Some((Status::Timeout, _, true, _))) && self.all_like_first
-    }
-
-    /// Decides [`session_failure`](Self::session_failure) once every outcome is in (a later
-    /// outcome can show that a first timeout was a command's). Keeps one already set.
-    pub fn settle(&mut self) {
-        if self.session_failure.is_none() {
-            self.session_failure = self
-                .hard
-                .or(self.timeout_at_login().then_some(Status::Timeout));
-        }
-    }
-}
-
-/// The statuses only a session that did not open (or a crashed driver) produces.
-fn hard_failure(status: Status) -> Option<Status> {
-    match status {
-        Status::ConnectFailed
-        | Status::AuthFailed
-        | Status::HostKeyMismatch
-        | Status::PortBusy
-        | Status::DriverCrashed => Some(status),
-        _ => None,
-    }
 }
 
 fn crashed(device: &Device, command: &str, why: &str) -> Outcome {

@@ -5,58 +5,14 @@
 //! replaced by U+FFFD for reading, **and** `output_base64` with the exact bytes, so nothing
 //! the device printed is lost. Valid UTF-8 output has no `output_base64` field.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use base64::engine::DecodePaddingMode;
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD};
 use serde::Serialize;
 
-/// How a command went. `Ok` or one of the documented error kinds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Status {
-    Ok,
-    /// No prompt came back within `command_timeout` (or the login within `connect_timeout`).
-    Timeout,
-    /// TCP connect, handshake or opening the serial port failed.
-    ConnectFailed,
-    /// The device refused the credentials (or they were missing).
-    AuthFailed,
-    /// The SSH host key differs from the one in known_hosts; no credential was sent.
-    HostKeyMismatch,
-    /// The device rejected the command (e.g. `% Invalid input`); the output is kept.
-    CommandError,
-    /// The output exceeded `max_output`; what came is kept, up to the limit.
-    OutputTooLarge,
-    /// The driver crashed (panic, or the isolated child process died).
-    DriverCrashed,
-    /// The connection dropped in the middle of the command.
-    Disconnected,
-    /// The serial port is held by another program (minicom, screen, ser2net).
-    PortBusy,
-    /// Not a command's record: the agent's own report that records were lost or collections
-    /// paused (see [`Gap`] and [`GapCause`]). Never produced by a driver.
-    Gap,
-}
-
-impl Status {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Ok => "ok",
-            Status::Timeout => "timeout",
-            Status::ConnectFailed => "connect_failed",
-            Status::AuthFailed => "auth_failed",
-            Status::HostKeyMismatch => "host_key_mismatch",
-            Status::CommandError => "command_error",
-            Status::OutputTooLarge => "output_too_large",
-            Status::DriverCrashed => "driver_crashed",
-            Status::Disconnected => "disconnected",
-            Status::PortBusy => "port_busy",
-            Status::Gap => "gap",
-        }
-    }
-}
+pub use crate::outcome::{Outcome, Status};
 
 /// One record, serialised as one JSON object (one NDJSON line).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -146,19 +102,6 @@ pub struct Gap {
     pub paused_collections: u64,
     /// How long collections were paused, in milliseconds.
     pub paused_ms: u64,
-}
-
-/// A record before the agent numbers it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Outcome {
-    pub device: String,
-    pub transport: String,
-    pub command: String,
-    pub status: Status,
-    pub error: Option<String>,
-    pub output: Vec<u8>,
-    pub started_at: SystemTime,
-    pub duration: Duration,
 }
 
 /// One run of `rackhand collect`, which names its records apart from the agent's.
@@ -373,6 +316,7 @@ pub fn base64_decode(text: &str) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn outcome(output: &[u8]) -> Outcome {
         Outcome {

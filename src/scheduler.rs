@@ -60,7 +60,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::hash::{fnv1a, mix};
 use crate::inventory::{Device, Endpoint, Inventory};
-pub use crate::pool::RunSummary;
+pub use crate::outcome::RunSummary;
 
 /// Intervals below this are raised to it: a zero interval would divide by zero and a tiny
 /// one would only spin the loop.

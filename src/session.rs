@@ -15,7 +15,7 @@ use regex_lite::Regex;
 use crate::channel::{Channel, ChannelError, Prompt, last_line, quote_last_line};
 use crate::driver::{self, Platform, Table};
 use crate::inventory::{Device, Transport as Kind};
-use crate::record::{Outcome, Status};
+use crate::outcome::{Outcome, Status};
 use crate::transport::serial::SerialTransport;
 use crate::transport::ssh::SshTransport;
 use crate::transport::telnet::TelnetTransport;

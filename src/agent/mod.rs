@@ -26,7 +26,8 @@ use std::time::{Duration, Instant};
 
 use crate::inventory::{self, Inventory, Upstream};
 use crate::notify::Notifier;
-use crate::pool::{Pool, PoolEvent, RunSummary};
+use crate::outcome::RunSummary;
+use crate::pool::{Pool, PoolEvent};
 use crate::record::{Outcome, Record, Status};
 use crate::scheduler::{DeviceId, Scheduler};
 use crate::ship::Shipper;

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime};
 
 use crate::inventory::{Inventory, Upstream};
-use crate::pool::RunSummary;
+use crate::outcome::RunSummary;
 use crate::record::{Record, Status, rfc3339_millis};
 use crate::ship::ShipReport;
 use crate::spool::{SpoolOptions, Stats};

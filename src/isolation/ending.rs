@@ -13,7 +13,7 @@ use super::CHATTER_LINES;
 use super::protocol::ProtocolError;
 use super::watch::Chatter;
 use crate::inventory::Device;
-use crate::record::Status;
+use crate::outcome::Status;
 
 /// What the driver process did against docs/driver-protocol.md; it is then killed.
 #[derive(Debug, thiserror::Error)]

@@ -40,7 +40,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::inventory::Device;
-use crate::record::{Outcome, Status};
+use crate::outcome::{Outcome, Status};
 use ending::{End, Violation, describe_exit};
 use process::{DriverProcess, Program};
 use stderr::forward_stderr;

@@ -19,7 +19,8 @@ use crate::inventory::{
     Device, Endpoint, FlowControl, HostKeyCheck, Isolation, Parity, SerialSettings, SshSettings,
     Transport,
 };
-use crate::record::{self, Status};
+use crate::outcome::Status;
+use crate::record;
 
 /// Bumped when a field changes meaning; drivers refuse versions they do not know.
 pub const VERSION: u32 = 1;

@@ -16,7 +16,7 @@ use super::process::{DriverProcess, set_nonblocking};
 use super::protocol::{self, DriverLine, LineBuffer, Reply, Request, WireDevice, WireOutcome};
 use super::{CHATTER_BYTES, CHATTER_LINES, IsolationError, LOGOUT, driver_label};
 use crate::inventory::Device;
-use crate::record::{Outcome, Status};
+use crate::outcome::{Outcome, Status};
 
 /// One read from the driver's stdout; the line buffer holds at most its cap plus this.
 const READ_CHUNK: usize = 64 << 10;
