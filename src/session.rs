@@ -82,11 +82,7 @@ impl SessionError {
             SessionError::Transport(TransportError::Closed { .. }) => Status::ConnectFailed,
             // No address within connect_timeout: no connection was even tried.
             SessionError::Transport(TransportError::Resolve { .. }) => Status::ConnectFailed,
-            SessionError::Transport(TransportError::Connect { detail, .. })
-                if detail.contains("in use by") =>
-            {
-                Status::PortBusy
-            }
+            SessionError::Transport(TransportError::Busy { .. }) => Status::PortBusy,
             SessionError::Setup { status, .. } => *status,
             SessionError::Transport(_) | SessionError::Protocol { .. } => Status::ConnectFailed,
         }
