@@ -23,7 +23,7 @@ pub enum TransportError {
     #[error("cannot connect to {peer}: {holder}")]
     Busy {
         peer: String,
-        holder: serial::PortHolder,
+        holder: Box<serial::PortHolder>,
     },
     /// The device's name gave no address within its connect deadline.
     #[error("cannot connect to {peer}: {source}")]

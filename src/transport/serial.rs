@@ -134,7 +134,7 @@ impl SerialTransport {
             Ok(()) => Ok(t),
             Err(Attach::Busy(holder)) => Err(TransportError::Busy {
                 peer: t.peer.clone(),
-                holder,
+                holder: Box::new(holder),
             }),
             Err(Attach::Absent(detail))
             | Err(Attach::NotReady(detail))
@@ -199,7 +199,7 @@ impl SerialTransport {
                 Err(Attach::Busy(holder)) => {
                     return Err(TransportError::Busy {
                         peer: self.peer.clone(),
-                        holder,
+                        holder: Box::new(holder),
                     });
                 }
                 Err(Attach::Failed(detail)) => {
