@@ -9,6 +9,10 @@ use super::{
 };
 use crate::sim::profile::Style;
 
+/// The question a factory-fresh IOS box asks before anything else.
+const DIALOG_QUESTION: &[u8] =
+    b"Would you like to enter the initial configuration dialog? [yes/no]: ";
+
 impl Engine {
     /// A console between sessions: silent until a key, but a chatty one logs a few lines.
     pub(super) fn go_idle(&mut self) {
@@ -43,10 +47,32 @@ impl Engine {
         }
     }
 
-    /// After the key on an idle console or the RETURN: banner and login, or the prompt.
+    /// After the key on an idle console or the RETURN: the initial configuration dialog
+    /// when asked for, then banner and login, or the prompt.
     pub(super) fn begin(&mut self, out: &mut Out) {
         self.chatter.idle = None;
         self.reset_terminal();
+        if self.profile.config_dialog {
+            out.send(b"\r\n         --- System Configuration Dialog ---\r\n\r\n");
+            out.send(DIALOG_QUESTION);
+            self.state = State::ConfigDialog;
+            return;
+        }
+        self.after_dialog(out);
+    }
+
+    /// Any answer but `no` asks again (the real dialog would start asking for a hostname).
+    fn dialog_answer(&mut self, line: &str, out: &mut Out) {
+        if line.trim().eq_ignore_ascii_case("no") {
+            out.send(b"\r\n");
+            self.after_dialog(out);
+        } else {
+            out.send(b"% Please answer 'yes' or 'no'.\r\n");
+            out.send(DIALOG_QUESTION);
+        }
+    }
+
+    fn after_dialog(&mut self, out: &mut Out) {
         let style = self.profile.style;
         if style != Style::Linux {
             self.banner(out);
@@ -153,6 +179,7 @@ impl Engine {
                 }
             }
             State::Exec => self.command(line, out, now),
+            State::ConfigDialog => self.dialog_answer(line, out),
             _ => {}
         }
     }

@@ -55,6 +55,8 @@ enum State {
     /// Console only: silent until a key is pressed.
     Idle,
     PressReturn,
+    /// The initial configuration dialog's question, waiting for `no`.
+    ConfigDialog,
     Username,
     Password,
     EnablePassword {

@@ -137,7 +137,11 @@ impl Engine {
     pub(super) fn reads_lines(&self) -> bool {
         matches!(
             self.state,
-            State::Exec | State::Username | State::Password | State::EnablePassword { .. }
+            State::Exec
+                | State::ConfigDialog
+                | State::Username
+                | State::Password
+                | State::EnablePassword { .. }
         )
     }
 
