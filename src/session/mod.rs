@@ -484,3 +484,6 @@ fn collect_each_with<'d>(
         s.close();
     }
 }
+
+#[cfg(test)]
+mod tests;
