@@ -7,6 +7,10 @@
 //! reacting to whatever pattern appears next rather than following a fixed script. Each
 //! command yields an [`Outcome`] whose status says exactly what happened; the output is kept
 //! whatever the status.
+//!
+//! [`Session::open`] only builds the device's real transport; `Session::start` takes any
+//! connected one, so the login loop (`login.rs`), enable and setup are tested over the
+//! simulator's engine in memory (`tests.rs`), and real sockets, ptys and sshd test the whole.
 
 mod login;
 
