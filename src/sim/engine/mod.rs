@@ -16,8 +16,6 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-#[cfg(test)]
-use super::profile::Fault;
 use super::profile::Profile;
 
 mod cli;

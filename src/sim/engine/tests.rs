@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::sim::outputs::Outputs;
+use crate::sim::profile::Fault;
 
 const HOST: &str = "sim";
 
