@@ -118,7 +118,12 @@ fn long_output() -> String {
 
 /// A cisco_ios device with login, `admin`/`admin`, paging at 24 lines.
 fn ios() -> Profile {
-    let mut p = Profile::for_platform("cisco_ios").unwrap();
+    on("cisco_ios")
+}
+
+/// A device of `platform` with login, `admin`/`admin`, paging at 24 lines (Linux: none).
+fn on(platform: &str) -> Profile {
+    let mut p = Profile::for_platform(platform).unwrap();
     let mut outputs = Outputs::default();
     outputs.insert("show version", SHOW_VERSION);
     outputs.insert("show long", long_output().as_bytes());
@@ -193,6 +198,11 @@ impl Case {
             typed: &[],
             not_typed: &[],
         }
+    }
+
+    fn platform(mut self, platform: &str) -> Case {
+        self.device.platform = platform.into();
+        self
     }
 
     fn console(mut self, left: &'static [u8]) -> Case {
@@ -315,6 +325,21 @@ fn login_enable_and_setup_over_an_in_memory_device() {
             with(ios(), |p| p.chatty = true),
         )
         .console(b""),
+        Case {
+            typed: &["\x15", "\r", "terminal length 0\n"],
+            ..Case::new("half a line typed on the console", ios())
+                .console(b"\radmin\radmin\rshow ver")
+        },
+        Case {
+            typed: &["set cli screen-length 0\n"],
+            ..Case::new(
+                "Junos login with a context line above the prompt",
+                with(on("juniper_junos"), |p| {
+                    p.context_line = Some("{master:0}".into())
+                }),
+            )
+            .platform("juniper_junos")
+        },
         Case {
             typed: &["enable\r", "s3cret\r", "terminal length 0\n"],
             ..Case {
