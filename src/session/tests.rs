@@ -266,16 +266,18 @@ fn with(mut p: Profile, change: impl FnOnce(&mut Profile)) -> Profile {
     p
 }
 
+/// A Telnet device whose `enable_secret` is `s`.
+fn with_secret(s: &str) -> Device {
+    let mut d = device(Kind::Telnet);
+    d.enable_secret = Some(Secret::inline(s));
+    d
+}
+
 #[test]
-fn login_enable_and_setup_over_an_in_memory_device() {
+fn login_copes_with_what_lines_and_consoles_show() {
     let refused = {
         let mut d = device(Kind::Telnet);
         d.password = Some(Secret::inline("wrong"));
-        d
-    };
-    let secret = |s: &str| {
-        let mut d = device(Kind::Telnet);
-        d.enable_secret = Some(Secret::inline(s));
         d
     };
     let cases = vec![
@@ -340,10 +342,19 @@ fn login_enable_and_setup_over_an_in_memory_device() {
             )
             .platform("juniper_junos")
         },
+    ];
+    for case in cases {
+        case.run();
+    }
+}
+
+#[test]
+fn enable_and_setup_reach_the_right_prompt_or_say_why() {
+    let cases = vec![
         Case {
             typed: &["enable\r", "s3cret\r", "terminal length 0\n"],
             ..Case {
-                device: secret("s3cret"),
+                device: with_secret("s3cret"),
                 ..Case::new(
                     "enable with a secret",
                     with(ios(), |p| p.enable_secret = Some("s3cret".into())),
@@ -358,7 +369,7 @@ fn login_enable_and_setup_over_an_in_memory_device() {
             )
         },
         Case {
-            device: secret("nope"),
+            device: with_secret("nope"),
             expect: &[(Status::AuthFailed, "the enable secret was refused")],
             ..Case::new(
                 "a wrong enable secret",
