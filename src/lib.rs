@@ -31,5 +31,5 @@ pub mod spool;
 pub mod spooler;
 pub mod state_dir;
 pub mod status;
-pub mod telnet;
+pub mod telnet_protocol;
 pub mod transport;

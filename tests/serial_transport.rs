@@ -224,9 +224,10 @@ fn a_port_locked_by_a_live_program_is_refused_naming_it_then_taken_when_it_dies(
     fs::write(&lock, hdb(holder.id())).unwrap();
 
     let err = bench.open().unwrap_err();
-    let TransportError::Connect { detail, .. } = &err else {
-        panic!("expected Connect, got {err:?}");
+    let TransportError::Busy { holder: who, .. } = &err else {
+        panic!("expected Busy, got {err:?}");
     };
+    let detail = who.to_string();
     let pty = console.pty();
     assert!(
         detail.contains(&format!(

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use rackhand::config::Secret;
 use rackhand::inventory::{Device, Endpoint, HostKeyCheck, Isolation, SshSettings, Transport};
 use rackhand::sim::{Fault, Profile, TelnetRack};
-use rackhand::telnet as proto;
+use rackhand::telnet_protocol as proto;
 use rackhand::transport::telnet::{TelnetTransport, WINDOW_HEIGHT, WINDOW_WIDTH};
 use rackhand::transport::{Transport as _, TransportError};
 

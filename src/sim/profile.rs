@@ -114,6 +114,9 @@ pub struct Profile {
     pub login: bool,
     /// Print "Press RETURN to get started." and wait for a key first.
     pub press_return: bool,
+    /// Ask "Would you like to enter the initial configuration dialog? [yes/no]:" first, as
+    /// a factory-fresh IOS box does; `no` goes on to the banner and login.
+    pub config_dialog: bool,
     /// Message of the day, shown before login (Ios, Junos) or after it (Linux).
     pub banner: Option<String>,
     /// Lines per screen at session start; 0 = paging off.
@@ -168,6 +171,7 @@ impl Profile {
             enable_secret: None,
             login: true,
             press_return: false,
+            config_dialog: false,
             banner: None,
             page_lines: if style == Style::Linux { 0 } else { 24 },
             refuse_paging_off: false,

@@ -95,7 +95,7 @@ impl SshDevice {
             let config = dir.join("sshd_config");
             std::fs::write(&config, config_text(dir, addr, &host_key, &force.join(" ")))?;
             match spawn(&config, addr)? {
-                Ok(child) => {
+                Spawned::Ready(child) => {
                     return Ok(SshDevice {
                         child,
                         addr,
@@ -103,7 +103,7 @@ impl SshDevice {
                         client_key,
                     });
                 }
-                Err(taken) => last = taken,
+                Spawned::PortTaken(line) => last = line,
             }
         }
         Err(io::Error::new(
@@ -120,8 +120,16 @@ impl Drop for SshDevice {
     }
 }
 
+/// How one start of sshd went, when it did not fail outright.
+enum Spawned {
+    Ready(Child),
+    /// Another program took the port between our pick and sshd's bind: try another. The
+    /// line is sshd's complaint.
+    PortTaken(String),
+}
+
 /// Runs sshd in the foreground; waits for "Server listening", then for its banner.
-fn spawn(config: &Path, addr: SocketAddr) -> io::Result<Result<Child, String>> {
+fn spawn(config: &Path, addr: SocketAddr) -> io::Result<Spawned> {
     let mut child = Command::new(SSHD)
         .args(["-D", "-e", "-f"])
         .arg(config)
@@ -147,7 +155,7 @@ fn spawn(config: &Path, addr: SocketAddr) -> io::Result<Result<Child, String>> {
             Ok(line) if line.contains("Address already in use") => {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Ok(Err(line));
+                return Ok(Spawned::PortTaken(line));
             }
             Ok(_) => {}
             Err(e) => {
@@ -168,7 +176,7 @@ fn spawn(config: &Path, addr: SocketAddr) -> io::Result<Result<Child, String>> {
         let _ = child.wait();
         return Err(io::Error::other(format!("{addr} is not an SSH server")));
     }
-    Ok(Ok(child))
+    Ok(Spawned::Ready(child))
 }
 
 fn config_text(dir: &Path, addr: SocketAddr, host_key: &Path, force: &str) -> String {

@@ -19,7 +19,7 @@ use super::profile::Profile;
 use super::session::{self, Counting, Link, StopSignal};
 use super::stats::Stats;
 use super::{SimError, device_hostname};
-use crate::telnet::{self, Event, Item, Negotiator, Parser, Verb};
+use crate::telnet_protocol::{self as proto, Event, Item, Negotiator, Parser, Verb};
 
 /// Connections served at once over the whole rack; more are told so and closed.
 pub const MAX_CONNECTIONS: usize = 1024;
@@ -247,8 +247,8 @@ impl TelnetLink {
             stream,
             parser: Parser::new(),
             negotiator: Negotiator::new(
-                &[telnet::OPT_ECHO, telnet::OPT_SGA],
-                &[telnet::OPT_NAWS, telnet::OPT_SGA],
+                &[proto::OPT_ECHO, proto::OPT_SGA],
+                &[proto::OPT_NAWS, proto::OPT_SGA],
             ),
             echo_refused: false,
         }
@@ -265,9 +265,9 @@ impl Link for TelnetLink {
     }
 
     fn greeting(&mut self) -> Vec<u8> {
-        let mut out = self.negotiator.request_local(telnet::OPT_ECHO, true);
-        out.extend(self.negotiator.request_local(telnet::OPT_SGA, true));
-        out.extend(self.negotiator.request_remote(telnet::OPT_NAWS, true));
+        let mut out = self.negotiator.request_local(proto::OPT_ECHO, true);
+        out.extend(self.negotiator.request_local(proto::OPT_SGA, true));
+        out.extend(self.negotiator.request_remote(proto::OPT_NAWS, true));
         out
     }
 
@@ -284,7 +284,7 @@ impl Link for TelnetLink {
                 Item::Event(Event::Negotiation(verb, option)) => {
                     let (answer, change) = self.negotiator.receive(verb, option);
                     replies.extend(answer);
-                    if option == telnet::OPT_ECHO {
+                    if option == proto::OPT_ECHO {
                         if verb == Verb::Dont {
                             self.echo_refused = true;
                         }
@@ -296,9 +296,9 @@ impl Link for TelnetLink {
                 }
                 Item::Event(Event::WindowSize { width, .. }) => engine.set_width(width),
                 // Interrupt Process is Ctrl-C sent the Telnet way.
-                Item::Event(Event::Command(telnet::IP)) => typed.push(0x03),
-                Item::Event(Event::Command(telnet::AYT)) => {
-                    replies.extend(telnet::escape(b"\r\n[Yes]\r\n", false));
+                Item::Event(Event::Command(proto::IP)) => typed.push(0x03),
+                Item::Event(Event::Command(proto::AYT)) => {
+                    replies.extend(proto::escape(b"\r\n[Yes]\r\n", false));
                 }
                 Item::Event(_) => {}
             }
@@ -306,7 +306,7 @@ impl Link for TelnetLink {
     }
 
     fn encode(&mut self, data: &[u8]) -> Vec<u8> {
-        telnet::escape(data, self.negotiator.local_enabled(telnet::OPT_BINARY))
+        proto::escape(data, self.negotiator.local_enabled(proto::OPT_BINARY))
     }
 }
 
@@ -372,7 +372,7 @@ mod tests {
             .unwrap();
         read_until(&mut client, b"Username: ");
         client
-            .write_all(&telnet::command(Verb::Dont, telnet::OPT_ECHO))
+            .write_all(&proto::command(Verb::Dont, proto::OPT_ECHO))
             .unwrap();
         client.write_all(b"admin\r\n").unwrap();
         let got = read_until(&mut client, b"Password: ");

@@ -18,6 +18,13 @@ pub enum TransportError {
     Closed { peer: String },
     #[error("cannot connect to {peer}: {detail}")]
     Connect { peer: String, detail: String },
+    /// Another program holds the serial port (its exclusive open, or a live UUCP lock):
+    /// the port is busy, not broken.
+    #[error("cannot connect to {peer}: {holder}")]
+    Busy {
+        peer: String,
+        holder: Box<serial::PortHolder>,
+    },
     /// The device's name gave no address within its connect deadline.
     #[error("cannot connect to {peer}: {source}")]
     Resolve {

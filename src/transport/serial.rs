@@ -132,6 +132,10 @@ impl SerialTransport {
         };
         match t.attach() {
             Ok(()) => Ok(t),
+            Err(Attach::Busy(holder)) => Err(TransportError::Busy {
+                peer: t.peer.clone(),
+                holder: Box::new(holder),
+            }),
             Err(Attach::Absent(detail))
             | Err(Attach::NotReady(detail))
             | Err(Attach::Failed(detail)) => Err(TransportError::Connect {
@@ -167,7 +171,10 @@ impl SerialTransport {
             if !held {
                 // Take the new name before letting go of the old, so the port is never
                 // unprotected; the old one (a previous ttyUSBn) is released right after.
-                let lock = UucpLock::acquire(dir, &resolved).map_err(Attach::Failed)?;
+                let lock = UucpLock::acquire(dir, &resolved).map_err(|e| match e {
+                    LockError::Held(holder) => Attach::Busy(holder),
+                    LockError::Other(detail) => Attach::Failed(detail),
+                })?;
                 self.lock = Some(lock);
             }
         }
@@ -189,6 +196,12 @@ impl SerialTransport {
                     return Ok(());
                 }
                 Err(Attach::Absent(detail)) | Err(Attach::NotReady(detail)) => last = detail,
+                Err(Attach::Busy(holder)) => {
+                    return Err(TransportError::Busy {
+                        peer: self.peer.clone(),
+                        holder: Box::new(holder),
+                    });
+                }
                 Err(Attach::Failed(detail)) => {
                     return Err(TransportError::Connect {
                         peer: self.peer.clone(),
@@ -234,8 +247,76 @@ enum Attach {
     /// It is there but we may not open it: fatal on the first open, but right after a
     /// replug udev may not have given the node its group yet, so a reopen waits.
     NotReady(String),
-    /// Waiting will not help (busy, bad settings).
+    /// Another program holds the port: waiting within one session will not help.
+    Busy(PortHolder),
+    /// Waiting will not help (bad settings, a lock directory we cannot write).
     Failed(String),
+}
+
+/// Who holds a serial port we could not take: what makes a port busy rather than broken
+/// (the record status `port_busy`, and the scheduler retries later instead of backing off
+/// as from a fault). Shown as the message the user reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PortHolder {
+    /// Another program opened the port exclusively (TIOCEXCL or a held flock); the kernel
+    /// does not say which.
+    Exclusive { port: PathBuf },
+    /// A running process holds the port's UUCP lock file.
+    LockFile {
+        port: PathBuf,
+        pid: i32,
+        /// Its command name (`/proc/PID/comm`), when readable.
+        command: Option<String>,
+        lock_file: PathBuf,
+    },
+}
+
+impl std::fmt::Display for PortHolder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PortHolder::Exclusive { port } => {
+                let shown = port.display();
+                write!(
+                    f,
+                    "`{shown}` is in use by another program (it holds the port exclusively); find it with `fuser {shown}` and close it, or stop ser2net"
+                )
+            }
+            PortHolder::LockFile {
+                port,
+                pid,
+                command,
+                lock_file,
+            } => {
+                write!(f, "`{}` is in use by PID {pid}", port.display())?;
+                if let Some(c) = command {
+                    write!(f, " ({c})")?;
+                }
+                write!(
+                    f,
+                    " (lock file {}); close it or stop ser2net",
+                    lock_file.display()
+                )
+            }
+        }
+    }
+}
+
+/// Why the UUCP lock could not be taken.
+#[derive(Debug)]
+enum LockError {
+    /// A live process holds it.
+    Held(PortHolder),
+    /// Anything else, as the message for the user.
+    Other(String),
+}
+
+impl std::fmt::Display for LockError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LockError::Held(holder) => holder.fmt(f),
+            LockError::Other(detail) => f.write_str(detail),
+        }
+    }
 }
 
 fn open_port(
@@ -284,9 +365,9 @@ fn open_port(
         .open_native()
         .map_err(|e| match e.kind() {
             // serialport reports EBUSY from TIOCEXCL (or a held flock) as NoDevice.
-            serialport::ErrorKind::NoDevice => Attach::Failed(format!(
-                "`{shown}` is in use by another program (it holds the port exclusively); find it with `fuser {shown}` and close it, or stop ser2net"
-            )),
+            serialport::ErrorKind::NoDevice => Attach::Busy(PortHolder::Exclusive {
+                port: resolved.to_path_buf(),
+            }),
             serialport::ErrorKind::Io(io::ErrorKind::NotFound) => Attach::Absent(format!(
                 "`{shown}` does not exist; check that the USB serial adapter is plugged in"
             )),
@@ -566,9 +647,8 @@ enum Holder {
 }
 
 impl UucpLock {
-    /// Takes the lock for `device` (a resolved path) in `dir`. The error is the message for
-    /// the user.
-    fn acquire(dir: &Path, device: &Path) -> Result<UucpLock, String> {
+    /// Takes the lock for `device` (a resolved path) in `dir`.
+    fn acquire(dir: &Path, device: &Path) -> Result<UucpLock, LockError> {
         let pid = std::process::id();
         let path = dir.join(lock_file_name(device));
         for _ in 0..LOCK_ATTEMPTS {
@@ -576,11 +656,11 @@ impl UucpLock {
                 Ok(()) => return Ok(UucpLock { path, pid }),
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
                 Err(e) => {
-                    return Err(format!(
+                    return Err(LockError::Other(format!(
                         "cannot create the lock file {}: {e}; make {} writable for rackhand (it is normally mode 1777)",
                         path.display(),
                         dir.display()
-                    ));
+                    )));
                 }
             }
             match read_holder(&path) {
@@ -589,15 +669,12 @@ impl UucpLock {
                         .ok()
                         .map(|c| c.trim().to_string())
                         .filter(|c| !c.is_empty());
-                    let who = match comm {
-                        Some(c) => format!("PID {holder} ({c})"),
-                        None => format!("PID {holder}"),
-                    };
-                    return Err(format!(
-                        "`{}` is in use by {who} (lock file {}); close it or stop ser2net",
-                        device.display(),
-                        path.display()
-                    ));
+                    return Err(LockError::Held(PortHolder::LockFile {
+                        port: device.to_path_buf(),
+                        pid: holder,
+                        command: comm,
+                        lock_file: path,
+                    }));
                 }
                 Holder::Dead(holder) => {
                     log::warn!(
@@ -605,7 +682,7 @@ impl UucpLock {
                         device.display(),
                         path.display()
                     );
-                    remove_if_present(&path)?;
+                    remove_if_present(&path).map_err(LockError::Other)?;
                 }
                 Holder::Gone => {}
                 Holder::Unreadable => {
@@ -615,26 +692,26 @@ impl UucpLock {
                         .and_then(|t| SystemTime::now().duration_since(t).ok())
                         .unwrap_or_default();
                     if age < UNREADABLE_LOCK_GRACE {
-                        return Err(format!(
+                        return Err(LockError::Other(format!(
                             "`{}` is in use: the lock file {} names no PID yet; try again, or remove the file if no program uses the port",
                             device.display(),
                             path.display()
-                        ));
+                        )));
                     }
                     log::warn!(
                         "{}: removing the lock file {}, which names no PID",
                         device.display(),
                         path.display()
                     );
-                    remove_if_present(&path)?;
+                    remove_if_present(&path).map_err(LockError::Other)?;
                 }
             }
         }
-        Err(format!(
+        Err(LockError::Other(format!(
             "cannot take the lock file {} after {LOCK_ATTEMPTS} attempts: another program keeps creating it; find it with `fuser {}`",
             path.display(),
             device.display()
-        ))
+        )))
     }
 }
 
@@ -786,7 +863,7 @@ mod tests {
     fn racing_workers_get_one_lock_per_port_and_leave_no_temp_files() {
         let dir = Scratch::new("race");
         let barrier = std::sync::Barrier::new(16);
-        let results: Vec<(usize, Result<UucpLock, String>)> = std::thread::scope(|s| {
+        let results: Vec<(usize, Result<UucpLock, LockError>)> = std::thread::scope(|s| {
             let handles: Vec<_> = (0..16)
                 .map(|i| {
                     let (dir, barrier) = (&dir.0, &barrier);
@@ -807,7 +884,7 @@ mod tests {
                 .count();
             assert_eq!(won, 1, "ttyUSB{port}: {won} workers got the lock");
             let lost = results.iter().find(|(p, r)| *p == port && r.is_err());
-            let msg = lost.unwrap().1.as_ref().err().unwrap();
+            let msg = lost.unwrap().1.as_ref().err().unwrap().to_string();
             assert!(
                 msg.contains(&format!("in use by PID {}", std::process::id())),
                 "{msg}"

@@ -2,7 +2,7 @@
 //! the layers above see the device's bytes exactly as it printed them.
 //!
 //! Old switches, routers and terminal servers still only speak Telnet. The protocol itself
-//! (parsing, RFC 1143 negotiation, escaping) lives in [`crate::telnet`] without I/O; this
+//! (parsing, RFC 1143 negotiation, escaping) lives in [`crate::telnet_protocol`] without I/O; this
 //! file is the socket around it, in the client role:
 //!
 //! - The server's `WILL ECHO` and `WILL SGA` are accepted (`DO`): that is the character-at-a-
@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::inventory::{Device, Endpoint};
-use crate::telnet::{self as proto, Event, Item, Negotiator, Parser};
+use crate::telnet_protocol::{self as proto, Event, Item, Negotiator, Parser};
 use crate::transport::resolve::{self, Resolve};
 use crate::transport::{Transport, TransportError};
 

@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::sim::outputs::Outputs;
+use crate::sim::profile::Fault;
 
 const HOST: &str = "sim";
 
@@ -208,6 +209,25 @@ fn login_accepts_the_right_password_without_echoing_it() {
     assert_eq!(t.take(), "admin\r\nPassword: ");
     t.type_bytes(b"admin\r");
     assert_eq!(t.take(), "\r\nsim#");
+}
+
+#[test]
+fn the_initial_configuration_dialog_comes_first_and_only_no_goes_on() {
+    let mut p = profile("cisco_ios");
+    p.config_dialog = true;
+    let mut t = Term::new(p, false);
+    let question = "Would you like to enter the initial configuration dialog? [yes/no]: ";
+    assert_eq!(
+        t.take(),
+        format!("\r\n         --- System Configuration Dialog ---\r\n\r\n{question}")
+    );
+    t.type_bytes(b"maybe\r");
+    assert_eq!(
+        t.take(),
+        format!("maybe\r\n% Please answer 'yes' or 'no'.\r\n{question}")
+    );
+    t.type_bytes(b"no\r");
+    assert_eq!(t.take(), "no\r\n\r\nsim#");
 }
 
 #[test]

@@ -7,6 +7,12 @@
 //! reacting to whatever pattern appears next rather than following a fixed script. Each
 //! command yields an [`Outcome`] whose status says exactly what happened; the output is kept
 //! whatever the status.
+//!
+//! [`Session::open`] only builds the device's real transport; `Session::start` takes any
+//! connected one, so the login loop (`login.rs`), enable and setup are tested over the
+//! simulator's engine in memory (`tests.rs`), and real sockets, ptys and sshd test the whole.
+
+mod login;
 
 use std::time::{Duration, Instant, SystemTime};
 
@@ -82,11 +88,7 @@ impl SessionError {
             SessionError::Transport(TransportError::Closed { .. }) => Status::ConnectFailed,
             // No address within connect_timeout: no connection was even tried.
             SessionError::Transport(TransportError::Resolve { .. }) => Status::ConnectFailed,
-            SessionError::Transport(TransportError::Connect { detail, .. })
-                if detail.contains("in use by") =>
-            {
-                Status::PortBusy
-            }
+            SessionError::Transport(TransportError::Busy { .. }) => Status::PortBusy,
             SessionError::Setup { status, .. } => *status,
             SessionError::Transport(_) | SessionError::Protocol { .. } => Status::ConnectFailed,
         }
@@ -122,21 +124,39 @@ pub fn prompt_of(device: &Device, platform: &Platform) -> Regex {
         .unwrap_or_else(|| Regex::new(r"[>#$%]\s?$").expect("static regex"))
 }
 
+/// The platform a device names, from the driver table.
+fn platform_of(device: &Device) -> Result<&'static Platform, SessionError> {
+    driver::table()
+        .get(&device.platform)
+        .ok_or_else(|| SessionError::Protocol {
+            peer: device.name.clone(),
+            detail: format!("unknown platform `{}`", device.platform),
+        })
+}
+
 impl<'d> Session<'d> {
-    /// Connects, logs in, enables, turns paging off: ready for commands.
+    /// Connects with the device's transport (SSH, Telnet or serial, by its `transport`),
+    /// logs in, enables, turns paging off: ready for commands.
     pub fn open(device: &'d Device) -> Result<Session<'d>, SessionError> {
-        let table = driver::table();
-        let platform = table
-            .get(&device.platform)
-            .ok_or_else(|| SessionError::Protocol {
-                peer: device.name.clone(),
-                detail: format!("unknown platform `{}`", device.platform),
-            })?;
+        // An unknown platform is known before any connection is tried.
+        platform_of(device)?;
         let deadline = Instant::now() + device.connect_timeout;
         let transport = connect(device)?;
+        Session::start(device, transport, deadline)
+    }
+
+    /// Logs in over `transport`, already connected, enables, turns paging off, all by
+    /// `deadline` (setup then by `command_timeout` per command). The seam that lets the
+    /// login be tested over an in-memory device.
+    pub(crate) fn start(
+        device: &'d Device,
+        transport: Box<dyn Transport>,
+        deadline: Instant,
+    ) -> Result<Session<'d>, SessionError> {
+        let platform = platform_of(device)?;
         let channel = Channel::new(
             transport,
-            table.common.pagers.clone(),
+            driver::table().common.pagers.clone(),
             device.max_output as usize,
         );
         let mut session = Session {
@@ -163,163 +183,6 @@ impl<'d> Session<'d> {
         format!("{} ({})", self.device.name, self.channel.peer())
     }
 
-    /// Reacts to whatever the line shows until a CLI prompt (not in config mode) appears.
-    fn login(&mut self, deadline: Instant) -> Result<(), SessionError> {
-        let common = &driver::table().common;
-        // Order matters: a failure message outranks the prompt that follows it.
-        let patterns = [
-            common.login_failed.clone(),
-            self.prompt.line.clone(),
-            common.username.clone(),
-            common.password.clone(),
-            common.press_return.clone(),
-            common.dialog.clone(),
-        ];
-        if self.device.transport == Kind::Serial {
-            self.wake_console(deadline)?;
-        }
-        let mut usernames_sent = 0;
-        let mut passwords_sent = 0;
-        let mut last_seen = String::new();
-        for _ in 0..MAX_LOGIN_STEPS {
-            let now = Instant::now();
-            if now >= deadline {
-                break;
-            }
-            let wait_until = deadline.min(now + NUDGE_AFTER);
-            let m = match self.channel.wait_for_lines(
-                &patterns,
-                std::slice::from_ref(&common.press_return),
-                wait_until,
-            ) {
-                Ok(m) => m,
-                Err(ChannelError::Timeout { last_line, .. }) => {
-                    if !last_line.is_empty() {
-                        last_seen = last_line;
-                    }
-                    // Silence: nudge the line (consoles, Telnet servers waiting for a key).
-                    self.channel.send(WAKE)?;
-                    continue;
-                }
-                Err(ChannelError::TooLarge { .. }) => {
-                    // Something keeps printing (a stale command on a console): interrupt it.
-                    self.channel.send(b"\x03")?;
-                    continue;
-                }
-                Err(ChannelError::Transport { source, .. }) => {
-                    return Err(if passwords_sent > 0 {
-                        SessionError::AuthFailed {
-                            peer: self.peer(),
-                            detail: format!(
-                                "the device closed the line after the password ({source})"
-                            ),
-                        }
-                    } else {
-                        source.into()
-                    });
-                }
-            };
-            last_seen = last_line(m.line.as_bytes());
-            match m.index {
-                0 => {
-                    if passwords_sent > 0 {
-                        return Err(SessionError::AuthFailed {
-                            peer: self.peer(),
-                            detail: format!("the device said `{}`", m.line.trim()),
-                        });
-                    }
-                }
-                1 => {
-                    if let Some(config) = &self.platform.config {
-                        if config.is_match(&m.line) {
-                            // A console left in configuration mode: leave it, do not save.
-                            let exit = self.platform.config_exit.as_deref().unwrap_or("end");
-                            self.channel.send(format!("{exit}\r").as_bytes())?;
-                            continue;
-                        }
-                    }
-                    return Ok(());
-                }
-                // Asked again after a password: it was refused. Trying the same credentials
-                // again would only count towards locking the account.
-                2 | 3 if passwords_sent > 0 => {
-                    return Err(SessionError::AuthFailed {
-                        peer: self.peer(),
-                        detail: format!(
-                            "the device asked `{}` again after the password",
-                            m.line.trim()
-                        ),
-                    });
-                }
-                2 => {
-                    if usernames_sent >= 3 {
-                        return Err(SessionError::AuthFailed {
-                            peer: self.peer(),
-                            detail: "asked for the username again and again".into(),
-                        });
-                    }
-                    let Some(user) = self.device.username.as_deref() else {
-                        return Err(SessionError::AuthFailed {
-                            peer: self.peer(),
-                            detail: "the device asks for a username but none is configured; set `username`".into(),
-                        });
-                    };
-                    usernames_sent += 1;
-                    self.channel.send(format!("{user}\r").as_bytes())?;
-                }
-                3 => {
-                    let password = self.secret(&self.device.password, "password")?;
-                    passwords_sent += 1;
-                    let mut line = password.into_bytes();
-                    line.push(b'\r');
-                    self.channel.send(&line)?;
-                }
-                // The line may end after the invitation (index 6: as a completed line).
-                4 | 6 => self.channel.send(b"\r")?,
-                _ => {
-                    let answer = format!("{}\r", common.dialog_answer);
-                    self.channel.send(answer.as_bytes())?;
-                }
-            }
-        }
-        let silent = self.channel.received() == 0;
-        Err(SessionError::LoginTimeout {
-            peer: self.peer(),
-            seen: if silent {
-                "the device sent nothing at all".into()
-            } else if last_seen.is_empty() {
-                "the device printed only blank lines".into()
-            } else {
-                format!("last line: `{last_seen}`")
-            },
-            hint: self.login_hint(!silent && !last_seen.is_empty()),
-            silent,
-        })
-    }
-
-    /// A console prints nothing until spoken to, and may be in any state: idle, at a login
-    /// prompt, logged in with half a line typed, in a pager. Kill-line comes first (harmless
-    /// everywhere); a console that answers it (woken from idle, a pager quit) must not also
-    /// get a Return, which would answer its fresh `Username:` with an empty name. One that
-    /// stays quiet gets the Return.
-    fn wake_console(&mut self, deadline: Instant) -> Result<(), SessionError> {
-        self.channel.send(KILL_LINE)?;
-        let answered = self
-            .channel
-            .settle(SETTLE_QUIET, deadline)
-            .map_err(|e| match e {
-                ChannelError::Transport { source, .. } => SessionError::from(source),
-                other => SessionError::Protocol {
-                    peer: self.peer(),
-                    detail: other.to_string(),
-                },
-            })?;
-        if !answered {
-            self.channel.send(b"\r")?;
-        }
-        Ok(())
-    }
-
     fn secret(
         &self,
         secret: &Option<crate::config::Secret>,
@@ -338,40 +201,6 @@ impl<'d> Session<'d> {
                 detail: format!("the device asks for a {what} but none is configured"),
             }),
         }
-    }
-
-    /// Enters privileged mode when the platform has one and the prompt is not in it.
-    fn enable(&mut self, deadline: Instant) -> Result<(), SessionError> {
-        let (Some(privileged), Some(enable)) = (&self.platform.privileged, &self.platform.enable)
-        else {
-            return Ok(());
-        };
-        // Ask for a fresh prompt to see the mode we are in.
-        self.channel.send(b"\r")?;
-        let m = self.wait_prompt(deadline)?;
-        if privileged.is_match(&m) {
-            return Ok(());
-        }
-        if self.device.enable_secret.is_none() {
-            // Read-only accounts are fine at the user prompt for show commands.
-            return Ok(());
-        }
-        self.channel.send(format!("{enable}\r").as_bytes())?;
-        let common = &driver::table().common;
-        let patterns = [common.password.clone(), self.prompt.line.clone()];
-        let m = self.wait(&patterns, deadline)?;
-        if m.index == 0 {
-            let secret = self.secret(&self.device.enable_secret, "enable secret")?;
-            self.channel.send(format!("{secret}\r").as_bytes())?;
-            let m = self.wait(&patterns, deadline)?;
-            if m.index == 0 || !privileged.is_match(&m.line) {
-                return Err(SessionError::AuthFailed {
-                    peer: self.peer(),
-                    detail: "the enable secret was refused".into(),
-                });
-            }
-        }
-        Ok(())
     }
 
     fn wait(
@@ -592,7 +421,17 @@ pub fn collect(device: &Device, commands: &[String]) -> Vec<Outcome> {
 /// [`collect`], streaming: each outcome goes to `emit` as soon as it exists (a driver child
 /// process reports them one by one, so a crash loses none already made).
 pub fn collect_each(device: &Device, commands: &[String], emit: &mut dyn FnMut(Outcome)) {
-    let mut session: Option<Session<'_>> = None;
+    collect_each_with(device, commands, emit, &mut Session::open);
+}
+
+/// [`collect_each`] with the sessions opened by `open` (tests give it an in-memory device).
+fn collect_each_with<'d>(
+    device: &'d Device,
+    commands: &[String],
+    emit: &mut dyn FnMut(Outcome),
+    open: &mut dyn FnMut(&'d Device) -> Result<Session<'d>, SessionError>,
+) {
+    let mut session: Option<Session<'d>> = None;
     let mut reconnects = 0;
     for (index, command) in commands.iter().enumerate() {
         if session.as_ref().is_some_and(|s| !s.is_healthy()) {
@@ -602,7 +441,7 @@ pub fn collect_each(device: &Device, commands: &[String], emit: &mut dyn FnMut(O
         if session.is_none() && reconnects <= 1 {
             let started_at = SystemTime::now();
             let start = Instant::now();
-            match Session::open(device) {
+            match open(device) {
                 Ok(s) => session = Some(s),
                 Err(e) => {
                     // The rest of the commands share the reason.
@@ -649,3 +488,6 @@ pub fn collect_each(device: &Device, commands: &[String], emit: &mut dyn FnMut(O
         s.close();
     }
 }
+
+#[cfg(test)]
+mod tests;
