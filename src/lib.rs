@@ -31,4 +31,6 @@ pub mod spooler;
 pub mod state_dir;
 pub mod status;
 pub mod telnet;
+#[cfg(test)]
+mod test_support;
 pub mod transport;

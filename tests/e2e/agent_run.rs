@@ -7,7 +7,7 @@
 //! sink's NDJSON, its log on stderr, its exit status, its notifications and its child
 //! processes. Every wait ends at a deadline; every server and agent is stopped in `Drop`.
 
-mod support;
+use crate::support;
 
 use std::fmt::Write as _;
 use std::os::unix::fs::PermissionsExt;

@@ -317,7 +317,7 @@ fn run(ops: Vec<Op>, full: Option<FullPolicy>) -> Result<(), TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 96, failure_persistence: crate::support::proptest_regressions(), ..ProptestConfig::default() })]
 
     #[test]
     fn every_record_is_delivered_or_counted_whatever_the_disk_does(

@@ -6,7 +6,7 @@
 //! the tests also pin how `interval`, `[[group]] max_sessions` and `serial_port` reach the
 //! scheduler.
 
-mod support;
+use crate::support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;

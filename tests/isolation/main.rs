@@ -8,6 +8,11 @@
 //! driver is killed and reaped by the isolator itself before its call returns, which is
 //! one of the things checked here.
 
+// A test binary of its own, not a module of tests/e2e: the tests below install a process-wide
+// `log` logger to read what the isolator logs, and measure the process's peak memory
+// (VmHWM) around a flooding driver; tests of other areas running in the same process would
+// write into that log and raise that peak.
+#[path = "../support/mod.rs"]
 mod support;
 
 use std::io::Read;

@@ -10,7 +10,7 @@
 //! the kernel's VmHWM of the reaped child), a listener whose backlog is full, a UUCP lock
 //! held by someone else.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
