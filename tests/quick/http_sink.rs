@@ -1032,7 +1032,7 @@ fn https_to_a_collector_with_a_private_ca_trusts_exactly_the_ca_file() {
 #[test]
 fn a_url_with_credentials_never_shows_them_in_errors_or_the_dead_letter_file() {
     use rackhand::sink::Sink;
-    // The config refuses such a URL (tests/check.rs); this is the sink given one anyway.
+    // The config refuses such a URL (tests/quick/check.rs); this is the sink given one anyway.
     let receiver = Receiver::start(|n| if n == 0 { reply(503) } else { reply(400) });
     let dir = TempDir::new("userinfo").unwrap();
     let url = receiver

@@ -241,7 +241,7 @@ fn run(ops: Vec<Op>, full: Option<FullPolicy>) -> Result<(), TestCaseError> {
             }
             Op::Flip { file, at, bit } => {
                 // Sealed segments only: damage at the very end of the tail found after a
-                // crash has nothing checksummed after it to bound it (tests/spool_recovery.rs
+                // crash has nothing checksummed after it to bound it (tests/quick/spool_recovery.rs
                 // covers the tail's own cases).
                 let mut segs = segment_paths(&fs);
                 segs.pop();

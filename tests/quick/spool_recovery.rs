@@ -1,7 +1,7 @@
 //! The spool after each known kind of crash damage on a real filesystem: it opens without a
 //! manual step, reports what it did, keeps every intact record, counts every lost one in its
 //! ledger, and goes on appending and reading. (Faults a real disk cannot be made to produce on
-//! cue are in tests/spool_faults.rs, on the in-memory filesystem.)
+//! cue are in tests/quick/spool_faults.rs, on the in-memory filesystem.)
 
 use std::fs::{self, OpenOptions};
 use std::io::Write;
