@@ -4,6 +4,7 @@ use std::path::Path;
 use std::process::Command;
 
 use crate::support::TempDir;
+use crate::support::config::{Config, Table, list};
 
 struct Outcome {
     code: i32,
@@ -270,10 +271,11 @@ enable_secret = "plain"
 #[test]
 fn the_config_comes_from_c_then_rackhand_config_then_etc() {
     let dir = TempDir::new("env").unwrap();
-    let config = dir.write(
-        "from-env.toml",
-        "[defaults]\ncommands = [\"show clock\"]\nplatform = \"linux\"\n[[device]]\nname = \"envdev\"\nhost = \"127.0.0.1\"\n",
-    );
+    let config = Config::new()
+        .defaults("commands", &list(&["show clock"]))
+        .defaults("platform", "\"linux\"")
+        .device(Table::named("envdev").set("host", "\"127.0.0.1\""))
+        .write(&dir.join("from-env.toml"));
     let out = Command::new(env!("CARGO_BIN_EXE_rackhand"))
         .arg("check")
         .env("RACKHAND_CONFIG", &config)

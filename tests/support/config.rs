@@ -11,6 +11,8 @@ use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use super::sshd::Sshd;
+
 /// A config file, table by table.
 #[derive(Clone, Debug, Default)]
 pub struct Config {
@@ -155,6 +157,29 @@ impl Table {
         Dev::new(name, "telnet")
             .set("host", &format!("\"{}\"", addr.ip()))
             .set("port", &addr.port().to_string())
+    }
+
+    /// A console on the serial port (or pty link) at `path`, at 9600 baud.
+    pub fn serial(name: &str, path: &Path) -> Dev {
+        Dev::new(name, "serial")
+            .set("serial_port", &quote(&path.display().to_string()))
+            .set("baud", "9600")
+    }
+
+    /// Key login to the harness's `sshd`, its host key learned on first use.
+    pub fn ssh_key(name: &str, sshd: &Sshd, known_hosts: &Path) -> Dev {
+        Dev::new(name, "ssh")
+            .set("host", &quote(&sshd.addr.ip().to_string()))
+            .set("port", &sshd.addr.port().to_string())
+            .set("username", &quote(&sshd.user))
+            .set("key_file", &quote(&sshd.client_key.display().to_string()))
+            .set("known_hosts", &quote(&known_hosts.display().to_string()))
+            .set("host_key_check", "\"accept-new\"")
+    }
+
+    /// `commands = [...]`.
+    pub fn commands<S: AsRef<str>>(self, commands: &[S]) -> Table {
+        self.set("commands", &list(commands))
     }
 
     /// Sets `key`, replacing an earlier value (TOML forbids a key twice).
