@@ -3,8 +3,9 @@
 //! plus a small prompt-reading client that plays the collector's part.
 //!
 //! It lives here, not in the library, because it exists to check the simulator from the
-//! outside: it must not share code with what it checks. Each test file pulls it in with
-//! `mod support;` and uses only part of it, hence the `dead_code` allowance.
+//! outside: it must not share code with what it checks. Each test binary (`tests/quick`,
+//! `tests/e2e`, `tests/isolation`) compiles it once as `#[path = "../support/mod.rs"] mod
+//! support;` and uses only part of it, hence the `dead_code` allowance.
 #![allow(dead_code)]
 
 pub mod accounting;
