@@ -32,4 +32,6 @@ pub mod spooler;
 pub mod state_dir;
 pub mod status;
 pub mod telnet_protocol;
+#[cfg(test)]
+mod test_support;
 pub mod transport;

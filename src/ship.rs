@@ -408,6 +408,7 @@ mod tests {
     use super::*;
     use crate::sink::SinkError;
     use crate::spool::{Spool, SpoolOptions, SpoolWriter};
+    use crate::test_support::temp_dir;
 
     /// A sink that keeps what it was given and fails its first `fail` calls.
     #[derive(Clone, Default)]
@@ -505,8 +506,8 @@ mod tests {
 
     #[test]
     fn committed_records_leave_in_seq_ordered_batches_and_uncommitted_ones_wait() {
-        let tmp = TempDir::new();
-        let dir = tmp.0.clone();
+        let tmp = temp_dir("ship");
+        let dir = tmp.path().to_path_buf();
         let (mut writer, reader) = spool(&dir);
         let sink = Recorder::default();
         let (on_ack, acked) = acks();
@@ -531,8 +532,8 @@ mod tests {
 
     #[test]
     fn a_failing_sink_gets_the_same_batch_again_until_it_takes_it() {
-        let tmp = TempDir::new();
-        let dir = tmp.0.clone();
+        let tmp = temp_dir("ship");
+        let dir = tmp.path().to_path_buf();
         let (mut writer, reader) = spool(&dir);
         let sink = Recorder {
             fail: 3,
@@ -553,8 +554,8 @@ mod tests {
 
     #[test]
     fn after_a_restart_the_unacknowledged_batch_is_cut_at_the_same_place() {
-        let tmp = TempDir::new();
-        let dir = tmp.0.clone();
+        let tmp = temp_dir("ship");
+        let dir = tmp.path().to_path_buf();
         // Before the crash: a batch 1-3 was cut by its age and sent, never acknowledged.
         std::fs::write(dir.join(SHIP_CUT_FILE), "3\n").unwrap();
         let (mut writer, reader) = spool(&dir);
@@ -574,28 +575,5 @@ mod tests {
             .map(|b| b.0.clone())
             .collect();
         assert_eq!(keys, vec!["a:1-3".to_string(), "a:4-8".to_string()]);
-    }
-
-    struct TempDir(PathBuf);
-
-    impl TempDir {
-        fn new() -> TempDir {
-            use std::sync::atomic::{AtomicU32, Ordering};
-            static N: AtomicU32 = AtomicU32::new(0);
-            let dir = std::env::temp_dir().join(format!(
-                "rackhand-ship-{}-{}",
-                std::process::id(),
-                N.fetch_add(1, Ordering::SeqCst)
-            ));
-            let _ = fs::remove_dir_all(&dir);
-            fs::create_dir_all(&dir).unwrap();
-            TempDir(dir)
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir_all(&self.0);
-        }
     }
 }

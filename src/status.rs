@@ -539,27 +539,7 @@ fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    struct TempDir(PathBuf);
-
-    impl TempDir {
-        fn new(tag: &str) -> TempDir {
-            let dir = std::env::temp_dir().join(format!(
-                "rackhand-status-{tag}-{}-{:?}",
-                std::process::id(),
-                std::thread::current().id()
-            ));
-            let _ = fs::remove_dir_all(&dir);
-            fs::create_dir_all(&dir).unwrap();
-            TempDir(dir)
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir_all(&self.0);
-        }
-    }
+    use crate::test_support::temp_dir;
 
     fn busy_agent() -> AgentStatus {
         let mut status = AgentStatus::new("rack-a12");
@@ -596,36 +576,40 @@ mod tests {
 
     #[test]
     fn what_the_agent_saves_is_what_status_reads() {
-        let dir = TempDir::new("roundtrip");
-        assert_eq!(AgentStatus::load(&dir.0).unwrap(), None, "no file yet");
+        let dir = temp_dir("status-roundtrip");
+        assert_eq!(AgentStatus::load(dir.path()).unwrap(), None, "no file yet");
         let status = busy_agent();
-        status.save(&dir.0).unwrap();
-        assert_eq!(AgentStatus::load(&dir.0).unwrap(), Some(status));
+        status.save(dir.path()).unwrap();
+        assert_eq!(AgentStatus::load(dir.path()).unwrap(), Some(status));
     }
 
     #[test]
     fn saving_over_and_over_leaves_only_the_status_file() {
-        let dir = TempDir::new("atomic");
+        let dir = temp_dir("status-atomic");
         let mut status = busy_agent();
         for n in 0..20 {
             status.spool.records = n;
-            status.touch_and_save(&dir.0).unwrap();
+            status.touch_and_save(dir.path()).unwrap();
         }
-        let names: Vec<String> = fs::read_dir(&dir.0)
+        let names: Vec<String> = fs::read_dir(dir.path())
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         assert_eq!(names, [STATUS_FILE]);
         assert_eq!(
-            AgentStatus::load(&dir.0).unwrap().unwrap().spool.records,
+            AgentStatus::load(dir.path())
+                .unwrap()
+                .unwrap()
+                .spool
+                .records,
             19
         );
     }
 
     #[test]
     fn a_missing_state_folder_is_named_when_saving() {
-        let dir = TempDir::new("nofolder");
-        let gone = dir.0.join("not-there");
+        let dir = temp_dir("status-nofolder");
+        let gone = dir.path().join("not-there");
         let err = busy_agent().save(&gone).unwrap_err().to_string();
         assert!(
             err.contains(&gone.join(STATUS_FILE).display().to_string()),
@@ -636,16 +620,16 @@ mod tests {
 
     #[test]
     fn a_corrupt_status_file_is_named_and_the_agent_starts_over() {
-        let dir = TempDir::new("corrupt");
-        let path = AgentStatus::path(&dir.0);
+        let dir = temp_dir("status-corrupt");
+        let path = AgentStatus::path(dir.path());
         fs::write(&path, "{\"agent\": \"rack-a12\", \"pid\": ").unwrap();
-        let err = AgentStatus::load(&dir.0).unwrap_err();
+        let err = AgentStatus::load(dir.path()).unwrap_err();
         assert!(matches!(err, StatusError::Corrupt { .. }), "{err:?}");
         let text = err.to_string();
         assert!(text.contains(&path.display().to_string()), "{text}");
         assert!(text.contains("delete the file"), "{text}");
 
-        let fresh = AgentStatus::load_or_default(&dir.0, "rack-a12");
+        let fresh = AgentStatus::load_or_default(dir.path(), "rack-a12");
         assert_eq!(fresh.agent, "rack-a12");
         assert_eq!(fresh.pid, std::process::id());
         assert!(fresh.devices.is_empty());
@@ -653,15 +637,15 @@ mod tests {
 
     #[test]
     fn a_restarted_agent_remembers_each_devices_last_good_collection() {
-        let dir = TempDir::new("restart");
+        let dir = temp_dir("status-restart");
         let mut before = busy_agent();
         before.pid = 1;
         before.started_at = "2026-11-25T09:00:00.000Z".into();
         before.upstream.last_ack_at = Some("2026-11-25T10:04:00.000Z".into());
         before.upstream.shipped_records = 99;
-        before.save(&dir.0).unwrap();
+        before.save(dir.path()).unwrap();
 
-        let after = AgentStatus::load_or_default(&dir.0, "rack-a12");
+        let after = AgentStatus::load_or_default(dir.path(), "rack-a12");
         assert_eq!(after.pid, std::process::id());
         assert_ne!(after.started_at, before.started_at);
         assert_eq!(after.devices, before.devices);
@@ -671,15 +655,15 @@ mod tests {
 
     #[test]
     fn files_from_older_or_newer_versions_still_load() {
-        let dir = TempDir::new("compat");
+        let dir = temp_dir("status-compat");
         fs::write(
-            AgentStatus::path(&dir.0),
+            AgentStatus::path(dir.path()),
             r#"{"agent":"rack-a12","pid":42,"added_in_v9":{"x":1},
                 "spool":{"records":7,"future_field":true},
                 "devices":{"core1":{"last_status":"timeout","whatever":null}}}"#,
         )
         .unwrap();
-        let status = AgentStatus::load(&dir.0).unwrap().unwrap();
+        let status = AgentStatus::load(dir.path()).unwrap().unwrap();
         assert_eq!(status.pid, 42);
         assert_eq!(status.spool.records, 7);
         assert_eq!(status.upstream, UpstreamStatus::default());

@@ -2,8 +2,6 @@
 //! an `[upstream]`, the agent as a child process (killed and reaped in `Drop`), its
 //! `status.json`, and copies of its spool read back with the library's own `Spool`.
 
-use std::fmt::Write as _;
-use std::net::SocketAddr;
 use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
@@ -14,37 +12,16 @@ use rackhand::spool::{Spool, SpoolOptions};
 use serde_json::Value;
 
 use super::accounting::{next_run_first_seq, stopped_run_last_seq};
+use super::config::{Config, list};
 use super::process::ChildGuard;
 use super::{deadline, poll_until, rackhand_bin};
 
 /// How long a stopping agent may take: `--drain` plus the shipper's grace and slack.
 pub const STOP_WAIT: Duration = Duration::from_secs(20);
 
-/// One `[[device]]` table.
-pub struct Dev {
-    pub name: String,
-    pub lines: Vec<String>,
-}
-
-impl Dev {
-    /// A device of the simulator's Telnet rack at `addr` (the rack's profile decides the
-    /// platform; the tests use Cisco IOS).
-    pub fn telnet(name: &str, addr: SocketAddr) -> Dev {
-        Dev {
-            name: name.to_string(),
-            lines: vec![
-                "transport = \"telnet\"".into(),
-                format!("host = \"{}\"", addr.ip()),
-                format!("port = {}", addr.port()),
-            ],
-        }
-    }
-
-    pub fn with(mut self, line: &str) -> Dev {
-        self.lines.push(line.to_string());
-        self
-    }
-}
+/// One `[[device]]` table (`Dev::telnet(name, addr)` for a device of the simulator's Telnet
+/// rack: its profile decides the platform; the tests use Cisco IOS).
+pub use super::config::Dev;
 
 /// Everything the config file says.
 pub struct Setup {
@@ -59,41 +36,30 @@ pub struct Setup {
 }
 
 impl Setup {
+    /// The config file's tables.
+    pub fn config(&self) -> Config {
+        Config::new()
+            .agent("id", &format!("\"{}\"", self.agent_id))
+            .agent("workers", &self.workers.to_string())
+            .agent("state_dir", &format!("\"{}\"", self.state_dir.display()))
+            .defaults("platform", "\"cisco_ios\"")
+            .defaults("username", "\"admin\"")
+            .defaults("password", "\"admin\"")
+            .defaults("interval", &format!("\"{}\"", self.interval))
+            .defaults("connect_timeout", "\"5s\"")
+            .defaults("command_timeout", "\"5s\"")
+            .defaults("commands", &list(&self.commands))
+            .upstream_lines(&self.upstream)
+            .devices(self.devices.iter().cloned())
+    }
+
     pub fn text(&self) -> String {
-        let commands: Vec<String> = self.commands.iter().map(|c| format!("{c:?}")).collect();
-        let mut text = format!(
-            "[agent]\nid = \"{}\"\nworkers = {}\nstate_dir = \"{}\"\n\n\
-             [defaults]\nplatform = \"cisco_ios\"\nusername = \"admin\"\npassword = \"admin\"\n\
-             interval = \"{}\"\nconnect_timeout = \"5s\"\ncommand_timeout = \"5s\"\n\
-             commands = [{}]\n",
-            self.agent_id,
-            self.workers,
-            self.state_dir.display(),
-            self.interval,
-            commands.join(", ")
-        );
-        if !self.upstream.is_empty() {
-            text.push_str("\n[upstream]\n");
-            for line in &self.upstream {
-                writeln!(text, "{line}").unwrap();
-            }
-        }
-        for d in &self.devices {
-            write!(text, "\n[[device]]\nname = \"{}\"\n", d.name).unwrap();
-            for line in &d.lines {
-                writeln!(text, "{line}").unwrap();
-            }
-        }
-        text
+        self.config().text()
     }
 
     /// Writes the config as `dir/rackhand.toml` (temp file and rename); returns its path.
     pub fn write(&self, dir: &Path) -> PathBuf {
-        let path = dir.join("rackhand.toml");
-        let tmp = dir.join("rackhand.toml.new");
-        std::fs::write(&tmp, self.text()).unwrap();
-        std::fs::rename(&tmp, &path).unwrap();
-        path
+        self.config().write(&dir.join("rackhand.toml"))
     }
 
     pub fn spool_dir(&self) -> PathBuf {

@@ -3,14 +3,16 @@
 //! plus a small prompt-reading client that plays the collector's part.
 //!
 //! It lives here, not in the library, because it exists to check the simulator from the
-//! outside: it must not share code with what it checks. Each test file pulls it in with
-//! `mod support;` and uses only part of it, hence the `dead_code` allowance.
+//! outside: it must not share code with what it checks. Each test binary (`tests/quick`,
+//! `tests/e2e`, `tests/isolation`) compiles it once as `#[path = "../support/mod.rs"] mod
+//! support;` and uses only part of it, hence the `dead_code` allowance.
 #![allow(dead_code)]
 
 pub mod accounting;
 pub mod agent;
 pub mod client;
 pub mod collector;
+pub mod config;
 pub mod device;
 pub mod fixtures;
 pub mod mosquitto;
@@ -23,8 +25,7 @@ pub mod tmpfs;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 /// The `rackhand` binary cargo built for these integration tests.
 pub fn rackhand_bin() -> PathBuf {
@@ -73,53 +74,44 @@ pub fn poll_until(deadline: Instant, mut cond: impl FnMut() -> bool) -> bool {
     }
 }
 
-/// A directory under the system temp dir, removed with everything in it on `Drop` (also when
-/// the test panics), so sshd keys and pty links never pile up.
-pub struct TempDir {
-    path: PathBuf,
+/// Where a proptest keeps the failures it found: beside the test's source, with the extension
+/// `proptest-regressions` (`tests/quick/spool_model.rs` → `tests/quick/spool_model.proptest-regressions`),
+/// where they were when each test file was a binary of its own. proptest's default looks for
+/// the crate root (a `main.rs`) above the source and would now write
+/// `tests/proptest-regressions/spool_model.txt`, away from the seeds already checked in.
+pub fn proptest_regressions() -> Option<Box<dyn proptest::test_runner::FailurePersistence>> {
+    Some(Box::new(
+        proptest::test_runner::FileFailurePersistence::WithSource("proptest-regressions"),
+    ))
 }
+
+/// A directory under the system temp dir, removed with everything in it on `Drop` (also when
+/// the test panics), so sshd keys and pty links never pile up. The one temp folder of the
+/// integration tests, on `tempfile`'s (a fresh random name, created exclusively, so two tests
+/// never share one); the tag in its name says which test left it, should one be left.
+pub struct TempDir(tempfile::TempDir);
 
 impl TempDir {
     pub fn new(tag: &str) -> io::Result<TempDir> {
-        static COUNTER: AtomicU32 = AtomicU32::new(0);
-        let base = std::env::temp_dir();
-        let mut last_err = None;
-        // `create_dir` (not `_all`) fails if the name is taken, so two tests never share one.
-        for _ in 0..16 {
-            let nanos = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.subsec_nanos())
-                .unwrap_or(0);
-            let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-            let path = base.join(format!(
-                "rackhand-test-{tag}-{}-{n}-{nanos}",
-                std::process::id()
-            ));
-            match std::fs::create_dir(&path) {
-                Ok(()) => return Ok(TempDir { path }),
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last_err = Some(e),
-                Err(e) => {
-                    return Err(io::Error::new(
-                        e.kind(),
-                        format!("cannot create a temp dir under {}: {e}", base.display()),
-                    ));
-                }
-            }
-        }
-        Err(last_err.unwrap_or_else(|| io::Error::other("temp dir names exhausted")))
+        tempfile::Builder::new()
+            .prefix(&format!("rackhand-test-{tag}-"))
+            .tempdir()
+            .map(TempDir)
     }
 
     pub fn path(&self) -> &Path {
-        &self.path
+        self.0.path()
     }
 
     pub fn join(&self, name: &str) -> PathBuf {
-        self.path.join(name)
+        self.0.path().join(name)
     }
-}
 
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.path);
+    /// Writes `text` to the file `name` in this folder; returns its path.
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.join(name);
+        std::fs::write(&path, text)
+            .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+        path
     }
 }

@@ -1,5 +1,5 @@
 //! The throwaway CA and its server certificate for 127.0.0.1 / localhost that the TLS tests
-//! (tests/http_sink.rs, tests/mqtt_sink.rs) serve and trust: EC P-256, valid until 2126, made
+//! (tests/quick/http_sink.rs, tests/e2e/mqtt_sink.rs) serve and trust: EC P-256, valid until 2126, made
 //! with the openssl CLI for tests only; the key protects nothing.
 
 pub const TEST_CA: &str = "-----BEGIN CERTIFICATE-----

@@ -9,7 +9,6 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
@@ -22,9 +21,8 @@ use rackhand::sink::http::{Backoff, HttpConfig, HttpSink, HttpSinkError, Retry, 
 use rackhand::sink::{Rejected, Shipped};
 
 // Only the certificates of the shared harness: this file has its own receiver.
-#[path = "support/tls.rs"]
-mod tls;
-use tls::{SERVER_CERT, SERVER_KEY, TEST_CA};
+use crate::support::TempDir;
+use crate::support::tls::{SERVER_CERT, SERVER_KEY, TEST_CA};
 
 /// How long a receiver waits for a client's next bytes before it drops the connection.
 const IDLE: Duration = Duration::from_secs(10);
@@ -294,30 +292,6 @@ fn is_timeout(e: &std::io::Error) -> bool {
     )
 }
 
-/// A folder removed at the end of the test.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!(
-            "rackhand-http-{tag}-{}-{}",
-            std::process::id(),
-            SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 fn config(url: &str, dead_letters: &TempDir) -> HttpConfig {
     HttpConfig {
         url: url.to_string(),
@@ -331,7 +305,7 @@ fn config(url: &str, dead_letters: &TempDir) -> HttpConfig {
             base: Duration::from_millis(20),
             cap: Duration::from_millis(160),
         },
-        dead_letter_dir: dead_letters.0.clone(),
+        dead_letter_dir: dead_letters.path().to_path_buf(),
         dead_letter_max_bytes: 1 << 20,
         proxy_from_env: false,
     }
@@ -465,7 +439,7 @@ fn keys_and_statuses(receiver: &Receiver, limit: usize) -> Vec<(String, u16)> {
 #[test]
 fn the_receiver_sees_one_gzip_ndjson_post_with_the_batch_key_and_configured_headers() {
     let receiver = Receiver::start(|_| reply(200));
-    let dir = TempDir::new("headers");
+    let dir = TempDir::new("headers").unwrap();
     let mut sink = HttpSink::new(config(&receiver.url(), &dir)).unwrap();
     let batch = batch(40, 5);
     let shipped = sink.send(&batch, soon(), &StopFlag::new()).unwrap();
@@ -492,7 +466,7 @@ fn an_expired_token_is_waited_out_not_dead_lettered() {
         1 => reply(403),
         _ => reply(200),
     });
-    let dir = TempDir::new("401");
+    let dir = TempDir::new("401").unwrap();
     let mut sink = HttpSink::new(config(&receiver.url(), &dir)).unwrap();
     let mut retries = Vec::new();
     let shipped = sink
@@ -508,13 +482,13 @@ fn an_expired_token_is_waited_out_not_dead_lettered() {
         "{}",
         retries[0].error
     );
-    assert!(!dir.0.join(DEAD_LETTER_FILE).exists());
+    assert!(!dir.join(DEAD_LETTER_FILE).exists());
 }
 
 #[test]
 fn a_503_is_retried_with_the_same_batch_and_key_then_a_200_acknowledges_it() {
     let receiver = Receiver::start(|n| if n == 0 { reply(503) } else { reply(200) });
-    let dir = TempDir::new("503");
+    let dir = TempDir::new("503").unwrap();
     let mut sink = HttpSink::new(config(&receiver.url(), &dir)).unwrap();
     let batch = batch(1, 3);
     let mut retries = Vec::new();
@@ -535,7 +509,7 @@ fn a_503_is_retried_with_the_same_batch_and_key_then_a_200_acknowledges_it() {
         requests[1].header("idempotency-key")
     );
     assert_eq!(requests[0].ndjson(), requests[1].ndjson());
-    assert!(!dir.0.join(DEAD_LETTER_FILE).exists());
+    assert!(!dir.join(DEAD_LETTER_FILE).exists());
 }
 
 #[test]
@@ -550,7 +524,7 @@ fn a_429_with_retry_after_1_waits_at_least_a_second() {
             reply(204)
         }
     });
-    let dir = TempDir::new("429");
+    let dir = TempDir::new("429").unwrap();
     let mut sink = HttpSink::new(config(&receiver.url(), &dir)).unwrap();
     let mut retries = Vec::new();
     let shipped = sink
@@ -573,11 +547,11 @@ fn a_400_goes_to_the_dead_letter_file_with_the_response_and_is_not_retried() {
         body: "schema mismatch: field `device` is required".into(),
         ..reply(400)
     });
-    let dir = TempDir::new("400");
+    let dir = TempDir::new("400").unwrap();
     let mut sink = HttpSink::new(config(&receiver.url(), &dir)).unwrap();
     let batch = batch(100, 4);
     let shipped = sink.send(&batch, soon(), &StopFlag::new()).unwrap();
-    let path = dir.0.join(DEAD_LETTER_FILE);
+    let path = dir.join(DEAD_LETTER_FILE);
     let reason = format!(
         "{} answered 400 (Bad Request): schema mismatch: field `device` is required",
         receiver.url()
@@ -613,7 +587,7 @@ fn a_400_goes_to_the_dead_letter_file_with_the_response_and_is_not_retried() {
 #[test]
 fn the_dead_letter_file_is_capped_keeping_one_previous_file() {
     let receiver = Receiver::start(|_| reply(422));
-    let dir = TempDir::new("cap");
+    let dir = TempDir::new("cap").unwrap();
     let one = batch(1, 3);
     let cap = one.body().len() as u64 * 2 + 600;
     let mut sink = HttpSink::new(HttpConfig {
@@ -634,17 +608,17 @@ fn the_dead_letter_file_is_capped_keeping_one_previous_file() {
             shipped.rejected[0].reason
         );
         for name in [DEAD_LETTER_FILE, DEAD_LETTER_OLD] {
-            if let Ok(m) = std::fs::metadata(dir.0.join(name)) {
+            if let Ok(m) = std::fs::metadata(dir.join(name)) {
                 assert!(m.len() <= cap, "{name} is {} bytes, cap {cap}", m.len());
             }
         }
     }
-    let current = std::fs::read_to_string(dir.0.join(DEAD_LETTER_FILE)).unwrap();
+    let current = std::fs::read_to_string(dir.join(DEAD_LETTER_FILE)).unwrap();
     assert!(
         current.contains("rack-a12:13-15"),
         "the newest batch is kept"
     );
-    assert!(dir.0.join(DEAD_LETTER_OLD).exists());
+    assert!(dir.join(DEAD_LETTER_OLD).exists());
     // A batch larger than the cap is still written whole: the cap is about rotation.
     let mut tiny = HttpSink::new(HttpConfig {
         dead_letter_max_bytes: 400,
@@ -654,7 +628,7 @@ fn the_dead_letter_file_is_capped_keeping_one_previous_file() {
     let big = batch(20, 3);
     assert!(big.body().len() > 400);
     tiny.send(&big, soon(), &StopFlag::new()).unwrap();
-    let entries = dead_letters(&dir.0.join(DEAD_LETTER_FILE));
+    let entries = dead_letters(&dir.join(DEAD_LETTER_FILE));
     assert_eq!(entries.len(), 1, "a file of its own");
     assert_eq!(
         entries[0].0["dead_letter"]["idempotency_key"],
@@ -667,7 +641,7 @@ fn the_dead_letter_file_is_capped_keeping_one_previous_file() {
 fn a_413_splits_the_batch_until_the_record_too_large_alone_is_dead_lettered_whole() {
     const LIMIT: usize = 4096;
     let receiver = collector_limited_to(LIMIT);
-    let dir = TempDir::new("413");
+    let dir = TempDir::new("413").unwrap();
     let mut sink = HttpSink::new(config(&receiver.url(), &dir)).unwrap();
     // Ten records of ~300 bytes (3 KB together: one request would do) and seq 104, 20 KB.
     let mut outputs = vec![50; 10];
@@ -677,7 +651,7 @@ fn a_413_splits_the_batch_until_the_record_too_large_alone_is_dead_lettered_whol
     assert!(batch.body().len() - big.body().len() <= LIMIT);
 
     let shipped = sink.send(&batch, soon(), &StopFlag::new()).unwrap();
-    let path = dir.0.join(DEAD_LETTER_FILE);
+    let path = dir.join(DEAD_LETTER_FILE);
     let reason = format!(
         "{} answered 413 (Payload Too Large): request entity too large",
         receiver.url()
@@ -738,11 +712,11 @@ fn a_413_splits_the_batch_until_the_record_too_large_alone_is_dead_lettered_whol
     // Sent again (the shipper lost the answer): the same parts with the same keys, so a
     // collector that dedupes by key stores nothing twice.
     let receiver_again = collector_limited_to(LIMIT);
-    let dir_again = TempDir::new("413-again");
+    let dir_again = TempDir::new("413-again").unwrap();
     let mut again = HttpSink::new(config(&receiver_again.url(), &dir_again)).unwrap();
     again.send(&batch, soon(), &StopFlag::new()).unwrap();
     assert_eq!(
-        dead_letters(&dir_again.0.join(DEAD_LETTER_FILE))[0].1,
+        dead_letters(&dir_again.join(DEAD_LETTER_FILE))[0].1,
         big.body()
     );
     assert_eq!(keys_and_statuses(&receiver_again, LIMIT), expected);
@@ -751,7 +725,7 @@ fn a_413_splits_the_batch_until_the_record_too_large_alone_is_dead_lettered_whol
 #[test]
 fn a_record_over_16_mib_refused_for_its_size_is_dead_lettered_whole() {
     let receiver = collector_limited_to(1 << 20);
-    let dir = TempDir::new("16mib");
+    let dir = TempDir::new("16mib").unwrap();
     let mut sink = HttpSink::new(HttpConfig {
         dead_letter_max_bytes: dead_letter::MAX_BYTES,
         ..config(&receiver.url(), &dir)
@@ -762,7 +736,7 @@ fn a_record_over_16_mib_refused_for_its_size_is_dead_lettered_whole() {
     assert!(huge.body().len() as u64 > dead_letter::MAX_BYTES);
 
     let shipped = sink.send(&batch, soon(), &StopFlag::new()).unwrap();
-    let path = dir.0.join(DEAD_LETTER_FILE);
+    let path = dir.join(DEAD_LETTER_FILE);
     let rejected: Vec<(u64, u64, u64)> = shipped
         .rejected
         .iter()
@@ -788,9 +762,9 @@ fn a_record_over_16_mib_refused_for_its_size_is_dead_lettered_whole() {
 #[test]
 fn an_unwritable_dead_letter_file_keeps_the_batch_for_a_later_send() {
     let receiver = collector_limited_to(4096);
-    let dir = TempDir::new("dl-unwritable");
+    let dir = TempDir::new("dl-unwritable").unwrap();
     // A file where the dead-letter folder should be: nothing can be created in it.
-    let blocked = dir.0.join("state");
+    let blocked = dir.join("state");
     std::fs::write(&blocked, "not a folder").unwrap();
     let mut sink = HttpSink::new(HttpConfig {
         dead_letter_dir: blocked.clone(),
@@ -822,7 +796,7 @@ fn connection_refused_is_retried_with_growing_backoff_until_the_receiver_is_back
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap()
     };
-    let dir = TempDir::new("refused");
+    let dir = TempDir::new("refused").unwrap();
     let mut sink = HttpSink::new(config(&format!("http://{addr}/ingest"), &dir)).unwrap();
     let mut retries: Vec<(Instant, Retry)> = Vec::new();
     let mut receiver = None;
@@ -865,7 +839,7 @@ fn a_slow_receiver_times_out_and_is_retried_without_a_retry_storm() {
         delay: Duration::from_secs(3),
         ..reply(200)
     });
-    let dir = TempDir::new("slow");
+    let dir = TempDir::new("slow").unwrap();
     let timeout = Duration::from_millis(300);
     let mut sink = HttpSink::new(HttpConfig {
         timeout,
@@ -936,7 +910,7 @@ fn a_stop_ends_the_wait_for_retry_after_at_once() {
         headers: vec![("Retry-After", "30".into())],
         ..reply(503)
     });
-    let dir = TempDir::new("stop");
+    let dir = TempDir::new("stop").unwrap();
     let mut sink = HttpSink::new(config(&receiver.url(), &dir)).unwrap();
     let stop = StopFlag::new();
     let (tx, rx) = mpsc::channel::<()>();
@@ -971,7 +945,7 @@ fn a_stop_ends_the_wait_for_retry_after_at_once() {
 
 #[test]
 fn bad_urls_headers_and_ca_files_are_refused_at_start_with_what_to_fix() {
-    let dir = TempDir::new("config");
+    let dir = TempDir::new("config").unwrap();
     let err = HttpSink::new(config("ftp://example.net/x", &dir))
         .unwrap_err()
         .to_string();
@@ -983,7 +957,7 @@ fn bad_urls_headers_and_ca_files_are_refused_at_start_with_what_to_fix() {
     .unwrap_err()
     .to_string();
     assert!(err.contains("sets this header itself"), "{err}");
-    let missing = dir.0.join("missing-ca.pem");
+    let missing = dir.join("missing-ca.pem");
     let err = HttpSink::new(HttpConfig {
         ca_file: Some(missing.clone()),
         ..config("https://127.0.0.1:9/", &dir)
@@ -994,7 +968,7 @@ fn bad_urls_headers_and_ca_files_are_refused_at_start_with_what_to_fix() {
         err.contains(&missing.display().to_string()) && err.contains("ca_file"),
         "{err}"
     );
-    let not_pem = dir.0.join("not.pem");
+    let not_pem = dir.join("not.pem");
     std::fs::write(&not_pem, "hello\n").unwrap();
     let err = HttpSink::new(HttpConfig {
         ca_file: Some(not_pem),
@@ -1011,8 +985,8 @@ fn bad_urls_headers_and_ca_files_are_refused_at_start_with_what_to_fix() {
 #[test]
 fn https_to_a_collector_with_a_private_ca_trusts_exactly_the_ca_file() {
     let receiver = Receiver::start_tls(|_| reply(200));
-    let dir = TempDir::new("tls");
-    let ca = dir.0.join("collector-ca.pem");
+    let dir = TempDir::new("tls").unwrap();
+    let ca = dir.join("collector-ca.pem");
     std::fs::write(&ca, TEST_CA).unwrap();
     let url = format!("https://127.0.0.1:{}/ingest", receiver.addr.port());
     let mut sink = HttpSink::new(HttpConfig {
@@ -1058,9 +1032,9 @@ fn https_to_a_collector_with_a_private_ca_trusts_exactly_the_ca_file() {
 #[test]
 fn a_url_with_credentials_never_shows_them_in_errors_or_the_dead_letter_file() {
     use rackhand::sink::Sink;
-    // The config refuses such a URL (tests/check.rs); this is the sink given one anyway.
+    // The config refuses such a URL (tests/quick/check.rs); this is the sink given one anyway.
     let receiver = Receiver::start(|n| if n == 0 { reply(503) } else { reply(400) });
-    let dir = TempDir::new("userinfo");
+    let dir = TempDir::new("userinfo").unwrap();
     let url = receiver
         .url()
         .replacen("http://", "http://rack:hunter2@", 1);
@@ -1091,7 +1065,7 @@ fn a_url_with_credentials_never_shows_them_in_errors_or_the_dead_letter_file() {
         "{}",
         errors[0]
     );
-    let dead = std::fs::read_to_string(dir.0.join(DEAD_LETTER_FILE)).unwrap();
+    let dead = std::fs::read_to_string(dir.join(DEAD_LETTER_FILE)).unwrap();
     let head: serde_json::Value = serde_json::from_str(dead.lines().next().unwrap()).unwrap();
     assert_eq!(head["dead_letter"]["target"], shown.as_str());
     assert!(!dead.contains("hunter2"), "{dead}");

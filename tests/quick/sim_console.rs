@@ -3,7 +3,7 @@
 //! console keeps quiet until a key is pressed like real gear, and it survives a logout so the
 //! next collection can log in again.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::time::{Duration, Instant};

@@ -162,7 +162,7 @@ fn soon() -> Instant {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 256, failure_persistence: crate::support::proptest_regressions(), ..ProptestConfig::default() })]
 
     #[test]
     fn the_screen_text_does_not_depend_on_how_reads_split_the_stream(
@@ -339,7 +339,7 @@ impl Exchange {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 256, failure_persistence: crate::support::proptest_regressions(), ..ProptestConfig::default() })]
 
     #[test]
     fn log_lines_and_reprinted_prompts_around_commands_never_reach_the_output(

@@ -8,7 +8,7 @@
 //! unplugged: pty closed, link removed) ends a read with `Closed` at the deadline and is
 //! reopened once it is back.
 
-mod support;
+use crate::support;
 
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -8,6 +8,11 @@
 //! driver is killed and reaped by the isolator itself before its call returns, which is
 //! one of the things checked here.
 
+// A test binary of its own, not a module of tests/e2e: the tests below install a process-wide
+// `log` logger to read what the isolator logs, and measure the process's peak memory
+// (VmHWM) around a flooding driver; tests of other areas running in the same process would
+// write into that log and raise that peak.
+#[path = "../support/mod.rs"]
 mod support;
 
 use std::io::Read;
@@ -22,6 +27,7 @@ use rackhand::inventory::Device;
 use rackhand::isolation::{Isolator, Limits};
 use rackhand::record::{Outcome, Status};
 use rackhand::sim::{Fault, Profile, PtyConsole, TelnetRack};
+use support::config::{Config, Dev, quote};
 use support::process::ChildGuard;
 use support::sshd::Sshd;
 use support::{TempDir, loopback_any_port, poll_until};
@@ -35,21 +41,24 @@ fn isolator() -> Isolator {
     Isolator::new(env!("CARGO_BIN_EXE_rackhand")).with_grace(GRACE)
 }
 
+/// `[defaults]` every config here starts from.
+fn base() -> Config {
+    Config::new()
+        .defaults("username", "\"admin\"")
+        .defaults("password", "\"admin\"")
+        .defaults("connect_timeout", "\"5s\"")
+        .defaults("command_timeout", "\"5s\"")
+}
+
 /// One device from config text, resolved as the agent resolves it (`extra` are TOML lines).
 fn device(dir: &TempDir, name: &str, extra: &[String]) -> Device {
-    let mut text = String::from(
-        "[defaults]\nusername = \"admin\"\npassword = \"admin\"\nconnect_timeout = \"5s\"\n\
-         command_timeout = \"5s\"\n\n[[device]]\n",
-    );
-    text.push_str(&format!("name = \"{name}\"\n"));
-    for line in extra {
-        text.push_str(line);
-        text.push('\n');
-    }
-    let path = dir.join(&format!("{name}.toml"));
-    let (raw, mut report) = rackhand::config::parse_str(&path, &text);
-    let inventory = rackhand::inventory::resolve(&raw, &mut report);
-    assert!(!report.has_errors(), "bad test config:\n{report}\n{text}");
+    let device = Dev {
+        name: name.to_string(),
+        lines: extra.to_vec(),
+    };
+    let inventory = base()
+        .device(device)
+        .inventory(&dir.join(&format!("{name}.toml")));
     inventory.devices.into_iter().next().expect("one device")
 }
 
@@ -635,21 +644,19 @@ fn the_example_pdu_driver_reports_a_refused_login() {
 // Through the command line: `rackhand collect` dispatches on `isolation`.
 
 fn config_file(dir: &TempDir, devices: &[(&str, Vec<String>)]) -> PathBuf {
-    let mut text = format!(
-        "[agent]\nid = \"t\"\nworkers = 4\nstate_dir = '{}'\n\n[defaults]\nusername = \"admin\"\n\
-         password = \"admin\"\nconnect_timeout = \"5s\"\ncommand_timeout = \"5s\"\n",
-        dir.join("state").display()
-    );
-    for (name, lines) in devices {
-        text.push_str(&format!("\n[[device]]\nname = \"{name}\"\n"));
-        for line in lines {
-            text.push_str(line);
-            text.push('\n');
-        }
-    }
-    let path = dir.join("rackhand.toml");
-    std::fs::write(&path, text).unwrap();
-    path
+    let devices = devices.iter().map(|(name, lines)| Dev {
+        name: name.to_string(),
+        lines: lines.clone(),
+    });
+    base()
+        .agent("id", "\"t\"")
+        .agent("workers", "4")
+        .agent(
+            "state_dir",
+            &quote(&dir.join("state").display().to_string()),
+        )
+        .devices(devices)
+        .write(&dir.join("rackhand.toml"))
 }
 
 fn rackhand_collect(config: &Path) -> (ChildGuard, mpsc::Receiver<Vec<u8>>) {

@@ -6,10 +6,9 @@
 //! the tests also pin how `interval`, `[[group]] max_sessions` and `serial_port` reach the
 //! scheduler.
 
-mod support;
+use crate::support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt::Write as _;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -22,29 +21,30 @@ use rackhand::record::{Outcome, Status};
 use rackhand::scheduler::{DeviceId, Scheduler, Settings, backoff_delay, offset};
 use rackhand::sim::{Fault, Profile, TelnetRack};
 
+use support::config::{Config, Dev, Table, list};
 use support::{TempDir, loopback_any_port};
 
-const HEADER: &str = "[agent]\nid = \"t\"\n\n[defaults]\nplatform = \"cisco_ios\"\n\
-                      username = \"admin\"\npassword = \"admin\"\ncommands = [\"show clock\"]\n";
-
-fn inventory(text: &str) -> Inventory {
-    let (raw, mut report) = rackhand::config::parse_str(Path::new("/etc/rackhand/test.toml"), text);
-    let inventory = rackhand::inventory::resolve(&raw, &mut report);
-    assert!(!report.has_errors(), "bad test config:\n{report}\n{text}");
-    inventory
+/// `[agent]` and `[defaults]` of every config here (no `interval`: each test sets its own).
+fn base() -> Config {
+    Config::new()
+        .agent("id", "\"t\"")
+        .defaults("platform", "\"cisco_ios\"")
+        .defaults("username", "\"admin\"")
+        .defaults("password", "\"admin\"")
+        .defaults("commands", &list(&["show clock"]))
 }
 
-/// `count` telnet devices `sw-1`.. with `interval`, plus `extra` config text.
-fn rack_text(count: usize, interval: &str, extra: &str) -> String {
-    let mut text = format!("{HEADER}interval = \"{interval}\"\n{extra}\n");
-    for i in 1..=count {
-        write!(
-            text,
-            "\n[[device]]\nname = \"sw-{i}\"\ntransport = \"telnet\"\nhost = \"192.0.2.{i}\"\n"
-        )
-        .unwrap();
-    }
-    text
+fn inventory(config: &Config) -> Inventory {
+    config.inventory(Path::new("/etc/rackhand/test.toml"))
+}
+
+/// `count` telnet devices `sw-1`.. with `interval`.
+fn rack(count: usize, interval: &str) -> Config {
+    let devices = (1..=count)
+        .map(|i| Dev::new(&format!("sw-{i}"), "telnet").set("host", &format!("\"192.0.2.{i}\"")));
+    base()
+        .defaults("interval", &format!("\"{interval}\""))
+        .devices(devices)
 }
 
 fn no_jitter() -> Settings {
@@ -117,7 +117,7 @@ fn devices_sharing_an_interval_spread_across_it() {
 
 #[test]
 fn the_grid_is_anchored_to_the_wall_clock_not_to_the_start() {
-    let inv = inventory(&rack_text(20, "1m", ""));
+    let inv = inventory(&rack(20, "1m"));
     let t0 = Instant::now();
     let first = Scheduler::with_settings(&inv, t0, wall0(), no_jitter());
     // A restart 7 min 13 s later.
@@ -142,7 +142,7 @@ fn the_grid_is_anchored_to_the_wall_clock_not_to_the_start() {
 
 #[test]
 fn a_slow_collection_is_not_queued_again_and_its_slots_count_as_skipped() {
-    let inv = inventory(&rack_text(1, "1s", ""));
+    let inv = inventory(&rack(1, "1s"));
     let t0 = Instant::now();
     let mut s = Scheduler::with_settings(&inv, t0, wall0(), no_jitter());
     let due = s.next_due().unwrap();
@@ -179,7 +179,7 @@ fn a_slow_collection_is_not_queued_again_and_its_slots_count_as_skipped() {
 
 #[test]
 fn slots_that_pass_while_the_run_goes_are_counted_at_the_finish_too() {
-    let inv = inventory(&rack_text(1, "1s", ""));
+    let inv = inventory(&rack(1, "1s"));
     let t0 = Instant::now();
     let mut s = Scheduler::with_settings(&inv, t0, wall0(), no_jitter());
     let due = s.next_due().unwrap();
@@ -193,7 +193,7 @@ fn slots_that_pass_while_the_run_goes_are_counted_at_the_finish_too() {
 
 #[test]
 fn a_refused_dispatch_stays_due_as_if_never_taken() {
-    let inv = inventory(&rack_text(3, "1s", ""));
+    let inv = inventory(&rack(3, "1s"));
     let t0 = Instant::now();
     let mut s = Scheduler::with_settings(&inv, t0, wall0(), no_jitter());
     let late = t0 + Duration::from_secs(5);
@@ -228,7 +228,7 @@ fn fail_repeatedly(s: &mut Scheduler, times: usize, summary: &RunSummary) -> Vec
 
 #[test]
 fn backoff_doubles_from_30s_caps_at_15min_and_resets_on_success() {
-    let inv = inventory(&rack_text(1, "1s", ""));
+    let inv = inventory(&rack(1, "1s"));
     let mut s = Scheduler::with_settings(&inv, Instant::now(), wall0(), no_jitter());
     let waits = fail_repeatedly(&mut s, 8, &refused());
     let secs: Vec<u64> = waits.iter().map(|w| w.as_secs()).collect();
@@ -251,7 +251,7 @@ fn backoff_doubles_from_30s_caps_at_15min_and_resets_on_success() {
 
 #[test]
 fn a_command_error_is_not_a_reason_to_back_off() {
-    let inv = inventory(&rack_text(1, "1s", ""));
+    let inv = inventory(&rack(1, "1s"));
     let mut s = Scheduler::with_settings(&inv, Instant::now(), wall0(), no_jitter());
     let mut rejected = RunSummary::ok(2);
     rejected.ok = 1;
@@ -267,7 +267,7 @@ fn a_command_error_is_not_a_reason_to_back_off() {
 
 #[test]
 fn the_cap_follows_a_long_interval() {
-    let inv = inventory(&rack_text(1, "2h", ""));
+    let inv = inventory(&rack(1, "2h"));
     let mut s = Scheduler::with_settings(&inv, Instant::now(), wall0(), no_jitter());
     let waits = fail_repeatedly(&mut s, 12, &refused());
     // Never earlier than the grid, never longer than one interval.
@@ -291,7 +291,7 @@ fn jitter_shortens_by_at_most_a_fifth_and_really_varies() {
     }
     assert!(seen.len() > 1000, "jitter should spread devices apart");
     // Through the scheduler, with the default 20 %.
-    let inv = inventory(&rack_text(1, "1s", ""));
+    let inv = inventory(&rack(1, "1s"));
     let settings = Settings {
         seed: 99,
         ..Settings::default()
@@ -309,18 +309,18 @@ fn jitter_shortens_by_at_most_a_fifth_and_really_varies() {
 
 #[test]
 fn a_group_at_its_cap_keeps_its_devices_due_until_a_session_ends() {
-    let mut text =
-        format!("{HEADER}interval = \"1s\"\n\n[[group]]\nname = \"ts1\"\nmax_sessions = 2\n");
-    for i in 1..=5 {
-        write!(
-            text,
-            "\n[[device]]\nname = \"behind-{i}\"\ntransport = \"telnet\"\nhost = \"192.0.2.100\"\nport = {}\ngroups = [\"ts1\"]\n",
-            2000 + i
-        )
-        .unwrap();
-    }
-    text.push_str("\n[[device]]\nname = \"free\"\ntransport = \"telnet\"\nhost = \"192.0.2.9\"\n");
-    let inv = inventory(&text);
+    let behind = (1..=5).map(|i| {
+        Dev::new(&format!("behind-{i}"), "telnet")
+            .set("host", "\"192.0.2.100\"")
+            .set("port", &(2000 + i).to_string())
+            .set("groups", &list(&["ts1"]))
+    });
+    let config = base()
+        .defaults("interval", "\"1s\"")
+        .group(Table::named("ts1").set("max_sessions", "2"))
+        .devices(behind)
+        .device(Dev::new("free", "telnet").set("host", "\"192.0.2.9\""));
+    let inv = inventory(&config);
     let t0 = Instant::now();
     let mut s = Scheduler::with_settings(&inv, t0, wall0(), no_jitter());
     let now = t0 + Duration::from_secs(2);
@@ -389,19 +389,16 @@ fn one_serial_port_is_never_opened_twice_whatever_its_name() {
     let ports = Ports::new();
     let real = ports.dir.join("ttyUSB0");
     let link = ports.dir.join("usb-FTDI-A50285BI");
-    let mut text = format!("{HEADER}interval = \"1s\"\n");
+    let mut config = base().defaults("interval", "\"1s\"");
     for (name, path) in [("con-a", &real), ("con-b", &link), ("con-c", &real)] {
-        write!(
-            text,
-            "\n[[device]]\nname = \"{name}\"\ntransport = \"serial\"\nserial_port = \"{}\"\n",
-            path.display()
-        )
-        .unwrap();
+        config = config.device(
+            Dev::new(name, "serial").set("serial_port", &format!("\"{}\"", path.display())),
+        );
     }
-    text.push_str(
-        "\n[[device]]\nname = \"con-other\"\ntransport = \"serial\"\nserial_port = \"/dev/ttyUSB-rackhand-test-none\"\n",
+    let config = config.device(
+        Dev::new("con-other", "serial").set("serial_port", "\"/dev/ttyUSB-rackhand-test-none\""),
     );
-    let inv = inventory(&text);
+    let inv = inventory(&config);
     let t0 = Instant::now();
     let mut s = Scheduler::with_settings(&inv, t0, wall0(), no_jitter());
     let mut t = t0 + Duration::from_secs(2);
@@ -429,13 +426,15 @@ fn one_serial_port_is_never_opened_twice_whatever_its_name() {
 
 #[test]
 fn reload_adds_drops_and_updates_devices_and_lets_running_work_finish() {
-    let base = format!("{HEADER}interval = \"1s\"\n\n[[group]]\nname = \"ts\"\nmax_sessions = 1\n");
-    let dev = |name: &str, extra: &str| {
-        format!(
-            "\n[[device]]\nname = \"{name}\"\ntransport = \"telnet\"\nhost = \"192.0.2.1\"\ngroups = [\"ts\"]\n{extra}"
-        )
+    let base = base()
+        .defaults("interval", "\"1s\"")
+        .group(Table::named("ts").set("max_sessions", "1"));
+    let dev = |name: &str| {
+        Dev::new(name, "telnet")
+            .set("host", "\"192.0.2.1\"")
+            .set("groups", &list(&["ts"]))
     };
-    let old = inventory(&format!("{base}{}{}", dev("a", ""), dev("b", "")));
+    let old = inventory(&base.clone().device(dev("a")).device(dev("b")));
     let t0 = Instant::now();
     let mut s = Scheduler::with_settings(&old, t0, wall0(), no_jitter());
     let now = t0 + Duration::from_secs(2);
@@ -445,11 +444,15 @@ fn reload_adds_drops_and_updates_devices_and_lets_running_work_finish() {
     let other = if running_name == "a" { "b" } else { "a" };
 
     // The running device is removed, the other changes, c is added.
-    let new = inventory(&format!(
-        "{base}{}{}",
-        dev(other, "commands = [\"show version\"]\ninterval = \"5s\"\n"),
-        dev("c", "")
-    ));
+    let new = inventory(
+        &base
+            .device(
+                dev(other)
+                    .set("commands", &list(&["show version"]))
+                    .set("interval", "\"5s\""),
+            )
+            .device(dev("c")),
+    );
     let r = s.reload(&new, now);
     assert_eq!(r.added, ["c"]);
     assert_eq!(r.removed, [running_name.as_str()]);
@@ -482,12 +485,12 @@ fn reload_adds_drops_and_updates_devices_and_lets_running_work_finish() {
 
 #[test]
 fn a_device_removed_and_added_back_while_running_is_not_run_twice() {
-    let one = inventory(&rack_text(1, "1s", ""));
+    let one = inventory(&rack(1, "1s"));
     let t0 = Instant::now();
     let mut s = Scheduler::with_settings(&one, t0, wall0(), no_jitter());
     let now = t0 + Duration::from_secs(2);
     let id = s.take_due(now, 1)[0].id;
-    let empty = inventory(HEADER);
+    let empty = inventory(&base());
     assert_eq!(s.reload(&empty, now).removed, ["sw-1"]);
     assert_eq!(s.reload(&one, now).added, ["sw-1"]);
     assert_eq!(s.id_of("sw-1"), Some(id), "same name, same id");
@@ -498,14 +501,13 @@ fn a_device_removed_and_added_back_while_running_is_not_run_twice() {
 
 #[test]
 fn a_changed_device_forgets_its_backoff() {
-    let inv = inventory(&rack_text(1, "1s", ""));
+    let inv = inventory(&rack(1, "1s"));
     let mut s = Scheduler::with_settings(&inv, Instant::now(), wall0(), no_jitter());
     fail_repeatedly(&mut s, 4, &refused());
     let st = s.device_stats("sw-1").unwrap();
     assert!(st.backing_off);
     let now = st.next_due - Duration::from_secs(100);
-    let fixed =
-        inventory(&rack_text(1, "1s", "").replace("password = \"admin\"", "password = \"fixed\""));
+    let fixed = inventory(&rack(1, "1s").defaults("password", "\"fixed\""));
     assert_eq!(s.reload(&fixed, now).changed, ["sw-1"]);
     let st = s.device_stats("sw-1").unwrap();
     assert!(!st.backing_off);
@@ -585,22 +587,16 @@ impl SessionsAtOnce {
     }
 }
 
-/// Config text for the devices of a simulated rack.
-fn sim_text(rack: &TelnetRack, interval: &str) -> String {
-    let mut text = format!(
-        "{HEADER}interval = \"{interval}\"\nconnect_timeout = \"10s\"\ncommand_timeout = \"10s\"\n"
-    );
-    for (i, (_, addr)) in rack.addrs().iter().enumerate() {
-        write!(
-            text,
-            "\n[[device]]\nname = \"sim-{}\"\ntransport = \"telnet\"\nhost = \"{}\"\nport = {}\n",
-            i + 1,
-            addr.ip(),
-            addr.port()
-        )
-        .unwrap();
-    }
-    text
+/// The config for the devices of a simulated rack.
+fn sim_config(rack: &TelnetRack, interval: &str) -> Config {
+    let addrs = rack.addrs();
+    let devices = (addrs.iter().enumerate())
+        .map(|(i, (_, addr))| Dev::telnet(&format!("sim-{}", i + 1), *addr));
+    base()
+        .defaults("interval", &format!("\"{interval}\""))
+        .defaults("connect_timeout", "\"10s\"")
+        .defaults("command_timeout", "\"10s\"")
+        .devices(devices)
 }
 
 #[test]
@@ -611,8 +607,8 @@ fn a_slow_device_is_not_collected_again_while_its_collection_runs() {
     profile.slow_duration = Duration::from_millis(700);
     let rack = TelnetRack::start(loopback_any_port(), 1, profile).expect("start the simulator");
     // `show version` has many lines to trickle out over the slow fault's 700 ms.
-    let text = sim_text(&rack, "100ms").replace("[\"show clock\"]", "[\"show version\"]");
-    let inv = inventory(&text);
+    let config = sim_config(&rack, "100ms").defaults("commands", &list(&["show version"]));
+    let inv = inventory(&config);
     let pool: Pool<DeviceId> = Pool::new(4, 4, collect_work()).unwrap();
     let mut scheduler = Scheduler::new(&inv, Instant::now(), SystemTime::now());
     let mut statuses = Vec::new();
@@ -645,7 +641,7 @@ fn a_hundred_simulated_devices_are_each_collected_through_scheduler_and_pool() {
     profile.latency = Duration::from_millis(20);
     let rack =
         TelnetRack::start(loopback_any_port(), DEVICES, profile).expect("start the simulated rack");
-    let inv = inventory(&sim_text(&rack, "200ms"));
+    let inv = inventory(&sim_config(&rack, "200ms"));
     let sessions = Arc::new(SessionsAtOnce::default());
     let pool: Pool<DeviceId> = Pool::new(WORKERS, WORKERS, sessions.counted_work()).unwrap();
     let mut scheduler = Scheduler::new(&inv, Instant::now(), SystemTime::now());

@@ -6,7 +6,7 @@
 //! the test only runs the binary with `--dir` in a temp folder that `Drop` removes, and waits
 //! for it with a deadline (the guard kills it if that passes).
 
-mod support;
+use crate::support;
 
 use std::io::Read;
 use std::process::{Command, Stdio};

@@ -8,18 +8,17 @@ use std::time::{Duration, SystemTime};
 use rackhand::record::rfc3339_millis;
 use rackhand::status::{AgentStatus, STATUS_FILE};
 
-struct TempDir(PathBuf);
+use crate::support::TempDir;
+use crate::support::config::{Config, Dev, list, quote};
 
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!(
-            "rackhand-status-cli-{tag}-{}-{:?}",
-            std::process::id(),
-            std::thread::current().id()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
+/// One test's folder: the agent's `state` in it, and its config.
+struct Folder(TempDir);
+
+impl Folder {
+    fn new(tag: &str) -> Folder {
+        let dir = TempDir::new(&format!("status-cli-{tag}")).unwrap();
         std::fs::create_dir_all(dir.join("state")).unwrap();
-        TempDir(dir)
+        Folder(dir)
     }
 
     fn state_dir(&self) -> PathBuf {
@@ -28,25 +27,19 @@ impl TempDir {
 
     /// A valid config whose `[agent] state_dir` is this folder's `state`.
     fn config(&self) -> PathBuf {
-        self.write_config(&format!(
-            "[agent]\nid = \"rack-a12\"\nstate_dir = \"{}\"\n\n\
-             [defaults]\nplatform = \"cisco_ios\"\nusername = \"admin\"\npassword_env = \"RACKHAND_PASSWORD\"\n\
-             commands = [\"show version\"]\n\n\
-             [[device]]\nname = \"core1\"\ntransport = \"telnet\"\nhost = \"127.0.0.1\"\n",
-            self.state_dir().display()
-        ))
+        Config::new()
+            .agent("id", "\"rack-a12\"")
+            .agent("state_dir", &quote(&self.state_dir().display().to_string()))
+            .defaults("platform", "\"cisco_ios\"")
+            .defaults("username", "\"admin\"")
+            .defaults("password_env", "\"RACKHAND_PASSWORD\"")
+            .defaults("commands", &list(&["show version"]))
+            .device(Dev::new("core1", "telnet").set("host", "\"127.0.0.1\""))
+            .write(&self.0.join("rackhand.toml"))
     }
 
     fn write_config(&self, text: &str) -> PathBuf {
-        let path = self.0.join("rackhand.toml");
-        std::fs::write(&path, text).unwrap();
-        path
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        self.0.write("rackhand.toml", text)
     }
 }
 
@@ -144,7 +137,7 @@ fn busy_status(pid: u32, updated: SystemTime) -> AgentStatus {
 
 #[test]
 fn before_the_agent_ever_ran_status_says_how_to_start_it() {
-    let dir = TempDir::new("nofile");
+    let dir = Folder::new("nofile");
     let out = status(&dir.config(), &[]);
     assert_eq!(out.code, 1, "stderr:\n{}", out.stderr);
     let file = dir.state_dir().join(STATUS_FILE);
@@ -164,7 +157,7 @@ fn before_the_agent_ever_ran_status_says_how_to_start_it() {
 
 #[test]
 fn a_running_agent_is_reported_with_its_spool_upstream_and_devices() {
-    let dir = TempDir::new("running");
+    let dir = Folder::new("running");
     let agent = StandIn::start();
     busy_status(agent.pid(), SystemTime::now())
         .save(&dir.state_dir())
@@ -197,7 +190,7 @@ fn a_running_agent_is_reported_with_its_spool_upstream_and_devices() {
 
 #[test]
 fn an_agent_that_died_is_not_running_and_its_last_status_is_still_shown() {
-    let dir = TempDir::new("dead");
+    let dir = Folder::new("dead");
     busy_status(dead_pid(), SystemTime::now() - Duration::from_secs(600))
         .save(&dir.state_dir())
         .unwrap();
@@ -218,7 +211,7 @@ fn an_agent_that_died_is_not_running_and_its_last_status_is_still_shown() {
 
 #[test]
 fn a_live_agent_that_stopped_saving_is_reported_stuck() {
-    let dir = TempDir::new("stuck");
+    let dir = Folder::new("stuck");
     let agent = StandIn::start();
     busy_status(agent.pid(), SystemTime::now() - Duration::from_secs(300))
         .save(&dir.state_dir())
@@ -231,7 +224,7 @@ fn a_live_agent_that_stopped_saving_is_reported_stuck() {
 
 #[test]
 fn json_is_the_status_file_plus_whether_the_agent_runs() {
-    let dir = TempDir::new("json");
+    let dir = Folder::new("json");
     let agent = StandIn::start();
     let saved = busy_status(agent.pid(), SystemTime::now());
     saved.save(&dir.state_dir()).unwrap();
@@ -255,7 +248,7 @@ fn json_is_the_status_file_plus_whether_the_agent_runs() {
 
 #[test]
 fn a_broken_config_is_reported_like_check_does() {
-    let dir = TempDir::new("badconfig");
+    let dir = Folder::new("badconfig");
     let config = dir.write_config("[agent]\nworkers = \"many\"\nstate_dirr = \"/tmp\"\n");
     let out = status(&config, &[]);
     assert_eq!(out.code, 2, "stderr:\n{}", out.stderr);
@@ -275,7 +268,7 @@ fn a_broken_config_is_reported_like_check_does() {
 #[test]
 fn a_config_being_edited_with_errors_outside_agent_still_shows_the_agent() {
     // The agent runs on the config it loaded; someone is half way through adding a device.
-    let dir = TempDir::new("editing");
+    let dir = Folder::new("editing");
     busy_status(dead_pid(), SystemTime::now() - Duration::from_secs(600))
         .save(&dir.state_dir())
         .unwrap();
@@ -308,7 +301,7 @@ fn a_config_being_edited_with_errors_outside_agent_still_shows_the_agent() {
 
 #[test]
 fn a_corrupt_status_file_is_named_with_what_to_do() {
-    let dir = TempDir::new("corrupt");
+    let dir = Folder::new("corrupt");
     let file = dir.state_dir().join(STATUS_FILE);
     std::fs::write(&file, "{\"agent\": \"rack-a12\", \"pi").unwrap();
     let out = status(&dir.config(), &[]);

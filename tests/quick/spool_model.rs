@@ -241,7 +241,7 @@ fn run(ops: Vec<Op>, full: Option<FullPolicy>) -> Result<(), TestCaseError> {
             }
             Op::Flip { file, at, bit } => {
                 // Sealed segments only: damage at the very end of the tail found after a
-                // crash has nothing checksummed after it to bound it (tests/spool_recovery.rs
+                // crash has nothing checksummed after it to bound it (tests/quick/spool_recovery.rs
                 // covers the tail's own cases).
                 let mut segs = segment_paths(&fs);
                 segs.pop();
@@ -317,7 +317,7 @@ fn run(ops: Vec<Op>, full: Option<FullPolicy>) -> Result<(), TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 96, failure_persistence: crate::support::proptest_regressions(), ..ProptestConfig::default() })]
 
     #[test]
     fn every_record_is_delivered_or_counted_whatever_the_disk_does(

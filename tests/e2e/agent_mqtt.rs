@@ -8,7 +8,7 @@
 //! subscribes to. What the test checks is the agent's part: what it had not seen
 //! acknowledged, it publishes again from its spool.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeSet;
 use std::time::Duration;

@@ -7,9 +7,10 @@
 //! sink's NDJSON, its log on stderr, its exit status, its notifications and its child
 //! processes. Every wait ends at a deadline; every server and agent is stopped in `Drop`.
 
-mod support;
+use crate::support;
 
 use std::fmt::Write as _;
+use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
@@ -21,6 +22,7 @@ use nix::sys::signal::Signal;
 use rackhand::sim::{Fault, Profile, TelnetRack};
 use serde_json::Value;
 
+use support::config::{Config, Dev, list};
 use support::process::ChildGuard;
 use support::{TempDir, deadline, loopback_any_port, poll_until, rackhand_bin, remaining};
 
@@ -35,49 +37,27 @@ const DRAIN: Duration = Duration::from_secs(10);
 // ---------------------------------------------------------------------------------------
 // Configs
 
-/// One `[[device]]` table.
-struct Dev {
-    name: String,
-    lines: Vec<String>,
-}
-
-impl Dev {
-    /// A Cisco IOS device of the simulator, over Telnet.
-    fn telnet(name: &str, rack: &TelnetRack) -> Dev {
-        let addr = rack.addrs()[0].1;
-        Dev {
-            name: name.to_string(),
-            lines: vec![
-                "transport = \"telnet\"".into(),
-                format!("host = \"{}\"", addr.ip()),
-                format!("port = {}", addr.port()),
-            ],
-        }
-    }
-
-    fn with(mut self, line: &str) -> Dev {
-        self.lines.push(line.to_string());
-        self
-    }
+/// The address of a one-device rack (a Cisco IOS device of the simulator, over Telnet).
+fn addr_of(rack: &TelnetRack) -> SocketAddr {
+    rack.addrs()[0].1
 }
 
 fn config_text(dir: &TempDir, devices: &[Dev]) -> String {
-    let mut text = format!(
-        "[agent]\nid = \"{AGENT_ID}\"\nworkers = 4\nstate_dir = \"{}\"\n\n\
-         [defaults]\nplatform = \"cisco_ios\"\nusername = \"admin\"\npassword = \"admin\"\n\
-         interval = \"{INTERVAL}\"\nconnect_timeout = \"5s\"\ncommand_timeout = \"5s\"\n\
-         commands = [\"show clock\"]\n\n\
-         [upstream]\nsink = \"file\"\npath = \"{}\"\n",
-        dir.join("state").display(),
-        outbox(dir).display()
-    );
-    for d in devices {
-        write!(text, "\n[[device]]\nname = \"{}\"\n", d.name).unwrap();
-        for line in &d.lines {
-            writeln!(text, "{line}").unwrap();
-        }
-    }
-    text
+    Config::new()
+        .agent("id", &format!("\"{AGENT_ID}\""))
+        .agent("workers", "4")
+        .agent("state_dir", &format!("\"{}\"", dir.join("state").display()))
+        .defaults("platform", "\"cisco_ios\"")
+        .defaults("username", "\"admin\"")
+        .defaults("password", "\"admin\"")
+        .defaults("interval", &format!("\"{INTERVAL}\""))
+        .defaults("connect_timeout", "\"5s\"")
+        .defaults("command_timeout", "\"5s\"")
+        .defaults("commands", &list(&["show clock"]))
+        .upstream("sink", "\"file\"")
+        .upstream("path", &format!("\"{}\"", outbox(dir).display()))
+        .devices(devices.iter().cloned())
+        .text()
 }
 
 fn outbox(dir: &TempDir) -> PathBuf {
@@ -355,8 +335,9 @@ fn records_reach_the_file_sink_and_sigterm_drains_a_slow_device_then_exits_0() {
         &config_text(
             &dir,
             &[
-                Dev::telnet("fast", &fast).with("commands = [\"show version\", \"show clock\"]"),
-                Dev::telnet("slow", &slow),
+                Dev::telnet("fast", addr_of(&fast))
+                    .with("commands = [\"show version\", \"show clock\"]"),
+                Dev::telnet("slow", addr_of(&slow)),
             ],
         ),
     );
@@ -437,7 +418,10 @@ fn sighup_adds_and_removes_devices() {
     let dir = TempDir::new("run-hup").unwrap();
     let config = write_config(
         &dir,
-        &config_text(&dir, &[Dev::telnet("a", &a), Dev::telnet("b", &b)]),
+        &config_text(
+            &dir,
+            &[Dev::telnet("a", addr_of(&a)), Dev::telnet("b", addr_of(&b))],
+        ),
     );
     let mut agent = Agent::start(&config, outbox(&dir), &[]);
     agent.wait_records("records of `a` and `b`", |r| {
@@ -447,7 +431,10 @@ fn sighup_adds_and_removes_devices() {
 
     write_config(
         &dir,
-        &config_text(&dir, &[Dev::telnet("a", &a), Dev::telnet("c", &c)]),
+        &config_text(
+            &dir,
+            &[Dev::telnet("a", addr_of(&a)), Dev::telnet("c", addr_of(&c))],
+        ),
     );
     agent.signal(Signal::SIGHUP);
     agent.wait_log("`config reloaded: 1 added, 1 removed`", |l| {
@@ -490,7 +477,7 @@ fn sighup_adds_and_removes_devices() {
 fn an_invalid_config_on_sighup_is_refused_with_its_errors_and_the_old_one_keeps_running() {
     let (a, newcomer) = (rack(ios()), rack(ios()));
     let dir = TempDir::new("run-hup-bad").unwrap();
-    let good = config_text(&dir, &[Dev::telnet("a", &a)]);
+    let good = config_text(&dir, &[Dev::telnet("a", addr_of(&a))]);
     let config = write_config(&dir, &good);
     let mut agent = Agent::start(&config, outbox(&dir), &[]);
     agent.wait_records("a record of `a`", |r| !of(r, "a").is_empty());
@@ -499,8 +486,8 @@ fn an_invalid_config_on_sighup_is_refused_with_its_errors_and_the_old_one_keeps_
     let bad = config_text(
         &dir,
         &[
-            Dev::telnet("a", &a).with("transport = \"carrier-pigeon\""),
-            Dev::telnet("newcomer", &newcomer).with("colour = \"blue\""),
+            Dev::telnet("a", addr_of(&a)).with("transport = \"carrier-pigeon\""),
+            Dev::telnet("newcomer", addr_of(&newcomer)).with("colour = \"blue\""),
         ],
     )
     // A key given twice is a TOML error itself; keep the file parseable as TOML.
@@ -703,9 +690,9 @@ fn sd_notify_ready_watchdog_reloading_and_stopping_reach_the_socket() {
     let (a, b, c) = (rack(ios()), rack(ios()), rack(ios()));
     let dir = TempDir::new("run-notify").unwrap();
     let devices = [
-        Dev::telnet("a", &a),
-        Dev::telnet("b", &b),
-        Dev::telnet("c", &c),
+        Dev::telnet("a", addr_of(&a)),
+        Dev::telnet("b", addr_of(&b)),
+        Dev::telnet("c", addr_of(&c)),
     ];
     let config = write_config(&dir, &config_text(&dir, &devices));
     let socket_path = dir.join("notify.sock");
@@ -838,14 +825,14 @@ fn process_isolation_in_run_collects_and_a_hung_driver_is_killed_at_its_deadline
         &config_text(
             &dir,
             &[
-                Dev::telnet("iso-ok", &iso_ok)
+                Dev::telnet("iso-ok", addr_of(&iso_ok))
                     .with("isolation = \"process\"")
                     .with("commands = [\"show version\", \"show clock\"]"),
-                Dev::telnet("thr-ok", &thr_ok),
-                Dev::telnet("iso-hang", &hanging)
+                Dev::telnet("thr-ok", addr_of(&thr_ok)),
+                Dev::telnet("iso-hang", addr_of(&hanging))
                     .with("isolation = \"process\"")
                     .with("command_timeout = \"1s\""),
-                Dev::telnet("stuck", &iso_ok)
+                Dev::telnet("stuck", addr_of(&iso_ok))
                     .with("connect_timeout = \"1s\"")
                     .with("command_timeout = \"1s\"")
                     .with(&format!("driver_exec = \"{}\"", stuck.display())),

@@ -17,7 +17,7 @@
 //!
 //! The long soak (500 kills): `scripts/soak`.
 
-mod support;
+use crate::support;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};

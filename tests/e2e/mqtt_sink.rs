@@ -3,7 +3,7 @@
 //! and forgets everything mid-stream, or limits the size of a packet. The broker, the subscriber and the relay standing for
 //! the agent's uplink live in `support::mosquitto`; all stop in `Drop`.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;

@@ -1,34 +1,10 @@
 //! `rackhand check`: the story of an engineer editing the rack's config.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!(
-            "rackhand-check-{tag}-{}-{:?}",
-            std::process::id(),
-            std::thread::current().id()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-
-    fn write(&self, name: &str, text: &str) -> PathBuf {
-        let path = self.0.join(name);
-        std::fs::write(&path, text).unwrap();
-        path
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use crate::support::TempDir;
+use crate::support::config::{Config, Table, list};
 
 struct Outcome {
     code: i32,
@@ -103,7 +79,7 @@ fn the_shipped_lab_example_is_valid_and_lists_every_device() {
 
 #[test]
 fn five_different_mistakes_are_all_reported_at_their_line_and_column() {
-    let dir = TempDir::new("five");
+    let dir = TempDir::new("five").unwrap();
     // Line numbers are written next to each line to keep this test honest.
     let config = dir.write(
         "rackhand.toml",
@@ -165,7 +141,7 @@ fn five_different_mistakes_are_all_reported_at_their_line_and_column() {
 
 #[test]
 fn every_kind_of_device_mistake_is_found_in_one_pass() {
-    let dir = TempDir::new("kinds");
+    let dir = TempDir::new("kinds").unwrap();
     let text = r#"[agent]
 workers = 0
 
@@ -262,7 +238,7 @@ sink = "http"
 #[test]
 fn secrets_files_shared_with_others_and_inline_passwords_are_warned_not_refused() {
     use std::os::unix::fs::PermissionsExt;
-    let dir = TempDir::new("secrets");
+    let dir = TempDir::new("secrets").unwrap();
     let pw = dir.write("pw", "s3cret\n");
     std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o644)).unwrap();
     let config = dir.write(
@@ -294,11 +270,12 @@ enable_secret = "plain"
 
 #[test]
 fn the_config_comes_from_c_then_rackhand_config_then_etc() {
-    let dir = TempDir::new("env");
-    let config = dir.write(
-        "from-env.toml",
-        "[defaults]\ncommands = [\"show clock\"]\nplatform = \"linux\"\n[[device]]\nname = \"envdev\"\nhost = \"127.0.0.1\"\n",
-    );
+    let dir = TempDir::new("env").unwrap();
+    let config = Config::new()
+        .defaults("commands", &list(&["show clock"]))
+        .defaults("platform", "\"linux\"")
+        .device(Table::named("envdev").set("host", "\"127.0.0.1\""))
+        .write(&dir.join("from-env.toml"));
     let out = Command::new(env!("CARGO_BIN_EXE_rackhand"))
         .arg("check")
         .env("RACKHAND_CONFIG", &config)
@@ -307,7 +284,7 @@ fn the_config_comes_from_c_then_rackhand_config_then_etc() {
     assert_eq!(out.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&out.stdout).contains("envdev"));
 
-    let missing = dir.0.join("nope.toml");
+    let missing = dir.join("nope.toml");
     let out = Command::new(env!("CARGO_BIN_EXE_rackhand"))
         .args(["check", "-c"])
         .arg(&missing)
@@ -341,7 +318,7 @@ fn a_password_in_the_upstream_url_is_refused_at_its_column_and_never_printed() {
         ),
     ];
     for (sink, key, url, shown, fix) in cases {
-        let dir = TempDir::new(&format!("userinfo-{sink}"));
+        let dir = TempDir::new(&format!("userinfo-{sink}")).unwrap();
         let config = dir.write(
             "rackhand.toml",
             &format!(

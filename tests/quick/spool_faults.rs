@@ -6,7 +6,7 @@
 //! exactly that call failing, as ENOSPC, as EIO and as a write torn after a few bytes. In
 //! every run: no append fails, nothing panics, and once the disk behaves again every record
 //! appended is delivered by the reader or counted lost in the ledger. (The random
-//! interleavings, crashes and flipped bits are in tests/spool_model.rs.)
+//! interleavings, crashes and flipped bits are in tests/quick/spool_model.rs.)
 
 use std::collections::BTreeSet;
 use std::path::Path;

@@ -17,24 +17,23 @@ use rackhand::inventory::Device;
 use rackhand::pool::{Pool, PoolError, PoolEvent, RunSummary, Work};
 use rackhand::record::{Outcome, Status};
 
+use crate::support::config::{Config, Dev, list};
+
 const STEP: Duration = Duration::from_secs(10);
 
 /// Devices `names`, each with `commands`, resolved from config text as the agent does.
 fn devices(names: &[&str], commands: &[&str]) -> Vec<Arc<Device>> {
-    let list: Vec<String> = commands.iter().map(|c| format!("\"{c}\"")).collect();
-    let mut text = format!(
-        "[defaults]\nplatform = \"cisco_ios\"\nusername = \"u\"\npassword = \"p\"\ncommands = [{}]\n",
-        list.join(", ")
-    );
-    for (i, n) in names.iter().enumerate() {
-        text.push_str(&format!(
-            "\n[[device]]\nname = \"{n}\"\ntransport = \"telnet\"\nhost = \"192.0.2.{}\"\n",
-            i + 1
-        ));
-    }
-    let (raw, mut report) = rackhand::config::parse_str(Path::new("/tmp/pool-test.toml"), &text);
-    let inv = rackhand::inventory::resolve(&raw, &mut report);
-    assert!(!report.has_errors(), "{report}");
+    let devices = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| Dev::new(n, "telnet").set("host", &format!("\"192.0.2.{}\"", i + 1)));
+    let config = Config::new()
+        .defaults("platform", "\"cisco_ios\"")
+        .defaults("username", "\"u\"")
+        .defaults("password", "\"p\"")
+        .defaults("commands", &list(commands))
+        .devices(devices);
+    let inv = config.inventory(Path::new("/tmp/pool-test.toml"));
     inv.devices.into_iter().map(Arc::new).collect()
 }
 

@@ -10,10 +10,9 @@
 //! the kernel's VmHWM of the reaped child), a listener whose backlog is full, a UUCP lock
 //! held by someone else.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -27,6 +26,7 @@ use rackhand::sim::{Profile, PtyConsole, TelnetRack};
 use serde_json::Value;
 
 use support::client::{PromptClient, SerialWire};
+use support::config::{Config, Dev, quote};
 use support::device::{login, prompt_regex};
 use support::fixtures::{Capture, captures, platforms};
 use support::process::{ChildGuard, poll_readable};
@@ -43,103 +43,30 @@ const STEP: Duration = Duration::from_secs(10);
 // ---------------------------------------------------------------------------------------
 // Configs
 
-/// One `[[device]]` table, as a user writes it.
-struct Dev {
-    name: String,
-    lines: Vec<String>,
-}
-
-impl Dev {
-    fn new(name: &str, transport: &str) -> Dev {
-        Dev {
-            name: name.to_string(),
-            lines: vec![format!("transport = \"{transport}\"")],
-        }
-    }
-
-    fn telnet(name: &str, addr: SocketAddr) -> Dev {
-        Dev::new(name, "telnet")
-            .set("host", &quote(&addr.ip().to_string()))
-            .set("port", &addr.port().to_string())
-    }
-
-    fn serial(name: &str, path: &Path) -> Dev {
-        Dev::new(name, "serial")
-            .set("serial_port", &quote(&path.display().to_string()))
-            .set("baud", "9600")
-    }
-
-    /// Key login to the harness's sshd, host key learned on first use.
-    fn ssh_key(name: &str, sshd: &Sshd, known_hosts: &Path) -> Dev {
-        Dev::new(name, "ssh")
-            .set("host", &quote(&sshd.addr.ip().to_string()))
-            .set("port", &sshd.addr.port().to_string())
-            .set("username", &quote(&sshd.user))
-            .set("key_file", &quote(&sshd.client_key.display().to_string()))
-            .set("known_hosts", &quote(&known_hosts.display().to_string()))
-            .set("host_key_check", "\"accept-new\"")
-    }
-
-    /// Sets `key`, replacing an earlier value (TOML forbids a key twice).
-    fn set(mut self, key: &str, value: &str) -> Dev {
-        set_line(&mut self.lines, key, value);
-        self
-    }
-
-    fn commands(self, commands: &[&str]) -> Dev {
-        let list: Vec<String> = commands.iter().map(|c| quote(c)).collect();
-        self.set("commands", &format!("[{}]", list.join(", ")))
-    }
-}
-
-fn set_line(lines: &mut Vec<String>, key: &str, value: &str) {
-    let prefix = format!("{key} = ");
-    lines.retain(|l| !l.starts_with(&prefix));
-    lines.push(format!("{prefix}{value}"));
-}
-
-/// A TOML literal string (our values never hold `'`).
-fn quote(s: &str) -> String {
-    assert!(!s.contains('\''), "{s:?} cannot be a TOML literal string");
-    format!("'{s}'")
-}
-
 /// A config file for `devices` in `dir`; `defaults` are extra `[defaults]` lines.
 fn write_config(dir: &TempDir, workers: usize, defaults: &[&str], devices: &[Dev]) -> PathBuf {
-    let text = config_text(dir, workers, defaults, devices);
-    let path = dir.join("rackhand.toml");
-    std::fs::write(&path, text).unwrap();
-    path
+    config(dir, workers, defaults, devices).write(&dir.join("rackhand.toml"))
 }
 
 /// `defaults` are `key = value` lines that replace the base `[defaults]` or add to them.
-fn config_text(dir: &TempDir, workers: usize, defaults: &[&str], devices: &[Dev]) -> String {
-    let mut base: Vec<String> = [
-        "platform = \"cisco_ios\"",
-        "username = \"admin\"",
-        "password = \"admin\"",
-        "connect_timeout = \"10s\"",
-        "command_timeout = \"10s\"",
-        "commands = [\"show clock\"]",
-    ]
-    .map(String::from)
-    .to_vec();
-    for line in defaults {
-        let (key, value) = line.split_once(" = ").expect("defaults as `key = value`");
-        set_line(&mut base, key, value);
-    }
-    let mut text = format!(
-        "[agent]\nid = \"t\"\nworkers = {workers}\nstate_dir = {}\n\n[defaults]\n{}\n",
-        quote(&dir.join("state").display().to_string()),
-        base.join("\n")
-    );
-    for d in devices {
-        write!(text, "\n[[device]]\nname = \"{}\"\n", d.name).unwrap();
-        for line in &d.lines {
-            writeln!(text, "{line}").unwrap();
-        }
-    }
-    text
+fn config(dir: &TempDir, workers: usize, defaults: &[&str], devices: &[Dev]) -> Config {
+    Config::new()
+        .agent("id", "\"t\"")
+        .agent("workers", &workers.to_string())
+        .agent(
+            "state_dir",
+            &quote(&dir.join("state").display().to_string()),
+        )
+        .defaults_lines(&[
+            "platform = \"cisco_ios\"",
+            "username = \"admin\"",
+            "password = \"admin\"",
+            "connect_timeout = \"10s\"",
+            "command_timeout = \"10s\"",
+            "commands = [\"show clock\"]",
+        ])
+        .defaults_lines(defaults)
+        .devices(devices.iter().cloned())
 }
 
 /// The devices of a config, resolved the way `rackhand collect` resolves them.
@@ -148,12 +75,9 @@ fn inventory(
     defaults: &[&str],
     devices: &[Dev],
 ) -> Vec<rackhand::inventory::Device> {
-    let text = config_text(dir, 4, defaults, devices);
-    let path = dir.join("inline.toml");
-    let (raw, mut report) = rackhand::config::parse_str(&path, &text);
-    let inventory = rackhand::inventory::resolve(&raw, &mut report);
-    assert!(!report.has_errors(), "bad test config:\n{report}\n{text}");
-    inventory.devices
+    config(dir, 4, defaults, devices)
+        .inventory(&dir.join("inline.toml"))
+        .devices
 }
 
 // ---------------------------------------------------------------------------------------

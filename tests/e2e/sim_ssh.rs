@@ -3,7 +3,7 @@
 //! without writing an SSH server. The client is libssh2 (the collector's SSH library) with a
 //! pty, as against real gear. Every capture must come back byte for byte.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -7,7 +7,7 @@
 //! in it arrives unescaped, a closed port or a vanished peer are told apart, and no read ever
 //! outlives its deadline.
 
-mod support;
+use crate::support;
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};

@@ -8,7 +8,7 @@
 //! (read with the library's `Spool`), its exit status and its log. Every wait ends at a
 //! deadline; the agent, the collector and the devices are stopped in `Drop`.
 
-mod support;
+use crate::support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;

@@ -13,7 +13,7 @@
 //! cycle counts come from `RACKHAND_DISK_FULL_CYCLES` and `RACKHAND_BIT_FLIP_CYCLES` (small
 //! by default, for CI), their random moments from `RACKHAND_SOAK_SEED`, printed at the start.
 
-mod support;
+use crate::support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::RangeInclusive;

@@ -10,7 +10,7 @@
 //! The throwaway user `rackhand-t1` is created once (idempotent, we run as root) and left in
 //! place: test binaries run in parallel and may share it.
 
-mod support;
+use crate::support;
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};

@@ -4,7 +4,7 @@
 //! (which the load tests rely on) count right. The racks run in-process on 127.0.0.1 port 0;
 //! the CLI tests start the `rackhand` binary.
 
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::sync::mpsc;

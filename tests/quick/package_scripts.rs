@@ -3,7 +3,7 @@
 //! fake /proc/cpuinfo files as real boards print them; the starter config the package puts in
 //! /etc/rackhand checks clean, and so do its commented examples once uncommented.
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
