@@ -1,6 +1,6 @@
 //! What the running agent knows for `status.json`, and when it writes it.
 //!
-//! The file's content and how it is written are `crate::status`'s; this is the agent's side:
+//! The file's content and how it is written are `crate::status_file`'s; this is the agent's side:
 //! a collection counts as done (its device's last good collection moves) only once every one
 //! of its records is durable in the spool, so a crash never leaves a status that claims more
 //! than the spool holds. Saves come every [`STATUS_EVERY`], and a save that keeps failing
@@ -15,7 +15,7 @@ use crate::outcome::RunSummary;
 use crate::record::{Record, Status, rfc3339_millis};
 use crate::ship::ShipReport;
 use crate::spool::{SpoolOptions, Stats};
-use crate::status::{Admission, AgentStatus, SpoolStatus, UpstreamStatus};
+use crate::status_file::{Admission, AgentStatus, SpoolStatus, UpstreamStatus};
 
 use super::STATUS_EVERY;
 

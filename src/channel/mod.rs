@@ -724,7 +724,7 @@ mod tests {
 
     #[test]
     fn junos_context_lines_are_part_of_the_prompt() {
-        let platform = crate::driver::table().get("juniper_junos").unwrap();
+        let platform = crate::platform::table().get("juniper_junos").unwrap();
         let prompt = Prompt {
             line: platform.prompt.clone().unwrap(),
             context: platform.prompt_context.clone(),

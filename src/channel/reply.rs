@@ -251,7 +251,7 @@ mod tests {
     }
 
     fn junos() -> Prompt {
-        let table = crate::driver::table();
+        let table = crate::platform::table();
         let platform = table.get("juniper_junos").unwrap();
         Prompt {
             line: platform.prompt.clone().unwrap(),

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use crate::config::Report;
 use crate::config::units::{format_duration, format_size};
-use crate::inventory::{self, Inventory, SinkKind, Transport};
+use crate::inventory::{self, Inventory, SinkKind, TransportKind};
 
 #[derive(Debug, clap::Args)]
 pub struct CheckArgs {}
@@ -123,14 +123,14 @@ pub(crate) fn render_inventory(path: &Path, inv: &Inventory) -> String {
         let cells: Vec<&str> = row.iter().map(String::as_str).collect();
         text.push_str(&line(&cells));
     }
-    let count = |t: Transport| inv.devices.iter().filter(|d| d.transport == t).count();
+    let count = |t: TransportKind| inv.devices.iter().filter(|d| d.transport == t).count();
     text.push_str(&format!(
         "\n{} device{}: {} ssh, {} telnet, {} serial; {} commands per pass\n",
         inv.devices.len(),
         if inv.devices.len() == 1 { "" } else { "s" },
-        count(Transport::Ssh),
-        count(Transport::Telnet),
-        count(Transport::Serial),
+        count(TransportKind::Ssh),
+        count(TransportKind::Telnet),
+        count(TransportKind::Serial),
         inv.devices.iter().map(|d| d.commands.len()).sum::<usize>(),
     ));
     text

@@ -1,6 +1,6 @@
 //! `rackhand status`: what the agent is doing, from another shell, while it runs.
 //!
-//! The agent keeps `status.json` in its state folder (see `crate::status`); this command reads
+//! The agent keeps `status.json` in its state folder (see `crate::status_file`); this command reads
 //! the config only to find that folder, reads the file, checks that the process that wrote it
 //! is still a live rackhand that keeps saving, and prints a short report or the JSON.
 
@@ -11,7 +11,9 @@ use std::time::{Duration, SystemTime};
 
 use crate::config::units::{format_duration, format_size};
 use crate::inventory;
-use crate::status::{self, Age, AgentStatus, DeviceStatus, Liveness, SpoolStatus, UpstreamStatus};
+use crate::status_file::{
+    self, Age, AgentStatus, DeviceStatus, Liveness, SpoolStatus, UpstreamStatus,
+};
 
 /// The exit status is in the help (`after_help`): 0 running; 1 stopped, stuck or never run
 /// with this state_dir; 2 the config is not TOML or `[agent]` has errors (so `state_dir` is
@@ -423,7 +425,7 @@ fn render_devices(out: &mut Lines, devices: &BTreeMap<String, DeviceStatus>, now
 
 /// `5m ago`, `in the future (clock changed?)`, or the raw text when it does not parse.
 fn ago(rfc3339: &str, now: SystemTime) -> String {
-    match status::age(rfc3339, now) {
+    match status_file::age(rfc3339, now) {
         // Within a second ahead is rounding between writer and reader, not a clock change.
         Some(Age::Past(d)) => format!("{} ago", short_duration(d)),
         Some(Age::Future(d)) if d < Duration::from_secs(1) => "0s ago".into(),
@@ -479,7 +481,7 @@ fn plural(n: u64) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::status::{DeviceStatus, parse_rfc3339};
+    use crate::status_file::{DeviceStatus, parse_rfc3339};
 
     #[test]
     fn ages_read_naturally_and_survive_a_clock_change() {

@@ -58,18 +58,18 @@ pub(crate) const MQTT_PACKET_SIZE_MIN: usize = 1024;
 pub(crate) const MQTT_PACKET_SIZE_MAX: usize = 268_435_455;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Transport {
+pub enum TransportKind {
     Ssh,
     Telnet,
     Serial,
 }
 
-impl Transport {
+impl TransportKind {
     pub fn as_str(self) -> &'static str {
         match self {
-            Transport::Ssh => "ssh",
-            Transport::Telnet => "telnet",
-            Transport::Serial => "serial",
+            TransportKind::Ssh => "ssh",
+            TransportKind::Telnet => "telnet",
+            TransportKind::Serial => "serial",
         }
     }
 }
@@ -172,7 +172,7 @@ pub struct SshSettings {
 pub struct Device {
     pub name: String,
     pub groups: Vec<String>,
-    pub transport: Transport,
+    pub transport: TransportKind,
     pub endpoint: Endpoint,
     pub platform: String,
     pub prompt: Option<String>,
@@ -569,21 +569,21 @@ struct DeviceLayers<'a> {
 }
 
 impl DeviceLayers<'_> {
-    fn transport(&self) -> Transport {
+    fn transport(&self) -> TransportKind {
         match str_of(&self.layers, "transport").unwrap_or(defaults::TRANSPORT) {
-            "telnet" => Transport::Telnet,
-            "serial" => Transport::Serial,
-            _ => Transport::Ssh,
+            "telnet" => TransportKind::Telnet,
+            "serial" => TransportKind::Serial,
+            _ => TransportKind::Ssh,
         }
     }
 
     /// Host and port, or the serial port and its settings; `None` (reported) when missing.
-    fn endpoint(&self, transport: Transport, report: &mut Report) -> Option<Endpoint> {
+    fn endpoint(&self, transport: TransportKind, report: &mut Report) -> Option<Endpoint> {
         let name = self.name;
         match transport {
-            Transport::Ssh | Transport::Telnet => {
+            TransportKind::Ssh | TransportKind::Telnet => {
                 let port = int_of(&self.layers, "port").map(|p| p as u16).unwrap_or(
-                    if transport == Transport::Ssh {
+                    if transport == TransportKind::Ssh {
                         defaults::SSH_PORT
                     } else {
                         defaults::TELNET_PORT
@@ -606,7 +606,7 @@ impl DeviceLayers<'_> {
                 }
                 None
             }
-            Transport::Serial => {
+            TransportKind::Serial => {
                 if let Some(port) = str_of(&self.layers, "serial_port") {
                     return Some(Endpoint::Serial {
                         port: PathBuf::from(port),

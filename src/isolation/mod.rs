@@ -26,7 +26,7 @@
 //! (request out, outcomes in, the deadline and the chatter budget); `ending.rs` words how it
 //! ended for the unanswered commands; `stderr.rs` forwards its stderr to the log; the wire
 //! format is `protocol.rs`, the driver process's own side `child.rs`. Here "driver" is always
-//! that child process, never the platform table (`crate::driver`).
+//! that child process, never the platform table (`crate::platform`).
 
 pub(crate) mod child;
 mod ending;

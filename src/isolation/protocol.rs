@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::{Secret, secret::SecretSource};
 use crate::inventory::{
     Device, Endpoint, FlowControl, HostKeyCheck, Isolation, Parity, SerialSettings, SshSettings,
-    Transport,
+    TransportKind,
 };
 use crate::outcome::Status;
 use crate::record;
@@ -407,17 +407,17 @@ impl WireDevice {
     pub fn to_device(&self) -> Result<Device, ProtocolError> {
         let bad = |what: String| ProtocolError::Device(format!("device `{}`: {what}", self.name));
         let transport = match self.transport.as_str() {
-            "ssh" => Transport::Ssh,
-            "telnet" => Transport::Telnet,
-            "serial" => Transport::Serial,
+            "ssh" => TransportKind::Ssh,
+            "telnet" => TransportKind::Telnet,
+            "serial" => TransportKind::Serial,
             other => return Err(bad(format!("unknown transport `{other}`"))),
         };
         let endpoint = match transport {
-            Transport::Ssh | Transport::Telnet => Endpoint::Net {
+            TransportKind::Ssh | TransportKind::Telnet => Endpoint::Net {
                 host: self.host.clone().ok_or_else(|| bad("no `host`".into()))?,
                 port: self.port.ok_or_else(|| bad("no `port`".into()))?,
             },
-            Transport::Serial => {
+            TransportKind::Serial => {
                 let s = self
                     .serial
                     .as_ref()
@@ -634,7 +634,7 @@ mod tests {
         let device = Device {
             name: "sw1".into(),
             groups: vec!["core".into()],
-            transport: Transport::Serial,
+            transport: TransportKind::Serial,
             endpoint: Endpoint::Serial {
                 port: "/dev/ttyUSB0".into(),
                 settings: SerialSettings {

@@ -12,8 +12,8 @@ use regex_lite::Regex;
 
 use super::{KILL_LINE, MAX_LOGIN_STEPS, NUDGE_AFTER, SETTLE_QUIET, Session, SessionError, WAKE};
 use crate::channel::{ChannelError, Matched, last_line};
-use crate::driver::{self, Common};
-use crate::inventory::Transport as Kind;
+use crate::inventory::TransportKind;
+use crate::platform::{self, Common};
 
 /// What the line can show while we log in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,7 +68,7 @@ struct PromptSet {
 
 impl PromptSet {
     fn new(names: &'static [LoginPrompt], cli: &Regex) -> PromptSet {
-        let common = &driver::table().common;
+        let common = &platform::table().common;
         PromptSet {
             names,
             patterns: names.iter().map(|p| p.pattern(common, cli)).collect(),
@@ -104,7 +104,7 @@ impl Session<'_> {
     /// Reacts to whatever the line shows until a CLI prompt (not in config mode) appears.
     pub(super) fn login(&mut self, deadline: Instant) -> Result<(), SessionError> {
         let prompts = PromptSet::new(&LoginPrompt::LOGIN, &self.prompt.line);
-        if self.device.transport == Kind::Serial {
+        if self.device.transport == TransportKind::Serial {
             self.wake_console(deadline)?;
         }
         let mut progress = LoginProgress::default();
@@ -194,7 +194,7 @@ impl Session<'_> {
             }
             LoginPrompt::PressReturn => self.channel.send(b"\r")?,
             LoginPrompt::ConfigDialog => {
-                let answer = format!("{}\r", driver::table().common.dialog_answer);
+                let answer = format!("{}\r", platform::table().common.dialog_answer);
                 self.channel.send(answer.as_bytes())?;
             }
         }

@@ -1,6 +1,6 @@
 //! A session with one device: connect, log in, get to a known prompt, run commands, leave.
 //!
-//! This is where transport (bytes), channel (prompt-driven reads) and driver (platform data)
+//! This is where transport (bytes), channel (prompt-driven reads) and platform (the platform table)
 //! meet. The login loop copes with what consoles and Telnet lines show in practice — banners,
 //! "Press RETURN to get started", the initial configuration dialog, username/password prompt
 //! variants, a console left in a pager, in configuration mode or with half a line typed — by
@@ -19,9 +19,9 @@ use std::time::{Duration, Instant, SystemTime};
 use regex_lite::Regex;
 
 use crate::channel::{Channel, ChannelError, Prompt, last_line, quote_last_line};
-use crate::driver::{self, Platform, Table};
-use crate::inventory::{Device, Transport as Kind};
+use crate::inventory::{Device, TransportKind};
 use crate::outcome::{Outcome, Status};
+use crate::platform::{self, Platform, Table};
 use crate::transport::serial::SerialTransport;
 use crate::transport::ssh::SshTransport;
 use crate::transport::telnet::TelnetTransport;
@@ -107,9 +107,9 @@ pub struct Session<'d> {
 
 fn connect(device: &Device) -> Result<Box<dyn Transport>, TransportError> {
     Ok(match device.transport {
-        Kind::Ssh => Box::new(SshTransport::connect(device)?),
-        Kind::Telnet => Box::new(TelnetTransport::connect(device)?),
-        Kind::Serial => Box::new(SerialTransport::open(device)?),
+        TransportKind::Ssh => Box::new(SshTransport::connect(device)?),
+        TransportKind::Telnet => Box::new(TelnetTransport::connect(device)?),
+        TransportKind::Serial => Box::new(SerialTransport::open(device)?),
     })
 }
 
@@ -124,9 +124,9 @@ pub fn prompt_of(device: &Device, platform: &Platform) -> Regex {
         .unwrap_or_else(|| Regex::new(r"[>#$%]\s?$").expect("static regex"))
 }
 
-/// The platform a device names, from the driver table.
+/// The platform a device names, from the platform table.
 fn platform_of(device: &Device) -> Result<&'static Platform, SessionError> {
-    driver::table()
+    platform::table()
         .get(&device.platform)
         .ok_or_else(|| SessionError::Protocol {
             peer: device.name.clone(),
@@ -156,7 +156,7 @@ impl<'d> Session<'d> {
         let platform = platform_of(device)?;
         let channel = Channel::new(
             transport,
-            driver::table().common.pagers.clone(),
+            platform::table().common.pagers.clone(),
             device.max_output as usize,
         );
         let mut session = Session {
@@ -229,10 +229,10 @@ impl<'d> Session<'d> {
     /// juniper_junos expects `user@host>`).
     fn login_hint(&self, saw_line: bool) -> String {
         let transport = match self.device.transport {
-            Kind::Serial => {
+            TransportKind::Serial => {
                 "check the cable, the port and the baud rate, and that the console is not in use, or raise connect_timeout"
             }
-            Kind::Telnet | Kind::Ssh => {
+            TransportKind::Telnet | TransportKind::Ssh => {
                 "check that the address is the device's CLI and that nothing blocks it, and the device's `prompt`/platform, or raise connect_timeout"
             }
         };
@@ -373,11 +373,11 @@ impl<'d> Session<'d> {
                 return;
             }
         }
-        if self.device.transport != Kind::Serial {
+        if self.device.transport != TransportKind::Serial {
             return;
         }
         // Wait for the login prompt to come back (or the line to close); never longer.
-        let common = &driver::table().common;
+        let common = &platform::table().common;
         let patterns = [
             common.username.clone(),
             common.press_return.clone(),

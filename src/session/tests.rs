@@ -131,7 +131,7 @@ fn on(platform: &str) -> Profile {
     p
 }
 
-fn device(transport: Kind) -> Device {
+fn device(transport: TransportKind) -> Device {
     Device {
         name: "sw1".into(),
         groups: vec![],
@@ -192,7 +192,7 @@ impl Case {
             profile,
             console: false,
             left: b"",
-            device: device(Kind::Telnet),
+            device: device(TransportKind::Telnet),
             commands: &["show version"],
             expect: &[(Status::Ok, "")],
             typed: &[],
@@ -208,7 +208,7 @@ impl Case {
     fn console(mut self, left: &'static [u8]) -> Case {
         self.console = true;
         self.left = left;
-        self.device.transport = Kind::Serial;
+        self.device.transport = TransportKind::Serial;
         self
     }
 
@@ -268,7 +268,7 @@ fn with(mut p: Profile, change: impl FnOnce(&mut Profile)) -> Profile {
 
 /// A Telnet device whose `enable_secret` is `s`.
 fn with_secret(s: &str) -> Device {
-    let mut d = device(Kind::Telnet);
+    let mut d = device(TransportKind::Telnet);
     d.enable_secret = Some(Secret::inline(s));
     d
 }
@@ -276,7 +276,7 @@ fn with_secret(s: &str) -> Device {
 #[test]
 fn login_copes_with_what_lines_and_consoles_show() {
     let refused = {
-        let mut d = device(Kind::Telnet);
+        let mut d = device(TransportKind::Telnet);
         d.password = Some(Secret::inline("wrong"));
         d
     };

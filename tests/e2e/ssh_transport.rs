@@ -20,7 +20,7 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use rackhand::config::Secret;
-use rackhand::inventory::{Device, Endpoint, HostKeyCheck, Isolation, SshSettings, Transport};
+use rackhand::inventory::{Device, Endpoint, HostKeyCheck, Isolation, SshSettings, TransportKind};
 use rackhand::transport::ssh::SshTransport;
 use rackhand::transport::{Transport as _, TransportError};
 
@@ -40,7 +40,7 @@ fn device(addr: SocketAddr, known_hosts: &Path) -> Device {
     Device {
         name: "t1".into(),
         groups: vec![],
-        transport: Transport::Ssh,
+        transport: TransportKind::Ssh,
         endpoint: Endpoint::Net {
             host: addr.ip().to_string(),
             port: addr.port(),

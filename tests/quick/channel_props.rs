@@ -154,7 +154,7 @@ fn ios_prompt() -> Prompt {
 }
 
 fn pagers() -> Vec<rackhand::channel::Pager> {
-    rackhand::driver::table().common.pagers.clone()
+    rackhand::platform::table().common.pagers.clone()
 }
 
 fn soon() -> Instant {

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use rackhand::config::Secret;
 use rackhand::inventory::{
     Device, Endpoint, FlowControl, HostKeyCheck, Isolation, Parity, SerialSettings, SshSettings,
-    Transport,
+    TransportKind,
 };
 use rackhand::sim::{Profile, PtyConsole};
 use rackhand::transport::serial::{SerialTransport, lock_file_name};
@@ -37,7 +37,7 @@ fn device(port: &Path) -> Device {
     Device {
         name: "con1".into(),
         groups: vec![],
-        transport: Transport::Serial,
+        transport: TransportKind::Serial,
         endpoint: Endpoint::Serial {
             port: port.to_path_buf(),
             settings: SerialSettings {

@@ -6,7 +6,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, SystemTime};
 
 use rackhand::record::rfc3339_millis;
-use rackhand::status::{AgentStatus, STATUS_FILE};
+use rackhand::status_file::{AgentStatus, STATUS_FILE};
 
 use crate::support::TempDir;
 use crate::support::config::{Config, Dev, list, quote};

@@ -15,7 +15,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use rackhand::config::Secret;
-use rackhand::inventory::{Device, Endpoint, HostKeyCheck, Isolation, SshSettings, Transport};
+use rackhand::inventory::{Device, Endpoint, HostKeyCheck, Isolation, SshSettings, TransportKind};
 use rackhand::sim::{Fault, Profile, TelnetRack};
 use rackhand::telnet_protocol as proto;
 use rackhand::transport::telnet::{TelnetTransport, WINDOW_HEIGHT, WINDOW_WIDTH};
@@ -33,7 +33,7 @@ fn device(addr: SocketAddr) -> Device {
     Device {
         name: "tn1".into(),
         groups: vec![],
-        transport: Transport::Telnet,
+        transport: TransportKind::Telnet,
         endpoint: Endpoint::Net {
             host: addr.ip().to_string(),
             port: addr.port(),

@@ -1,10 +1,13 @@
-//! Drivers: what a session must know about a platform — its prompts, how to turn paging off,
+//! The platform table: what a session must know about a platform — its prompts, how to turn paging off,
 //! how to enable, which output lines mean "command rejected", how to leave.
 //!
 //! The knowledge is data (`platforms.toml`, embedded), loaded and checked once. Code that
 //! needs a platform asks for a [`Platform`] by name; a platform that is not in the table is a
 //! config error long before a session starts (`config::schema::PLATFORMS` lists the same
 //! names, and a test keeps the two in step).
+//!
+//! Named `platform`, not `driver`: in rackhand a driver is the program that runs a session in
+//! a child process (`rackhand driver`, `driver_exec`, `crate::isolation`).
 
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
