@@ -73,9 +73,9 @@ pub struct Batch {
 /// One record of a batch: its seq and its NDJSON line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BatchLine<'a> {
-    pub seq: u64,
+    pub(crate) seq: u64,
     /// The record's JSON with its `\n`, exactly as in [`Batch::body`].
-    pub line: &'a [u8],
+    pub(crate) line: &'a [u8],
 }
 
 impl Batch {

@@ -5,31 +5,31 @@
 //! The binary (`src/main.rs`) is a thin edge over this library; `sim` is the simulated rack
 //! that tests, benchmarks and the demo run against.
 
-pub mod agent;
+pub(crate) mod agent;
 pub mod batch;
 pub mod channel;
 pub mod cli;
-pub mod clock;
+pub(crate) mod clock;
 pub mod config;
-pub mod durable_file;
+pub(crate) mod durable_file;
 mod hash;
 pub mod inventory;
 pub mod isolation;
-pub mod notify;
-pub mod outcome;
+pub(crate) mod notify;
+pub(crate) mod outcome;
 pub mod platform;
 mod poll;
 pub mod pool;
 pub mod record;
 pub mod scheduler;
-pub mod seq;
+pub(crate) mod seq;
 pub mod session;
-pub mod ship;
+pub(crate) mod ship;
 pub mod sim;
 pub mod sink;
 pub mod spool;
-pub mod spooler;
-pub mod state_dir;
+pub(crate) mod spooler;
+pub(crate) mod state_dir;
 pub mod status_file;
 pub mod telnet_protocol;
 #[cfg(test)]

@@ -80,7 +80,7 @@ pub struct RunSummary {
     /// scheduler backs the device off on this.
     pub session_failure: Option<Status>,
     /// The first error message seen, for the log.
-    pub error: Option<String>,
+    pub(crate) error: Option<String>,
     /// The first outcome's shape, to tell a login timeout from a command timeout.
     first: Option<Shape>,
     /// Whether every outcome so far has the first one's status, start and error with no

@@ -17,26 +17,26 @@ pub use crate::outcome::{Outcome, Status};
 /// One record, serialised as one JSON object (one NDJSON line).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Record {
-    pub id: String,
-    pub agent: String,
-    pub seq: u64,
-    pub device: String,
-    pub transport: String,
-    pub command: String,
-    pub status: Status,
-    pub error: Option<String>,
-    pub output: String,
+    pub(crate) id: String,
+    pub(crate) agent: String,
+    pub(crate) seq: u64,
+    pub(crate) device: String,
+    pub(crate) transport: String,
+    pub(crate) command: String,
+    pub(crate) status: Status,
+    pub(crate) error: Option<String>,
+    pub(crate) output: String,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub output_base64: Option<String>,
-    pub started_at: String,
-    pub duration_ms: u64,
+    pub(crate) output_base64: Option<String>,
+    pub(crate) started_at: String,
+    pub(crate) duration_ms: u64,
     /// Whether the wall clock (and so `started_at`) was NTP-synchronised when the record was
     /// taken; absent when that cannot be told. See [`crate::clock`].
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub clock_synced: Option<bool>,
+    pub(crate) clock_synced: Option<bool>,
     /// Only on `status = "gap"` records: what was lost or paused.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub gap: Option<Gap>,
+    pub(crate) gap: Option<Gap>,
 }
 
 /// Why records were lost or collections did not happen: a gap record's `gap.cause`.
@@ -86,22 +86,22 @@ impl GapCause {
 /// What was lost or paused, reported upstream as its own record so a loss is never silent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Gap {
-    pub cause: GapCause,
+    pub(crate) cause: GapCause,
     /// The `spool_full` policy in force (`block` or `drop_oldest`).
-    pub policy: String,
+    pub(crate) policy: String,
     /// The seqs of the lost records as `[first, last]` ranges, where they are known. A range
     /// may be wider than what it lost (seqs are not always consecutive: a restart skips some).
-    pub lost: Vec<[u64; 2]>,
+    pub(crate) lost: Vec<[u64; 2]>,
     /// True when more ranges were lost than one record can list; the counts stay exact.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub lost_incomplete: bool,
+    pub(crate) lost_incomplete: bool,
     /// Records that will never arrive, since the previous gap record of this cause.
-    pub dropped_records: u64,
-    pub dropped_bytes: u64,
+    pub(crate) dropped_records: u64,
+    pub(crate) dropped_bytes: u64,
     /// Collections not started (the spool full under `block`, or the disk full or failing).
-    pub paused_collections: u64,
+    pub(crate) paused_collections: u64,
     /// How long collections were paused, in milliseconds.
-    pub paused_ms: u64,
+    pub(crate) paused_ms: u64,
 }
 
 /// One run of `rackhand collect`, which names its records apart from the agent's.

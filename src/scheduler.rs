@@ -60,7 +60,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::hash::{fnv1a, mix};
 use crate::inventory::{Device, Endpoint, Inventory};
-pub use crate::outcome::RunSummary;
+pub(crate) use crate::outcome::RunSummary;
 
 /// Intervals below this are raised to it: a zero interval would divide by zero and a tiny
 /// one would only spin the loop.
@@ -127,7 +127,7 @@ pub struct Reloaded {
 /// Counters of one device, for `rackhand status` and the logs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeviceStats {
-    pub id: DeviceId,
+    pub(crate) id: DeviceId,
     pub name: String,
     /// Collections that finished.
     pub runs: u64,

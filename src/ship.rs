@@ -42,20 +42,20 @@ const SHIP_CALL: Duration = Duration::from_secs(3600);
 /// Where the shipper stands, for logs and `rackhand status`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct ShipReport {
-    pub sink: String,
-    pub state: ShipState,
-    pub last_error: Option<String>,
-    pub last_error_at: Option<SystemTime>,
-    pub last_ack_at: Option<SystemTime>,
-    pub consecutive_failures: u32,
-    pub shipped_records: u64,
-    pub shipped_batches: u64,
-    pub dead_lettered_batches: u64,
+    pub(crate) sink: String,
+    pub(crate) state: ShipState,
+    pub(crate) last_error: Option<String>,
+    pub(crate) last_error_at: Option<SystemTime>,
+    pub(crate) last_ack_at: Option<SystemTime>,
+    pub(crate) consecutive_failures: u32,
+    pub(crate) shipped_records: u64,
+    pub(crate) shipped_batches: u64,
+    pub(crate) dead_lettered_batches: u64,
     /// Records upstream refused for good (in the dead-letter file, reported as `rejected`).
-    pub rejected_records: u64,
-    pub dead_letter_file: Option<PathBuf>,
+    pub(crate) rejected_records: u64,
+    pub(crate) dead_letter_file: Option<PathBuf>,
     /// The oldest record not yet acknowledged: its seq and `started_at`.
-    pub oldest_unshipped: Option<(u64, Option<String>)>,
+    pub(crate) oldest_unshipped: Option<(u64, Option<String>)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,14 +82,14 @@ impl ShipState {
 }
 
 pub(crate) struct ShipperOptions {
-    pub agent: String,
-    pub limits: BatchLimits,
+    pub(crate) agent: String,
+    pub(crate) limits: BatchLimits,
     /// Where `ship-cut` is kept.
-    pub state_dir: PathBuf,
+    pub(crate) state_dir: PathBuf,
     /// Between failed calls to the sink (the sinks' own retries come first).
-    pub backoff: Backoff,
+    pub(crate) backoff: Backoff,
     /// Seeds the batch-age jitter.
-    pub seed: u64,
+    pub(crate) seed: u64,
 }
 
 /// The running shipper thread.

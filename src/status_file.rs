@@ -75,11 +75,11 @@ pub enum StatusError {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct AgentStatus {
-    pub agent: String,
+    pub(crate) agent: String,
     pub pid: u32,
-    pub version: String,
+    pub(crate) version: String,
     /// RFC 3339 with milliseconds ([`rfc3339_millis`]).
-    pub started_at: String,
+    pub(crate) started_at: String,
     /// Wall clock when saved.
     pub updated_at: String,
     /// `None`: cannot tell.
@@ -97,34 +97,34 @@ pub struct SpoolStatus {
     pub records: u64,
     pub bytes: u64,
     pub max_bytes: u64,
-    pub segments: u64,
+    pub(crate) segments: u64,
     /// `block` | `drop_oldest`.
     pub full_policy: String,
     pub oldest_unshipped_seq: Option<u64>,
     /// That record's `started_at`.
     pub oldest_unshipped_at: Option<String>,
-    pub acked_seq: u64,
-    pub last_seq: u64,
+    pub(crate) acked_seq: u64,
+    pub(crate) last_seq: u64,
     /// Lost to `drop_oldest` since the agent started.
-    pub dropped_records: u64,
-    pub dropped_bytes: u64,
+    pub(crate) dropped_records: u64,
+    pub(crate) dropped_bytes: u64,
     /// `block` policy: collections are paused now because the spool is full.
-    pub paused: bool,
+    pub(crate) paused: bool,
     /// Collections not started because of it, since the agent started.
-    pub paused_collections: u64,
+    pub(crate) paused_collections: u64,
     /// Records collected that wait in memory because the disk refuses writes.
-    pub waiting_in_memory: u64,
+    pub(crate) waiting_in_memory: u64,
     /// The disk refuses writes: the error (naming the file and the free space), its cause
     /// (`disk_full`, `io_error`) and since when. `None` while the spool writes fine.
-    pub storage_error: Option<String>,
-    pub storage_error_cause: Option<String>,
-    pub storage_error_since: Option<String>,
+    pub(crate) storage_error: Option<String>,
+    pub(crate) storage_error_cause: Option<String>,
+    pub(crate) storage_error_since: Option<String>,
     /// The checkpoint could not be written at the last acknowledgement.
-    pub checkpoint_error: bool,
+    pub(crate) checkpoint_error: bool,
     /// Records counted lost since the agent started, per cause (`corrupt`, `disk_full`, …).
-    pub lost: BTreeMap<String, u64>,
+    pub(crate) lost: BTreeMap<String, u64>,
     /// Records counted lost and not yet reported upstream in a gap record.
-    pub unreported_lost: u64,
+    pub(crate) unreported_lost: u64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -138,27 +138,27 @@ pub struct UpstreamStatus {
     pub state: String,
     pub last_error: Option<String>,
     pub last_error_at: Option<String>,
-    pub last_ack_at: Option<String>,
+    pub(crate) last_ack_at: Option<String>,
     pub consecutive_failures: u32,
     /// Since the agent started.
-    pub shipped_records: u64,
-    pub shipped_batches: u64,
-    pub dead_lettered_batches: u64,
+    pub(crate) shipped_records: u64,
+    pub(crate) shipped_batches: u64,
+    pub(crate) dead_lettered_batches: u64,
     /// Records upstream refused for good (reported as `rejected`).
-    pub rejected_records: u64,
-    pub dead_letter_file: Option<String>,
+    pub(crate) rejected_records: u64,
+    pub(crate) dead_letter_file: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct DeviceStatus {
     /// The last collection whose records were all `ok` (RFC 3339).
-    pub last_good_at: Option<String>,
-    pub last_attempt_at: Option<String>,
+    pub(crate) last_good_at: Option<String>,
+    pub(crate) last_attempt_at: Option<String>,
     /// The record status string, e.g. `ok`, `timeout`.
-    pub last_status: Option<String>,
-    pub last_error: Option<String>,
-    pub consecutive_failures: u32,
+    pub(crate) last_status: Option<String>,
+    pub(crate) last_error: Option<String>,
+    pub(crate) consecutive_failures: u32,
 }
 
 impl DeviceStatus {
@@ -252,9 +252,9 @@ impl UpstreamStatus {
 /// disk that refuses writes), and how many it has not started because of it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct Admission {
-    pub paused: bool,
+    pub(crate) paused: bool,
     /// Since the agent started.
-    pub paused_collections: u64,
+    pub(crate) paused_collections: u64,
 }
 
 impl AgentStatus {

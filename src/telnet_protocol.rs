@@ -301,10 +301,10 @@ struct Side {
 /// echoing, switch the parser to binary).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Change {
-    pub option: u8,
+    pub(crate) option: u8,
     /// `true`: our side (we WILL/WONT); `false`: the peer's side (it WILL/WONT).
-    pub local: bool,
-    pub enabled: bool,
+    pub(crate) local: bool,
+    pub(crate) enabled: bool,
 }
 
 /// Option negotiation by the RFC 1143 Q method. `accept_local`/`accept_remote` say which

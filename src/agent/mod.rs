@@ -76,13 +76,13 @@ pub(crate) type RecordHook = Box<dyn FnMut(&Record) + Send>;
 /// How a run is bounded and observed.
 pub(crate) struct Options {
     /// How long in-flight work may take to finish after SIGTERM (or the end of `run_for`).
-    pub drain: Duration,
+    pub(crate) drain: Duration,
     /// Stop by itself after this long (the demo); `None` runs until SIGTERM.
-    pub run_for: Option<Duration>,
+    pub(crate) run_for: Option<Duration>,
     /// Called for every record as it is written (progress displays).
-    pub on_record: Option<RecordHook>,
+    pub(crate) on_record: Option<RecordHook>,
     /// Install SIGTERM/SIGINT/SIGHUP handlers (off for in-process runs in tests and the demo).
-    pub signals: bool,
+    pub(crate) signals: bool,
 }
 
 impl Default for Options {
@@ -99,22 +99,22 @@ impl Default for Options {
 /// What a device did during the run.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct DeviceTally {
-    pub records: u64,
-    pub ok: u64,
-    pub runs: u64,
-    pub last_status: Option<Status>,
-    pub last_error: Option<String>,
-    pub busy: Duration,
+    pub(crate) records: u64,
+    pub(crate) ok: u64,
+    pub(crate) runs: u64,
+    pub(crate) last_status: Option<Status>,
+    pub(crate) last_error: Option<String>,
+    pub(crate) busy: Duration,
 }
 
 /// The run's outcome, per device.
 #[derive(Debug, Default)]
 pub(crate) struct Summary {
-    pub devices: BTreeMap<String, DeviceTally>,
-    pub records: u64,
-    pub outbox: PathBuf,
+    pub(crate) devices: BTreeMap<String, DeviceTally>,
+    pub(crate) records: u64,
+    pub(crate) outbox: PathBuf,
     /// Sessions still running when the drain deadline passed.
-    pub abandoned: usize,
+    pub(crate) abandoned: usize,
 }
 
 impl Summary {

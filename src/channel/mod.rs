@@ -13,7 +13,7 @@
 //! before the echo, after the prompt or between commands is nobody's answer and goes to
 //! [`Channel::discard_unsolicited`], the one place such text leaves the channel.
 
-pub mod reply;
+pub(crate) mod reply;
 pub mod screen;
 
 use std::time::{Duration, Instant};
@@ -35,8 +35,8 @@ pub const QUOTE_MAX: usize = 80;
 /// A pager prompt and the key that answers it.
 #[derive(Debug, Clone)]
 pub struct Pager {
-    pub pattern: Regex,
-    pub answer: Vec<u8>,
+    pub(crate) pattern: Regex,
+    pub(crate) answer: Vec<u8>,
 }
 
 /// Why a command's output is incomplete. Each carries the output as far as it came.
@@ -109,11 +109,11 @@ pub fn last_line(text: &[u8]) -> String {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Matched {
     /// Index of the pattern that matched the unfinished line.
-    pub index: usize,
+    pub(crate) index: usize,
     /// Text before the matching line.
-    pub before: Vec<u8>,
+    pub(crate) before: Vec<u8>,
     /// The matching line (e.g. the prompt).
-    pub line: String,
+    pub(crate) line: String,
 }
 
 /// A prompt-driven conversation over one transport.

@@ -11,7 +11,7 @@ use crate::config::units::{format_duration, format_size};
 use crate::inventory::{self, Inventory, SinkKind, TransportKind};
 
 #[derive(Debug, clap::Args)]
-pub struct CheckArgs {}
+pub(crate) struct CheckArgs {}
 
 /// Loads, resolves and checks; the report carries every finding.
 pub fn load(path: &Path) -> anyhow::Result<(Inventory, Report)> {

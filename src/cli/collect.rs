@@ -19,25 +19,25 @@ use crate::record::{AdHocRun, Record, Status};
 use crate::session;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Format {
+pub(crate) enum Format {
     Text,
     Json,
 }
 
 #[derive(Debug, clap::Args)]
-pub struct CollectArgs {
+pub(crate) struct CollectArgs {
     /// Only this device (repeatable).
     #[arg(long = "device", value_name = "NAME")]
-    pub devices: Vec<String>,
+    pub(crate) devices: Vec<String>,
     /// Output format on stdout.
     #[arg(long, value_enum, default_value_t = Format::Text)]
-    pub format: Format,
+    pub(crate) format: Format,
     /// Worker threads (default: [agent] workers).
     #[arg(long)]
-    pub workers: Option<usize>,
+    pub(crate) workers: Option<usize>,
     /// Commands to run instead of the configured ones.
     #[arg(last = true, value_name = "COMMAND")]
-    pub commands: Vec<String>,
+    pub(crate) commands: Vec<String>,
 }
 
 pub fn run(path: &Path, args: &CollectArgs) -> anyhow::Result<i32> {

@@ -17,13 +17,13 @@ use crate::record::{Record, Status};
 use crate::sim::{Fault, Profile, PtyConsole, TelnetRack};
 
 #[derive(Debug, clap::Args)]
-pub struct DemoArgs {
+pub(crate) struct DemoArgs {
     /// How long the agent runs (e.g. "15s", "1m").
     #[arg(long, default_value = "15s", value_parser = super::run::parse_duration)]
-    pub duration: Duration,
+    pub(crate) duration: Duration,
     /// Where the config, state and records go (default: a new folder under /tmp).
     #[arg(long)]
-    pub dir: Option<PathBuf>,
+    pub(crate) dir: Option<PathBuf>,
 }
 
 /// One simulated device of the demo rack and how the config reaches it.

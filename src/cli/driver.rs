@@ -10,7 +10,7 @@ use anyhow::Context;
 use crate::isolation::child;
 
 #[derive(Debug, clap::Args)]
-pub struct DriverArgs {}
+pub(crate) struct DriverArgs {}
 
 pub fn run(_args: &DriverArgs) -> anyhow::Result<i32> {
     let stdin = std::io::stdin().lock();

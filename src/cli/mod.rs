@@ -5,14 +5,14 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-pub mod check;
-pub mod collect;
-pub mod demo;
-pub mod driver;
-pub mod logging;
-pub mod run;
-pub mod sim;
-pub mod status;
+pub(crate) mod check;
+pub(crate) mod collect;
+pub(crate) mod demo;
+pub(crate) mod driver;
+pub(crate) mod logging;
+pub(crate) mod run;
+pub(crate) mod sim;
+pub(crate) mod status;
 
 /// Where the config comes from when `-c` is not given.
 pub(crate) const DEFAULT_CONFIG: &str = "/etc/rackhand/rackhand.toml";
@@ -22,13 +22,13 @@ pub(crate) const DEFAULT_CONFIG: &str = "/etc/rackhand/rackhand.toml";
 pub struct Cli {
     /// Config file (else $RACKHAND_CONFIG, else /etc/rackhand/rackhand.toml).
     #[arg(short = 'c', long = "config", global = true, env = "RACKHAND_CONFIG")]
-    pub config: Option<PathBuf>,
+    pub(crate) config: Option<PathBuf>,
     #[command(subcommand)]
-    pub command: Command,
+    pub(crate) command: Command,
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Validate the config and print the inventory it resolves.
     Check(check::CheckArgs),
     /// The agent: schedules collections and writes records until SIGTERM (systemd-ready).

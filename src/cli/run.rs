@@ -6,10 +6,10 @@ use std::time::Duration;
 use crate::agent::{self, Options};
 
 #[derive(Debug, clap::Args)]
-pub struct RunArgs {
+pub(crate) struct RunArgs {
     /// How long in-flight sessions may take to finish after SIGTERM (e.g. "30s").
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
-    pub drain: Duration,
+    pub(crate) drain: Duration,
 }
 
 pub(crate) fn parse_duration(text: &str) -> Result<Duration, crate::config::units::UnitError> {

@@ -21,91 +21,91 @@ use crate::sim::{Profile, PtyConsole, StatsSnapshot, TelnetRack, parse_fault_spe
 /// `rackhand sim`: where to serve, and the device to serve (boxed: it is large and the
 /// subcommand enum should not carry it inline).
 #[derive(Debug, Clone, clap::Args)]
-pub struct SimArgs {
+pub(crate) struct SimArgs {
     #[command(flatten)]
-    pub mode: ModeArgs,
+    pub(crate) mode: ModeArgs,
     #[command(flatten)]
-    pub device: Box<DeviceArgs>,
+    pub(crate) device: Box<DeviceArgs>,
 }
 
 /// Exactly one transport.
 #[derive(Debug, Clone, clap::Args)]
 #[command(group(ArgGroup::new("mode").required(true).args(["telnet", "pty", "stdio"])))]
-pub struct ModeArgs {
+pub(crate) struct ModeArgs {
     /// Serve Telnet on ADDR:PORT (port 0: pick free ports), one port per device.
     #[arg(long, value_name = "ADDR:PORT")]
-    pub telnet: Option<SocketAddr>,
+    pub(crate) telnet: Option<SocketAddr>,
     /// Number of devices, on consecutive ports; hostnames become NAME-1, NAME-2, ...
     #[arg(long, value_name = "N", default_value_t = 1, requires = "telnet")]
-    pub count: usize,
+    pub(crate) count: usize,
     /// Serve a console on a pseudo-terminal, with a symlink to its slave at LINK.
     #[arg(long, value_name = "LINK")]
-    pub pty: Option<PathBuf>,
+    pub(crate) pty: Option<PathBuf>,
     /// Console line speed: output is paced to B/10 bytes per second.
     #[arg(long, value_name = "B", requires = "pty")]
-    pub baud: Option<u32>,
+    pub(crate) baud: Option<u32>,
     /// One session on stdin/stdout (for sshd's ForceCommand); no login by default.
     #[arg(long)]
-    pub stdio: bool,
+    pub(crate) stdio: bool,
 }
 
 /// What the simulated device is.
 #[derive(Debug, Clone, clap::Args)]
-pub struct DeviceArgs {
+pub(crate) struct DeviceArgs {
     /// cisco_ios | cisco_nxos | arista_eos | juniper_junos | linux
     #[arg(long, value_name = "P", default_value = "cisco_ios")]
-    pub platform: String,
+    pub(crate) platform: String,
     /// Command outputs, one COMMAND_WITH_UNDERSCORES.txt per command (default: the captures
     /// embedded for the platform).
     #[arg(long, value_name = "DIR")]
-    pub outputs: Option<PathBuf>,
+    pub(crate) outputs: Option<PathBuf>,
     #[arg(long, value_name = "NAME", default_value = "sim")]
-    pub hostname: String,
+    pub(crate) hostname: String,
     #[arg(long, value_name = "U", default_value = "admin")]
-    pub username: String,
+    pub(crate) username: String,
     #[arg(long, value_name = "P", default_value = "admin")]
-    pub password: String,
+    pub(crate) password: String,
     /// Ios style: start at `host>`; `enable` asks for S.
     #[arg(long, value_name = "S")]
-    pub enable_secret: Option<String>,
+    pub(crate) enable_secret: Option<String>,
     /// Skip Username/Password (always so with --stdio: sshd authenticated).
     #[arg(long)]
-    pub no_login: bool,
+    pub(crate) no_login: bool,
     /// Print "Press RETURN to get started." first and wait for RETURN.
     #[arg(long)]
-    pub press_return: bool,
+    pub(crate) press_return: bool,
     /// Message of the day.
     #[arg(long, value_name = "TEXT")]
-    pub banner: Option<String>,
+    pub(crate) banner: Option<String>,
     /// Lines per page at session start [default: 24; linux: no pager]; 0 = paging off.
     #[arg(long, value_name = "N")]
-    pub page_lines: Option<usize>,
+    pub(crate) page_lines: Option<usize>,
     /// Answer `terminal length 0` with an authorization error, as a read-only account gets.
     #[arg(long)]
-    pub refuse_paging_off: bool,
+    pub(crate) refuse_paging_off: bool,
     /// Delay before each command's output, e.g. 50ms, 2s.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
-    pub latency: Option<Duration>,
+    pub(crate) latency: Option<Duration>,
     /// Further delay before the answer to exit/logout (and, on Telnet, the hang-up).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
-    pub exit_delay: Option<Duration>,
+    pub(crate) exit_delay: Option<Duration>,
     /// Misbehave on a command: 'COMMAND=hang|drop|endless|garbage|slow' (repeatable).
     #[arg(long, value_name = "COMMAND=FAULT")]
-    pub fault: Vec<String>,
+    pub(crate) fault: Vec<String>,
     /// Print numbered log lines unasked, as a console with `logging console` does: while idle
     /// between sessions, right after a command's prompt, before a command's echo.
     #[arg(long)]
-    pub chatty: bool,
+    pub(crate) chatty: bool,
     /// Show this prompt in every mode instead of the platform's, e.g. 'host> ' for a
     /// Junos-like device the juniper_junos prompt pattern does not match.
     #[arg(long, value_name = "TEXT")]
-    pub prompt: Option<String>,
+    pub(crate) prompt: Option<String>,
     /// Print this line above every prompt, as Junos prints '{master:0}' or '[edit]'.
     #[arg(long, value_name = "TEXT")]
-    pub context_line: Option<String>,
+    pub(crate) context_line: Option<String>,
     /// Write session counters as JSON here (atomically) on every change and at exit.
     #[arg(long, value_name = "FILE")]
-    pub stats: Option<PathBuf>,
+    pub(crate) stats: Option<PathBuf>,
 }
 
 /// Runs the simulator until SIGTERM/SIGINT (or, with `--stdio`, until the session ends).

@@ -25,15 +25,15 @@ use crate::status_file::{
     not TOML or [agent] has errors, or the status file is unreadable (errors elsewhere in the \
     config are only warned about: a running agent keeps the config it loaded)."
 )]
-pub struct StatusArgs {
+pub(crate) struct StatusArgs {
     /// `text`: a short report for people; `json`: the status file as one JSON object, plus
     /// `"running": true|false`.
     #[arg(long, value_enum, default_value_t = Format::Text)]
-    pub format: Format,
+    pub(crate) format: Format,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Format {
+pub(crate) enum Format {
     Text,
     Json,
 }

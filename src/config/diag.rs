@@ -17,9 +17,9 @@ pub enum Severity {
 /// One finding about the config, located by byte span in the source text.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Diagnostic {
-    pub severity: Severity,
-    pub span: Range<usize>,
-    pub message: String,
+    pub(crate) severity: Severity,
+    pub(crate) span: Range<usize>,
+    pub(crate) message: String,
 }
 
 impl Diagnostic {
@@ -56,9 +56,9 @@ pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
 /// The findings of one config file, with what is needed to print them.
 #[derive(Debug, Clone)]
 pub struct Report {
-    pub file: PathBuf,
-    pub text: String,
-    pub diagnostics: Vec<Diagnostic>,
+    pub(crate) file: PathBuf,
+    pub(crate) text: String,
+    pub(crate) diagnostics: Vec<Diagnostic>,
 }
 
 impl Report {

@@ -4,17 +4,17 @@
 //! problem found; the inheritance of device settings (device → its groups → defaults) is the
 //! inventory's job (`crate::inventory`), which adds its own findings to the same report.
 
-pub mod diag;
-pub mod parse;
-pub mod schema;
-pub mod secret;
-pub mod units;
-pub mod url;
+pub(crate) mod diag;
+pub(crate) mod parse;
+pub(crate) mod schema;
+pub(crate) mod secret;
+pub(crate) mod units;
+pub(crate) mod url;
 
 use std::path::{Path, PathBuf};
 
 pub use diag::{Diagnostic, Report, Severity};
-pub use parse::{Layer, RawConfig};
+pub(crate) use parse::{Layer, RawConfig};
 pub use secret::Secret;
 
 /// The config file could not be read at all (as opposed to read and found wanting).

@@ -25,11 +25,11 @@ use super::units::{parse_duration, parse_size};
 #[derive(Debug, Clone, Default)]
 pub struct Layer {
     /// Span of the table's header (or the whole table), for "missing key" messages.
-    pub header: Range<usize>,
-    pub settings: BTreeMap<&'static str, Setting>,
+    pub(crate) header: Range<usize>,
+    pub(crate) settings: BTreeMap<&'static str, Setting>,
     /// Keys written here whose values were refused (already reported). They count as
     /// written, so a bad `host` is not reported a second time as a missing one.
-    pub rejected: Vec<&'static str>,
+    pub(crate) rejected: Vec<&'static str>,
 }
 
 impl Layer {
@@ -50,11 +50,11 @@ impl Layer {
 /// The file, section by section, before inheritance is applied.
 #[derive(Debug, Clone, Default)]
 pub struct RawConfig {
-    pub agent: Layer,
-    pub defaults: Layer,
-    pub groups: Vec<Layer>,
-    pub devices: Vec<Layer>,
-    pub upstream: Option<Layer>,
+    pub(crate) agent: Layer,
+    pub(crate) defaults: Layer,
+    pub(crate) groups: Vec<Layer>,
+    pub(crate) devices: Vec<Layer>,
+    pub(crate) upstream: Option<Layer>,
 }
 
 /// Parses `text`; relative paths in it are taken relative to `base_dir` (the config's folder).

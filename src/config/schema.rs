@@ -48,8 +48,8 @@ pub enum Kind {
 /// One config key: its name, what it must be, and a line of help for `unknown key` hints.
 #[derive(Debug, Clone, Copy)]
 pub struct Key {
-    pub name: &'static str,
-    pub kind: Kind,
+    pub(crate) name: &'static str,
+    pub(crate) kind: Kind,
 }
 
 const fn key(name: &'static str, kind: Kind) -> Key {
@@ -197,10 +197,10 @@ pub enum Value {
 /// A value with the span it was written at.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Setting {
-    pub value: Value,
-    pub span: Range<usize>,
+    pub(crate) value: Value,
+    pub(crate) span: Range<usize>,
     /// The span of the key, for messages about the key itself.
-    pub key_span: Range<usize>,
+    pub(crate) key_span: Range<usize>,
 }
 
 impl Setting {

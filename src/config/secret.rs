@@ -87,7 +87,7 @@ pub enum SecretSource {
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret {
     value: Option<String>,
-    pub source: SecretSource,
+    pub(crate) source: SecretSource,
 }
 
 impl Secret {

@@ -207,16 +207,16 @@ impl Device {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Group {
-    pub name: String,
-    pub max_sessions: Option<usize>,
+    pub(crate) name: String,
+    pub(crate) max_sessions: Option<usize>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Agent {
-    pub id: String,
-    pub workers: usize,
-    pub state_dir: PathBuf,
-    pub log_level: String,
+    pub(crate) id: String,
+    pub(crate) workers: usize,
+    pub(crate) state_dir: PathBuf,
+    pub(crate) log_level: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -239,34 +239,34 @@ impl SinkKind {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Upstream {
-    pub sink: SinkKind,
+    pub(crate) sink: SinkKind,
     /// The URL, broker or path, per sink.
-    pub target: String,
-    pub topic: String,
-    pub client_id: Option<String>,
-    pub headers: Vec<(String, String)>,
-    pub ca_file: Option<PathBuf>,
-    pub username: Option<String>,
-    pub password: Option<Secret>,
-    pub timeout: Duration,
-    pub batch_max_records: usize,
-    pub batch_max_bytes: u64,
-    pub batch_max_age: Duration,
-    pub spool_max_bytes: u64,
-    pub drop_oldest_when_full: bool,
-    pub fsync_always: bool,
-    pub file_max_bytes: u64,
+    pub(crate) target: String,
+    pub(crate) topic: String,
+    pub(crate) client_id: Option<String>,
+    pub(crate) headers: Vec<(String, String)>,
+    pub(crate) ca_file: Option<PathBuf>,
+    pub(crate) username: Option<String>,
+    pub(crate) password: Option<Secret>,
+    pub(crate) timeout: Duration,
+    pub(crate) batch_max_records: usize,
+    pub(crate) batch_max_bytes: u64,
+    pub(crate) batch_max_age: Duration,
+    pub(crate) spool_max_bytes: u64,
+    pub(crate) drop_oldest_when_full: bool,
+    pub(crate) fsync_always: bool,
+    pub(crate) file_max_bytes: u64,
     /// mqtt: the broker's largest packet; a record whose PUBLISH is larger is dead-lettered.
-    pub max_packet_size: usize,
+    pub(crate) max_packet_size: usize,
 }
 
 /// Everything the agent needs, resolved and checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Inventory {
-    pub agent: Agent,
-    pub groups: Vec<Group>,
+    pub(crate) agent: Agent,
+    pub(crate) groups: Vec<Group>,
     pub devices: Vec<Device>,
-    pub upstream: Option<Upstream>,
+    pub(crate) upstream: Option<Upstream>,
 }
 
 /// Where the commands a device runs come from.

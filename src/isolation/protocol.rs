@@ -44,76 +44,76 @@ pub enum ProtocolError {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Request {
     #[serde(rename = "type")]
-    pub kind: String,
-    pub version: u32,
-    pub device: WireDevice,
-    pub commands: Vec<String>,
+    pub(crate) kind: String,
+    pub(crate) version: u32,
+    pub(crate) device: WireDevice,
+    pub(crate) commands: Vec<String>,
     /// The agent's log level (`error` … `trace`), so a driver logs no more than the agent
     /// keeps.
     #[serde(default)]
-    pub log_level: Option<String>,
+    pub(crate) log_level: Option<String>,
 }
 
 /// A secret with the place it came from, so a driver can say "$RACKHAND_PASSWORD is not set"
 /// rather than "no password".
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WireSecret {
-    pub value: Option<String>,
+    pub(crate) value: Option<String>,
     /// `inline`, `env:NAME` or `file:PATH`.
-    pub source: String,
+    pub(crate) source: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WireSerial {
-    pub baud: u32,
-    pub data_bits: u8,
+    pub(crate) baud: u32,
+    pub(crate) data_bits: u8,
     /// `none`, `odd` or `even`.
-    pub parity: String,
-    pub stop_bits: u8,
+    pub(crate) parity: String,
+    pub(crate) stop_bits: u8,
     /// `none`, `software` or `hardware`.
-    pub flow_control: String,
+    pub(crate) flow_control: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WireSsh {
-    pub key_file: Option<PathBuf>,
-    pub key_passphrase: Option<WireSecret>,
+    pub(crate) key_file: Option<PathBuf>,
+    pub(crate) key_passphrase: Option<WireSecret>,
     /// `strict`, `accept-new` or `off`.
-    pub host_key_check: String,
-    pub known_hosts: PathBuf,
-    pub legacy: bool,
-    pub kex: Vec<String>,
-    pub host_key_algorithms: Vec<String>,
-    pub ciphers: Vec<String>,
-    pub macs: Vec<String>,
-    pub keepalive_ms: u64,
+    pub(crate) host_key_check: String,
+    pub(crate) known_hosts: PathBuf,
+    pub(crate) legacy: bool,
+    pub(crate) kex: Vec<String>,
+    pub(crate) host_key_algorithms: Vec<String>,
+    pub(crate) ciphers: Vec<String>,
+    pub(crate) macs: Vec<String>,
+    pub(crate) keepalive_ms: u64,
 }
 
 /// [`Device`] as it travels: plain strings and numbers any language reads.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WireDevice {
-    pub name: String,
+    pub(crate) name: String,
     #[serde(default)]
-    pub groups: Vec<String>,
+    pub(crate) groups: Vec<String>,
     /// `ssh`, `telnet` or `serial`.
-    pub transport: String,
+    pub(crate) transport: String,
     /// Set for ssh and telnet.
-    pub host: Option<String>,
-    pub port: Option<u16>,
+    pub(crate) host: Option<String>,
+    pub(crate) port: Option<u16>,
     /// Set for serial.
-    pub serial_port: Option<PathBuf>,
-    pub serial: Option<WireSerial>,
-    pub platform: String,
+    pub(crate) serial_port: Option<PathBuf>,
+    pub(crate) serial: Option<WireSerial>,
+    pub(crate) platform: String,
     /// The prompt regex (always set for platform `generic`).
-    pub prompt: Option<String>,
-    pub username: Option<String>,
-    pub password: Option<WireSecret>,
-    pub enable_secret: Option<WireSecret>,
-    pub ssh: WireSsh,
-    pub interval_ms: u64,
-    pub connect_timeout_ms: u64,
-    pub command_timeout_ms: u64,
-    pub max_output: u64,
+    pub(crate) prompt: Option<String>,
+    pub(crate) username: Option<String>,
+    pub(crate) password: Option<WireSecret>,
+    pub(crate) enable_secret: Option<WireSecret>,
+    pub(crate) ssh: WireSsh,
+    pub(crate) interval_ms: u64,
+    pub(crate) connect_timeout_ms: u64,
+    pub(crate) command_timeout_ms: u64,
+    pub(crate) max_output: u64,
 }
 
 /// What a driver sends back, one per line.
@@ -128,19 +128,19 @@ pub enum Reply {
 /// bytes) carries the output.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WireOutcome {
-    pub command: String,
-    pub status: String,
+    pub(crate) command: String,
+    pub(crate) status: String,
     #[serde(default)]
-    pub error: Option<String>,
+    pub(crate) error: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub output: Option<String>,
+    pub(crate) output: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub output_base64: Option<String>,
+    pub(crate) output_base64: Option<String>,
     /// Milliseconds since the Unix epoch; the agent's clock is used when absent.
     #[serde(default)]
-    pub started_at_ms: Option<u64>,
+    pub(crate) started_at_ms: Option<u64>,
     #[serde(default)]
-    pub duration_ms: u64,
+    pub(crate) duration_ms: u64,
 }
 
 /// Every status a driver may report, by its record name.
@@ -494,7 +494,7 @@ pub struct LineBuffer {
 /// A line grew past the cap.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Overflow {
-    pub cap: usize,
+    pub(crate) cap: usize,
 }
 
 impl LineBuffer {

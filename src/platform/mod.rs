@@ -64,36 +64,36 @@ struct CommonSpec {
 /// A platform ready for sessions: every pattern compiled.
 #[derive(Debug)]
 pub struct Platform {
-    pub name: String,
+    pub(crate) name: String,
     /// `None` for `generic`: the device's own `prompt` setting is used.
-    pub prompt: Option<Regex>,
+    pub(crate) prompt: Option<Regex>,
     /// A context line printed directly above the prompt (Junos `{master:0}`, `[edit]`):
     /// part of the prompt, not of a command's output.
-    pub prompt_context: Option<Regex>,
-    pub privileged: Option<Regex>,
-    pub config: Option<Regex>,
-    pub config_exit: Option<String>,
-    pub enable: Option<String>,
-    pub setup: Vec<String>,
-    pub errors: Vec<Regex>,
-    pub exit: Vec<String>,
+    pub(crate) prompt_context: Option<Regex>,
+    pub(crate) privileged: Option<Regex>,
+    pub(crate) config: Option<Regex>,
+    pub(crate) config_exit: Option<String>,
+    pub(crate) enable: Option<String>,
+    pub(crate) setup: Vec<String>,
+    pub(crate) errors: Vec<Regex>,
+    pub(crate) exit: Vec<String>,
 }
 
 /// What every platform shares: pagers and login dialog patterns.
 #[derive(Debug)]
 pub struct Common {
     pub pagers: Vec<Pager>,
-    pub username: Regex,
-    pub password: Regex,
-    pub press_return: Regex,
-    pub dialog: Regex,
-    pub dialog_answer: String,
-    pub login_failed: Regex,
+    pub(crate) username: Regex,
+    pub(crate) password: Regex,
+    pub(crate) press_return: Regex,
+    pub(crate) dialog: Regex,
+    pub(crate) dialog_answer: String,
+    pub(crate) login_failed: Regex,
 }
 
 #[derive(Debug)]
 pub struct Table {
-    pub platforms: BTreeMap<String, Platform>,
+    pub(crate) platforms: BTreeMap<String, Platform>,
     pub common: Common,
 }
 

@@ -19,8 +19,8 @@ pub enum Word {
 /// A command the session knows, as a pattern of words, with what it means.
 #[derive(Debug, Clone)]
 pub struct Pattern<K> {
-    pub words: Vec<Word>,
-    pub kind: K,
+    pub(crate) words: Vec<Word>,
+    pub(crate) kind: K,
 }
 
 /// The outcome of matching one line.

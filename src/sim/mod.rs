@@ -11,16 +11,16 @@
 //! drives through [`session`]; [`stats`] counts sessions; [`telnet_server`], [`console`] and
 //! [`stdio`] are the transports.
 
-pub mod commands;
-pub mod console;
-pub mod engine;
-pub mod outputs;
-pub mod profile;
-pub mod session;
-pub mod sshd;
-pub mod stats;
-pub mod stdio;
-pub mod telnet_server;
+pub(crate) mod commands;
+pub(crate) mod console;
+pub(crate) mod engine;
+pub(crate) mod outputs;
+pub(crate) mod profile;
+pub(crate) mod session;
+pub(crate) mod sshd;
+pub(crate) mod stats;
+pub(crate) mod stdio;
+pub(crate) mod telnet_server;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -30,7 +30,7 @@ pub use engine::{Action, Engine};
 pub use outputs::Outputs;
 pub use profile::{Fault, PLATFORMS, Profile, Style, parse_fault_spec};
 pub use stats::{Stats, StatsSnapshot};
-pub use stdio::serve_stdio;
+pub(crate) use stdio::serve_stdio;
 pub use telnet_server::TelnetRack;
 
 /// Everything that can stop a simulated device from starting or running.

@@ -102,7 +102,7 @@ pub const PLATFORMS: &[(&str, Style)] = &[
 /// Everything about one simulated device (with `count > 1`, the template for each).
 #[derive(Debug, Clone)]
 pub struct Profile {
-    pub style: Style,
+    pub(crate) style: Style,
     pub platform: String,
     pub hostname: String,
     pub username: String,
@@ -116,7 +116,7 @@ pub struct Profile {
     pub press_return: bool,
     /// Ask "Would you like to enter the initial configuration dialog? [yes/no]:" first, as
     /// a factory-fresh IOS box does; `no` goes on to the banner and login.
-    pub config_dialog: bool,
+    pub(crate) config_dialog: bool,
     /// Message of the day, shown before login (Ios, Junos) or after it (Linux).
     pub banner: Option<String>,
     /// Lines per screen at session start; 0 = paging off.
@@ -133,10 +133,10 @@ pub struct Profile {
     /// How long a `slow` fault takes to trickle out one command's output.
     pub slow_duration: Duration,
     /// Faults by command (normalised: lower case, single spaces, full words).
-    pub faults: Vec<(String, Fault)>,
+    pub(crate) faults: Vec<(String, Fault)>,
     /// Echo typed characters (real gear always does; switch off for a client that echoes
     /// locally).
-    pub echo: bool,
+    pub(crate) echo: bool,
     /// Print numbered log lines on its own, as a console with `logging console` does: a few
     /// while idle between sessions, one right after the prompt that ends a command and one
     /// before the echo of each command line, every other one with the prompt reprinted

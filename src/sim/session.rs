@@ -101,8 +101,8 @@ pub enum End {
 /// Counts the session in `stats` while it is active (a console's idle periods are not
 /// sessions).
 pub struct Counting<'a> {
-    pub stats: &'a Arc<Stats>,
-    pub device: usize,
+    pub(crate) stats: &'a Arc<Stats>,
+    pub(crate) device: usize,
 }
 
 /// Runs `engine` over `link` until the session ends, the client goes away or `stop` fires.

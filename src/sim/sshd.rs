@@ -20,9 +20,9 @@ const PORT_ATTEMPTS: usize = 5;
 /// One sshd serving one simulated device.
 pub struct SshDevice {
     child: Child,
-    pub addr: SocketAddr,
-    pub user: String,
-    pub client_key: PathBuf,
+    pub(crate) addr: SocketAddr,
+    pub(crate) user: String,
+    pub(crate) client_key: PathBuf,
 }
 
 /// Whether an sshd can be started here (installed, and we are root).

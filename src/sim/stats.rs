@@ -13,9 +13,9 @@ pub struct StatsSnapshot {
     pub max_concurrent: usize,
     pub max_concurrent_per_device: usize,
     pub total: u64,
-    pub current: usize,
+    pub(crate) current: usize,
     /// Log lines printed on their own by chatty devices (`Profile::chatty`).
-    pub unsolicited_lines: u64,
+    pub(crate) unsolicited_lines: u64,
 }
 
 impl StatsSnapshot {

@@ -40,21 +40,21 @@ pub const MAX_BYTES: u64 = 16 * 1024 * 1024;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Refuser<'a> {
     /// `http` or `mqtt`.
-    pub sink: &'static str,
-    pub target: &'a str,
+    pub(crate) sink: &'static str,
+    pub(crate) target: &'a str,
 }
 
 /// A contiguous run of a batch's records upstream refused for good, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Refusal<'a> {
     /// The refused records: the whole batch, a part of it, or a single record.
-    pub part: Cow<'a, Batch>,
+    pub(crate) part: Cow<'a, Batch>,
     /// The HTTP status that refused them (none for mqtt).
-    pub status: Option<u16>,
+    pub(crate) status: Option<u16>,
     /// In words, for the header, the log and [`Rejected::reason`].
-    pub reason: String,
+    pub(crate) reason: String,
     /// The start of upstream's answer, when it gave one.
-    pub response: Option<String>,
+    pub(crate) response: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -62,11 +62,11 @@ pub(crate) struct Refusal<'a> {
     "{target} refused records {first_seq}-{last_seq} for good, and the dead-letter file {path} cannot be written ({error}); they stay in the spool and are sent again: free space in or fix the permissions of that folder"
 )]
 pub struct DeadLetterError {
-    pub target: String,
-    pub first_seq: u64,
-    pub last_seq: u64,
-    pub path: PathBuf,
-    pub error: io::Error,
+    pub(crate) target: String,
+    pub(crate) first_seq: u64,
+    pub(crate) last_seq: u64,
+    pub(crate) path: PathBuf,
+    pub(crate) error: io::Error,
 }
 
 /// The dead-letter file of one sink: its folder and cap.

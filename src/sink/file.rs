@@ -25,6 +25,7 @@ use nix::errno::Errno;
 use nix::fcntl::{AT_FDCWD, RenameFlags, renameat2};
 
 use crate::batch::Batch;
+#[cfg(test)]
 use crate::record::Record;
 
 use super::{Retry, Shipped, Sink, SinkError, StopFlag};
@@ -32,8 +33,8 @@ use super::{Retry, Shipped, Sink, SinkError, StopFlag};
 #[derive(Debug, thiserror::Error)]
 #[error("file sink {path}: {error}; check that the folder exists, is writable and has space")]
 pub struct FileSinkError {
-    pub path: PathBuf,
-    pub error: io::Error,
+    pub(crate) path: PathBuf,
+    pub(crate) error: io::Error,
 }
 
 pub struct FileSink {
@@ -102,10 +103,6 @@ impl FileSink {
         self.dir.join(CURRENT)
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     fn err(&self, error: io::Error) -> FileSinkError {
         FileSinkError {
             path: self.current_path(),
@@ -113,7 +110,9 @@ impl FileSink {
         }
     }
 
-    /// Appends one record as one line (buffered; durable after [`FileSink::sync`]).
+    /// Appends one record as one line (buffered; durable after [`FileSink::sync`]). The sink
+    /// itself writes whole batches; tests write record by record.
+    #[cfg(test)]
     pub fn write(&mut self, record: &Record) -> Result<(), FileSinkError> {
         if self.size >= self.max_bytes {
             self.rotate()?;

@@ -16,9 +16,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::batch::Batch;
 
-pub mod build;
+pub(crate) mod build;
 pub mod dead_letter;
-pub mod file;
+pub(crate) mod file;
 pub mod http;
 pub mod mqtt;
 

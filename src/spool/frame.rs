@@ -27,9 +27,9 @@ const FOOTER_MAGIC: &[u8; 8] = b"RHSEGEND";
 /// What a sealed segment's footer says about it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Footer {
-    pub first_seq: u64,
-    pub last_seq: u64,
-    pub records: u64,
+    pub(crate) first_seq: u64,
+    pub(crate) last_seq: u64,
+    pub(crate) records: u64,
 }
 
 impl Footer {
@@ -86,7 +86,7 @@ impl Footer {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Header {
     pub len: u32,
-    pub crc: u32,
+    pub(crate) crc: u32,
     pub seq: u64,
 }
 

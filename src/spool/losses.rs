@@ -51,9 +51,9 @@ pub struct Loss {
     pub bytes: u64,
     /// `[first, last]` seq ranges, sorted, adjacent ones joined.
     pub lost: Vec<(u64, u64)>,
-    pub lost_incomplete: bool,
+    pub(crate) lost_incomplete: bool,
     pub paused_collections: u64,
-    pub paused_ms: u64,
+    pub(crate) paused_ms: u64,
     /// Where and why, for the gap record's message (the first one noted).
     pub detail: Option<String>,
 }

@@ -26,7 +26,7 @@
 //! - `ledger`: losses not yet reported upstream (`losses.rs`).
 
 pub mod frame;
-pub mod io;
+pub(crate) mod io;
 mod losses;
 pub mod memfs;
 mod open;
@@ -179,7 +179,7 @@ impl RecoveryReport {
 pub struct StorageTrouble {
     /// `disk_full` or `io_error`.
     pub cause: GapCause,
-    pub since: SystemTime,
+    pub(crate) since: SystemTime,
     /// The error, naming the file and the free space.
     pub error: String,
 }
@@ -191,18 +191,18 @@ pub struct Stats {
     pub records: u64,
     /// Bytes of all segment files (acknowledged records in a live segment included).
     pub bytes: u64,
-    pub segments: usize,
+    pub(crate) segments: usize,
     pub oldest_unshipped: Option<u64>,
     pub acked: u64,
     /// Highest seq appended (or acknowledged, after a restart with an empty spool).
     pub last_seq: u64,
     /// Every record up to this seq is committed.
-    pub durable_seq: u64,
+    pub(crate) durable_seq: u64,
     /// Records and bytes `drop_oldest` deleted unshipped since the spool was opened.
     pub dropped_records: u64,
     pub dropped_bytes: u64,
     /// Records appended but not yet made durable.
-    pub uncommitted_records: u64,
+    pub(crate) uncommitted_records: u64,
     /// Records drop-oldest deleted while the shipper held them in memory, not yet acked:
     /// lost if the agent stops now.
     pub held_dropped: u64,
@@ -210,9 +210,9 @@ pub struct Stats {
     pub waiting_in_memory: u64,
     pub storage_trouble: Option<StorageTrouble>,
     /// Records noted lost since the spool was opened, per cause.
-    pub lost: BTreeMap<GapCause, u64>,
+    pub(crate) lost: BTreeMap<GapCause, u64>,
     /// Records noted lost and not yet in a gap record.
-    pub unreported_lost: u64,
+    pub(crate) unreported_lost: u64,
     /// The checkpoint could not be written at the last acknowledgement (a restart then sends
     /// some records twice; nothing is lost).
     pub checkpoint_trouble: bool,
@@ -221,21 +221,21 @@ pub struct Stats {
 /// One segment file as the spool knows it.
 #[derive(Debug)]
 pub(crate) struct Segment {
-    pub first_seq: u64,
-    pub path: PathBuf,
+    pub(crate) first_seq: u64,
+    pub(crate) path: PathBuf,
     /// On disk, footer included (and, for the tail, what the writer buffers).
-    pub bytes: u64,
+    pub(crate) bytes: u64,
     /// Readers may read this far: everything up to it is committed.
-    pub durable: u64,
+    pub(crate) durable: u64,
     /// The last record's seq within `durable` (0: none).
-    pub durable_last: u64,
-    pub sealed: bool,
+    pub(crate) durable_last: u64,
+    pub(crate) sealed: bool,
     /// The last record's seq (0 while it has none).
-    pub last_seq: u64,
-    pub records: u64,
+    pub(crate) last_seq: u64,
+    pub(crate) records: u64,
     /// Records at or below the checkpoint (only the oldest live segment has any).
-    pub acked_records: u64,
-    pub first_unacked: Option<u64>,
+    pub(crate) acked_records: u64,
+    pub(crate) first_unacked: Option<u64>,
 }
 
 impl Segment {
@@ -246,25 +246,25 @@ impl Segment {
 
 /// What the writer and the reader share, behind one lock.
 pub(crate) struct State {
-    pub segments: VecDeque<Segment>,
-    pub acked: u64,
-    pub last_seq: u64,
-    pub durable_seq: u64,
-    pub ledger: Ledger,
+    pub(crate) segments: VecDeque<Segment>,
+    pub(crate) acked: u64,
+    pub(crate) last_seq: u64,
+    pub(crate) durable_seq: u64,
+    pub(crate) ledger: Ledger,
     /// The highest seq the reader has handed out: drop-oldest tells lost from held by it.
-    pub read_through: u64,
+    pub(crate) read_through: u64,
     /// Bumped by every commit: a waiting reader looks again.
-    pub commits: u64,
+    pub(crate) commits: u64,
     /// Bumped by [`Waker::wake`].
-    pub wakes: u64,
+    pub(crate) wakes: u64,
     /// No more appends will come ([`Waker::close`]).
-    pub closing: bool,
-    pub dropped_records: u64,
-    pub dropped_bytes: u64,
-    pub uncommitted: u64,
-    pub waiting_in_memory: u64,
-    pub storage_trouble: Option<StorageTrouble>,
-    pub checkpoint_trouble: bool,
+    pub(crate) closing: bool,
+    pub(crate) dropped_records: u64,
+    pub(crate) dropped_bytes: u64,
+    pub(crate) uncommitted: u64,
+    pub(crate) waiting_in_memory: u64,
+    pub(crate) storage_trouble: Option<StorageTrouble>,
+    pub(crate) checkpoint_trouble: bool,
     pub policy: FullPolicy,
 }
 
@@ -430,9 +430,9 @@ pub fn ranges_text(ranges: &[(u64, u64)]) -> String {
 
 /// The spool's shared core: the files, the options, and the state behind its lock.
 pub(crate) struct Core {
-    pub dir: PathBuf,
-    pub fs: Arc<dyn Filesystem>,
-    pub options: SpoolOptions,
+    pub(crate) dir: PathBuf,
+    pub(crate) fs: Arc<dyn Filesystem>,
+    pub(crate) options: SpoolOptions,
     state: Mutex<State>,
     changed: Condvar,
 }

@@ -50,20 +50,20 @@ pub(crate) enum Item {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Damage {
     /// The byte span `[from, to)`.
-    pub from: u64,
-    pub to: u64,
+    pub(crate) from: u64,
+    pub(crate) to: u64,
     /// The seq of the last good frame before the span (or the floor the cursor began with).
-    pub after_seq: u64,
+    pub(crate) after_seq: u64,
     /// The seq of the good record at `to`; `None` when no record follows in this segment
     /// (the span runs to the end, or to the footer).
-    pub next_seq: Option<u64>,
+    pub(crate) next_seq: Option<u64>,
     /// When the frame headers inside the span still chain from `from` to exactly `to` (only
     /// payload bytes were damaged), the seq and frame length of each: the lost records are
     /// known exactly.
-    pub frames: Option<Vec<(u64, u64)>>,
+    pub(crate) frames: Option<Vec<(u64, u64)>>,
     /// The seq the header at `from` claims, when it is a plausible successor of `after_seq`
     /// (a torn last frame still names its record).
-    pub head_seq: Option<u64>,
+    pub(crate) head_seq: Option<u64>,
 }
 
 impl Damage {
@@ -76,10 +76,10 @@ impl Damage {
 pub(crate) struct Cursor {
     file: Box<dyn ReadFile>,
     /// Read no further than this (the segment's durable length).
-    pub end: u64,
-    pub pos: u64,
+    pub(crate) end: u64,
+    pub(crate) pos: u64,
     /// Seqs must be above this: the last good frame's, or the floor given at the start.
-    pub last_seq: u64,
+    pub(crate) last_seq: u64,
     /// Seqs must be below this (the next segment's first seq), when known.
     upper: Option<u64>,
     buf: Vec<u8>,

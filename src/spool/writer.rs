@@ -40,13 +40,13 @@ const RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// The segment being appended to.
 pub(super) struct Tail {
-    pub first_seq: u64,
-    pub path: PathBuf,
-    pub file: Box<dyn WriteFile>,
+    pub(crate) first_seq: u64,
+    pub(crate) path: PathBuf,
+    pub(crate) file: Box<dyn WriteFile>,
     /// Bytes known to be in the file, all whole frames.
-    pub written: u64,
+    pub(crate) written: u64,
     /// Bytes made durable.
-    pub synced: u64,
+    pub(crate) synced: u64,
 }
 
 /// A write that failed, and where.

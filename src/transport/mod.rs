@@ -2,7 +2,7 @@
 //! Nothing else — no prompts, no paging, no platform knowledge (that is `channel` and
 //! `driver`). Every read takes a deadline, so no layer above ever blocks without one.
 
-pub mod resolve;
+pub(crate) mod resolve;
 pub mod serial;
 pub mod ssh;
 pub mod telnet;

@@ -58,7 +58,7 @@ const MIN_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counters {
     /// Bytes read from the socket, protocol included.
-    pub wire_received: u64,
+    pub(crate) wire_received: u64,
     /// Bytes written to the socket, protocol included.
     pub wire_sent: u64,
     /// Bytes of negotiation and subnegotiation we wrote (answers, offers, NAWS, BRK).

@@ -12,6 +12,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod architecture;
 mod boards;
 mod channel_props;
 mod check;
