@@ -33,7 +33,7 @@ pub enum Status {
     /// The serial port is held by another program (minicom, screen, ser2net).
     PortBusy,
     /// Not a command's record: the agent's own report that records were lost or collections
-    /// paused (see [`Gap`] and [`GapCause`]). Never produced by a driver.
+    /// paused (see [`Gap`](crate::record::Gap) and [`GapCause`](crate::record::GapCause)). Never produced by a driver.
     Gap,
 }
 

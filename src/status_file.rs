@@ -5,7 +5,7 @@
 //! depth, the oldest unshipped record, the upstream's state and last error, every device's last
 //! good collection) to one small JSON file every few seconds, and `status` reads it. The file
 //! is also the agent's memory across restarts of each device's last good collection
-//! ([`AgentStatus::load_or_default`]).
+//! (`AgentStatus::load_or_default`).
 //!
 //! The file is replaced atomically (temp file + rename), so a reader sees the previous or the
 //! next status, never half of one. Fields are `#[serde(default)]`: a file written by an older

@@ -9,9 +9,9 @@
 //! it, so each read costs the same however long the output grows.
 //!
 //! Devices also talk on their own: consoles log to the line, reprint their prompt, print
-//! banners. [`reply`] finds a command's reply between its echo and the next prompt; what came
+//! banners. `reply` finds a command's reply between its echo and the next prompt; what came
 //! before the echo, after the prompt or between commands is nobody's answer and goes to
-//! [`Channel::discard_unsolicited`], the one place such text leaves the channel.
+//! `Channel::discard_unsolicited`, the one place such text leaves the channel.
 
 pub(crate) mod reply;
 pub mod screen;

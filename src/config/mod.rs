@@ -1,6 +1,6 @@
 //! Configuration: reading `rackhand.toml` and checking every key it holds.
 //!
-//! `load` returns the file section by section ([`RawConfig`]) with a [`Report`] of every
+//! `load` returns the file section by section (`RawConfig`) with a [`Report`] of every
 //! problem found; the inheritance of device settings (device → its groups → defaults) is the
 //! inventory's job (`crate::inventory`), which adds its own findings to the same report.
 

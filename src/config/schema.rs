@@ -2,7 +2,7 @@
 //! valid `rackhand.toml` holds.
 //!
 //! Keys are data (a table of [`Key`]s), so adding a setting is one line here plus its use; the
-//! walker in `parse.rs` turns each TOML table into a [`Layer`] of type-checked values and
+//! walker in `parse.rs` turns each TOML table into a `Layer` of type-checked values and
 //! reports every unknown key and wrong type with its span.
 
 use std::ops::Range;

@@ -4,12 +4,12 @@
 //! proven against their quirks: login dialogues, pagers, abbreviations, slow or broken
 //! sessions. This module plays the device side convincingly over the same transports the
 //! agent uses: Telnet ([`TelnetRack`]), a pseudo-terminal standing in for a console cable
-//! ([`PtyConsole`]) and stdio behind a real `sshd` ([`serve_stdio`]).
+//! ([`PtyConsole`]) and stdio behind a real `sshd` (`serve_stdio`).
 //!
-//! Code map: [`profile`] says what a device is; [`outputs`] what its commands print;
-//! [`commands`] matches abbreviations; [`engine`] is the I/O-free CLI session every transport
-//! drives through [`session`]; [`stats`] counts sessions; [`telnet_server`], [`console`] and
-//! [`stdio`] are the transports.
+//! Code map: `profile` says what a device is; `outputs` what its commands print;
+//! `commands` matches abbreviations; `engine` is the I/O-free CLI session every transport
+//! drives through `session`; `stats` counts sessions; `telnet_server`, `console` and
+//! `stdio` are the transports.
 
 pub(crate) mod commands;
 pub(crate) mod console;

@@ -33,7 +33,7 @@ pub trait Filesystem: Send + Sync + Debug {
     /// Makes the entries of `dir` (files created, renamed, removed) durable.
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
     /// Replaces `path` with `data`, crash-safe; in place when there is no room for a temp
-    /// file (see [`crate::durable_file`]).
+    /// file (see `crate::durable_file`).
     fn write_small(&self, path: &Path, data: &[u8]) -> io::Result<()>;
     /// Reads a whole small file.
     fn read_small(&self, path: &Path) -> io::Result<Vec<u8>>;

@@ -10,7 +10,7 @@
 //!   errors) and the [`SpoolReader`] (the shipper: read committed records, acknowledge);
 //! - every loss, whatever its cause, is counted in one place, the ledger (`losses.rs`),
 //!   durably before it becomes irreversible, and reported upstream as gap records;
-//! - every byte goes through a [`Filesystem`] ([`io`]), so the fault tests can fill the disk,
+//! - every byte goes through a [`Filesystem`] (`io`), so the fault tests can fill the disk,
 //!   fail a write or tear it at any point ([`memfs`]).
 //!
 //! Opening is fast whatever the spool holds: sealed segments end with a footer that names
