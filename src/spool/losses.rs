@@ -138,7 +138,32 @@ struct Book {
     /// Damage already noted, by (segment's first seq, first byte, end byte): the same span
     /// met again (after a restart) is not counted twice; a span that grew (more damage
     /// since) is counted again, which may count a record twice but never misses one.
-    seen: BTreeSet<(u64, u64, u64)>,
+    seen: BTreeSet<DamageSpan>,
+}
+
+/// A damaged byte span of a segment, as the ledger remembers it. Kept on disk as the
+/// `[segment, from, to]` array it always was, so ledgers written before keep reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(from = "(u64, u64, u64)", into = "(u64, u64, u64)")]
+struct DamageSpan {
+    /// The segment's first seq (its name).
+    segment: u64,
+    /// First byte of the damage.
+    from: u64,
+    /// End byte of the damage (exclusive).
+    to: u64,
+}
+
+impl From<(u64, u64, u64)> for DamageSpan {
+    fn from((segment, from, to): (u64, u64, u64)) -> DamageSpan {
+        DamageSpan { segment, from, to }
+    }
+}
+
+impl From<DamageSpan> for (u64, u64, u64) {
+    fn from(d: DamageSpan) -> (u64, u64, u64) {
+        (d.segment, d.from, d.to)
+    }
 }
 
 /// The ledger: in memory, mirrored in `spool/ledger`.
@@ -341,19 +366,21 @@ impl Ledger {
 
     /// Whether damage over this byte span of a segment was noted already.
     pub fn seen(&self, segment: u64, span: (u64, u64)) -> bool {
-        self.book.seen.contains(&(segment, span.0, span.1))
+        self.book
+            .seen
+            .contains(&DamageSpan::from((segment, span.0, span.1)))
     }
 
     /// Notes that damage at this place is counted (persisted with the next note).
     pub fn mark_seen(&mut self, segment: u64, span: (u64, u64)) {
-        self.book.seen.insert((segment, span.0, span.1));
+        self.book
+            .seen
+            .insert(DamageSpan::from((segment, span.0, span.1)));
     }
 
     /// Segments before `first_seq` are gone: their damage cannot be met again.
     pub fn forget_seen_below(&mut self, first_seq: u64) {
-        self.book
-            .seen
-            .retain(|&(segment, _, _)| segment >= first_seq);
+        self.book.seen.retain(|d| d.segment >= first_seq);
     }
 
     /// Records drop-oldest deleted while the shipper held them, not yet acknowledged.
@@ -610,5 +637,15 @@ mod tests {
         let due = l.take_due(Instant::now(), true, None);
         assert_eq!(due[0].1.lost, vec![(8, 8)]);
         assert_eq!(due[0].1.bytes, 80);
+    }
+
+    #[test]
+    fn damage_spans_keep_their_array_form_on_disk() {
+        let mut book = Book::default();
+        book.seen.insert(DamageSpan::from((7, 128, 512)));
+        let json = serde_json::to_string(&book).unwrap();
+        assert!(json.contains("\"seen\":[[7,128,512]]"), "{json}");
+        let back: Book = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, book);
     }
 }
