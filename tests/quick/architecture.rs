@@ -140,3 +140,148 @@ fn each_module_imports_only_from_the_modules_before_it_in_architecture_md() {
         broken.join("\n  ")
     );
 }
+
+/// Lines of code (not blank, not a comment) before the file's `#[cfg(test)]` tests.
+fn code_lines(text: &str) -> usize {
+    text.lines()
+        .take_while(|l| !l.starts_with("#[cfg(test)]"))
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("//"))
+        .count()
+}
+
+/// `line` without its string and char literals and comments, for counting braces. Block
+/// comments spanning lines are tracked in `in_comment`.
+fn braces_only(line: &str, in_comment: &mut bool) -> String {
+    let chars: Vec<char> = line.chars().collect();
+    let mut out = String::new();
+    let mut i = 0;
+    while i < chars.len() {
+        if *in_comment {
+            if chars[i] == '*' && chars.get(i + 1) == Some(&'/') {
+                *in_comment = false;
+                i += 2;
+            } else {
+                i += 1;
+            }
+            continue;
+        }
+        match chars[i] {
+            '/' if chars.get(i + 1) == Some(&'/') => break,
+            '/' if chars.get(i + 1) == Some(&'*') => {
+                *in_comment = true;
+                i += 2;
+            }
+            '"' => {
+                i += 1;
+                while i < chars.len() && chars[i] != '"' {
+                    i += if chars[i] == '\\' { 2 } else { 1 };
+                }
+                i += 1;
+            }
+            // A char literal ('{', '\n'), not a lifetime ('a).
+            '\'' if chars.get(i + 2) == Some(&'\'') => i += 3,
+            '\'' if chars.get(i + 1) == Some(&'\\') => {
+                i += 2;
+                while i < chars.len() && chars[i] != '\'' {
+                    i += 1;
+                }
+                i += 1;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+/// Each function's name, first line and length in lines (signature to closing brace).
+fn function_lengths(text: &str) -> Vec<(String, usize, usize)> {
+    let mut found = Vec::new();
+    let mut open: Vec<(String, usize, i64)> = Vec::new(); // name, start, depth of its body
+    let mut pending: Option<(String, usize, i64)> = None;
+    let mut depth: i64 = 0;
+    let mut in_comment = false;
+    for (n, line) in text.lines().enumerate() {
+        if pending.is_none() && !in_comment {
+            let t = line.trim_start();
+            let t = t
+                .strip_prefix("pub(crate) ")
+                .or_else(|| t.strip_prefix("pub(super) "))
+                .or_else(|| t.strip_prefix("pub "))
+                .unwrap_or(t);
+            let t = t.strip_prefix("const ").unwrap_or(t);
+            let t = t.strip_prefix("unsafe ").unwrap_or(t);
+            if let Some(rest) = t.strip_prefix("fn ") {
+                let name: String = rest
+                    .chars()
+                    .take_while(|c| c.is_alphanumeric() || *c == '_')
+                    .collect();
+                pending = Some((name, n + 1, depth));
+            }
+        }
+        for c in braces_only(line, &mut in_comment).chars() {
+            match c {
+                '{' => {
+                    if let Some((name, start, at)) = pending.take_if(|p| p.2 == depth) {
+                        open.push((name, start, at));
+                    }
+                    depth += 1;
+                }
+                '}' => {
+                    depth -= 1;
+                    if open.last().is_some_and(|f| f.2 == depth) {
+                        let (name, start, _) = open.pop().unwrap();
+                        found.push((name, start, n + 1 - start + 1));
+                    }
+                }
+                ';' if pending.as_ref().is_some_and(|p| p.2 == depth) => pending = None,
+                _ => {}
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn no_source_file_is_over_800_lines_of_code_and_no_function_over_120_lines() {
+    let src = Path::new(ROOT).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let mut over = Vec::new();
+    for file in &files {
+        let text = fs::read_to_string(file).unwrap();
+        let rel = file.strip_prefix(ROOT).unwrap().display().to_string();
+        let lines = code_lines(&text);
+        if lines > 800 {
+            over.push(format!(
+                "{rel}: {lines} lines of code before its tests (at most 800)"
+            ));
+        }
+        for (name, start, len) in function_lengths(&text) {
+            if len > 120 {
+                over.push(format!(
+                    "{rel}:{start}: fn {name} is {len} lines (at most 120)"
+                ));
+            }
+        }
+    }
+    assert!(
+        over.is_empty(),
+        "give these a room of their own (ARCHITECTURE.md):\n  {}",
+        over.join("\n  ")
+    );
+}
+
+#[test]
+fn the_measures_count_what_they_say() {
+    let text = "// a comment\nfn short() {\n    let s = \"}\";\n}\n\nfn long() {\n    if x { y(); }\n    z('{');\n}\n#[cfg(test)]\nmod tests {}\n";
+    assert_eq!(code_lines(text), 7);
+    let fns = function_lengths(text);
+    assert_eq!(
+        fns,
+        vec![("short".to_string(), 2, 3), ("long".to_string(), 6, 4)]
+    );
+}
