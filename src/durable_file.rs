@@ -107,9 +107,8 @@ mod tests {
     #[test]
     fn files_are_created_0640_whatever_the_umask() {
         use std::os::unix::fs::PermissionsExt;
-        let dir = std::env::temp_dir().join(format!("rackhand-durable-{}", std::process::id()));
-        fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("seq");
+        let dir = crate::test_support::temp_dir("durable");
+        let path = dir.path().join("seq");
         // SAFETY: umask is process-wide; this test restores it at once.
         let old = unsafe { libc::umask(0) };
         let written = write_atomically(&path, b"7\n");
@@ -119,7 +118,6 @@ mod tests {
         assert_eq!(mode, FILE_MODE, "{mode:o}");
         overwrite_in_place(&path, b"12\n").unwrap();
         assert_eq!(fs::read_to_string(&path).unwrap(), "12\n");
-        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -92,9 +92,8 @@ mod tests {
 
     #[test]
     fn messages_reach_a_listening_socket() {
-        let dir = std::env::temp_dir().join(format!("rackhand-notify-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("notify.sock");
+        let dir = crate::test_support::temp_dir("notify");
+        let path = dir.path().join("notify.sock");
         let listener = UnixDatagram::bind(&path).unwrap();
         let notifier = Notifier {
             socket: Some((
@@ -111,7 +110,6 @@ mod tests {
         let n = listener.recv(&mut buf).unwrap();
         assert_eq!(&buf[..n], b"WATCHDOG=1");
         assert_eq!(notifier.watchdog_period(), Some(Duration::from_secs(30)));
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -144,16 +144,12 @@ impl Sequence {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn temp(tag: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("rackhand-seq-{tag}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        dir
-    }
+    use crate::test_support::temp_dir;
 
     #[test]
     fn numbers_increase_and_are_never_reused_after_a_restart() {
-        let dir = temp("restart");
+        let tmp = temp_dir("seq-restart");
+        let dir = tmp.path().join("state");
         let seq = Sequence::open(&dir).unwrap();
         let first: Vec<u64> = (0..10).map(|_| seq.next().unwrap()).collect();
         assert_eq!(first, (1..=10).collect::<Vec<_>>());
@@ -165,12 +161,12 @@ mod tests {
             "after a restart {n} must be above every number handed out"
         );
         assert_eq!(n, BLOCK + 1);
-        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn the_file_is_written_once_per_block() {
-        let dir = temp("block");
+        let tmp = temp_dir("seq-block");
+        let dir = tmp.path().join("state");
         let seq = Sequence::open(&dir).unwrap();
         seq.next().unwrap();
         let written = fs::read_to_string(dir.join("seq")).unwrap();
@@ -183,12 +179,12 @@ mod tests {
             fs::read_to_string(dir.join("seq")).unwrap().trim(),
             (2 * BLOCK).to_string()
         );
-        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn the_agent_continues_above_its_spool_when_the_file_is_lost_or_damaged() {
-        let dir = temp("above");
+        let tmp = temp_dir("seq-above");
+        let dir = tmp.path().join("state");
         fs::create_dir_all(&dir).unwrap();
         // Lost (restored from an old backup, say): behind what the spool holds.
         fs::write(dir.join("seq"), "5\n").unwrap();
@@ -205,12 +201,12 @@ mod tests {
             .parse()
             .unwrap();
         assert!(reserved >= 7001, "the file is whole again: {reserved}");
-        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn a_corrupt_file_is_an_error_that_says_what_to_do() {
-        let dir = temp("corrupt");
+        let tmp = temp_dir("seq-corrupt");
+        let dir = tmp.path().join("state");
         fs::create_dir_all(&dir).unwrap();
         fs::write(dir.join("seq"), "not a number").unwrap();
         let err = Sequence::open(&dir).unwrap_err().to_string();
@@ -218,6 +214,5 @@ mod tests {
             err.contains("corrupt") && err.contains("record ids"),
             "{err}"
         );
-        fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -124,16 +124,12 @@ impl StateLock {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn temp(tag: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("rackhand-state-{tag}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        dir
-    }
+    use crate::test_support::temp_dir;
 
     #[test]
     fn one_agent_per_state_dir() {
-        let dir = temp("lock");
+        let tmp = temp_dir("state-lock");
+        let dir = tmp.path().join("state");
         let first = StateLock::acquire(&dir).unwrap();
         let second = StateLock::acquire(&dir)
             .err()
@@ -145,12 +141,12 @@ mod tests {
         );
         drop(first);
         StateLock::acquire(&dir).expect("free again once the first is gone");
-        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn a_world_readable_state_dir_is_narrowed_to_the_owner_and_group() {
-        let dir = temp("modes");
+        let tmp = temp_dir("state-modes");
+        let dir = tmp.path().join("state");
         fs::create_dir_all(dir.join("spool")).unwrap();
         fs::write(dir.join("spool/00000000000000000001.seg"), b"x").unwrap();
         fs::write(dir.join("status.json"), b"{}").unwrap();
@@ -165,6 +161,5 @@ mod tests {
         assert_eq!(mode(&dir.join("spool")), 0o750);
         assert_eq!(mode(&dir.join("status.json")), 0o640);
         assert_eq!(mode(&dir.join("spool/00000000000000000001.seg")), 0o640);
-        fs::remove_dir_all(&dir).unwrap();
     }
 }

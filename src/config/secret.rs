@@ -154,14 +154,12 @@ mod tests {
 
     #[test]
     fn a_secret_file_loses_one_trailing_newline_only() {
-        let dir = std::env::temp_dir().join(format!("rackhand-secret-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("pw");
+        let dir = crate::test_support::temp_dir("secret");
+        let path = dir.path().join("pw");
         std::fs::write(&path, "  spaced pw \n").unwrap();
         assert_eq!(
             Secret::from_file(&path).unwrap().expose(),
             Some("  spaced pw ")
         );
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -205,27 +205,9 @@ impl Link for ConsoleLink {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::temp_dir;
     use std::os::unix::fs::symlink;
     use std::time::{Duration, Instant};
-
-    /// A scratch directory removed when the test ends, however it ends.
-    struct Scratch(PathBuf);
-
-    impl Scratch {
-        fn new(name: &str) -> Scratch {
-            let dir = std::env::temp_dir()
-                .join(format!("rackhand-console-{name}-{}", std::process::id()));
-            let _ = fs::remove_dir_all(&dir);
-            fs::create_dir_all(&dir).unwrap();
-            Scratch(dir)
-        }
-    }
-
-    impl Drop for Scratch {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir_all(&self.0);
-        }
-    }
 
     fn profile() -> Profile {
         let mut p = Profile::for_platform("cisco_ios").unwrap();
@@ -237,8 +219,8 @@ mod tests {
 
     #[test]
     fn a_stale_link_is_replaced_and_removed_at_stop() {
-        let dir = Scratch::new("stale");
-        let link = dir.0.join("ttyS0");
+        let dir = temp_dir("console-stale");
+        let link = dir.path().join("ttyS0");
         symlink("/nonexistent/pts/99", &link).unwrap();
         let console = PtyConsole::start(&link, None, profile()).unwrap();
         assert_eq!(fs::read_link(&link).unwrap(), console.device_path());
@@ -249,8 +231,8 @@ mod tests {
 
     #[test]
     fn a_regular_file_at_the_link_is_left_alone() {
-        let dir = Scratch::new("file");
-        let link = dir.0.join("ttyS0");
+        let dir = temp_dir("console-file");
+        let link = dir.path().join("ttyS0");
         fs::write(&link, b"keep me").unwrap();
         let err = PtyConsole::start(&link, None, profile())
             .err()
@@ -280,8 +262,8 @@ mod tests {
 
     #[test]
     fn silent_until_a_key_then_paced_at_the_baud_rate() {
-        let dir = Scratch::new("baud");
-        let link = dir.0.join("ttyS0");
+        let dir = temp_dir("console-baud");
+        let link = dir.path().join("ttyS0");
         let console = PtyConsole::start(&link, Some(2400), profile()).unwrap();
         let port = fs::OpenOptions::new()
             .read(true)

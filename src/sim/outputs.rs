@@ -142,7 +142,8 @@ mod tests {
 
     #[test]
     fn directory_outputs_and_errors_name_the_path() {
-        let dir = std::env::temp_dir().join(format!("rackhand-sim-outputs-{}", std::process::id()));
+        let tmp = crate::test_support::temp_dir("sim-outputs");
+        let dir = tmp.path().join("outputs");
         fs::create_dir_all(&dir).unwrap();
         fs::write(dir.join("show_foo_bar.txt"), b"a\r\nb").unwrap();
         fs::write(dir.join("notes.md"), b"ignored").unwrap();

@@ -75,9 +75,8 @@ mod tests {
 
     #[test]
     fn header_values_take_secrets_from_env_and_files() {
-        let dir = std::env::temp_dir().join(format!("rackhand-header-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let token = dir.join("token");
+        let dir = crate::test_support::temp_dir("header");
+        let token = dir.path().join("token");
         std::fs::write(&token, "s3cret\n").unwrap();
         let value = format!("Bearer {{file:{}}}", token.display());
         assert_eq!(
@@ -106,6 +105,5 @@ mod tests {
             unreadable.to_string().contains("/nonexistent/token"),
             "{unreadable}"
         );
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

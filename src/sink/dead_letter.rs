@@ -208,6 +208,7 @@ fn header(refuser: Refuser<'_>, r: &Refusal<'_>, at: &str) -> Vec<u8> {
 mod tests {
     use super::*;
     use crate::batch::{BatchLimits, Batcher};
+    use crate::test_support::temp_dir;
     use std::time::{Duration, Instant};
 
     fn batch(first: u64, n: u64, line_len: usize) -> Batch {
@@ -242,13 +243,6 @@ mod tests {
         target: "http://c/ingest",
     };
 
-    fn temp_dir(tag: &str) -> PathBuf {
-        let dir =
-            std::env::temp_dir().join(format!("rackhand-dead-letter-{tag}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        dir
-    }
-
     /// Each entry: its header and the record lines after it.
     fn entries(path: &Path) -> Vec<(serde_json::Value, Vec<u8>)> {
         let bytes = fs::read(path).unwrap();
@@ -266,7 +260,8 @@ mod tests {
 
     #[test]
     fn an_entry_larger_than_the_cap_is_written_whole_and_the_next_one_rotates() {
-        let dir = temp_dir("cap");
+        let tmp = temp_dir("dead-letter-cap");
+        let dir = tmp.path().join("dead-letters");
         let letters = DeadLetters::new(&dir, 1000);
         let small = batch(1, 2, 100);
         let big = batch(3, 3, 2000);
@@ -298,12 +293,12 @@ mod tests {
         letters.write(HTTP, &[refusal(&small)]).unwrap();
         assert_eq!(entries(&dir.join(OLD))[0].1, big.body());
         assert_eq!(entries(&dir.join(FILE))[0].1, small.body());
-        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn several_refusals_are_one_append_in_order_and_none_is_nothing() {
-        let dir = temp_dir("many");
+        let tmp = temp_dir("dead-letter-many");
+        let dir = tmp.path().join("dead-letters");
         let letters = DeadLetters::new(&dir, MAX_BYTES);
         assert_eq!(letters.write(HTTP, &[]).unwrap(), vec![]);
         assert!(!dir.join(FILE).exists(), "nothing refused, no file");
@@ -335,12 +330,12 @@ mod tests {
         assert_eq!(got[1].1, three.body());
         assert_eq!(got[0].0["dead_letter"]["status"], serde_json::Value::Null);
         assert_eq!(got[0].0["dead_letter"]["target"], "mqtt://broker:1883");
-        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn a_folder_that_cannot_be_written_is_an_error_naming_the_file_and_the_fix() {
-        let dir = temp_dir("unwritable");
+        let tmp = temp_dir("dead-letter-unwritable");
+        let dir = tmp.path().join("dead-letters");
         // A file where the folder should be: create_dir_all fails, as on a read-only disk.
         fs::write(&dir, b"not a folder").unwrap();
         let letters = DeadLetters::new(&dir.join("sub"), MAX_BYTES);
@@ -350,6 +345,5 @@ mod tests {
         assert!(text.contains("dead-letter.ndjson"), "{text}");
         assert!(text.contains("records 1-1"), "{text}");
         assert!(text.contains("stay in the spool"), "{text}");
-        fs::remove_file(&dir).unwrap();
     }
 }

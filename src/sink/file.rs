@@ -278,6 +278,7 @@ impl Sink for FileSink {
 mod tests {
     use super::*;
     use crate::record::{Outcome, Status};
+    use crate::test_support::temp_dir;
     use std::time::{Duration, SystemTime};
 
     fn record(seq: u64) -> Record {
@@ -292,13 +293,6 @@ mod tests {
             duration: Duration::from_millis(3),
         }
         .into_record("a", seq)
-    }
-
-    fn temp_dir(tag: &str) -> PathBuf {
-        let dir =
-            std::env::temp_dir().join(format!("rackhand-filesink-{tag}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        dir
     }
 
     /// Every file in `dir` by name, with its content.
@@ -339,7 +333,8 @@ mod tests {
 
     #[test]
     fn records_are_lines_and_files_rotate_by_size() {
-        let dir = temp_dir("rotate");
+        let tmp = temp_dir("filesink-rotate");
+        let dir = tmp.path().join("records");
         let mut sink = FileSink::open(&dir, 600).unwrap();
         for seq in 1..=10 {
             sink.write(&record(seq)).unwrap();
@@ -363,12 +358,12 @@ mod tests {
         }
         all.sort();
         assert_eq!(all, (1..=10).collect::<Vec<_>>());
-        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn a_restart_with_a_current_file_and_rotated_ones_never_replaces_or_loses_a_file() {
-        let dir = temp_dir("restart");
+        let tmp = temp_dir("filesink-restart");
+        let dir = tmp.path().join("records");
         fs::create_dir_all(&dir).unwrap();
         // An earlier run: two rotated files, and records.ndjson starting at seq 5, a first seq
         // a rotated file already has (its last batch was written again after a crash).
@@ -413,12 +408,12 @@ mod tests {
         assert_eq!(after["records-000000000009.ndjson"], lines(9..=10));
         assert_eq!(after[CURRENT], lines(9..=10));
         assert_eq!(after.len(), 6, "{:?}", after.keys());
-        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn a_current_file_whose_first_line_names_no_seq_rotates_to_a_name_of_its_own() {
-        let dir = temp_dir("unknown");
+        let tmp = temp_dir("filesink-unknown");
+        let dir = tmp.path().join("records");
         fs::create_dir_all(&dir).unwrap();
         fs::write(dir.join(CURRENT), b"{\"half a line").unwrap();
         let mut sink = FileSink::open(&dir, 1).unwrap();
@@ -432,12 +427,12 @@ mod tests {
         assert_eq!(unknown.len(), 1, "{:?}", after.keys());
         assert_eq!(after[unknown[0]], b"{\"half a line");
         assert_eq!(seqs(&after[CURRENT]), vec![3]);
-        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn the_rename_refuses_an_existing_name_and_the_next_free_one_is_taken() {
-        let dir = temp_dir("noreplace");
+        let tmp = temp_dir("filesink-noreplace");
+        let dir = tmp.path().join("records");
         fs::create_dir_all(&dir).unwrap();
         let (from, to) = (dir.join("a"), dir.join("b.ndjson"));
         fs::write(&from, b"new").unwrap();
@@ -451,6 +446,5 @@ mod tests {
         assert_eq!(fs::read(&used).unwrap(), b"new");
         assert_eq!(fs::read(&to).unwrap(), b"old");
         assert!(!from.exists());
-        fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -821,6 +821,7 @@ fn read_holder(path: &Path) -> Holder {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::temp_dir;
 
     #[test]
     fn lock_names_follow_minicom() {
@@ -840,33 +841,14 @@ mod tests {
         assert_eq!(parse_pid(b"        -1\n"), None);
     }
 
-    /// A scratch lock directory, removed however the test ends.
-    struct Scratch(PathBuf);
-
-    impl Scratch {
-        fn new(tag: &str) -> Scratch {
-            let dir =
-                std::env::temp_dir().join(format!("rackhand-serial-{tag}-{}", std::process::id()));
-            let _ = fs::remove_dir_all(&dir);
-            fs::create_dir_all(&dir).unwrap();
-            Scratch(dir)
-        }
-    }
-
-    impl Drop for Scratch {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir_all(&self.0);
-        }
-    }
-
     #[test]
     fn racing_workers_get_one_lock_per_port_and_leave_no_temp_files() {
-        let dir = Scratch::new("race");
+        let dir = temp_dir("serial-race");
         let barrier = std::sync::Barrier::new(16);
         let results: Vec<(usize, Result<UucpLock, LockError>)> = std::thread::scope(|s| {
             let handles: Vec<_> = (0..16)
                 .map(|i| {
-                    let (dir, barrier) = (&dir.0, &barrier);
+                    let (dir, barrier) = (dir.path(), &barrier);
                     s.spawn(move || {
                         // Eight ports, two workers each.
                         let device = PathBuf::from(format!("/dev/ttyUSB{}", i % 8));
@@ -890,7 +872,7 @@ mod tests {
                 "{msg}"
             );
         }
-        let names: Vec<String> = fs::read_dir(&dir.0)
+        let names: Vec<String> = fs::read_dir(dir.path())
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
@@ -901,7 +883,7 @@ mod tests {
         );
         drop(results);
         assert_eq!(
-            fs::read_dir(&dir.0).unwrap().count(),
+            fs::read_dir(dir.path()).unwrap().count(),
             0,
             "locks outlived their owners"
         );

@@ -4,6 +4,8 @@
 use std::path::Path;
 use std::process::Command;
 
+use crate::support::TempDir;
+
 fn unit_text() -> String {
     std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd/rackhand.service"))
         .expect("systemd/rackhand.service")
@@ -13,8 +15,7 @@ fn unit_text() -> String {
 fn the_unit_verifies_with_systemd_analyze() {
     // verify insists that ExecStart exists: point it at the binary cargo built. The man page
     // is checked where the package installs it (scripts/package-check), hence --man=no here.
-    let dir = std::env::temp_dir().join(format!("rackhand-unit-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new("unit").unwrap();
     let unit = dir.join("rackhand.service");
     let text = unit_text().replace("/usr/bin/rackhand", env!("CARGO_BIN_EXE_rackhand"));
     assert_ne!(text, unit_text(), "the unit does not run /usr/bin/rackhand");
@@ -25,7 +26,6 @@ fn the_unit_verifies_with_systemd_analyze() {
         .output()
         .expect("systemd-analyze (package systemd; scripts/install-deps installs it)");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    std::fs::remove_dir_all(&dir).unwrap();
     // Messages about *other* units on this machine are not ours to judge.
     let ours: Vec<&str> = stderr.lines().filter(|l| l.contains("rackhand")).collect();
     assert!(
