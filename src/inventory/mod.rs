@@ -1007,6 +1007,29 @@ commands = []
     }
 
     #[test]
+    fn keep_alive_is_whole_seconds_within_mqtts_field() {
+        let mqtt = |value: &str| {
+            resolve_text(&format!(
+                "[upstream]\nsink = \"mqtt\"\nbroker = \"mqtt://b\"\nkeep_alive = {value}\n"
+            ))
+        };
+        let (inv, report) = mqtt("\"5s\"");
+        assert!(!report.has_errors(), "{report}");
+        assert_eq!(inv.upstream.unwrap().keep_alive, Duration::from_secs(5));
+        let (inv, _) = resolve_text("[upstream]\nsink = \"mqtt\"\nbroker = \"mqtt://b\"\n");
+        assert_eq!(inv.upstream.unwrap().keep_alive, defaults::MQTT_KEEP_ALIVE);
+        for value in ["\"500ms\"", "\"1500ms\"", "\"20h\""] {
+            let (_, report) = mqtt(value);
+            assert_eq!(report.errors().count(), 1, "{value}: {report}");
+            let text = report.to_string();
+            assert!(
+                text.contains("rackhand.toml:4:14: ") && text.contains("whole seconds"),
+                "{value}: {text}"
+            );
+        }
+    }
+
+    #[test]
     fn upstream_needs_the_target_of_its_sink() {
         let (inv, report) = resolve_text("[upstream]\nsink = \"mqtt\"\nurl = \"http://x\"\n");
         assert!(inv.upstream.is_none());
