@@ -12,7 +12,7 @@
 //! step is a method that borrows what it needs: [`AgentLoop::start`] (`start.rs`) opens
 //! everything, [`AgentLoop::next_event`] waits, [`AgentLoop::handle_event`] acts, and
 //! [`AgentLoop::drain`] stops. What the status file says about collections is kept by
-//! `status_keeper.rs`.
+//! `status_keeper.rs`; what the retained MQTT presence message says, by `presence.rs`.
 
 mod presence;
 mod start;
