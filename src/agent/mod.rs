@@ -12,8 +12,9 @@
 //! step is a method that borrows what it needs: [`AgentLoop::start`] (`start.rs`) opens
 //! everything, [`AgentLoop::next_event`] waits, [`AgentLoop::handle_event`] acts, and
 //! [`AgentLoop::drain`] stops. What the status file says about collections is kept by
-//! `status_keeper.rs`.
+//! `status_keeper.rs`; what the retained MQTT presence message says, by `presence.rs`.
 
+mod presence;
 mod start;
 mod status_keeper;
 
@@ -34,6 +35,7 @@ use crate::ship::Shipper;
 use crate::spooler::Spooler;
 use crate::state_dir::StateLock;
 
+use presence::PresenceKeeper;
 use status_keeper::StatusKeeper;
 
 /// How often spooled records are made durable (group commit), unless `fsync = "always"`.
@@ -204,6 +206,8 @@ struct AgentLoop {
     watchdog: Watchdog,
     spooler: Spooler,
     status: StatusKeeper,
+    /// The retained MQTT presence message (`sink = "mqtt"`).
+    presence: PresenceKeeper,
     /// The spool (or the disk) is full and new collections are held back.
     paused: bool,
     /// The end of `Options::run_for`.
@@ -314,6 +318,7 @@ impl AgentLoop {
         if let Some(device) = self.scheduler.device(key) {
             let name = device.name.clone();
             self.status.finished(&name, run, self.spooler.last_seq());
+            self.presence.finished(&name, run.all_ok());
             self.summary.finished(name, elapsed);
         }
         self.scheduler.finished(key, run, Instant::now());
@@ -329,6 +334,7 @@ impl AgentLoop {
             let stats = self.spooler.stats();
             self.status.save(&stats, self.paused, &report, now);
         }
+        self.offer_presence(now);
         self.watchdog.ping_if_due(&self.notifier);
     }
 
@@ -390,6 +396,7 @@ impl AgentLoop {
             .shipper
             .finish(SHIP_GRACE, self.upstream.timeout + Duration::from_secs(1));
         self.spooler.shipper_stopped();
+        self.presence.stop();
         self.spooler.close();
         self.status.durable(self.spooler.durable_seq());
         let stats = self.spooler.stats();

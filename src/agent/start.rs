@@ -24,6 +24,7 @@ use crate::spool::{Durability, FullPolicy, Spool, SpoolOptions, SpoolReader};
 use crate::spooler::{Spooler, record_limit};
 use crate::state_dir::StateLock;
 
+use super::presence::PresenceKeeper;
 use super::status_keeper::StatusKeeper;
 use super::{
     AgentError, AgentLoop, Options, SYNC_EVERY, SignalFlags, Summary, Watchdog, collecting,
@@ -58,6 +59,7 @@ impl AgentLoop {
             install_signals(&signals, &pool)?;
         }
         let shipper = start_shipper(reader, sink, &agent_id, &upstream, &state_dir, &pool)?;
+        let presence = PresenceKeeper::start(&inventory, &upstream, &state_dir);
 
         let started = Instant::now();
         let agent = AgentLoop {
@@ -80,6 +82,7 @@ impl AgentLoop {
             notifier,
             spooler,
             status,
+            presence,
             paused: false,
             stop_at: options.run_for.map(|d| started + d),
             drain: options.drain,

@@ -165,6 +165,7 @@ pub const UPSTREAM_KEYS: &[Key] = &[
     key("fsync", Kind::Enum(FSYNC)),
     key("file_max_bytes", Kind::Size),
     key("max_packet_size", Kind::Size),
+    key("keep_alive", Kind::Duration),
 ];
 
 /// The sections a config file may have at its top level.

@@ -50,6 +50,10 @@ pub mod defaults {
     pub const OUTBOX: &str = "outbox";
     /// MQTT's largest packet: no limit below the protocol's unless the broker has one.
     pub const MQTT_MAX_PACKET_SIZE: usize = super::MQTT_PACKET_SIZE_MAX;
+    /// MQTT keep-alive: cheap on a cellular uplink, and a half-open connection (or an agent
+    /// that lost power: the broker then publishes its presence will) is noticed within a
+    /// minute.
+    pub const MQTT_KEEP_ALIVE: Duration = Duration::from_secs(30);
 }
 
 /// The smallest `max_packet_size`: below it nearly every record would be dead-lettered.
@@ -258,6 +262,8 @@ pub struct Upstream {
     pub(crate) file_max_bytes: u64,
     /// mqtt: the broker's largest packet; a record whose PUBLISH is larger is dead-lettered.
     pub(crate) max_packet_size: usize,
+    /// mqtt: the keep-alive (whole seconds, 1 s to 65535 s).
+    pub(crate) keep_alive: Duration,
 }
 
 /// Everything the agent needs, resolved and checked.
@@ -998,6 +1004,29 @@ commands = []
             warnings[0].contains("only to sink = \"mqtt\", not `http`"),
             "{warnings:?}"
         );
+    }
+
+    #[test]
+    fn keep_alive_is_whole_seconds_within_mqtts_field() {
+        let mqtt = |value: &str| {
+            resolve_text(&format!(
+                "[upstream]\nsink = \"mqtt\"\nbroker = \"mqtt://b\"\nkeep_alive = {value}\n"
+            ))
+        };
+        let (inv, report) = mqtt("\"5s\"");
+        assert!(!report.has_errors(), "{report}");
+        assert_eq!(inv.upstream.unwrap().keep_alive, Duration::from_secs(5));
+        let (inv, _) = resolve_text("[upstream]\nsink = \"mqtt\"\nbroker = \"mqtt://b\"\n");
+        assert_eq!(inv.upstream.unwrap().keep_alive, defaults::MQTT_KEEP_ALIVE);
+        for value in ["\"500ms\"", "\"1500ms\"", "\"20h\""] {
+            let (_, report) = mqtt(value);
+            assert_eq!(report.errors().count(), 1, "{value}: {report}");
+            let text = report.to_string();
+            assert!(
+                text.contains("rackhand.toml:4:14: ") && text.contains("whole seconds"),
+                "{value}: {text}"
+            );
+        }
     }
 
     #[test]

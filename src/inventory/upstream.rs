@@ -41,6 +41,7 @@ pub(super) fn default_upstream(agent: &Agent) -> Upstream {
         fsync_always: false,
         file_max_bytes: defaults::FILE_MAX_BYTES,
         max_packet_size: defaults::MQTT_MAX_PACKET_SIZE,
+        keep_alive: defaults::MQTT_KEEP_ALIVE,
     }
 }
 
@@ -183,7 +184,29 @@ pub(super) fn resolve_upstream(layer: &Layer, report: &mut Report) -> Option<Ups
         fsync_always: layer.str("fsync") == Some("always"),
         file_max_bytes: size("file_max_bytes", defaults::FILE_MAX_BYTES),
         max_packet_size: max_packet_size(layer, kind, report),
+        keep_alive: keep_alive(layer, report),
     })
+}
+
+/// `keep_alive`: whole seconds within what MQTT's 16-bit field holds (a broker notices a
+/// silent agent, and publishes its presence will, after 1.5 times this).
+fn keep_alive(layer: &Layer, report: &mut Report) -> Duration {
+    let Some(setting) = layer.get("keep_alive") else {
+        return defaults::MQTT_KEEP_ALIVE;
+    };
+    let Value::Duration(d) = setting.value else {
+        return defaults::MQTT_KEEP_ALIVE;
+    };
+    if d < Duration::from_secs(1) || d > Duration::from_secs(65535) || d.subsec_nanos() != 0 {
+        report.error(
+            setting.span.clone(),
+            format!(
+                "`keep_alive` is {d:?}; MQTT counts it in whole seconds from \"1s\" to \"65535s\": write e.g. \"30s\""
+            ),
+        );
+        return defaults::MQTT_KEEP_ALIVE;
+    }
+    d
 }
 
 /// `max_packet_size`: only for mqtt, and within what an MQTT packet can be.

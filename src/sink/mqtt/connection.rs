@@ -204,7 +204,7 @@ pub(super) fn drive(mut connection: Connection, shared: &Shared, describe: &Desc
 }
 
 /// Says what a connection error means for the operator.
-fn describe_error(error: &ConnectionError, d: &Describe) -> String {
+pub(super) fn describe_error(error: &ConnectionError, d: &Describe) -> String {
     let url = &d.url;
     let secs = d.timeout.as_secs_f64();
     match error {

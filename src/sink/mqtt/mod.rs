@@ -47,12 +47,15 @@
 //! refused records to the dead-letter file); `connection.rs` the connection thread and the
 //! state it shares with the sink (PUBLISHes and PUBACKs per connection); `attempt.rs` one
 //! attempt (a clean connection, publish, every PUBACK); `options.rs` the broker URL,
-//! credentials and TLS; `packet.rs` topics and the PUBLISH size.
+//! credentials and TLS; `packet.rs` topics and the PUBLISH size; `presence.rs` the agent's
+//! retained `rackhand/<agent id>/status` message and its last will, on a connection of its
+//! own so it never holds a batch up.
 
 mod attempt;
 mod connection;
 mod options;
 mod packet;
+mod presence;
 
 use std::borrow::Cow;
 use std::io;
@@ -74,6 +77,7 @@ use attempt::Failure;
 use connection::{Describe, Shared, State, drive};
 pub use packet::publish_packet_size;
 use packet::{check_topic, render_topic};
+pub(crate) use presence::{DeviceCounts, Presence, PresenceReport, presence_collides};
 
 /// What the sink needs, resolved from `[upstream]` and the agent id.
 #[derive(Clone, PartialEq, Eq)]
@@ -126,9 +130,9 @@ impl std::fmt::Debug for MqttConfig {
     }
 }
 
-/// The keep-alive unless set otherwise: cheap on a cellular uplink, and a half-open
-/// connection is noticed within a minute.
-pub const KEEP_ALIVE: Duration = Duration::from_secs(30);
+/// The keep-alive unless set otherwise (`keep_alive` in `[upstream]`): cheap on a cellular
+/// uplink, and a half-open connection is noticed within a minute.
+pub const KEEP_ALIVE: Duration = crate::inventory::defaults::MQTT_KEEP_ALIVE;
 /// Requests queued to the connection thread at most; more wait for room.
 const QUEUE: usize = 256;
 
@@ -152,7 +156,7 @@ impl MqttConfig {
             password: upstream.password.clone(),
             ca_file: upstream.ca_file.clone(),
             timeout: upstream.timeout,
-            keep_alive: KEEP_ALIVE,
+            keep_alive: upstream.keep_alive,
             backoff: Backoff::default(),
             max_packet_size: upstream.max_packet_size,
             dead_letter_dir: dead_letter_dir.to_path_buf(),
