@@ -25,6 +25,7 @@ use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant};
 
 use crate::inventory::{self, Inventory, Upstream};
+use crate::led::StatusLight;
 use crate::notify::Notifier;
 use crate::outcome::RunSummary;
 use crate::pool::{Pool, PoolEvent};
@@ -204,6 +205,8 @@ struct AgentLoop {
     watchdog: Watchdog,
     spooler: Spooler,
     status: StatusKeeper,
+    /// The status LED (`[board] status_led`); gives the LED back when dropped.
+    led: StatusLight,
     /// The spool (or the disk) is full and new collections are held back.
     paused: bool,
     /// The end of `Options::run_for`.
@@ -314,6 +317,7 @@ impl AgentLoop {
         if let Some(device) = self.scheduler.device(key) {
             let name = device.name.clone();
             self.status.finished(&name, run, self.spooler.last_seq());
+            self.led.finished(&name, run.all_ok());
             self.summary.finished(name, elapsed);
         }
         self.scheduler.finished(key, run, Instant::now());
@@ -328,6 +332,13 @@ impl AgentLoop {
             let report = self.shipper.report();
             let stats = self.spooler.stats();
             self.status.save(&stats, self.paused, &report, now);
+        }
+        if self.led.due(now) {
+            let (stats, ship) = (self.spooler.stats(), self.shipper.report());
+            let max = self.upstream.spool_max_bytes;
+            let inventory = &self.inventory;
+            self.led
+                .observe(now, inventory, &stats, self.paused, &ship, max);
         }
         self.watchdog.ping_if_due(&self.notifier);
     }
@@ -363,6 +374,7 @@ impl AgentLoop {
         }
         self.inventory = new;
         self.status.retain_devices(&self.inventory);
+        self.led.retain(&self.inventory);
         if self.inventory.devices.is_empty() {
             log_idle(&self.config);
         }
@@ -372,6 +384,8 @@ impl AgentLoop {
     /// spooled is committed and shipped for [`SHIP_GRACE`]; the rest waits for the next start.
     fn drain(mut self) -> Summary {
         let _ = self.notifier.stopping();
+        // The LED goes back to the system as the agent stops, not after the drain.
+        self.led.stop();
         for key in self.pool.close() {
             self.scheduler.unstarted(key);
         }
