@@ -89,6 +89,33 @@ fn the_agent_owns_the_led_shows_healthy_and_gives_the_trigger_back_on_sigterm() 
 }
 
 #[test]
+fn a_device_failing_its_collections_shows_degraded() {
+    let dir = TempDir::new("led-e2e").unwrap();
+    let led = fake_led(&dir);
+    let rack = rack();
+    // A port nobody listens on: connection refused at once.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let devices = vec![
+        Dev::telnet("sw1", rack.addrs()[0].1),
+        Dev::telnet("sw2", closed),
+    ];
+    let config = config(&dir, devices, &led);
+    let mut agent = Agent::start(&config, &dir.join("state"));
+    assert!(
+        poll_until(deadline(STEP), || agent
+            .stderr()
+            .contains("status LED: starting → degraded")),
+        "the LED never showed degraded:\n{}",
+        agent.stderr()
+    );
+    assert!(agent.stop().success(), "{}", agent.stderr());
+    assert_eq!(trigger(&led), "mmc0");
+}
+
+#[test]
 fn sigterm_while_the_agent_starts_gives_the_led_back() {
     let dir = TempDir::new("led-e2e").unwrap();
     let led = fake_led(&dir);
