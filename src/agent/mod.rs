@@ -372,6 +372,9 @@ impl AgentLoop {
         if new.upstream != self.inventory.upstream || new.agent.state_dir != self.state_dir {
             log::warn!("[upstream] or state_dir changed; this takes effect at the next restart");
         }
+        if new.board != self.inventory.board {
+            log::warn!("[board] status_led changed; this takes effect at the next restart");
+        }
         self.inventory = new;
         self.status.retain_devices(&self.inventory);
         self.led.retain(&self.inventory);
