@@ -26,6 +26,7 @@ use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant};
 
 use crate::inventory::{self, Inventory, Upstream};
+use crate::led::StatusLight;
 use crate::notify::Notifier;
 use crate::outcome::RunSummary;
 use crate::pool::{Pool, PoolEvent};
@@ -208,6 +209,8 @@ struct AgentLoop {
     status: StatusKeeper,
     /// The retained MQTT presence message (`sink = "mqtt"`).
     presence: PresenceKeeper,
+    /// The status LED (`[board] status_led`); gives the LED back when dropped.
+    led: StatusLight,
     /// The spool (or the disk) is full and new collections are held back.
     paused: bool,
     /// The end of `Options::run_for`.
@@ -319,6 +322,7 @@ impl AgentLoop {
             let name = device.name.clone();
             self.status.finished(&name, run, self.spooler.last_seq());
             self.presence.finished(&name, run.all_ok());
+            self.led.finished(&name, run.all_ok());
             self.summary.finished(name, elapsed);
         }
         self.scheduler.finished(key, run, Instant::now());
@@ -335,6 +339,13 @@ impl AgentLoop {
             self.status.save(&stats, self.paused, &report, now);
         }
         self.offer_presence(now);
+        if self.led.due(now) {
+            let (stats, ship) = (self.spooler.stats(), self.shipper.report());
+            let max = self.upstream.spool_max_bytes;
+            let inventory = &self.inventory;
+            self.led
+                .observe(now, inventory, &stats, self.paused, &ship, max);
+        }
         self.watchdog.ping_if_due(&self.notifier);
     }
 
@@ -367,8 +378,12 @@ impl AgentLoop {
         if new.upstream != self.inventory.upstream || new.agent.state_dir != self.state_dir {
             log::warn!("[upstream] or state_dir changed; this takes effect at the next restart");
         }
+        if new.board != self.inventory.board {
+            log::warn!("[board] status_led changed; this takes effect at the next restart");
+        }
         self.inventory = new;
         self.status.retain_devices(&self.inventory);
+        self.led.retain(&self.inventory);
         if self.inventory.devices.is_empty() {
             log_idle(&self.config);
         }
@@ -378,6 +393,8 @@ impl AgentLoop {
     /// spooled is committed and shipped for [`SHIP_GRACE`]; the rest waits for the next start.
     fn drain(mut self) -> Summary {
         let _ = self.notifier.stopping();
+        // The LED goes back to the system as the agent stops, not after the drain.
+        self.led.stop();
         for key in self.pool.close() {
             self.scheduler.unstarted(key);
         }

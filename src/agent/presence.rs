@@ -4,9 +4,8 @@
 //! and handed over every [`OFFER_EVERY`] (the presence coalesces it to at most one message per
 //! 10 s, and only on change).
 //!
-//! The report's `led` field says what the status LED shows. Until the LED module's state is
-//! wired in, [`interim_led_state`] derives the same four states from the same facts; it is
-//! meant to be replaced by the LED module's function, one call in [`AgentLoop::offer_presence`].
+//! The report's `led` field says what the status LED shows (or would show, on a board without
+//! one): `crate::led`'s state, decided once for both.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -21,57 +20,6 @@ use super::AgentLoop;
 const OFFER_EVERY: Duration = Duration::from_secs(2);
 /// How long a stopping agent waits for its offline message to go out.
 const GOODBYE_WAIT: Duration = Duration::from_secs(3);
-
-/// The states of the status LED, for the presence message's `led` field.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum InterimLedState {
-    Starting,
-    Healthy,
-    Degraded,
-    Failing,
-}
-
-impl InterimLedState {
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            InterimLedState::Starting => "starting",
-            InterimLedState::Healthy => "healthy",
-            InterimLedState::Degraded => "degraded",
-            InterimLedState::Failing => "failing",
-        }
-    }
-}
-
-/// What the LED state is derived from.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct HealthFacts {
-    /// `ok` and `failing` count the devices by their last collection since the agent started.
-    pub(crate) devices: DeviceCounts,
-    /// New collections are held back: the spool is full (`block`) or the disk refuses writes.
-    pub(crate) spool_paused: bool,
-    /// The spool cannot write (disk full, I/O errors).
-    pub(crate) storage_failing: bool,
-    /// The uplink's last delivery attempt failed.
-    pub(crate) uplink_failing: bool,
-}
-
-/// The LED state from what the agent knows, until the LED module's own replaces it:
-/// `starting` until every configured device finished a collection since the start (and while
-/// none is configured); `failing` when no device collected fine, or the spool is full or its
-/// storage fails; `degraded` when the uplink's last attempt failed or some device's last
-/// collection did; else `healthy`.
-pub(crate) fn interim_led_state(facts: &HealthFacts) -> InterimLedState {
-    let d = facts.devices;
-    if d.total == 0 || d.ok + d.failing < d.total {
-        InterimLedState::Starting
-    } else if d.ok == 0 || facts.spool_paused || facts.storage_failing {
-        InterimLedState::Failing
-    } else if facts.uplink_failing || d.failing > 0 {
-        InterimLedState::Degraded
-    } else {
-        InterimLedState::Healthy
-    }
-}
 
 /// The presence (with an mqtt sink) and what it reports about the devices.
 pub(super) struct PresenceKeeper {
@@ -109,7 +57,7 @@ impl PresenceKeeper {
         }
         let first = PresenceReport {
             devices: keeper.counts(inventory),
-            led: InterimLedState::Starting.as_str(),
+            led: crate::led::LedState::Starting.as_str(),
         };
         match Presence::start(&config, SystemTime::now(), first) {
             Ok(presence) => keeper.presence = Some(presence),
@@ -170,67 +118,12 @@ impl AgentLoop {
         }
         self.presence.last_offer = Some(now);
         self.presence.forget_removed(&self.inventory);
-        let stats = self.spooler.stats();
-        let facts = HealthFacts {
-            devices: self.presence.counts(&self.inventory),
-            spool_paused: self.paused,
-            storage_failing: stats.storage_trouble.is_some(),
-            uplink_failing: self.shipper.report().consecutive_failures > 0,
-        };
         let report = PresenceReport {
-            devices: facts.devices,
-            led: interim_led_state(&facts).as_str(),
+            devices: self.presence.counts(&self.inventory),
+            led: self.led.state().as_str(),
         };
         if let Some(presence) = &self.presence.presence {
             presence.offer(report);
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn facts(total: usize, ok: usize, failing: usize) -> HealthFacts {
-        HealthFacts {
-            devices: DeviceCounts { total, ok, failing },
-            ..HealthFacts::default()
-        }
-    }
-
-    #[test]
-    fn the_interim_led_state_follows_devices_spool_and_uplink() {
-        use InterimLedState::*;
-        let cases = [
-            (facts(0, 0, 0), Starting),
-            (facts(3, 1, 1), Starting),
-            (facts(3, 3, 0), Healthy),
-            (facts(3, 2, 1), Degraded),
-            (facts(3, 0, 3), Failing),
-            (
-                HealthFacts {
-                    uplink_failing: true,
-                    ..facts(3, 3, 0)
-                },
-                Degraded,
-            ),
-            (
-                HealthFacts {
-                    spool_paused: true,
-                    ..facts(3, 3, 0)
-                },
-                Failing,
-            ),
-            (
-                HealthFacts {
-                    storage_failing: true,
-                    ..facts(3, 2, 1)
-                },
-                Failing,
-            ),
-        ];
-        for (facts, want) in cases {
-            assert_eq!(interim_led_state(&facts), want, "{facts:?}");
         }
     }
 }

@@ -58,6 +58,9 @@ impl AgentLoop {
         if options.signals {
             install_signals(&signals, &pool)?;
         }
+        // After the signal handlers, so a SIGTERM from here on stops the agent through its
+        // drain and this guard's Drop gives the LED back; an error below drops it too.
+        let led = crate::led::StatusLight::start(inventory.board.status_led.as_ref());
         let shipper = start_shipper(reader, sink, &agent_id, &upstream, &state_dir, &pool)?;
         let presence = PresenceKeeper::start(&inventory, &upstream, &state_dir);
 
@@ -83,6 +86,7 @@ impl AgentLoop {
             spooler,
             status,
             presence,
+            led,
             paused: false,
             stop_at: options.run_for.map(|d| started + d),
             drain: options.drain,

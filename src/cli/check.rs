@@ -63,6 +63,10 @@ pub(crate) fn render_inventory(path: &Path, inv: &Inventory) -> String {
             ""
         }
     );
+    if let Some(led) = &inv.board.status_led {
+        // Before the blank line, so the table's position stays put.
+        text.insert_str(text.len() - 1, &crate::led::describe_for_check(led));
+    }
     if inv.devices.is_empty() {
         // A starter config (a package installs one and starts the agent): not an error.
         text.push_str(

@@ -168,8 +168,11 @@ pub const UPSTREAM_KEYS: &[Key] = &[
     key("keep_alive", Kind::Duration),
 ];
 
+/// `[board]`: the board the agent runs on (its status LED).
+pub const BOARD_KEYS: &[Key] = &[key("status_led", Kind::Str)];
+
 /// The sections a config file may have at its top level.
-pub const SECTIONS: &[&str] = &["agent", "defaults", "group", "device", "upstream"];
+pub const SECTIONS: &[&str] = &["agent", "defaults", "group", "device", "upstream", "board"];
 
 /// Secrets come from exactly one of three keys; these name the families.
 pub const SECRET_FAMILIES: &[[&str; 3]] = &[
@@ -261,6 +264,7 @@ mod tests {
             DEVICE_ONLY,
             GROUP_ONLY,
             UPSTREAM_KEYS,
+            BOARD_KEYS,
         ];
         let mut missing = Vec::new();
         for key in tables.iter().flat_map(|t| t.iter()) {

@@ -14,8 +14,10 @@ use std::time::Duration;
 use crate::config::schema::{SECRET_FAMILIES, Setting, Value};
 use crate::config::{Layer, RawConfig, Report, Secret};
 
+mod board;
 mod upstream;
 
+pub(crate) use board::{Board, GpioLine, StatusLed};
 use upstream::{default_upstream, resolve_upstream};
 
 /// Built-in defaults, used when neither the device, its groups nor `[defaults]` set a key.
@@ -273,6 +275,8 @@ pub struct Inventory {
     pub(crate) groups: Vec<Group>,
     pub devices: Vec<Device>,
     pub(crate) upstream: Option<Upstream>,
+    /// `[board]`: the status LED.
+    pub(crate) board: Board,
 }
 
 /// Where the commands a device runs come from.
@@ -391,6 +395,7 @@ pub(crate) fn resolve_with(
             .upstream
             .as_ref()
             .and_then(|u| resolve_upstream(u, report)),
+        board: board::resolve_board(raw.board.as_ref(), report),
     }
 }
 

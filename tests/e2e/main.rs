@@ -18,5 +18,6 @@ mod mqtt_presence;
 mod mqtt_sink;
 mod sim_ssh;
 mod ssh_transport;
+mod status_led;
 mod storage_e2e;
 mod upstream_e2e;

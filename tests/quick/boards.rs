@@ -20,6 +20,10 @@ struct Board {
     console_uart: String,
     ram_mib: u32,
     workers: u32,
+    /// The board's LEDs under /sys/class/leds (`[board] status_led`).
+    leds: Vec<String>,
+    #[serde(default)]
+    led_notes: Option<String>,
     notes: String,
 }
 
@@ -125,6 +129,35 @@ fn profiles_are_plausible() {
             !board.os.is_empty() && !board.notes.is_empty(),
             "boards/{file}: os and notes must say something"
         );
+    }
+}
+
+#[test]
+fn every_profile_names_its_leds_as_status_led_takes_them() {
+    for (file, board) in profiles() {
+        assert!(!board.leds.is_empty(), "boards/{file}: no leds");
+        for led in &board.leds {
+            // A bare LED class name: the form `status_led = "ACT"` resolves under /sys/class/leds.
+            assert!(
+                !led.is_empty() && !led.contains('/') && !led.contains(char::is_whitespace),
+                "boards/{file}: {led:?} is not an LED class name"
+            );
+        }
+        assert_eq!(board.leds[0], "ACT", "boards/{file}: every Pi has ACT");
+        let single = board.name.contains("Zero");
+        assert_eq!(
+            board.leds.len() == 1,
+            single,
+            "boards/{file}: {:?}",
+            board.leds
+        );
+        if board.name.contains("Pi 5") {
+            let notes = board.led_notes.as_deref().unwrap_or_default();
+            assert!(
+                notes.contains("inverted"),
+                "boards/{file}: say ACT reads inverted"
+            );
+        }
     }
 }
 

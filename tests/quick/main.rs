@@ -28,5 +28,6 @@ mod spool_faults;
 mod spool_model;
 mod spool_recovery;
 mod status_cli;
+mod status_led;
 mod systemd_unit;
 mod telnet_transport;

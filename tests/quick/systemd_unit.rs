@@ -59,6 +59,10 @@ fn the_unit_keeps_what_the_agent_relies_on() {
         "DeviceAllow=char-ttyAMA rw",
         "MemoryMax=",
         "ExecReload=/bin/kill -HUP $MAINPID",
+        // The status LED: /sys stays read-only but for the LEDs; GPIO chips for an LED on a line.
+        "ReadWritePaths=-/sys/class/leds -/sys/devices/platform/leds",
+        "DeviceAllow=char-gpiochip rw",
+        "SupplementaryGroups=dialout gpio",
     ] {
         assert!(
             text.lines().any(|l| l.starts_with(line)),
@@ -71,4 +75,36 @@ fn the_unit_keeps_what_the_agent_relies_on() {
             .any(|l| l.starts_with("Requires=network-online")),
         "the agent must start while the uplink is down"
     );
+}
+
+/// The status LED without root: the udev rule gives the service's group the two files the
+/// agent writes, the package installs it, and the user is in the group the unit names for
+/// GPIO chips (created if missing, so the unit never names a group that does not exist).
+#[test]
+fn the_package_lets_the_service_drive_the_leds() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let rule = std::fs::read_to_string(root.join("packaging/60-rackhand-leds.rules")).unwrap();
+    let rule_line = rule
+        .lines()
+        .find(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .expect("a rule");
+    for part in [
+        "SUBSYSTEM==\"leds\"",
+        "chgrp rackhand /sys%p/trigger /sys%p/brightness",
+        "chmod g+w /sys%p/trigger /sys%p/brightness",
+    ] {
+        assert!(
+            rule_line.contains(part),
+            "the rule lacks {part}: {rule_line}"
+        );
+    }
+    let cargo = std::fs::read_to_string(root.join("Cargo.toml")).unwrap();
+    assert!(
+        cargo.contains(r#"["packaging/60-rackhand-leds.rules", "usr/lib/udev/rules.d/", "644"]"#),
+        "Cargo.toml's deb assets do not install the LED rule"
+    );
+    let sysusers = std::fs::read_to_string(root.join("systemd/rackhand.sysusers")).unwrap();
+    assert!(sysusers.lines().any(|l| l == "m rackhand gpio"));
+    let postinst = std::fs::read_to_string(root.join("packaging/debian/postinst")).unwrap();
+    assert!(postinst.contains("udevadm trigger --subsystem-match=leds"));
 }

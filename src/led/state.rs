@@ -1,0 +1,194 @@
+//! Which state the LED shows: a pure function of what the agent knows.
+//!
+//! The agent hands over plain facts ([`Facts`], gathered by [`Facts::observe`] from the
+//! spool's stats, the shipper's report and each device's last collection); [`state_of`] turns
+//! them into one of four states. Pure, so every rule has a test without an agent.
+
+use std::collections::BTreeMap;
+
+use crate::inventory::Inventory;
+use crate::ship::ShipReport;
+use crate::spool::Stats;
+
+use super::LedState;
+
+/// What the LED state is decided on.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Facts {
+    /// Every configured device has finished a collection since the agent started.
+    pub(crate) first_round_done: bool,
+    /// Devices that have finished a collection, and those whose last one was all ok.
+    pub(crate) devices_collected: usize,
+    pub(crate) devices_ok: usize,
+    /// The spool cannot write (records wait in memory) or reports storage trouble.
+    pub(crate) storage_failing: bool,
+    /// The spool is full and new collections are held back.
+    pub(crate) admission_paused: bool,
+    /// The shipper's last attempt failed.
+    pub(crate) uplink_failing: bool,
+    pub(crate) spool_bytes: u64,
+    pub(crate) spool_max_bytes: u64,
+}
+
+/// The rules, in order (README has them as a table):
+/// 1. failing: the spool cannot write, or it is full and collections are held back — these
+///    show even while starting, since they do not wait for collections;
+/// 2. starting: not every device has finished its first collection yet;
+/// 3. failing: devices have collected, and none of them ok the last time;
+/// 4. degraded: the uplink's last attempt failed, the spool is over 3/4 full, or some device
+///    failed its last collection;
+/// 5. healthy.
+pub(crate) fn state_of(f: &Facts) -> LedState {
+    if f.storage_failing || f.admission_paused {
+        return LedState::Failing;
+    }
+    if !f.first_round_done {
+        return LedState::Starting;
+    }
+    if f.devices_collected > 0 && f.devices_ok == 0 {
+        return LedState::Failing;
+    }
+    let spool_filling =
+        f.spool_max_bytes > 0 && u128::from(f.spool_bytes) * 4 > u128::from(f.spool_max_bytes) * 3;
+    if f.uplink_failing || spool_filling || f.devices_ok < f.devices_collected {
+        return LedState::Degraded;
+    }
+    LedState::Healthy
+}
+
+/// Each device's last collection: all ok or not.
+#[derive(Debug, Default)]
+pub(crate) struct DeviceRuns {
+    last_ok: BTreeMap<String, bool>,
+}
+
+impl DeviceRuns {
+    pub(crate) fn finished(&mut self, device: &str, ok: bool) {
+        self.last_ok.insert(device.to_string(), ok);
+    }
+
+    /// Devices no longer configured are forgotten (a reload).
+    pub(crate) fn retain(&mut self, inventory: &Inventory) {
+        self.last_ok
+            .retain(|name, _| inventory.devices.iter().any(|d| &d.name == name));
+    }
+}
+
+impl Facts {
+    /// The facts as the agent sees them now.
+    pub(crate) fn observe(
+        runs: &DeviceRuns,
+        inventory: &Inventory,
+        stats: &Stats,
+        admission_paused: bool,
+        ship: &ShipReport,
+        spool_max_bytes: u64,
+    ) -> Facts {
+        Facts {
+            first_round_done: inventory
+                .devices
+                .iter()
+                .all(|d| runs.last_ok.contains_key(&d.name)),
+            devices_collected: runs.last_ok.len(),
+            devices_ok: runs.last_ok.values().filter(|ok| **ok).count(),
+            storage_failing: stats.storage_trouble.is_some() || stats.waiting_in_memory > 0,
+            admission_paused,
+            uplink_failing: ship.consecutive_failures > 0,
+            spool_bytes: stats.bytes,
+            spool_max_bytes,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn healthy() -> Facts {
+        Facts {
+            first_round_done: true,
+            devices_collected: 3,
+            devices_ok: 3,
+            spool_bytes: 10,
+            spool_max_bytes: 100,
+            ..Facts::default()
+        }
+    }
+
+    #[test]
+    fn each_rule_gives_its_state() {
+        let with = |change: fn(&mut Facts)| {
+            let mut f = healthy();
+            change(&mut f);
+            state_of(&f)
+        };
+        assert_eq!(state_of(&healthy()), LedState::Healthy);
+        assert_eq!(with(|f| f.first_round_done = false), LedState::Starting);
+        assert_eq!(with(|f| f.devices_ok = 0), LedState::Failing);
+        assert_eq!(with(|f| f.storage_failing = true), LedState::Failing);
+        assert_eq!(with(|f| f.admission_paused = true), LedState::Failing);
+        assert_eq!(with(|f| f.uplink_failing = true), LedState::Degraded);
+        assert_eq!(with(|f| f.devices_ok = 2), LedState::Degraded);
+        assert_eq!(with(|f| f.spool_bytes = 76), LedState::Degraded);
+        assert_eq!(with(|f| f.spool_bytes = 75), LedState::Healthy);
+    }
+
+    #[test]
+    fn storage_trouble_shows_while_starting_and_collections_do_not() {
+        let mut f = healthy();
+        f.first_round_done = false;
+        f.devices_ok = 0;
+        f.uplink_failing = true;
+        assert_eq!(state_of(&f), LedState::Starting);
+        f.admission_paused = true;
+        assert_eq!(state_of(&f), LedState::Failing);
+    }
+
+    #[test]
+    fn an_agent_without_devices_is_healthy_once_started() {
+        let f = Facts {
+            first_round_done: true,
+            spool_max_bytes: 100,
+            ..Facts::default()
+        };
+        assert_eq!(state_of(&f), LedState::Healthy);
+    }
+
+    #[test]
+    fn the_first_round_is_done_once_every_device_has_finished() {
+        let path = std::path::Path::new("/x/rackhand.toml");
+        let text = "[agent]\nid = \"a\"\n\
+            [[device]]\nname = \"r1\"\nplatform = \"cisco_ios\"\nhost = \"h\"\ncommands = [\"show clock\"]\n\
+            [[device]]\nname = \"r2\"\nplatform = \"cisco_ios\"\nhost = \"h\"\ncommands = [\"show clock\"]\n";
+        let (raw, mut report) = crate::config::parse_str(path, text);
+        let inventory = crate::inventory::resolve(&raw, &mut report);
+        assert!(!report.has_errors(), "{report}");
+        let ship = ShipReport {
+            sink: "test".into(),
+            state: crate::ship::ShipState::Idle,
+            last_error: None,
+            last_error_at: None,
+            last_ack_at: None,
+            consecutive_failures: 0,
+            shipped_records: 0,
+            shipped_batches: 0,
+            dead_lettered_batches: 0,
+            rejected_records: 0,
+            dead_letter_file: None,
+            oldest_unshipped: None,
+        };
+        let stats = Stats::default();
+        let mut runs = DeviceRuns::default();
+        let facts = |runs: &DeviceRuns| Facts::observe(runs, &inventory, &stats, false, &ship, 1);
+        runs.finished("r1", false);
+        assert!(!facts(&runs).first_round_done);
+        runs.finished("r2", true);
+        let f = facts(&runs);
+        assert!(f.first_round_done);
+        assert_eq!((f.devices_collected, f.devices_ok), (2, 1));
+        assert_eq!(state_of(&f), LedState::Degraded);
+        runs.finished("gone", true);
+        runs.retain(&inventory);
+        assert_eq!(facts(&runs).devices_collected, 2);
+    }
+}
