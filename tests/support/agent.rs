@@ -96,6 +96,7 @@ impl Agent {
             .env_remove("NOTIFY_SOCKET")
             .env_remove("WATCHDOG_USEC")
             .env_remove("WATCHDOG_PID")
+            .env_remove("RUNTIME_DIRECTORY")
             .stdin(Stdio::null())
             .stdout(Stdio::null());
         let guard = ChildGuard::spawn(cmd, "rackhand run", None).expect("start rackhand run");
