@@ -17,5 +17,6 @@ mod demo;
 mod mqtt_sink;
 mod sim_ssh;
 mod ssh_transport;
+mod status_runtime;
 mod storage_e2e;
 mod upstream_e2e;
