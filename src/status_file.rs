@@ -920,6 +920,37 @@ mod tests {
         assert_eq!(after.devices["core1"].history().to_string(), ".a.");
     }
 
+    /// Issue 12's budget: history and metrics together ≤ 1 MB at 500 devices. The history's
+    /// share: its fixed size per device, and what it adds to `status.json` (docs/benchmarks.md).
+    #[test]
+    fn the_history_of_500_devices_is_small() {
+        let mut status = busy_agent();
+        for n in 0..500 {
+            let device = status.devices.entry(format!("sw{n:03}")).or_default();
+            device.collected("2026-11-25T10:00:00.000Z", "ok", None);
+        }
+        let without = serde_json::to_vec_pretty(&status).unwrap().len();
+        for device in status.devices.values_mut() {
+            for n in 0..40 {
+                let s = if n % 7 == 0 { "timeout" } else { "ok" };
+                device.collected("2026-11-25T10:00:00.000Z", s, None);
+            }
+        }
+        let full = serde_json::to_vec_pretty(&status).unwrap().len();
+        status
+            .devices
+            .values_mut()
+            .for_each(|d| d.history = DeviceHistory::default());
+        let emptied = serde_json::to_vec_pretty(&status).unwrap().len();
+        let in_memory = 500 * std::mem::size_of::<DeviceHistory>();
+        eprintln!(
+            "500 devices: history {in_memory} B in memory; status.json {emptied} B with empty histories, {full} B with 32 each (+{} B); {without} B",
+            full - emptied
+        );
+        assert!(in_memory <= 24_000, "{in_memory}");
+        assert!(full - emptied <= 500 * 48, "{full} - {emptied}");
+    }
+
     #[test]
     fn times_written_by_the_agent_parse_back_exactly() {
         for t in [

@@ -79,8 +79,8 @@ impl StatusCopy {
 /// failed write waits as long), atomically and synced; always at a clean stop.
 struct KeptCopy {
     copy: StatusCopy,
-    /// What it holds, `updated_at` left empty.
-    content: Option<AgentStatus>,
+    /// The [`fingerprint`] of what it holds.
+    content: Option<u64>,
     last_try: Option<Instant>,
     /// Writes so far (for the tests).
     writes: u64,
@@ -102,13 +102,10 @@ impl KeptCopy {
         if !due {
             return;
         }
-        let updated_at = std::mem::take(&mut status.updated_at);
-        let changed = self.content.as_ref() != Some(status);
-        let content = (changed || stop).then(|| status.clone());
-        status.updated_at = updated_at;
-        let Some(content) = content else {
+        let content = fingerprint(status);
+        if self.content == Some(content) && !stop {
             return;
-        };
+        }
         self.last_try = Some(now);
         self.writes += 1;
         if self.copy.write(status, true) {
@@ -133,6 +130,29 @@ struct AwaitingCollection {
     /// `ok`, or the record status of its first failure.
     status: &'static str,
     error: Option<String>,
+}
+
+/// The status without `updated_at`, in 8 bytes: what [`KeptCopy`] compares, rather than a copy
+/// of the status (about 200 KB at 500 devices). Its JSON streamed through a hasher (no
+/// allocation); the same build in the same process gives the same value.
+fn fingerprint(status: &mut AgentStatus) -> u64 {
+    use std::hash::{DefaultHasher, Hasher};
+    struct Hashing(DefaultHasher);
+    impl std::io::Write for Hashing {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            Hasher::write(&mut self.0, bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let updated_at = std::mem::take(&mut status.updated_at);
+    let mut hashing = Hashing(DefaultHasher::new());
+    // Serialising these types cannot fail (string keys, no floats that are not numbers).
+    let _ = serde_json::to_writer(&mut hashing, &*status);
+    status.updated_at = updated_at;
+    hashing.0.finish()
 }
 
 /// What the agent tracks for `status.json`, kept across restarts for `last_good_at`.
