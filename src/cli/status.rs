@@ -459,7 +459,7 @@ fn short_duration(d: Duration) -> String {
 fn approx_size(bytes: u64) -> String {
     for (unit, size) in [("GiB", 1u64 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
         if bytes >= size {
-            if bytes % size == 0 {
+            if bytes.is_multiple_of(size) {
                 return format_size(bytes);
             }
             return format!("{:.1}{unit}", bytes as f64 / size as f64);
