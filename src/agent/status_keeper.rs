@@ -82,7 +82,7 @@ struct KeptCopy {
     /// The [`fingerprint`] of what it holds.
     content: Option<u64>,
     last_try: Option<Instant>,
-    /// Writes so far (for the tests).
+    /// Writes tried so far (for the tests).
     writes: u64,
 }
 
