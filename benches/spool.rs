@@ -263,7 +263,7 @@ fn append_run(
             spool.commit();
             commits += 1;
         }
-        if n % 1024 == 0 && start.elapsed() >= limit {
+        if n.is_multiple_of(1024) && start.elapsed() >= limit {
             break;
         }
     }

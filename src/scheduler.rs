@@ -499,18 +499,17 @@ impl Scheduler {
                 ));
             }
         }
-        if let Some(port) = serial_port_key(&entry.device) {
-            if let Some(holder) = self
+        if let Some(port) = serial_port_key(&entry.device)
+            && let Some(holder) = self
                 .in_flight
                 .values()
                 .find(|f| f.port.as_deref() == Some(port.as_path()))
-            {
-                return Some(format!(
-                    "serial port {} (in use by `{}`)",
-                    port.display(),
-                    holder.name
-                ));
-            }
+        {
+            return Some(format!(
+                "serial port {} (in use by `{}`)",
+                port.display(),
+                holder.name
+            ));
         }
         None
     }

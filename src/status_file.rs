@@ -10,6 +10,15 @@
 //! The file is replaced atomically (temp file + rename), so a reader sees the previous or the
 //! next status, never half of one. Fields are `#[serde(default)]`: a file written by an older
 //! or newer rackhand still loads.
+//!
+//! Two copies, so an idle agent does not wear the SD card (issue 12): rewriting the file every
+//! 2 s in `state_dir` cost about 250 MB of block writes a day. Under systemd the unit's
+//! `RuntimeDirectory=rackhand` (tmpfs, `$RUNTIME_DIRECTORY`) takes the live copy every 2 s
+//! ([`runtime_dir_from_env`]); `state_dir/status.json` is the copy that survives a reboot,
+//! rewritten only when something in it changed, at most once a minute, and at a clean stop (the
+//! agent's side: `agent/status_keeper.rs`). Without a runtime folder both are the one file in
+//! `state_dir`, as before. [`AgentStatus::find`] is how `rackhand status`, another process
+//! without the agent's environment, picks the copy to show.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -19,6 +28,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use crate::device_history::{DeviceHistory, Mark};
 use crate::inventory::Upstream;
 use crate::record::rfc3339_millis;
 use crate::ship::ShipReport;
@@ -29,6 +39,10 @@ pub const STATUS_FILE: &str = "status.json";
 
 /// The agent saves about every 2 s; a status older than this means the agent is gone or stuck.
 pub(crate) const STALE_AFTER: Duration = Duration::from_secs(30);
+
+/// The packaged unit's `RuntimeDirectory=rackhand`: where `rackhand status`, which does not
+/// have the agent's `$RUNTIME_DIRECTORY`, looks for the live status.
+pub const SYSTEM_RUNTIME_DIR: &str = "/run/rackhand";
 
 /// The temp file `save` writes before renaming it over `status.json`. One fixed name: there is
 /// one writer per state folder (the agent), and a crash leaves at most this one file behind,
@@ -66,7 +80,7 @@ pub enum StatusError {
         source: serde_json::Error,
     },
     #[error(
-        "cannot write the agent status {path}: {source}; check that agent.state_dir exists, is writable by the agent's user and that the disk is not full"
+        "cannot write the agent status {path}: {source}; check that its folder (agent.state_dir, or the runtime folder $RUNTIME_DIRECTORY) exists, is writable by the agent's user and that the disk is not full"
     )]
     Write { path: PathBuf, source: io::Error },
 }
@@ -87,6 +101,12 @@ pub struct AgentStatus {
     pub spool: SpoolStatus,
     pub upstream: UpstreamStatus,
     pub devices: BTreeMap<String, DeviceStatus>,
+    /// The agent's `state_dir`: a status found in a runtime folder counts only for the config
+    /// whose `state_dir` this is ([`AgentStatus::find`]).
+    pub state_dir: String,
+    /// Where the running agent writes its live status every 2 s, when that is not this
+    /// `state_dir`'s file (`$RUNTIME_DIRECTORY/status.json`); `None` when it is.
+    pub runtime_file: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -159,15 +179,24 @@ pub struct DeviceStatus {
     pub(crate) last_status: Option<String>,
     pub(crate) last_error: Option<String>,
     pub(crate) consecutive_failures: u32,
+    /// The last 32 collections, oldest first, one character each (`.` ok, `t` timeout, …;
+    /// see `crate::device_history`).
+    pub(crate) history: DeviceHistory,
 }
 
 impl DeviceStatus {
+    /// Its recent collections (for the LED, the metrics and `rackhand status`).
+    pub(crate) fn history(&self) -> &DeviceHistory {
+        &self.history
+    }
+
     /// Notes one finished collection (all the records of one pass over the device): `status`
     /// and `error` are those of its first failed record, or `ok` and `None`.
     pub fn collected(&mut self, at: &str, status: &str, error: Option<&str>) {
         self.last_attempt_at = Some(at.to_string());
         self.last_status = Some(status.to_string());
         self.last_error = error.map(str::to_string);
+        self.history.push(Mark::of_status(status));
         if status == "ok" {
             self.last_good_at = Some(at.to_string());
             self.consecutive_failures = 0;
@@ -289,9 +318,62 @@ impl AgentStatus {
         state_dir.join(STATUS_FILE)
     }
 
-    /// Ok(None) when there is no status file yet.
-    pub fn load(state_dir: &Path) -> Result<Option<AgentStatus>, StatusError> {
-        let path = Self::path(state_dir);
+    /// `dir/status.json`; Ok(None) when there is no status file yet.
+    pub fn load(dir: &Path) -> Result<Option<AgentStatus>, StatusError> {
+        Self::read(Self::path(dir))
+    }
+
+    /// The status for the agent of `state_dir`, as `rackhand status` (another process, often
+    /// another user, without the agent's `$RUNTIME_DIRECTORY`) finds it. It looks at:
+    ///
+    /// 1. `$RUNTIME_DIRECTORY/status.json`, when this process has it set;
+    /// 2. `/run/rackhand/status.json` ([`SYSTEM_RUNTIME_DIR`], the packaged unit's);
+    /// 3. the `runtime_file` that `state_dir/status.json` names;
+    /// 4. `state_dir/status.json`.
+    ///
+    /// The first three count only when their `state_dir` is this one (another agent's status
+    /// is not this one's). Of the copies found, two of the same run (pid and start) give the
+    /// runtime one, which is the live one; otherwise a live rackhand's copy beats a gone one's,
+    /// then the one saved last wins. Ok(None) when there is none; an error reading
+    /// `state_dir/status.json` only when no runtime copy was found either.
+    pub fn find(state_dir: &Path) -> Result<Option<Found>, StatusError> {
+        let state_file = Self::path(state_dir);
+        let persisted = Self::load(state_dir);
+        let mut paths: Vec<PathBuf> = runtime_dir_from_env()
+            .into_iter()
+            .chain([PathBuf::from(SYSTEM_RUNTIME_DIR)])
+            .map(|dir| dir.join(STATUS_FILE))
+            .collect();
+        if let Ok(Some(status)) = &persisted {
+            paths.extend(status.runtime_file.as_ref().map(PathBuf::from));
+        }
+        let mut found: Vec<Found> = Vec::new();
+        for path in paths {
+            if path == state_file || found.iter().any(|f| f.path == path) {
+                continue;
+            }
+            if let Ok(Some(status)) = Self::read(path.clone())
+                && same_folder(&status.state_dir, state_dir)
+            {
+                found.push(Found { status, path });
+            }
+        }
+        match persisted {
+            Ok(Some(status)) => found.push(Found {
+                status,
+                path: state_file,
+            }),
+            Ok(None) => {}
+            Err(e) if found.is_empty() => return Err(e),
+            Err(_) => {}
+        }
+        Ok(found
+            .into_iter()
+            .reduce(|best, next| if next.beats(&best) { next } else { best }))
+    }
+
+    /// Ok(None) when there is no such file.
+    fn read(path: PathBuf) -> Result<Option<AgentStatus>, StatusError> {
         let bytes = match fs::read(&path) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -316,9 +398,12 @@ impl AgentStatus {
     /// from the previous run's file what outlives a restart (each device's last collection,
     /// the upstream's last acknowledgement). Spool and shipping counters start again. A missing
     /// file is a first start; an unreadable or corrupt one is logged as a warning and replaced.
+    /// The previous run's copy is found as `rackhand status` finds it ([`AgentStatus::find`]):
+    /// after a crash its live copy in the runtime folder (kept over a restart by
+    /// `RuntimeDirectoryPreserve=restart`) is fresher than the one in `state_dir`.
     pub(crate) fn load_or_default(state_dir: &Path, agent: &str) -> AgentStatus {
         let mut fresh = AgentStatus::new(agent);
-        match Self::load(state_dir) {
+        match Self::find(state_dir).map(|found| found.map(|f| f.status)) {
             Ok(None) => {}
             Ok(Some(previous)) => {
                 fresh.devices = previous.devices;
@@ -344,8 +429,9 @@ impl AgentStatus {
         self.save(state_dir)
     }
 
-    /// Atomic replace: writes a temp file in the same folder and renames it over
-    /// `status.json`, so readers see the old or the new status, never half of one.
+    /// Atomic replace of `dir/status.json` (`dir` is `state_dir` or the runtime folder): writes
+    /// a temp file in the same folder and renames it over `status.json`, so readers see the
+    /// old or the new status, never half of one.
     ///
     /// On a full disk there is no room for the temp file, and an agent whose status stops
     /// changing looks stuck exactly when an engineer most needs to see why. So the file is
@@ -353,16 +439,27 @@ impl AgentStatus {
     /// of space the new status is written over the old one in place, in blocks that already
     /// exist (a reader may then catch half of a write, and [`AgentStatus::load`] reads once
     /// more).
-    pub fn save(&self, state_dir: &Path) -> Result<(), StatusError> {
-        let path = Self::path(state_dir);
-        let tmp = state_dir.join(TEMP_FILE);
+    pub fn save(&self, dir: &Path) -> Result<(), StatusError> {
+        self.write(dir, false)
+    }
+
+    /// [`save`](Self::save), with the new content on disk before the rename: for the copy in
+    /// `state_dir` when a runtime folder takes the live one, written at most once a minute,
+    /// whose content must survive a power cut (each device's last good collection).
+    pub(crate) fn save_durably(&self, dir: &Path) -> Result<(), StatusError> {
+        self.write(dir, true)
+    }
+
+    fn write(&self, dir: &Path, sync: bool) -> Result<(), StatusError> {
+        let path = Self::path(dir);
+        let tmp = dir.join(TEMP_FILE);
         let mut bytes = serde_json::to_vec_pretty(self).map_err(|e| StatusError::Write {
             path: path.clone(),
             source: io::Error::other(e),
         })?;
         bytes.push(b'\n');
         bytes.resize(bytes.len().div_ceil(PAD) * PAD, b' ');
-        // No fsync, on purpose: the status is rewritten every few seconds, losing the last one
+        // No fsync for the live copy, on purpose: it is rewritten every few seconds, losing the last one
         // to a power cut is harmless (the agent writes a new one at start), and syncing this
         // often would wear the Pi's SD card for nothing. The rename alone still guarantees a
         // whole file: after a crash the name points at the old or the new content (ext4's
@@ -377,7 +474,10 @@ impl AgentStatus {
                 .mode(crate::durable_file::FILE_MODE)
                 .open(&tmp)
         }
-        .and_then(|mut f| f.write_all(&bytes))
+        .and_then(|mut f| {
+            f.write_all(&bytes)?;
+            if sync { f.sync_data() } else { Ok(()) }
+        })
         .and_then(|()| fs::rename(&tmp, &path));
         match written {
             Ok(()) => Ok(()),
@@ -403,6 +503,54 @@ impl AgentStatus {
             // In the future: the clock was set back since; the pid is the better witness.
             _ => Liveness::Running,
         }
+    }
+}
+
+/// A status [`AgentStatus::find`] picked, and the file it came from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Found {
+    pub status: AgentStatus,
+    pub path: PathBuf,
+}
+
+impl Found {
+    /// Whether this copy is the better one to show than `other`, found before it (see
+    /// [`AgentStatus::find`]).
+    fn beats(&self, other: &Found) -> bool {
+        let (a, b) = (&self.status, &other.status);
+        if a.pid == b.pid && a.started_at == b.started_at {
+            // The same run: runtime copies come first in the search, and are the live ones.
+            return false;
+        }
+        let (a_alive, b_alive) = (pid_is_rackhand(a.pid), pid_is_rackhand(b.pid));
+        if a_alive != b_alive {
+            return a_alive;
+        }
+        parse_rfc3339(&a.updated_at) > parse_rfc3339(&b.updated_at)
+    }
+}
+
+/// `$RUNTIME_DIRECTORY`, which systemd sets for `RuntimeDirectory=` (its first folder when it
+/// lists several); `None` when unset or empty. Set it by hand to give an agent started without
+/// systemd a folder on tmpfs for its live status.
+pub(crate) fn runtime_dir_from_env() -> Option<PathBuf> {
+    let value = std::env::var_os("RUNTIME_DIRECTORY")?;
+    let first = match value.to_str() {
+        Some(text) => PathBuf::from(text.split(':').next().unwrap_or_default()),
+        None => PathBuf::from(value),
+    };
+    (!first.as_os_str().is_empty()).then_some(first)
+}
+
+/// Whether a status's recorded `state_dir` is `state_dir` (the same folder, however named).
+fn same_folder(recorded: &str, state_dir: &Path) -> bool {
+    if recorded.is_empty() {
+        return false;
+    }
+    let recorded = Path::new(recorded);
+    match (fs::canonicalize(recorded), fs::canonicalize(state_dir)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => recorded == state_dir,
     }
 }
 
@@ -691,6 +839,116 @@ mod tests {
         device.collected("2026-11-25T10:45:00.000Z", "ok", None);
         assert_eq!(device.consecutive_failures, 0);
         assert_eq!(device.last_error, None);
+    }
+
+    /// The agent's two copies: `state_dir`'s (saved first, naming the runtime one) and the
+    /// runtime folder's, saved later by the same run.
+    fn two_copies(state: &Path, runtime: &Path) -> (AgentStatus, AgentStatus) {
+        let mut kept = busy_agent();
+        kept.state_dir = state.display().to_string();
+        kept.runtime_file = Some(AgentStatus::path(runtime).display().to_string());
+        kept.updated_at = "2026-11-25T10:00:00.000Z".into();
+        let mut live = kept.clone();
+        live.updated_at = "2026-11-25T10:00:58.000Z".into();
+        live.spool.records = 7;
+        (kept, live)
+    }
+
+    #[test]
+    fn status_finds_the_live_copy_the_state_file_names() {
+        let (state, runtime) = (temp_dir("find-state"), temp_dir("find-run"));
+        let (kept, live) = two_copies(state.path(), runtime.path());
+        kept.save(state.path()).unwrap();
+        assert_eq!(
+            AgentStatus::find(state.path()).unwrap().unwrap().path,
+            AgentStatus::path(state.path()),
+            "no runtime copy yet: the state file"
+        );
+        live.save(runtime.path()).unwrap();
+        let found = AgentStatus::find(state.path()).unwrap().unwrap();
+        assert_eq!(found.path, AgentStatus::path(runtime.path()));
+        assert_eq!(found.status, live);
+
+        // The same run's runtime copy wins even when the clock was set back since the state
+        // file was written.
+        let mut behind = live.clone();
+        behind.updated_at = "2026-11-25T09:00:00.000Z".into();
+        behind.save(runtime.path()).unwrap();
+        assert_eq!(
+            AgentStatus::find(state.path()).unwrap().unwrap().status,
+            behind
+        );
+
+        // A later run that has not written its runtime copy yet: the fresher state file.
+        let mut next_run = kept.clone();
+        next_run.started_at = "2026-11-25T11:00:00.000Z".into();
+        next_run.updated_at = "2026-11-25T11:00:00.000Z".into();
+        next_run.save(state.path()).unwrap();
+        assert_eq!(
+            AgentStatus::find(state.path()).unwrap().unwrap().status,
+            next_run
+        );
+    }
+
+    #[test]
+    fn another_agents_runtime_copy_is_not_this_ones() {
+        let (state, runtime, other) = (
+            temp_dir("find-own"),
+            temp_dir("find-own-run"),
+            temp_dir("find-other"),
+        );
+        let (kept, mut live) = two_copies(state.path(), runtime.path());
+        kept.save(state.path()).unwrap();
+        live.state_dir = other.path().display().to_string();
+        live.save(runtime.path()).unwrap();
+        let found = AgentStatus::find(state.path()).unwrap().unwrap();
+        assert_eq!(found.path, AgentStatus::path(state.path()));
+    }
+
+    #[test]
+    fn devices_keep_their_history_across_a_restart() {
+        let dir = temp_dir("status-history");
+        let mut before = busy_agent();
+        before.pid = 1;
+        let core1 = before.devices.get_mut("core1").unwrap();
+        core1.collected("2026-11-25T10:15:00.000Z", "auth_failed", Some("refused"));
+        core1.collected("2026-11-25T10:30:00.000Z", "ok", None);
+        before.save(dir.path()).unwrap();
+        let text = fs::read_to_string(AgentStatus::path(dir.path())).unwrap();
+        assert!(text.contains(r#""history": ".a.""#), "{text}");
+        let after = AgentStatus::load_or_default(dir.path(), "rack-a12");
+        assert_eq!(after.devices["core1"].history().to_string(), ".a.");
+    }
+
+    /// Issue 12's budget: history and metrics together ≤ 1 MB at 500 devices. The history's
+    /// share: its fixed size per device, and what it adds to `status.json` (docs/benchmarks.md).
+    #[test]
+    fn the_history_of_500_devices_is_small() {
+        let mut status = busy_agent();
+        for n in 0..500 {
+            let device = status.devices.entry(format!("sw{n:03}")).or_default();
+            device.collected("2026-11-25T10:00:00.000Z", "ok", None);
+        }
+        let without = serde_json::to_vec_pretty(&status).unwrap().len();
+        for device in status.devices.values_mut() {
+            for n in 0..40 {
+                let s = if n % 7 == 0 { "timeout" } else { "ok" };
+                device.collected("2026-11-25T10:00:00.000Z", s, None);
+            }
+        }
+        let full = serde_json::to_vec_pretty(&status).unwrap().len();
+        status
+            .devices
+            .values_mut()
+            .for_each(|d| d.history = DeviceHistory::default());
+        let emptied = serde_json::to_vec_pretty(&status).unwrap().len();
+        let in_memory = 500 * std::mem::size_of::<DeviceHistory>();
+        eprintln!(
+            "500 devices: history {in_memory} B in memory; status.json {emptied} B with empty histories, {full} B with 32 each (+{} B); {without} B",
+            full - emptied
+        );
+        assert!(in_memory <= 24_000, "{in_memory}");
+        assert!(full - emptied <= 500 * 48, "{full} - {emptied}");
     }
 
     #[test]

@@ -41,7 +41,8 @@ use status_keeper::StatusKeeper;
 
 /// How often spooled records are made durable (group commit), unless `fsync = "always"`.
 const SYNC_EVERY: Duration = Duration::from_secs(1);
-/// How often `state_dir/status.json` is rewritten for `rackhand status`.
+/// How often the live `status.json` is rewritten for `rackhand status` (in the runtime folder
+/// under systemd, else in `state_dir`; see `status_keeper.rs`).
 const STATUS_EVERY: Duration = Duration::from_secs(2);
 /// How long a stopping agent keeps shipping what is spooled before it leaves the rest for
 /// the next start.
@@ -336,7 +337,7 @@ impl AgentLoop {
         if now >= self.status.due(now) {
             let report = self.shipper.report();
             let stats = self.spooler.stats();
-            self.status.save(&stats, self.paused, &report, now);
+            self.status.save(&stats, self.paused, &report, now, false);
         }
         self.offer_presence(now);
         if self.led.due(now) {
@@ -418,7 +419,7 @@ impl AgentLoop {
         self.status.durable(self.spooler.durable_seq());
         let stats = self.spooler.stats();
         self.status
-            .save(&stats, self.paused, &report, Instant::now());
+            .save(&stats, self.paused, &report, Instant::now(), true);
         let left = self.spooler.stats();
         if left.records > 0 {
             log::info!(

@@ -102,14 +102,14 @@ pub fn run(path: &Path, args: &StatusArgs) -> anyhow::Result<i32> {
         return Ok(2);
     }
     let state_dir = &inventory.agent.state_dir;
-    let file = AgentStatus::path(state_dir);
-    let status = match AgentStatus::load(state_dir) {
-        Ok(Some(status)) => status,
+    let (status, file) = match AgentStatus::find(state_dir) {
+        Ok(Some(found)) => (found.status, found.path),
         Ok(None) => {
             eprintln!(
-                "rackhand status: no status in {}: the agent has not run with this state_dir yet; \
+                "rackhand status: no status in {} (nor in {}): the agent has not run with this state_dir yet; \
                  start it with `systemctl start rackhand` or `rackhand run -c {}`",
-                file.display(),
+                AgentStatus::path(state_dir).display(),
+                status_file::SYSTEM_RUNTIME_DIR,
                 path.display()
             );
             if args.format == Format::Json {
@@ -370,7 +370,8 @@ fn render_upstream(out: &mut Lines, up: &UpstreamStatus, now: SystemTime) {
     }
 }
 
-/// One row per device: its last good collection, last status and error.
+/// One row per device: its last good collection, last status, recent collections and error;
+/// the legend of the history's symbols under the table.
 fn render_devices(out: &mut Lines, devices: &BTreeMap<String, DeviceStatus>, now: SystemTime) {
     out.line(String::new());
     if devices.is_empty() {
@@ -381,9 +382,10 @@ fn render_devices(out: &mut Lines, devices: &BTreeMap<String, DeviceStatus>, now
             "LAST GOOD",
             "LAST STATUS",
             "FAILURES",
+            "HISTORY",
             "LAST ERROR",
         ];
-        let rows: Vec<[String; 5]> = devices
+        let rows: Vec<[String; 6]> = devices
             .iter()
             .map(|(name, d)| {
                 [
@@ -393,6 +395,7 @@ fn render_devices(out: &mut Lines, devices: &BTreeMap<String, DeviceStatus>, now
                         .map_or("never".to_string(), |at| ago(at, now)),
                     d.last_status.clone().unwrap_or_else(|| "-".into()),
                     d.consecutive_failures.to_string(),
+                    d.history().to_string(),
                     d.last_error
                         .as_deref()
                         .map_or(String::new(), |e| truncate(e, ERROR_WIDTH)),
@@ -405,7 +408,7 @@ fn render_devices(out: &mut Lines, devices: &BTreeMap<String, DeviceStatus>, now
                 *w = (*w).max(cell.chars().count());
             }
         }
-        let mut row_line = |cells: [&str; 5]| {
+        let mut row_line = |cells: [&str; 6]| {
             let mut s = String::new();
             for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
                 if i + 1 == cells.len() {
@@ -418,8 +421,13 @@ fn render_devices(out: &mut Lines, devices: &BTreeMap<String, DeviceStatus>, now
         };
         row_line(header);
         for row in &rows {
-            row_line([&row[0], &row[1], &row[2], &row[3], &row[4]]);
+            row_line([&row[0], &row[1], &row[2], &row[3], &row[4], &row[5]]);
         }
+        out.line(format!(
+            "HISTORY: the last {} collections, oldest first: {}",
+            crate::device_history::HISTORY_LEN,
+            crate::device_history::legend(rows.iter().map(|row| row[4].as_str()))
+        ));
     }
 }
 
@@ -451,7 +459,7 @@ fn short_duration(d: Duration) -> String {
 fn approx_size(bytes: u64) -> String {
     for (unit, size) in [("GiB", 1u64 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
         if bytes >= size {
-            if bytes % size == 0 {
+            if bytes.is_multiple_of(size) {
                 return format_size(bytes);
             }
             return format!("{:.1}{unit}", bytes as f64 / size as f64);
@@ -539,15 +547,18 @@ mod tests {
         s.spool.waiting_in_memory = 14;
         s.spool.lost.insert("corrupt".into(), 2);
         s.spool.lost.insert("rejected".into(), 3);
-        s.devices.insert(
-            "pdu1".into(),
-            DeviceStatus {
-                last_status: Some("timeout".into()),
-                last_error: Some("command `show version` timed out after 30s".into()),
-                consecutive_failures: 3,
-                ..DeviceStatus::default()
-            },
+        let mut pdu = DeviceStatus::default();
+        for status in ["ok", "ok", "timeout"] {
+            pdu.collected("2026-11-25T11:00:00.000Z", status, None);
+        }
+        pdu.last_good_at = None;
+        pdu.collected(
+            "2026-11-25T11:30:00.000Z",
+            "timeout",
+            Some("command `show version` timed out after 30s"),
         );
+        pdu.consecutive_failures = 3;
+        s.devices.insert("pdu1".into(), pdu);
         let text = render(&s, Path::new("/x/status.json"), Liveness::Running, now);
         for needle in [
             "agent rack-a12: running (pid 4242, updated 2s ago)",
@@ -558,7 +569,8 @@ mod tests {
             "14 collected records wait in memory",
             "5 records lost since start (2 corrupt, 3 rejected); each reported upstream in a gap record",
             "last ack: never",
-            "pdu1    never      timeout      3         command `show version` timed out after 30s",
+            "pdu1    never      timeout      3         ..tt     command `show version` timed out after 30s",
+            "HISTORY: the last 32 collections, oldest first: . ok  t timeout",
         ] {
             assert!(text.contains(needle), "{needle:?} missing:\n{text}");
         }

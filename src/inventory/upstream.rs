@@ -143,15 +143,15 @@ pub(super) fn resolve_upstream(layer: &Layer, report: &mut Report) -> Option<Ups
         );
         return None;
     }
-    if let Some(headers) = layer.get("headers") {
-        if let Value::Map(map) = &headers.value {
-            for (name, value) in map {
-                for problem in header_secret_problems(value) {
-                    report.warning(
-                        headers.span.clone(),
-                        format!("[upstream] header `{name}`: {problem}; the agent will refuse to start until it is"),
-                    );
-                }
+    if let Some(headers) = layer.get("headers")
+        && let Value::Map(map) = &headers.value
+    {
+        for (name, value) in map {
+            for problem in header_secret_problems(value) {
+                report.warning(
+                    headers.span.clone(),
+                    format!("[upstream] header `{name}`: {problem}; the agent will refuse to start until it is"),
+                );
             }
         }
     }

@@ -19,5 +19,6 @@ mod mqtt_sink;
 mod sim_ssh;
 mod ssh_transport;
 mod status_led;
+mod status_runtime;
 mod storage_e2e;
 mod upstream_e2e;

@@ -36,10 +36,10 @@ fn declared_modules() -> BTreeSet<String> {
             .strip_prefix("pub mod ")
             .or_else(|| line.strip_prefix("pub(crate) mod "))
             .or_else(|| line.strip_prefix("mod "));
-        if let Some(name) = decl.and_then(|d| d.strip_suffix(';')) {
-            if !test_only {
-                modules.insert(name.to_string());
-            }
+        if let Some(name) = decl.and_then(|d| d.strip_suffix(';'))
+            && !test_only
+        {
+            modules.insert(name.to_string());
         }
         test_only = false;
     }

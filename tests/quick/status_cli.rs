@@ -87,13 +87,21 @@ struct Outcome {
 }
 
 fn status(config: &Path, extra: &[&str]) -> Outcome {
-    let out = Command::new(env!("CARGO_BIN_EXE_rackhand"))
-        .args(["status", "-c"])
+    status_with_runtime_dir(config, extra, None)
+}
+
+/// `rackhand status`, with `$RUNTIME_DIRECTORY` set to `runtime_dir` or unset.
+fn status_with_runtime_dir(config: &Path, extra: &[&str], runtime_dir: Option<&Path>) -> Outcome {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rackhand"));
+    cmd.args(["status", "-c"])
         .arg(config)
         .args(extra)
         .env_remove("RACKHAND_CONFIG")
-        .output()
-        .expect("run rackhand status");
+        .env_remove("RUNTIME_DIRECTORY");
+    if let Some(dir) = runtime_dir {
+        cmd.env("RUNTIME_DIRECTORY", dir);
+    }
+    let out = cmd.output().expect("run rackhand status");
     Outcome {
         code: out.status.code().expect("exit code"),
         stdout: String::from_utf8(out.stdout).unwrap(),
@@ -310,6 +318,94 @@ fn a_corrupt_status_file_is_named_with_what_to_do() {
         out.stderr.contains(&file.display().to_string()),
         "{}",
         out.stderr
+    );
+    assert!(out.stderr.contains("delete the file"), "{}", out.stderr);
+}
+
+/// Under systemd the agent writes its live status to the runtime folder every 2 s and the copy
+/// in `state_dir` at most once a minute: status shows the live one, which the state file names.
+#[test]
+fn the_live_copy_in_the_runtime_folder_is_shown_over_the_state_dirs() {
+    let dir = Folder::new("runtime");
+    let runtime = dir.0.join("run");
+    std::fs::create_dir_all(&runtime).unwrap();
+    let agent = StandIn::start();
+    let mut kept = busy_status(agent.pid(), SystemTime::now() - Duration::from_secs(50));
+    kept.state_dir = dir.state_dir().display().to_string();
+    kept.runtime_file = Some(runtime.join(STATUS_FILE).display().to_string());
+    kept.save(&dir.state_dir()).unwrap();
+    let mut live = kept.clone();
+    live.updated_at = rfc3339_millis(SystemTime::now());
+    live.spool.records = 3;
+    live.save(&runtime).unwrap();
+
+    let out = status(&dir.config(), &[]);
+    assert_eq!(
+        out.code, 0,
+        "stdout:\n{}\nstderr:\n{}",
+        out.stdout, out.stderr
+    );
+    assert!(
+        out.stdout.contains(&format!(
+            "status file {}",
+            runtime.join(STATUS_FILE).display()
+        )),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("3 records"), "{}", out.stdout);
+    let out = status(&dir.config(), &["--format", "json"]);
+    let json: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(json["spool"]["records"], 3);
+    assert_eq!(json["running"], true);
+
+    // The agent stopped cleanly: systemd removed the runtime folder, the state file (written
+    // at the stop) is what is left, as the package's prerm reads it.
+    drop(agent);
+    std::fs::remove_dir_all(&runtime).unwrap();
+    let out = status(&dir.config(), &["--format", "json"]);
+    assert_eq!(out.code, 1);
+    let json: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(json["spool"]["records"], 1200);
+    assert_eq!(json["running"], false);
+}
+
+/// A full card may leave `state_dir/status.json` broken or stale; the live copy in the runtime
+/// folder (`/run/rackhand`, or `$RUNTIME_DIRECTORY` when set) still shows, for its state_dir only.
+#[test]
+fn a_broken_state_file_does_not_hide_the_runtime_copy() {
+    let dir = Folder::new("runtime-only");
+    let runtime = dir.0.join("run");
+    std::fs::create_dir_all(&runtime).unwrap();
+    std::fs::write(
+        dir.state_dir().join(STATUS_FILE),
+        "{\"agent\": \"rack-a12\", \"pi",
+    )
+    .unwrap();
+    let agent = StandIn::start();
+    let mut live = busy_status(agent.pid(), SystemTime::now());
+    live.state_dir = dir.state_dir().display().to_string();
+    live.save(&runtime).unwrap();
+    let out = status_with_runtime_dir(&dir.config(), &[], Some(&runtime));
+    assert_eq!(
+        out.code, 0,
+        "stdout:\n{}\nstderr:\n{}",
+        out.stdout, out.stderr
+    );
+    assert!(
+        out.stdout.contains("agent rack-a12: running"),
+        "{}",
+        out.stdout
+    );
+
+    // Another agent's runtime copy is not this one's.
+    live.state_dir = "/var/lib/someone-else".into();
+    live.save(&runtime).unwrap();
+    let out = status_with_runtime_dir(&dir.config(), &[], Some(&runtime));
+    assert_eq!(
+        out.code, 2,
+        "stdout:\n{}\nstderr:\n{}",
+        out.stdout, out.stderr
     );
     assert!(out.stderr.contains("delete the file"), "{}", out.stderr);
 }

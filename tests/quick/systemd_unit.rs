@@ -48,6 +48,8 @@ fn the_unit_keeps_what_the_agent_relies_on() {
         "Restart=on-failure",
         "Wants=network-online.target",
         "StateDirectory=rackhand",
+        // The live status.json on tmpfs (issue 12: no wear on the SD card).
+        "RuntimeDirectory=rackhand",
         "ConfigurationDirectory=rackhand",
         "User=rackhand",
         "SupplementaryGroups=dialout",

@@ -85,6 +85,16 @@ pub struct Agent {
 
 impl Agent {
     pub fn start(config: &Path, state_dir: &Path) -> Agent {
+        Agent::start_with_runtime_dir(config, state_dir, None)
+    }
+
+    /// [`Agent::start`], with `$RUNTIME_DIRECTORY` (as systemd's `RuntimeDirectory=` sets it)
+    /// when `runtime_dir` is given: the live status goes there.
+    pub fn start_with_runtime_dir(
+        config: &Path,
+        state_dir: &Path,
+        runtime_dir: Option<&Path>,
+    ) -> Agent {
         let first_seq = next_run_first_seq(state_dir);
         let mut cmd = Command::new(rackhand_bin());
         cmd.arg("run")
@@ -96,8 +106,12 @@ impl Agent {
             .env_remove("NOTIFY_SOCKET")
             .env_remove("WATCHDOG_USEC")
             .env_remove("WATCHDOG_PID")
+            .env_remove("RUNTIME_DIRECTORY")
             .stdin(Stdio::null())
             .stdout(Stdio::null());
+        if let Some(dir) = runtime_dir {
+            cmd.env("RUNTIME_DIRECTORY", dir);
+        }
         let guard = ChildGuard::spawn(cmd, "rackhand run", None).expect("start rackhand run");
         Agent {
             guard,

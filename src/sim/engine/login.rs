@@ -29,7 +29,7 @@ impl Engine {
     pub(super) fn log_on_its_own(&mut self, out: &mut Out) {
         self.chatter.sent += 1;
         let n = self.chatter.sent;
-        let reprint = (n - 1) / 2 % 2 == 0;
+        let reprint = ((n - 1) / 2).is_multiple_of(2);
         out.send(
             format!(
                 "\r\n*Mar  1 00:{:02}:{:02}.{:03}: %LINK-3-UPDOWN: Interface GigabitEthernet0/{n}, changed state to up\r\n",
