@@ -40,7 +40,12 @@ Secrets for the service, one NAME=value per line, read by systemd as root
 .TP
 \fI/var/lib/rackhand\fR
 The agent's state (agent.state_dir): the spool of records not yet shipped, sequence
-numbers, known_hosts, and status.json, which \fBrackhand status\fR reads.
+numbers, known_hosts, and the kept copy of status.json (written when it changes, at most
+once a minute, and at a clean stop).
+.TP
+\fI/run/rackhand/status.json\fR
+The live status the service rewrites every 2 s in memory-backed storage
+(RuntimeDirectory=), which \fBrackhand status\fR reads first.
 .TP
 \fI/usr/share/doc/rackhand/examples/lab.toml\fR
 A commented config for a whole rack.
