@@ -15,6 +15,7 @@ pub(crate) mod durable_file;
 mod hash;
 pub mod inventory;
 pub mod isolation;
+pub mod metrics;
 pub(crate) mod notify;
 pub(crate) mod outcome;
 pub mod platform;

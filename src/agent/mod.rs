@@ -25,6 +25,7 @@ use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant};
 
 use crate::inventory::{self, Inventory, Upstream};
+use crate::metrics::Exporter;
 use crate::notify::Notifier;
 use crate::outcome::RunSummary;
 use crate::pool::{Pool, PoolEvent};
@@ -204,6 +205,8 @@ struct AgentLoop {
     watchdog: Watchdog,
     spooler: Spooler,
     status: StatusKeeper,
+    /// `[metrics]`: the registry, and the listener and textfile it asks for.
+    metrics: Exporter,
     /// The spool (or the disk) is full and new collections are held back.
     paused: bool,
     /// The end of `Options::run_for`.
@@ -304,6 +307,7 @@ impl AgentLoop {
             return;
         };
         self.status.record(&record);
+        self.metrics.record(&record);
         self.summary.record(&record);
         if let Some(cb) = self.on_record.as_mut() {
             cb(&record);
@@ -314,6 +318,8 @@ impl AgentLoop {
         if let Some(device) = self.scheduler.device(key) {
             let name = device.name.clone();
             self.status.finished(&name, run, self.spooler.last_seq());
+            self.metrics
+                .finished(&name, device.transport, run, elapsed);
             self.summary.finished(name, elapsed);
         }
         self.scheduler.finished(key, run, Instant::now());
@@ -328,7 +334,11 @@ impl AgentLoop {
             let report = self.shipper.report();
             let stats = self.spooler.stats();
             self.status.save(&stats, self.paused, &report, now);
+            let admission = self.status.admission(self.paused);
+            let busy = self.pool.busy();
+            self.metrics.observe(&stats, &report, admission, busy, now);
         }
+        self.metrics.loop_turned();
         self.watchdog.ping_if_due(&self.notifier);
     }
 
@@ -363,6 +373,7 @@ impl AgentLoop {
         }
         self.inventory = new;
         self.status.retain_devices(&self.inventory);
+        self.metrics.reload(&self.inventory);
         if self.inventory.devices.is_empty() {
             log_idle(&self.config);
         }
@@ -395,6 +406,9 @@ impl AgentLoop {
         let stats = self.spooler.stats();
         self.status
             .save(&stats, self.paused, &report, Instant::now());
+        self.metrics
+            .observe(&stats, &report, self.status.admission(self.paused), 0, Instant::now());
+        self.metrics.stop();
         let left = self.spooler.stats();
         if left.records > 0 {
             log::info!(

@@ -133,12 +133,17 @@ impl StatusKeeper {
         self.last_saved.map_or(now, |t| t + STATUS_EVERY)
     }
 
-    /// Writes the status as of now; a failure is logged once until a save works again.
-    pub(super) fn save(&mut self, stats: &Stats, paused: bool, ship: &ShipReport, now: Instant) {
-        let admission = Admission {
+    /// Whether collections are held back now, and how many have been (for the metrics too).
+    pub(super) fn admission(&self, paused: bool) -> Admission {
+        Admission {
             paused,
             paused_collections: self.paused_collections,
-        };
+        }
+    }
+
+    /// Writes the status as of now; a failure is logged once until a save works again.
+    pub(super) fn save(&mut self, stats: &Stats, paused: bool, ship: &ShipReport, now: Instant) {
+        let admission = self.admission(paused);
         self.status.observe(stats, ship, admission);
         match self.status.save(&self.state_dir) {
             Ok(()) if self.save_failing => {

@@ -15,8 +15,8 @@ use toml::de::{DeTable, DeValue};
 
 use super::diag::Report;
 use super::schema::{
-    self, AGENT_KEYS, DEVICE_ONLY, DEVICE_SETTINGS, GROUP_ONLY, Key, Kind, SECTIONS, Setting,
-    UPSTREAM_KEYS, Value,
+    self, AGENT_KEYS, DEVICE_ONLY, DEVICE_SETTINGS, GROUP_ONLY, Key, Kind, METRICS_KEYS, SECTIONS,
+    Setting, UPSTREAM_KEYS, Value,
 };
 use super::secret::Secret;
 use super::units::{parse_duration, parse_size};
@@ -55,6 +55,7 @@ pub struct RawConfig {
     pub(crate) groups: Vec<Layer>,
     pub(crate) devices: Vec<Layer>,
     pub(crate) upstream: Option<Layer>,
+    pub(crate) metrics: Option<Layer>,
 }
 
 /// Parses `text`; relative paths in it are taken relative to `base_dir` (the config's folder).
@@ -96,6 +97,12 @@ impl Walker<'_> {
                             Some(self.layer(t, value.span(), &[UPSTREAM_KEYS], "[upstream]"));
                     }
                 }
+                "metrics" => {
+                    if let Some(t) = self.table(key, value) {
+                        raw.metrics =
+                            Some(self.layer(t, value.span(), &[METRICS_KEYS], "[metrics]"));
+                    }
+                }
                 "group" => {
                     for (t, span) in self.array_of_tables(key, value) {
                         raw.groups.push(self.layer(
@@ -123,7 +130,7 @@ impl Walker<'_> {
                     self.report.error(
                         key.span(),
                         format!(
-                            "unknown section `{other}`{hint}; a config has [agent], [defaults], [[group]], [[device]] and [upstream]"
+                            "unknown section `{other}`{hint}; a config has [agent], [defaults], [[group]], [[device]], [upstream] and [metrics]"
                         ),
                     );
                 }

@@ -167,8 +167,11 @@ pub const UPSTREAM_KEYS: &[Key] = &[
     key("max_packet_size", Kind::Size),
 ];
 
+/// `[metrics]`: Prometheus text on a loopback port and/or in a file for node_exporter.
+pub const METRICS_KEYS: &[Key] = &[key("listen", Kind::Str), key("textfile", Kind::Path)];
+
 /// The sections a config file may have at its top level.
-pub const SECTIONS: &[&str] = &["agent", "defaults", "group", "device", "upstream"];
+pub const SECTIONS: &[&str] = &["agent", "defaults", "group", "device", "upstream", "metrics"];
 
 /// Secrets come from exactly one of three keys; these name the families.
 pub const SECRET_FAMILIES: &[[&str; 3]] = &[
@@ -260,6 +263,7 @@ mod tests {
             DEVICE_ONLY,
             GROUP_ONLY,
             UPSTREAM_KEYS,
+            METRICS_KEYS,
         ];
         let mut missing = Vec::new();
         for key in tables.iter().flat_map(|t| t.iter()) {

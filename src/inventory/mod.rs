@@ -14,8 +14,10 @@ use std::time::Duration;
 use crate::config::schema::{SECRET_FAMILIES, Setting, Value};
 use crate::config::{Layer, RawConfig, Report, Secret};
 
+mod metrics;
 mod upstream;
 
+pub use metrics::MetricsConfig;
 use upstream::{default_upstream, resolve_upstream};
 
 /// Built-in defaults, used when neither the device, its groups nor `[defaults]` set a key.
@@ -267,6 +269,8 @@ pub struct Inventory {
     pub(crate) groups: Vec<Group>,
     pub devices: Vec<Device>,
     pub(crate) upstream: Option<Upstream>,
+    /// `[metrics]`: what the agent serves for Prometheus (none of it without the table).
+    pub(crate) metrics: MetricsConfig,
 }
 
 /// Where the commands a device runs come from.
@@ -385,6 +389,7 @@ pub(crate) fn resolve_with(
             .upstream
             .as_ref()
             .and_then(|u| resolve_upstream(u, report)),
+        metrics: metrics::resolve_metrics(raw.metrics.as_ref(), report),
     }
 }
 
