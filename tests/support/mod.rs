@@ -15,6 +15,7 @@ pub mod collector;
 pub mod config;
 pub mod device;
 pub mod fixtures;
+pub mod http_get;
 pub mod mosquitto;
 pub mod process;
 pub mod spool_files;
