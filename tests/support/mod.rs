@@ -18,6 +18,7 @@ pub mod fixtures;
 pub mod http_get;
 pub mod mosquitto;
 pub mod process;
+pub mod prometheus;
 pub mod spool_files;
 pub mod sshd;
 pub mod tls;
