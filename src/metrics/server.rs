@@ -18,6 +18,7 @@ use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -56,23 +57,32 @@ impl MetricsServer {
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
         let (wake, woken) = UnixStream::pair()?;
-        let (tx, rx) = sync_channel::<TcpStream>(0);
+        // Room for every handler, so a handover never waits; `in_flight` (queued or being
+        // served) is what decides whether a connection is taken.
+        let (tx, rx) = sync_channel::<TcpStream>(HANDLERS);
         let rx = Arc::new(Mutex::new(rx));
+        let in_flight = Arc::new(AtomicUsize::new(0));
         let active = Arc::new(Mutex::new((0..HANDLERS).map(|_| None).collect()));
         let mut handlers = Vec::with_capacity(HANDLERS);
         for slot in 0..HANDLERS {
-            let (rx, active, metrics) = (Arc::clone(&rx), Arc::clone(&active), Arc::clone(&metrics));
+            let handler = Handler {
+                rx: Arc::clone(&rx),
+                active: Arc::clone(&active),
+                in_flight: Arc::clone(&in_flight),
+                slot,
+                metrics: Arc::clone(&metrics),
+            };
             handlers.push(
                 std::thread::Builder::new()
                     .name("rackhand-metrics-conn".into())
                     .stack_size(STACK)
-                    .spawn(move || handle_connections(&rx, &active, slot, &metrics))?,
+                    .spawn(move || handler.run())?,
             );
         }
         let accept = std::thread::Builder::new()
             .name("rackhand-metrics".into())
             .stack_size(STACK)
-            .spawn(move || accept_loop(&listener, &woken, &tx))?;
+            .spawn(move || accept_loop(&listener, &woken, &tx, &in_flight))?;
         Ok(MetricsServer {
             addr,
             wake: Some(wake),
@@ -120,7 +130,12 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Waits for a connection or the stop; hands connections to an idle handler or refuses them.
-fn accept_loop(listener: &TcpListener, woken: &UnixStream, handlers: &SyncSender<TcpStream>) {
+fn accept_loop(
+    listener: &TcpListener,
+    woken: &UnixStream,
+    handlers: &SyncSender<TcpStream>,
+    in_flight: &AtomicUsize,
+) {
     let mut fds = [
         crate::poll::pollfd(listener.as_raw_fd(), libc::POLLIN),
         crate::poll::pollfd(woken.as_raw_fd(), libc::POLLIN),
@@ -142,7 +157,7 @@ fn accept_loop(listener: &TcpListener, woken: &UnixStream, handlers: &SyncSender
             continue;
         }
         match listener.accept() {
-            Ok((stream, _)) => dispatch(stream, handlers),
+            Ok((stream, _)) => dispatch(stream, handlers, in_flight),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             // A connection reset before it was accepted, or out of descriptors for a
             // moment: the next one may work.
@@ -151,42 +166,55 @@ fn accept_loop(listener: &TcpListener, woken: &UnixStream, handlers: &SyncSender
     }
 }
 
-/// To an idle handler, or a 503 when all are busy.
-fn dispatch(stream: TcpStream, handlers: &SyncSender<TcpStream>) {
+/// To a handler, or a 503 when all are busy. Only this thread adds to `in_flight`, so
+/// looking and then adding cannot let more than [`HANDLERS`] in.
+fn dispatch(stream: TcpStream, handlers: &SyncSender<TcpStream>, in_flight: &AtomicUsize) {
     // Accepted sockets do not inherit non-blocking mode on Linux, but say so anyway.
     let _ = stream.set_nonblocking(false);
-    match handlers.try_send(stream) {
-        Ok(()) => {}
-        Err(TrySendError::Full(mut stream)) | Err(TrySendError::Disconnected(mut stream)) => {
-            // A fresh socket's send buffer is empty: this write does not wait.
-            let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
-            let _ = stream.write_all(&answer(
-                Reply::text(503, "too many connections to /metrics at once; try again\n"),
-                false,
-            ));
+    let mut refused = stream;
+    if in_flight.load(Ordering::SeqCst) < HANDLERS {
+        in_flight.fetch_add(1, Ordering::SeqCst);
+        match handlers.try_send(refused) {
+            Ok(()) => return,
+            Err(TrySendError::Full(stream) | TrySendError::Disconnected(stream)) => {
+                in_flight.fetch_sub(1, Ordering::SeqCst);
+                refused = stream;
+            }
         }
     }
+    // A fresh socket's send buffer is empty: this write does not wait.
+    let _ = refused.set_write_timeout(Some(Duration::from_millis(100)));
+    let _ = refused.write_all(&answer(
+        Reply::text(503, "too many connections to /metrics at once; try again\n"),
+        false,
+    ));
 }
 
-/// One handler: serves the connections it is handed until the accepting thread is gone.
-fn handle_connections(
-    rx: &Mutex<Receiver<TcpStream>>,
-    active: &Mutex<Vec<Option<TcpStream>>>,
+/// One of the threads that serve requests.
+struct Handler {
+    rx: Arc<Mutex<Receiver<TcpStream>>>,
+    active: Arc<Mutex<Vec<Option<TcpStream>>>>,
+    in_flight: Arc<AtomicUsize>,
+    /// Its place in `active`.
     slot: usize,
-    metrics: &Metrics,
-) {
-    loop {
-        // One handler at a time waits in `recv`; the rendezvous channel hands a connection
-        // over only while one does, which is how the accepting thread knows all are busy.
-        let stream = match lock(rx).recv() {
-            Ok(stream) => stream,
-            Err(_) => return,
-        };
-        lock(active)[slot] = stream.try_clone().ok();
-        if let Err(e) = serve(stream, metrics) {
-            log::debug!("metrics: a request ended early: {e}");
+    metrics: Arc<Metrics>,
+}
+
+impl Handler {
+    /// Serves the connections it is handed until the accepting thread is gone.
+    fn run(self) {
+        loop {
+            let stream = match lock(&self.rx).recv() {
+                Ok(stream) => stream,
+                Err(_) => return,
+            };
+            lock(&self.active)[self.slot] = stream.try_clone().ok();
+            if let Err(e) = serve(stream, &self.metrics) {
+                log::debug!("metrics: a request ended early: {e}");
+            }
+            lock(&self.active)[self.slot] = None;
+            self.in_flight.fetch_sub(1, Ordering::SeqCst);
         }
-        lock(active)[slot] = None;
     }
 }
 

@@ -132,6 +132,12 @@ fn metrics_and_healthz_are_served_and_everything_else_is_refused() {
 
     let health = get(addr, "/healthz", WITHIN).unwrap();
     assert_eq!((health.code, health.body.as_str()), (200, "ok\n"));
+    // Scrapes one after the other are all served: a handler going back to wait is never
+    // mistaken for all handlers being busy.
+    for i in 0..200 {
+        let answer = get(addr, "/healthz", WITHIN).unwrap();
+        assert_eq!(answer.code, 200, "request {i}: {answer:?}");
+    }
 
     let other = get(addr, "/", WITHIN).unwrap();
     assert_eq!(other.code, 404);
