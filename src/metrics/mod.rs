@@ -27,7 +27,7 @@ use crate::outcome::RunSummary;
 use crate::record::Record;
 use crate::ship::ShipReport;
 use crate::spool::Stats;
-use crate::status_file::Admission;
+use crate::status_file::{Admission, AgentStatus, parse_rfc3339};
 
 use registry::Metrics;
 use server::MetricsServer;
@@ -43,10 +43,17 @@ pub(crate) struct Exporter {
 
 impl Exporter {
     /// Starts what `[metrics]` asks for; `spool_max_bytes` is the spool's bound in force.
+    /// Each device's last good collection is taken from the previous run's `status.json`.
     pub(crate) fn start(inventory: &Inventory, spool_max_bytes: u64) -> Exporter {
         let metrics = Arc::new(Metrics::new(inventory));
         metrics.spool_limit(spool_max_bytes);
         metrics.loop_turned();
+        if let Ok(Some(previous)) = AgentStatus::load(&inventory.agent.state_dir) {
+            metrics.remember_last_success(previous.devices.iter().filter_map(|(name, d)| {
+                let at = parse_rfc3339(d.last_good_at.as_deref()?)?;
+                Some((name.as_str(), at))
+            }));
+        }
         let config = inventory.metrics.clone();
         let server = config.listen.and_then(|addr| {
             match MetricsServer::start(addr, Arc::clone(&metrics)) {

@@ -182,6 +182,20 @@ impl Metrics {
             .collect();
     }
 
+    /// What a previous run left in `status.json`: each device's last good collection, so
+    /// an alert on its age does not start over with every restart.
+    pub(crate) fn remember_last_success<'a>(
+        &self,
+        devices: impl IntoIterator<Item = (&'a str, SystemTime)>,
+    ) {
+        let mut state = self.lock();
+        for (name, at) in devices {
+            if let Some(d) = state.devices.get_mut(name) {
+                d.last_success.get_or_insert(unix_seconds(at));
+            }
+        }
+    }
+
     /// The loop went round.
     pub(crate) fn loop_turned(&self) {
         self.loop_turned_at(Instant::now());
@@ -320,6 +334,51 @@ pub(crate) fn unix_seconds(t: SystemTime) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn inventory(devices: &[&str]) -> Inventory {
+        let mut text =
+            String::from("[defaults]\nplatform = \"cisco_ios\"\ncommands = [\"show clock\"]\n");
+        for d in devices {
+            text.push_str(&format!("[[device]]\nname = \"{d}\"\nhost = \"10.0.0.1\"\n"));
+        }
+        let path = std::path::Path::new("/etc/rackhand/rackhand.toml");
+        let (raw, mut report) = crate::config::parse_str(path, &text);
+        let inventory = crate::inventory::resolve(&raw, &mut report);
+        assert!(!report.has_errors(), "{report}");
+        inventory
+    }
+
+    #[test]
+    fn a_collection_counts_under_its_first_failure_and_a_reload_keeps_the_devices_it_keeps() {
+        let metrics = Metrics::new(&inventory(&["a", "b"]));
+        let earlier = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        metrics.remember_last_success([("a", earlier), ("gone", earlier)]);
+        metrics.finished("a", TransportKind::Ssh, &RunSummary::ok(2), Duration::from_secs(2));
+        let refused = RunSummary::session_failed(2, Status::AuthFailed, "refused");
+        metrics.finished("b", TransportKind::Telnet, &refused, Duration::from_millis(80));
+        let s = metrics.snapshot();
+        assert_eq!(s.devices["a"].collections[0], 1);
+        assert_eq!(s.devices["a"].up, Some(true));
+        assert!(s.devices["a"].last_success.unwrap() > 1_700_000_000.0, "a new success");
+        assert_eq!(s.devices["b"].collections[status_index(Status::AuthFailed)], 1);
+        assert_eq!(s.devices["b"].up, Some(false));
+        assert_eq!(s.devices["b"].last_success, None);
+        assert_eq!((s.sessions[0].count, s.sessions[1].count), (1, 1));
+
+        metrics.configure(&inventory(&["b", "c"]));
+        let s = metrics.snapshot();
+        assert_eq!(s.devices.keys().collect::<Vec<_>>(), ["b", "c"]);
+        assert_eq!(s.devices["b"].up, Some(false), "b keeps its numbers");
+        assert_eq!(s.devices["c"], DeviceMetrics::default());
+    }
+
+    #[test]
+    fn a_last_success_from_before_the_restart_is_remembered() {
+        let metrics = Metrics::new(&inventory(&["a"]));
+        let earlier = UNIX_EPOCH + Duration::from_millis(1_700_000_000_250);
+        metrics.remember_last_success([("a", earlier)]);
+        assert_eq!(metrics.snapshot().devices["a"].last_success, Some(1_700_000_000.25));
+    }
 
     #[test]
     fn every_record_status_but_gap_has_a_collection_status() {

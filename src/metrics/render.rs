@@ -183,7 +183,7 @@ fn device_families(e: &mut Exposition, s: &Snapshot) {
     e.family(
         "rackhand_device_last_success_timestamp_seconds",
         Kind::Gauge,
-        "Unix time the device's last ok collection ended (since the agent started).",
+        "Unix time the device's last ok collection ended (kept across restarts in status.json).",
     );
     for (name, d) in &s.devices {
         if let Some(at) = d.last_success {
@@ -342,6 +342,20 @@ mod tests {
             s.devices.insert(d.to_string(), DeviceMetrics::default());
         }
         s
+    }
+
+    /// docs/metrics.md is the users' list: a metric added here must be described there.
+    #[test]
+    fn every_metric_is_in_the_docs() {
+        let docs = include_str!("../../docs/metrics.md");
+        let text = render(&snapshot_with(&["a"]), SystemTime::now());
+        let missing: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split(' ').next())
+            .filter(|name| !docs.contains(&format!("| `{name}` |")))
+            .collect();
+        assert!(missing.is_empty(), "docs/metrics.md does not describe {missing:?}");
     }
 
     #[test]
