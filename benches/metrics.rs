@@ -5,10 +5,13 @@
 //! losses) for N devices from a config resolved like the agent's. Then:
 //!
 //! 1. Memory: bytes live on the heap (a counting global allocator) before and after the
-//!    registry is built, i.e. what the metrics keep for N devices; the peak a scrape adds on
-//!    top (the snapshot copied under the lock and the rendered text); and the resident memory
-//!    the listener's five threads add (VmRSS from /proc/self/status before and after it
-//!    starts and has served a few scrapes; their stacks are mapped, not allocated).
+//!    registry is built, i.e. what the metrics keep for N devices; the peak a served scrape
+//!    adds on top (the snapshot copied under the lock and the handler's write buffer: the
+//!    text is streamed, never held whole); and the resident memory
+//!    the listener adds once it has served every scrape (VmRSS from /proc/self/status before
+//!    it starts and after; its five threads' stacks, and the memory each handler thread's
+//!    malloc arena keeps after rendering; the client reads into a buffer on the stack so
+//!    that it adds nothing itself).
 //! 2. Render: the text alone, median and 99th percentile of `BENCH_METRICS_RENDERS` (500).
 //! 3. Serve: `GET /metrics` over loopback to the real listener, one connection per request
 //!    as Prometheus makes them, request written to answer read whole, median and 99th
@@ -23,14 +26,14 @@ mod support;
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::fmt::Write as _;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use rackhand::metrics::testing::Filled;
 use support::TempDir;
 use support::config::{Config, Dev, list};
-use support::http_get::get;
 
 /// Counts live heap bytes and their high-water mark.
 struct Counting;
@@ -73,9 +76,45 @@ fn inventory(n: usize, dir: &TempDir) -> rackhand::inventory::Inventory {
         .defaults("platform", "\"cisco_ios\"")
         .defaults("commands", &list(&["show version", "show running-config"]));
     for i in 0..n {
-        config = config.device(Dev::telnet(&format!("fra-a12-r{:02}-sw{i:03}", i / 40), addr));
+        config = config.device(Dev::telnet(
+            &format!("fra-a12-r{:02}-sw{i:03}", i / 40),
+            addr,
+        ));
     }
     config.inventory(&dir.join("rackhand.toml"))
+}
+
+/// `GET /metrics` read into a buffer on the stack, so the client's own allocations do not
+/// count in the process's RSS: (status code, body bytes).
+fn scrape(addr: SocketAddr) -> (u16, usize) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut buf = [0u8; 16 * 1024];
+    let mut total = 0;
+    let mut code = 0;
+    let mut head_len = None;
+    loop {
+        let n = stream.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        if total == 0 {
+            code = std::str::from_utf8(&buf[9..12]).unwrap().parse().unwrap();
+        }
+        if head_len.is_none() {
+            head_len = buf[..n]
+                .windows(4)
+                .position(|w| w == b"\r\n\r\n")
+                .map(|i| total + i + 4);
+        }
+        total += n;
+    }
+    (code, total - head_len.unwrap_or(total))
 }
 
 fn vm_rss_kib() -> u64 {
@@ -115,12 +154,6 @@ fn measure(n: usize, renders: usize, scrapes: usize) -> Row {
     let filled = Filled::new(&inventory, ROUNDS);
     let registry_bytes = LIVE.load(Ordering::Relaxed) - before;
 
-    let base = LIVE.load(Ordering::Relaxed);
-    PEAK.store(base, Ordering::Relaxed);
-    let text = filled.render();
-    let scrape_peak_bytes = PEAK.load(Ordering::Relaxed) - base;
-    drop(text);
-
     let mut render_times = Vec::with_capacity(renders);
     for _ in 0..renders {
         let started = Instant::now();
@@ -129,18 +162,25 @@ fn measure(n: usize, renders: usize, scrapes: usize) -> Row {
         std::hint::black_box(text);
     }
 
+    let mut serve_times = Vec::with_capacity(scrapes);
     let rss_before = vm_rss_kib();
     let server = filled
         .serve(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
         .unwrap();
-    let mut serve_times = Vec::with_capacity(scrapes);
+    // One scrape alone, for the heap it takes at its peak (the snapshot and the write
+    // buffer in the handler thread; the client allocates nothing).
+    let base = LIVE.load(Ordering::Relaxed);
+    PEAK.store(base, Ordering::Relaxed);
+    let (code, _) = scrape(server.addr());
+    assert_eq!(code, 200);
+    let scrape_peak_bytes = PEAK.load(Ordering::Relaxed) - base;
     let mut body_bytes = 0;
     for _ in 0..scrapes {
         let started = Instant::now();
-        let answer = get(server.addr(), "/metrics", Duration::from_secs(10)).unwrap();
+        let (code, body) = scrape(server.addr());
         serve_times.push(started.elapsed());
-        assert_eq!(answer.code, 200);
-        body_bytes = answer.body.len();
+        assert_eq!(code, 200);
+        body_bytes = body;
     }
     let listener_rss_kib = vm_rss_kib().saturating_sub(rss_before);
     drop(server);

@@ -318,8 +318,7 @@ impl AgentLoop {
         if let Some(device) = self.scheduler.device(key) {
             let name = device.name.clone();
             self.status.finished(&name, run, self.spooler.last_seq());
-            self.metrics
-                .finished(&name, device.transport, run, elapsed);
+            self.metrics.finished(&name, device.transport, run, elapsed);
             self.summary.finished(name, elapsed);
         }
         self.scheduler.finished(key, run, Instant::now());
@@ -406,8 +405,13 @@ impl AgentLoop {
         let stats = self.spooler.stats();
         self.status
             .save(&stats, self.paused, &report, Instant::now());
-        self.metrics
-            .observe(&stats, &report, self.status.admission(self.paused), 0, Instant::now());
+        self.metrics.observe(
+            &stats,
+            &report,
+            self.status.admission(self.paused),
+            0,
+            Instant::now(),
+        );
         self.metrics.stop();
         let left = self.spooler.stats();
         if left.records > 0 {

@@ -171,7 +171,9 @@ pub const UPSTREAM_KEYS: &[Key] = &[
 pub const METRICS_KEYS: &[Key] = &[key("listen", Kind::Str), key("textfile", Kind::Path)];
 
 /// The sections a config file may have at its top level.
-pub const SECTIONS: &[&str] = &["agent", "defaults", "group", "device", "upstream", "metrics"];
+pub const SECTIONS: &[&str] = &[
+    "agent", "defaults", "group", "device", "upstream", "metrics",
+];
 
 /// Secrets come from exactly one of three keys; these name the families.
 pub const SECRET_FAMILIES: &[[&str; 3]] = &[

@@ -190,7 +190,10 @@ mod tests {
         assert_eq!(metrics.listen, Some("0.0.0.0:9464".parse().unwrap()));
         assert!(!report.has_errors());
         let all = messages(&report).join("\n");
-        assert!(all.contains("rackhand.toml:2:10: warning: `listen`"), "{all}");
+        assert!(
+            all.contains("rackhand.toml:2:10: warning: `listen`"),
+            "{all}"
+        );
         assert!(all.contains("beyond this machine"), "{all}");
     }
 
@@ -252,7 +255,10 @@ mod tests {
     fn unknown_keys_in_metrics_are_errors_with_a_hint() {
         let (_, report) = metrics_of("[metrics]\nlisten_address = \"127.0.0.1:9464\"\n");
         let all = messages(&report).join("\n");
-        assert!(all.contains("unknown key `listen_address` in [metrics]"), "{all}");
+        assert!(
+            all.contains("unknown key `listen_address` in [metrics]"),
+            "{all}"
+        );
         assert!(all.contains("did you mean `listen`"), "{all}");
     }
 }

@@ -15,9 +15,9 @@
 mod registry;
 mod render;
 mod server;
-mod textfile;
 #[doc(hidden)]
 pub mod testing;
+mod textfile;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};

@@ -339,7 +339,9 @@ mod tests {
         let mut text =
             String::from("[defaults]\nplatform = \"cisco_ios\"\ncommands = [\"show clock\"]\n");
         for d in devices {
-            text.push_str(&format!("[[device]]\nname = \"{d}\"\nhost = \"10.0.0.1\"\n"));
+            text.push_str(&format!(
+                "[[device]]\nname = \"{d}\"\nhost = \"10.0.0.1\"\n"
+            ));
         }
         let path = std::path::Path::new("/etc/rackhand/rackhand.toml");
         let (raw, mut report) = crate::config::parse_str(path, &text);
@@ -353,14 +355,30 @@ mod tests {
         let metrics = Metrics::new(&inventory(&["a", "b"]));
         let earlier = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         metrics.remember_last_success([("a", earlier), ("gone", earlier)]);
-        metrics.finished("a", TransportKind::Ssh, &RunSummary::ok(2), Duration::from_secs(2));
+        metrics.finished(
+            "a",
+            TransportKind::Ssh,
+            &RunSummary::ok(2),
+            Duration::from_secs(2),
+        );
         let refused = RunSummary::session_failed(2, Status::AuthFailed, "refused");
-        metrics.finished("b", TransportKind::Telnet, &refused, Duration::from_millis(80));
+        metrics.finished(
+            "b",
+            TransportKind::Telnet,
+            &refused,
+            Duration::from_millis(80),
+        );
         let s = metrics.snapshot();
         assert_eq!(s.devices["a"].collections[0], 1);
         assert_eq!(s.devices["a"].up, Some(true));
-        assert!(s.devices["a"].last_success.unwrap() > 1_700_000_000.0, "a new success");
-        assert_eq!(s.devices["b"].collections[status_index(Status::AuthFailed)], 1);
+        assert!(
+            s.devices["a"].last_success.unwrap() > 1_700_000_000.0,
+            "a new success"
+        );
+        assert_eq!(
+            s.devices["b"].collections[status_index(Status::AuthFailed)],
+            1
+        );
         assert_eq!(s.devices["b"].up, Some(false));
         assert_eq!(s.devices["b"].last_success, None);
         assert_eq!((s.sessions[0].count, s.sessions[1].count), (1, 1));
@@ -377,7 +395,10 @@ mod tests {
         let metrics = Metrics::new(&inventory(&["a"]));
         let earlier = UNIX_EPOCH + Duration::from_millis(1_700_000_000_250);
         metrics.remember_last_success([("a", earlier)]);
-        assert_eq!(metrics.snapshot().devices["a"].last_success, Some(1_700_000_000.25));
+        assert_eq!(
+            metrics.snapshot().devices["a"].last_success,
+            Some(1_700_000_000.25)
+        );
     }
 
     #[test]

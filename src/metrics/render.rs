@@ -7,7 +7,7 @@
 //! follow it. What the families are and what they mean is [`render`]'s list (and
 //! docs/metrics.md).
 
-use std::fmt::Write as _;
+use std::fmt::Write;
 use std::time::SystemTime;
 
 use crate::record::GapCause;
@@ -55,11 +55,13 @@ impl From<f64> for Number {
 }
 
 /// The text under construction.
-struct Exposition {
-    out: String,
+struct Exposition<'w, W: Write> {
+    // Errors only come from a socket going away (see `server.rs`); its writer remembers
+    // the error, so the rest of the text is not worth checking for.
+    out: &'w mut W,
 }
 
-impl Exposition {
+impl<W: Write> Exposition<'_, W> {
     /// `# HELP` and `# TYPE` for `name`; its samples come next.
     fn family(&mut self, name: &str, kind: Kind, help: &str) {
         let _ = writeln!(self.out, "# HELP {name} {}", escape_help(help));
@@ -68,28 +70,28 @@ impl Exposition {
 
     /// One line: `name{label="value",...} number`.
     fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl Into<Number>) {
-        self.out.push_str(name);
+        let _ = self.out.write_str(name);
         if !labels.is_empty() {
-            self.out.push('{');
+            let _ = self.out.write_char('{');
             for (i, (label, value)) in labels.iter().enumerate() {
                 if i > 0 {
-                    self.out.push(',');
+                    let _ = self.out.write_char(',');
                 }
-                self.out.push_str(label);
-                self.out.push_str("=\"");
-                escape_label_into(&mut self.out, value);
-                self.out.push('"');
+                let _ = self.out.write_str(label);
+                let _ = self.out.write_str("=\"");
+                escape_label_into(self.out, value);
+                let _ = self.out.write_char('"');
             }
-            self.out.push('}');
+            let _ = self.out.write_char('}');
         }
-        self.out.push(' ');
+        let _ = self.out.write_char(' ');
         match value.into() {
             Number::Int(n) => {
                 let _ = write!(self.out, "{n}");
             }
-            Number::Float(x) => format_float_into(&mut self.out, x),
+            Number::Float(x) => format_float_into(self.out, x),
         }
-        self.out.push('\n');
+        let _ = self.out.write_char('\n');
     }
 
     /// A family with one unlabelled sample.
@@ -99,22 +101,41 @@ impl Exposition {
     }
 }
 
-/// The whole exposition for `snapshot` at `now`.
+/// The whole exposition for `snapshot` at `now`, as a string (the textfile, tests).
 pub(crate) fn render(snapshot: &Snapshot, now: SystemTime) -> String {
-    // About 300 bytes per device; growing a String of that size is cheap, and a good guess
-    // avoids most of the copies.
-    let mut e = Exposition {
-        out: String::with_capacity(4096 + snapshot.devices.len() * 320),
-    };
+    // About 220 bytes per device: a good guess avoids most of the copies.
+    let mut out = String::with_capacity(4096 + snapshot.devices.len() * 240);
+    render_into(&mut out, snapshot, now);
+    out
+}
+
+/// The exposition's length in bytes, without keeping it (a `Content-Length` before the
+/// text is streamed: rendering twice costs less than holding it whole per connection).
+pub(crate) fn rendered_len(snapshot: &Snapshot, now: SystemTime) -> usize {
+    struct Count(usize);
+    impl Write for Count {
+        fn write_str(&mut self, s: &str) -> std::fmt::Result {
+            self.0 += s.len();
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    render_into(&mut count, snapshot, now);
+    count.0
+}
+
+/// The exposition written to `out`, family by family; the same bytes for the same
+/// `snapshot` and `now`.
+pub(crate) fn render_into(out: &mut impl Write, snapshot: &Snapshot, now: SystemTime) {
+    let mut e = Exposition { out };
     agent_families(&mut e, snapshot);
     device_families(&mut e, snapshot);
     session_family(&mut e, snapshot);
     spool_families(&mut e, snapshot, now);
     upstream_families(&mut e, snapshot);
-    e.out
 }
 
-fn agent_families(e: &mut Exposition, s: &Snapshot) {
+fn agent_families(e: &mut Exposition<'_, impl Write>, s: &Snapshot) {
     e.family(
         "rackhand_build_info",
         Kind::Gauge,
@@ -151,7 +172,7 @@ fn agent_families(e: &mut Exposition, s: &Snapshot) {
     );
 }
 
-fn device_families(e: &mut Exposition, s: &Snapshot) {
+fn device_families(e: &mut Exposition<'_, impl Write>, s: &Snapshot) {
     e.family(
         "rackhand_collections_total",
         Kind::Counter,
@@ -196,7 +217,7 @@ fn device_families(e: &mut Exposition, s: &Snapshot) {
     }
 }
 
-fn session_family(e: &mut Exposition, s: &Snapshot) {
+fn session_family(e: &mut Exposition<'_, impl Write>, s: &Snapshot) {
     let name = "rackhand_session_duration_seconds";
     e.family(
         name,
@@ -210,13 +231,21 @@ fn session_family(e: &mut Exposition, s: &Snapshot) {
             let le = format_float(*le);
             e.sample(&bucket, &[("transport", transport), ("le", &le)], n);
         }
-        e.sample(&bucket, &[("transport", transport), ("le", "+Inf")], h.count);
+        e.sample(
+            &bucket,
+            &[("transport", transport), ("le", "+Inf")],
+            h.count,
+        );
         e.sample(&format!("{name}_sum"), &[("transport", transport)], h.sum);
-        e.sample(&format!("{name}_count"), &[("transport", transport)], h.count);
+        e.sample(
+            &format!("{name}_count"),
+            &[("transport", transport)],
+            h.count,
+        );
     }
 }
 
-fn spool_families(e: &mut Exposition, s: &Snapshot, now: SystemTime) {
+fn spool_families(e: &mut Exposition<'_, impl Write>, s: &Snapshot, now: SystemTime) {
     let p = &s.pipeline;
     e.single(
         "rackhand_spool_records",
@@ -270,7 +299,7 @@ fn spool_families(e: &mut Exposition, s: &Snapshot, now: SystemTime) {
     }
 }
 
-fn upstream_families(e: &mut Exposition, s: &Snapshot) {
+fn upstream_families(e: &mut Exposition<'_, impl Write>, s: &Snapshot) {
     let p = &s.pipeline;
     e.single(
         "rackhand_upstream_acked_records_total",
@@ -298,24 +327,28 @@ fn escape_help(text: &str) -> String {
 }
 
 /// A label value: backslash, double quote and newline escaped.
-fn escape_label_into(out: &mut String, value: &str) {
-    for c in value.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
-        }
+fn escape_label_into(out: &mut impl Write, value: &str) {
+    // Runs of plain characters are written whole.
+    let mut rest = value;
+    while let Some(i) = rest.find(['\\', '"', '\n']) {
+        let _ = out.write_str(&rest[..i]);
+        let _ = out.write_str(match rest.as_bytes()[i] {
+            b'\\' => "\\\\",
+            b'"' => "\\\"",
+            _ => "\\n",
+        });
+        rest = &rest[i + 1..];
     }
+    let _ = out.write_str(rest);
 }
 
 /// Go's `strconv.ParseFloat` reads what Rust's `Display` writes (no exponent, shortest
 /// round-trip digits); only the specials are spelt differently.
-fn format_float_into(out: &mut String, x: f64) {
+fn format_float_into(out: &mut impl Write, x: f64) {
     if x.is_nan() {
-        out.push_str("NaN");
+        let _ = out.write_str("NaN");
     } else if x.is_infinite() {
-        out.push_str(if x > 0.0 { "+Inf" } else { "-Inf" });
+        let _ = out.write_str(if x > 0.0 { "+Inf" } else { "-Inf" });
     } else {
         let _ = write!(out, "{x}");
     }
@@ -355,7 +388,10 @@ mod tests {
             .filter_map(|l| l.split(' ').next())
             .filter(|name| !docs.contains(&format!("| `{name}` |")))
             .collect();
-        assert!(missing.is_empty(), "docs/metrics.md does not describe {missing:?}");
+        assert!(
+            missing.is_empty(),
+            "docs/metrics.md does not describe {missing:?}"
+        );
     }
 
     #[test]
@@ -376,8 +412,7 @@ mod tests {
     }
 
     #[test]
-    fn each_name_has_its_help_and_type_once_before_its_samples_and_the_text_ends_in_a_newline()
-    {
+    fn each_name_has_its_help_and_type_once_before_its_samples_and_the_text_ends_in_a_newline() {
         let mut s = snapshot_with(&["core1", "we\"ird\\name"]);
         s.devices.get_mut("core1").unwrap().collections[2] = 3;
         let text = render(&s, SystemTime::now());
@@ -400,11 +435,16 @@ mod tests {
                 assert_eq!(base, current, "sample {line} outside its family");
             }
         }
-        assert!(text.contains("rackhand_collections_total{device=\"we\\\"ird\\\\name\",status=\"ok\"} 0\n"));
+        assert!(text.contains(
+            "rackhand_collections_total{device=\"we\\\"ird\\\\name\",status=\"ok\"} 0\n"
+        ));
         assert!(text.contains(
             "rackhand_collections_total{device=\"core1\",status=\"connect_failed\"} 3\n"
         ));
-        assert!(!text.contains("status=\"timeout\""), "zero counts other than ok are left out");
+        assert!(
+            !text.contains("status=\"timeout\""),
+            "zero counts other than ok are left out"
+        );
         assert!(text.contains("rackhand_build_info{version=\""));
         assert!(text.contains("rackhand_spool_oldest_record_age_seconds 0\n"));
         assert!(text.contains(

@@ -24,8 +24,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
-use super::registry::{Health, Metrics};
-use super::render::{CONTENT_TYPE, render};
+use super::registry::{Health, Metrics, Snapshot};
+use super::render::{CONTENT_TYPE, render_into, rendered_len};
 
 /// Requests served at once; a scrape takes milliseconds, so a few cover Prometheus, a
 /// second Prometheus and someone with curl.
@@ -36,8 +36,10 @@ pub(crate) const MAX_HEAD: usize = 8 * 1024;
 pub(crate) const READ_TIME: Duration = Duration::from_secs(5);
 /// How long writing an answer may take.
 pub(crate) const WRITE_TIME: Duration = Duration::from_secs(10);
-/// Small stacks: a handler renders into the heap and holds a buffer of [`MAX_HEAD`].
+/// Small stacks: a handler holds a buffer of [`MAX_HEAD`] and renders into a [`WRITE_BUFFER`].
 const STACK: usize = 256 * 1024;
+/// What a handler buffers of an answer before it goes to the socket.
+const WRITE_BUFFER: usize = 16 * 1024;
 
 /// The running listener; stopped by [`MetricsServer::stop`] or when dropped.
 pub(crate) struct MetricsServer {
@@ -184,10 +186,8 @@ fn dispatch(stream: TcpStream, handlers: &SyncSender<TcpStream>, in_flight: &Ato
     }
     // A fresh socket's send buffer is empty: this write does not wait.
     let _ = refused.set_write_timeout(Some(Duration::from_millis(100)));
-    let _ = refused.write_all(&answer(
-        Reply::text(503, "too many connections to /metrics at once; try again\n"),
-        false,
-    ));
+    let busy = Reply::text(503, "too many connections to /metrics at once; try again\n");
+    let _ = write_answer(&mut refused, &busy, false);
 }
 
 /// One of the threads that serve requests.
@@ -229,8 +229,9 @@ fn serve(mut stream: TcpStream, metrics: &Metrics) -> io::Result<()> {
     };
     stream.set_write_timeout(Some(WRITE_TIME))?;
     let is_head = head.starts_with(b"HEAD ");
-    stream.write_all(&answer(reply, is_head))?;
-    stream.flush()
+    let mut out = io::BufWriter::with_capacity(WRITE_BUFFER, &stream);
+    write_answer(&mut out, &reply, is_head)?;
+    out.flush()
 }
 
 #[derive(Debug)]
@@ -255,9 +256,7 @@ fn read_head(stream: &mut TcpStream, buf: &mut [u8]) -> Result<usize, HeadError>
         if left.is_zero() {
             return Err(HeadError::Io(io::ErrorKind::TimedOut.into()));
         }
-        stream
-            .set_read_timeout(Some(left))
-            .map_err(HeadError::Io)?;
+        stream.set_read_timeout(Some(left)).map_err(HeadError::Io)?;
         match stream.read(&mut buf[filled..]) {
             Ok(0) if filled == 0 => {
                 return Err(HeadError::Io(io::ErrorKind::UnexpectedEof.into()));
@@ -281,11 +280,29 @@ fn head_end(buf: &[u8]) -> Option<usize> {
 }
 
 /// What to answer, before it is written.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub(crate) struct Reply {
     pub(crate) code: u16,
     pub(crate) content_type: &'static str,
-    pub(crate) body: String,
+    pub(crate) body: Body,
+}
+
+/// An answer's body.
+#[derive(Debug)]
+pub(crate) enum Body {
+    Text(String),
+    /// The exposition of this snapshot at this time, streamed as it is rendered: a scrape
+    /// at 500 devices holds the snapshot and a [`WRITE_BUFFER`], not 110 KB of text.
+    Metrics(Box<Snapshot>, SystemTime),
+}
+
+impl Body {
+    fn len(&self) -> usize {
+        match self {
+            Body::Text(text) => text.len(),
+            Body::Metrics(snapshot, now) => rendered_len(snapshot, *now),
+        }
+    }
 }
 
 impl Reply {
@@ -293,7 +310,7 @@ impl Reply {
         Reply {
             code,
             content_type: "text/plain; charset=utf-8",
-            body: body.to_string(),
+            body: Body::Text(body.to_string()),
         }
     }
 }
@@ -314,7 +331,7 @@ pub(crate) fn route(head: &[u8], metrics: &Metrics) -> Reply {
         "/metrics" => Reply {
             code: 200,
             content_type: CONTENT_TYPE,
-            body: render(&metrics.snapshot(), SystemTime::now()),
+            body: Body::Metrics(Box::new(metrics.snapshot()), SystemTime::now()),
         },
         _ => match metrics.health() {
             Health::Healthy => Reply::text(200, "ok\n"),
@@ -336,8 +353,8 @@ fn request_line(head: &[u8]) -> Option<(&str, &str)> {
     Some((method, path))
 }
 
-/// The bytes of a whole answer (without its body for HEAD).
-fn answer(reply: Reply, head_only: bool) -> Vec<u8> {
+/// Writes a whole answer to `out` (without its body for HEAD).
+fn write_answer(out: &mut impl Write, reply: &Reply, head_only: bool) -> io::Result<()> {
     let reason = match reply.code {
         200 => "OK",
         400 => "Bad Request",
@@ -352,17 +369,43 @@ fn answer(reply: Reply, head_only: bool) -> Vec<u8> {
     } else {
         ""
     };
-    let mut out = format!(
+    write!(
+        out,
         "HTTP/1.1 {} {reason}\r\nContent-Type: {}\r\nContent-Length: {}\r\n{allow}Cache-Control: no-store\r\nConnection: close\r\n\r\n",
         reply.code,
         reply.content_type,
         reply.body.len()
-    )
-    .into_bytes();
-    if !head_only {
-        out.extend_from_slice(reply.body.as_bytes());
+    )?;
+    if head_only {
+        return Ok(());
     }
-    out
+    match &reply.body {
+        Body::Text(text) => out.write_all(text.as_bytes()),
+        Body::Metrics(snapshot, now) => {
+            let mut adapter = FmtToIo { out, error: None };
+            render_into(&mut adapter, snapshot, *now);
+            adapter.error.map_or(Ok(()), Err)
+        }
+    }
+}
+
+/// The renderer writes `fmt::Write`; a socket takes `io::Write`. The first I/O error is
+/// kept (and every write after it refused) so the caller sees it.
+struct FmtToIo<'a, W: Write> {
+    out: &'a mut W,
+    error: Option<io::Error>,
+}
+
+impl<W: Write> std::fmt::Write for FmtToIo<'_, W> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        if self.error.is_some() {
+            return Err(std::fmt::Error);
+        }
+        self.out.write_all(s.as_bytes()).map_err(|e| {
+            self.error = Some(e);
+            std::fmt::Error
+        })
+    }
 }
 
 #[cfg(test)]
@@ -375,7 +418,10 @@ mod tests {
             request_line(b"GET /metrics?x=1 HTTP/1.1\r\nHost: a\r\n\r\n"),
             Some(("GET", "/metrics"))
         );
-        assert_eq!(request_line(b"HEAD /healthz HTTP/1.0\n\n"), Some(("HEAD", "/healthz")));
+        assert_eq!(
+            request_line(b"HEAD /healthz HTTP/1.0\n\n"),
+            Some(("HEAD", "/healthz"))
+        );
         assert_eq!(request_line(b"GET /metrics\r\n\r\n"), None);
         assert_eq!(request_line(b"GET /metrics SPDY/3\r\n\r\n"), None);
         assert_eq!(request_line(b"\xff\xfe /metrics HTTP/1.1\r\n\r\n"), None);
@@ -388,13 +434,41 @@ mod tests {
         assert_eq!(head_end(b"GET / HTTP/1.1\r\nA: b\r\n"), None);
     }
 
+    fn answer(reply: &Reply, head_only: bool) -> String {
+        let mut bytes = Vec::new();
+        write_answer(&mut bytes, reply, head_only).unwrap();
+        String::from_utf8(bytes).unwrap()
+    }
+
     #[test]
     fn a_head_answer_has_the_length_of_the_body_it_leaves_out() {
-        let bytes = answer(Reply::text(200, "ok\n"), true);
-        let text = String::from_utf8(bytes).unwrap();
+        let text = answer(&Reply::text(200, "ok\n"), true);
         assert!(text.contains("Content-Length: 3\r\n"), "{text}");
         assert!(text.ends_with("\r\n\r\n"), "{text}");
-        let allow = String::from_utf8(answer(Reply::text(405, "no\n"), false)).unwrap();
+        let allow = answer(&Reply::text(405, "no\n"), false);
         assert!(allow.contains("Allow: GET, HEAD\r\n"), "{allow}");
+    }
+
+    #[test]
+    fn the_streamed_metrics_are_as_long_as_the_header_says_and_the_same_text() {
+        let mut snapshot = Snapshot::default();
+        snapshot.devices.insert(
+            "sw\"1".into(),
+            super::super::registry::DeviceMetrics::default(),
+        );
+        let now = SystemTime::now();
+        let expected = super::super::render::render(&snapshot, now);
+        let reply = Reply {
+            code: 200,
+            content_type: CONTENT_TYPE,
+            body: Body::Metrics(Box::new(snapshot), now),
+        };
+        let text = answer(&reply, false);
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert_eq!(body, expected);
+        assert!(
+            head.contains(&format!("Content-Length: {}\r\n", expected.len())),
+            "{head}"
+        );
     }
 }

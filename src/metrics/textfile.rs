@@ -128,7 +128,11 @@ mod tests {
             .unwrap()
             .map(|e| e.unwrap().file_name())
             .collect();
-        assert_eq!(names, vec![std::ffi::OsString::from("rackhand.prom")], "no temp file left");
+        assert_eq!(
+            names,
+            vec![std::ffi::OsString::from("rackhand.prom")],
+            "no temp file left"
+        );
     }
 
     #[test]
@@ -141,7 +145,10 @@ mod tests {
         assert!(!file.update("a 1\n", t0));
         assert!(file.failing);
         fs::create_dir(&folder).unwrap();
-        assert!(file.update("a 1\n", t0 + TEXTFILE_EVERY), "written once it can be");
+        assert!(
+            file.update("a 1\n", t0 + TEXTFILE_EVERY),
+            "written once it can be"
+        );
         assert!(!file.failing);
         assert_eq!(fs::read_to_string(&path).unwrap(), "a 1\n");
     }

@@ -67,9 +67,15 @@ fn a_real_prometheus_scrapes_the_agent_and_sees_its_collections() {
     let serving = poll_until(deadline(SHOW_WITHIN), || {
         get(listen, "/healthz", Duration::from_secs(2)).is_ok_and(|r| r.code == 200)
     });
-    assert!(serving, "no /healthz 200 on {listen}; agent log:\n{}", agent.stderr());
     assert!(
-        agent.stderr().contains(&format!("metrics: serving http://{listen}/metrics")),
+        serving,
+        "no /healthz 200 on {listen}; agent log:\n{}",
+        agent.stderr()
+    );
+    assert!(
+        agent
+            .stderr()
+            .contains(&format!("metrics: serving http://{listen}/metrics")),
         "{}",
         agent.stderr()
     );

@@ -82,7 +82,10 @@ fn promtool_finds_nothing_wrong_with_the_metrics_of_a_busy_agent() {
         );
         return;
     };
-    assert!(clean, "promtool check metrics:\n{said}\n--- the text:\n{text}");
+    assert!(
+        clean,
+        "promtool check metrics:\n{said}\n--- the text:\n{text}"
+    );
     for name in [
         "rackhand_build_info{version=",
         "rackhand_collections_total{device=\"fra-a12-sw003\",status=\"connect_failed\"} 6",
@@ -121,7 +124,11 @@ fn metrics_and_healthz_are_served_and_everything_else_is_refused() {
         metrics.header("Content-Length"),
         Some(metrics.body.len().to_string().as_str())
     );
-    assert!(metrics.body.contains("# TYPE rackhand_collections_total counter\n"));
+    assert!(
+        metrics
+            .body
+            .contains("# TYPE rackhand_collections_total counter\n")
+    );
     assert!(metrics.body.ends_with('\n'));
 
     let head = raw(addr, b"HEAD /metrics HTTP/1.1\r\nHost: x\r\n\r\n", WITHIN).unwrap();
@@ -154,7 +161,9 @@ fn metrics_and_healthz_are_served_and_everything_else_is_refused() {
     assert_eq!(garbage.code, 400);
     let mut huge = b"GET /metrics HTTP/1.1\r\n".to_vec();
     while huge.len() < 9 * 1024 {
-        huge.extend_from_slice(b"X-Filler: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n");
+        huge.extend_from_slice(
+            b"X-Filler: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n",
+        );
     }
     huge.extend_from_slice(b"\r\n");
     let too_large = raw(addr, &huge, WITHIN).unwrap();
@@ -221,7 +230,7 @@ fn connections_beyond_the_handlers_are_refused_and_served_again_once_they_free_u
 
 #[test]
 fn a_client_that_never_finishes_its_request_is_dropped_at_the_deadline_and_does_not_hold_up_a_stop()
- {
+{
     let filled = filled(3, 1);
     let server = filled.serve(loopback()).unwrap();
     let addr = server.addr();
@@ -285,7 +294,9 @@ fn check_points_at_a_bad_listen_address_and_a_textfile_folder_that_does_not_exis
     assert_eq!(code, 2, "{out}");
     let at = path.display();
     assert!(
-        out.contains(&format!("{at}:5:10: `listen` = \"localhost:9464\" is not an IP address")),
+        out.contains(&format!(
+            "{at}:5:10: `listen` = \"localhost:9464\" is not an IP address"
+        )),
         "{out}"
     );
     assert!(out.contains(&format!("{at}:6:12: the folder ")), "{out}");

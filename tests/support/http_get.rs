@@ -50,7 +50,10 @@ pub fn raw(addr: SocketAddr, request: &[u8], within: Duration) -> io::Result<Res
     let mut buf = [0u8; 16 * 1024];
     loop {
         let left = remaining(until).ok_or_else(|| {
-            io::Error::new(io::ErrorKind::TimedOut, format!("no whole answer from {addr}"))
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("no whole answer from {addr}"),
+            )
         })?;
         stream.set_read_timeout(Some(left))?;
         match stream.read(&mut buf) {

@@ -59,8 +59,8 @@ impl Prometheus {
     pub fn query(&self, expr: &str) -> Result<Vec<Value>, String> {
         let path = format!("/api/v1/query?query={}", percent_encode(expr));
         let answer = get_http10(self.addr, &path, REQUEST).map_err(|e| e.to_string())?;
-        let json: Value = serde_json::from_str(&answer.body)
-            .map_err(|e| format!("{e}: {}", answer.body))?;
+        let json: Value =
+            serde_json::from_str(&answer.body).map_err(|e| format!("{e}: {}", answer.body))?;
         match json["data"]["result"].as_array() {
             Some(result) if json["status"] == "success" => Ok(result.clone()),
             _ => Err(answer.body),
