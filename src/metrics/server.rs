@@ -8,7 +8,10 @@
 //! [`HANDLERS`] requests are served at once (a connection beyond that gets a short 503 and is
 //! closed), a request head may be [`MAX_HEAD`] bytes, and reading it and writing the answer
 //! each have a deadline. Stopping wakes the accepting thread and shuts down the connections
-//! in progress, so the agent's stop never waits on a slow client.
+//! in progress, so the agent's stop never waits on a slow client. The text is streamed to the
+//! socket as it is rendered (its length counted by a first render), so a connection holds
+//! a snapshot and a 16 KiB buffer, never the whole text: four handler threads each keeping
+//! a whole scrape in their malloc arena came to a megabyte at 500 devices.
 //!
 //! Answers: `GET /metrics` (the text format, 200), `GET /healthz` (200 `ok`, or 503 with the
 //! reason), `HEAD` of either; other paths 404, other methods 405, a bad request 400, a head
