@@ -17,6 +17,7 @@ mod hash;
 pub mod inventory;
 pub mod isolation;
 pub(crate) mod led;
+pub mod metrics;
 pub(crate) mod notify;
 pub(crate) mod outcome;
 pub mod platform;

@@ -48,6 +48,8 @@ pub(crate) struct ShipReport {
     pub(crate) last_error_at: Option<SystemTime>,
     pub(crate) last_ack_at: Option<SystemTime>,
     pub(crate) consecutive_failures: u32,
+    /// Failed attempts since the shipper started (for the metrics' errors counter).
+    pub(crate) failed_attempts: u64,
     pub(crate) shipped_records: u64,
     pub(crate) shipped_batches: u64,
     pub(crate) dead_lettered_batches: u64,
@@ -118,6 +120,7 @@ impl Shipper {
             last_error_at: None,
             last_ack_at: None,
             consecutive_failures: 0,
+            failed_attempts: 0,
             shipped_records: 0,
             shipped_batches: 0,
             dead_lettered_batches: 0,
@@ -309,6 +312,7 @@ impl Worker {
             r.last_error = Some(retry.error.clone());
             r.last_error_at = Some(SystemTime::now());
             r.consecutive_failures += 1;
+            r.failed_attempts += 1;
         };
         let until = Instant::now() + SHIP_CALL;
         match self.sink.ship(batch, until, &self.stop, &mut observe) {
@@ -384,6 +388,7 @@ impl Worker {
             r.last_error = Some(error.to_string());
             r.last_error_at = Some(SystemTime::now());
             r.consecutive_failures += 1;
+            r.failed_attempts += 1;
             r.consecutive_failures
         };
         let wait = self.backoff.wait(n, &mut self.jitter);

@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use crate::inventory::{self, Inventory, Upstream};
 use crate::led::StatusLight;
+use crate::metrics::Exporter;
 use crate::notify::Notifier;
 use crate::outcome::RunSummary;
 use crate::pool::{Pool, PoolEvent};
@@ -212,6 +213,8 @@ struct AgentLoop {
     presence: PresenceKeeper,
     /// The status LED (`[board] status_led`); gives the LED back when dropped.
     led: StatusLight,
+    /// `[metrics]`: the registry, and the listener and textfile it asks for.
+    metrics: Exporter,
     /// The spool (or the disk) is full and new collections are held back.
     paused: bool,
     /// The end of `Options::run_for`.
@@ -312,6 +315,7 @@ impl AgentLoop {
             return;
         };
         self.status.record(&record);
+        self.metrics.record(&record);
         self.summary.record(&record);
         if let Some(cb) = self.on_record.as_mut() {
             cb(&record);
@@ -324,6 +328,7 @@ impl AgentLoop {
             self.status.finished(&name, run, self.spooler.last_seq());
             self.presence.finished(&name, run.all_ok());
             self.led.finished(&name, run.all_ok());
+            self.metrics.finished(&name, device.transport, run, elapsed);
             self.summary.finished(name, elapsed);
         }
         self.scheduler.finished(key, run, Instant::now());
@@ -338,6 +343,9 @@ impl AgentLoop {
             let report = self.shipper.report();
             let stats = self.spooler.stats();
             self.status.save(&stats, self.paused, &report, now, false);
+            let admission = self.status.admission(self.paused);
+            let busy = self.pool.busy();
+            self.metrics.observe(&stats, &report, admission, busy, now);
         }
         self.offer_presence(now);
         if self.led.due(now) {
@@ -347,6 +355,7 @@ impl AgentLoop {
             self.led
                 .observe(now, inventory, &stats, self.paused, &ship, max);
         }
+        self.metrics.loop_turned();
         self.watchdog.ping_if_due(&self.notifier);
     }
 
@@ -385,6 +394,7 @@ impl AgentLoop {
         self.inventory = new;
         self.status.retain_devices(&self.inventory);
         self.led.retain(&self.inventory);
+        self.metrics.reload(&self.inventory);
         if self.inventory.devices.is_empty() {
             log_idle(&self.config);
         }
@@ -420,6 +430,14 @@ impl AgentLoop {
         let stats = self.spooler.stats();
         self.status
             .save(&stats, self.paused, &report, Instant::now(), true);
+        self.metrics.observe(
+            &stats,
+            &report,
+            self.status.admission(self.paused),
+            0,
+            Instant::now(),
+        );
+        self.metrics.stop();
         let left = self.spooler.stats();
         if left.records > 0 {
             log::info!(

@@ -50,6 +50,7 @@ impl AgentLoop {
         let spool_opts = spool_options(&inventory, &upstream);
         let (spooler, reader) = open_spool(&inventory, &spool_dir, &spool_opts)?;
         let status = StatusKeeper::new(&inventory, &upstream, &spool_opts, &spool_dir);
+        let metrics = crate::metrics::Exporter::start(&inventory, spool_opts.max_bytes);
 
         let notifier = notifier_from_env();
         let workers = inventory.agent.workers;
@@ -87,6 +88,7 @@ impl AgentLoop {
             status,
             presence,
             led,
+            metrics,
             paused: false,
             stop_at: options.run_for.map(|d| started + d),
             drain: options.drain,

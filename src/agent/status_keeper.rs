@@ -257,6 +257,14 @@ impl StatusKeeper {
         self.last_saved.map_or(now, |t| t + STATUS_EVERY)
     }
 
+    /// Whether collections are held back now, and how many have been (for the metrics too).
+    pub(super) fn admission(&self, paused: bool) -> Admission {
+        Admission {
+            paused,
+            paused_collections: self.paused_collections,
+        }
+    }
+
     /// Writes the status as of now: the live copy, and `state_dir`'s when due
     /// ([`KeptCopy`]); `stop`: the last save of a clean stop, `state_dir`'s copy included.
     pub(super) fn save(
@@ -267,10 +275,7 @@ impl StatusKeeper {
         now: Instant,
         stop: bool,
     ) {
-        let admission = Admission {
-            paused,
-            paused_collections: self.paused_collections,
-        };
+        let admission = self.admission(paused);
         self.status.observe(stats, ship, admission);
         self.live.write(&self.status, false);
         if let Some(kept) = self.kept.as_mut() {

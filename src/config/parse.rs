@@ -15,8 +15,8 @@ use toml::de::{DeTable, DeValue};
 
 use super::diag::Report;
 use super::schema::{
-    self, AGENT_KEYS, BOARD_KEYS, DEVICE_ONLY, DEVICE_SETTINGS, GROUP_ONLY, Key, Kind, SECTIONS,
-    Setting, UPSTREAM_KEYS, Value,
+    self, AGENT_KEYS, BOARD_KEYS, DEVICE_ONLY, DEVICE_SETTINGS, GROUP_ONLY, Key, Kind,
+    METRICS_KEYS, SECTIONS, Setting, UPSTREAM_KEYS, Value,
 };
 use super::secret::Secret;
 use super::units::{parse_duration, parse_size};
@@ -56,6 +56,7 @@ pub struct RawConfig {
     pub(crate) devices: Vec<Layer>,
     pub(crate) upstream: Option<Layer>,
     pub(crate) board: Option<Layer>,
+    pub(crate) metrics: Option<Layer>,
 }
 
 /// Parses `text`; relative paths in it are taken relative to `base_dir` (the config's folder).
@@ -102,6 +103,12 @@ impl Walker<'_> {
                         raw.board = Some(self.layer(t, value.span(), &[BOARD_KEYS], "[board]"));
                     }
                 }
+                "metrics" => {
+                    if let Some(t) = self.table(key, value) {
+                        raw.metrics =
+                            Some(self.layer(t, value.span(), &[METRICS_KEYS], "[metrics]"));
+                    }
+                }
                 "group" => {
                     for (t, span) in self.array_of_tables(key, value) {
                         raw.groups.push(self.layer(
@@ -129,7 +136,7 @@ impl Walker<'_> {
                     self.report.error(
                         key.span(),
                         format!(
-                            "unknown section `{other}`{hint}; a config has [agent], [defaults], [[group]], [[device]], [upstream] and [board]"
+                            "unknown section `{other}`{hint}; a config has [agent], [defaults], [[group]], [[device]], [upstream], [board] and [metrics]"
                         ),
                     );
                 }

@@ -171,8 +171,13 @@ pub const UPSTREAM_KEYS: &[Key] = &[
 /// `[board]`: the board the agent runs on (its status LED).
 pub const BOARD_KEYS: &[Key] = &[key("status_led", Kind::Str)];
 
+/// `[metrics]`: Prometheus text on a loopback port and/or in a file for node_exporter.
+pub const METRICS_KEYS: &[Key] = &[key("listen", Kind::Str), key("textfile", Kind::Path)];
+
 /// The sections a config file may have at its top level.
-pub const SECTIONS: &[&str] = &["agent", "defaults", "group", "device", "upstream", "board"];
+pub const SECTIONS: &[&str] = &[
+    "agent", "defaults", "group", "device", "upstream", "board", "metrics",
+];
 
 /// Secrets come from exactly one of three keys; these name the families.
 pub const SECRET_FAMILIES: &[[&str; 3]] = &[
@@ -265,6 +270,7 @@ mod tests {
             GROUP_ONLY,
             UPSTREAM_KEYS,
             BOARD_KEYS,
+            METRICS_KEYS,
         ];
         let mut missing = Vec::new();
         for key in tables.iter().flat_map(|t| t.iter()) {

@@ -15,9 +15,11 @@ use crate::config::schema::{SECRET_FAMILIES, Setting, Value};
 use crate::config::{Layer, RawConfig, Report, Secret};
 
 mod board;
+mod metrics;
 mod upstream;
 
 pub(crate) use board::{Board, GpioLine, StatusLed};
+pub use metrics::MetricsConfig;
 use upstream::{default_upstream, resolve_upstream};
 
 /// Built-in defaults, used when neither the device, its groups nor `[defaults]` set a key.
@@ -277,6 +279,8 @@ pub struct Inventory {
     pub(crate) upstream: Option<Upstream>,
     /// `[board]`: the status LED.
     pub(crate) board: Board,
+    /// `[metrics]`: what the agent serves for Prometheus (none of it without the table).
+    pub(crate) metrics: MetricsConfig,
 }
 
 /// Where the commands a device runs come from.
@@ -396,6 +400,7 @@ pub(crate) fn resolve_with(
             .as_ref()
             .and_then(|u| resolve_upstream(u, report)),
         board: board::resolve_board(raw.board.as_ref(), report),
+        metrics: metrics::resolve_metrics(raw.metrics.as_ref(), report),
     }
 }
 

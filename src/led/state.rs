@@ -170,6 +170,7 @@ mod tests {
             last_error_at: None,
             last_ack_at: None,
             consecutive_failures: 0,
+            failed_attempts: 0,
             shipped_records: 0,
             shipped_batches: 0,
             dead_lettered_batches: 0,

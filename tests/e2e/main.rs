@@ -14,6 +14,7 @@ mod agent_run;
 mod collect_e2e;
 mod crash_kill9;
 mod demo;
+mod metrics_e2e;
 mod mqtt_presence;
 mod mqtt_sink;
 mod sim_ssh;

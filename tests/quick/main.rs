@@ -18,6 +18,7 @@ mod channel_props;
 mod check;
 mod http_sink;
 mod legacy_ssh_build;
+mod metrics;
 mod package_scripts;
 mod pool;
 mod scheduler;

@@ -20,6 +20,7 @@ pub struct Config {
     defaults: Vec<String>,
     /// None: no `[upstream]` at all (the agent's default, the file sink in `state_dir`).
     upstream: Vec<String>,
+    metrics: Vec<String>,
     groups: Vec<Table>,
     devices: Vec<Table>,
 }
@@ -72,6 +73,12 @@ impl Config {
         self
     }
 
+    /// `[metrics] key = value`.
+    pub fn metrics(mut self, key: &str, value: &str) -> Config {
+        set_line(&mut self.metrics, key, value);
+        self
+    }
+
     pub fn group(mut self, group: Table) -> Config {
         self.groups.push(group);
         self
@@ -94,6 +101,7 @@ impl Config {
             ("[agent]", &self.agent),
             ("[defaults]", &self.defaults),
             ("[upstream]", &self.upstream),
+            ("[metrics]", &self.metrics),
         ] {
             if lines.is_empty() {
                 continue;
