@@ -122,30 +122,28 @@ impl DeviceHistory {
     }
 
     /// How many collections it holds (at most [`HISTORY_LEN`]).
-    #[allow(dead_code)] // Also read by the LED and the metrics (issue 12).
+    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.0.len()
     }
 
-    #[allow(dead_code)] // Also read by the LED and the metrics (issue 12).
     pub(crate) fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
 
     /// How many of the last `n` collections failed.
-    #[allow(dead_code)] // Also read by the LED and the metrics (issue 12).
     pub(crate) fn recent_failures(&self, n: usize) -> usize {
         self.marks().rev().take(n).filter(|m| !m.is_ok()).count()
     }
 
     /// Whether the last collection was ok; `None` before the first one.
-    #[allow(dead_code)] // Also read by the LED and the metrics (issue 12).
+    #[cfg(test)]
     pub(crate) fn last_ok(&self) -> Option<bool> {
         self.0.recent().map(|m| m.is_ok())
     }
 
     /// The last collection's mark.
-    #[allow(dead_code)] // Also read by the LED and the metrics (issue 12).
+    #[cfg(test)]
     pub(crate) fn last(&self) -> Option<Mark> {
         self.0.recent().copied()
     }

@@ -345,15 +345,22 @@ impl AgentLoop {
             self.status.save(&stats, self.paused, &report, now, false);
             let admission = self.status.admission(self.paused);
             let busy = self.pool.busy();
-            self.metrics.observe(&stats, &report, admission, busy, now);
+            let histories = self.status.histories();
+            self.metrics
+                .observe(&stats, &report, admission, busy, histories, now);
         }
         self.offer_presence(now);
         if self.led.due(now) {
             let (stats, ship) = (self.spooler.stats(), self.shipper.report());
             let max = self.upstream.spool_max_bytes;
-            let inventory = &self.inventory;
-            self.led
-                .observe(now, inventory, &stats, self.paused, &ship, max);
+            let seen = crate::led::Seen {
+                inventory: &self.inventory,
+                stats: &stats,
+                admission_paused: self.paused,
+                ship: &ship,
+                spool_max_bytes: max,
+            };
+            self.led.observe(now, self.status.histories(), seen);
         }
         self.metrics.loop_turned();
         self.watchdog.ping_if_due(&self.notifier);
@@ -435,6 +442,7 @@ impl AgentLoop {
             &report,
             self.status.admission(self.paused),
             0,
+            self.status.histories(),
             Instant::now(),
         );
         self.metrics.stop();

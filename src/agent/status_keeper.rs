@@ -285,7 +285,6 @@ impl StatusKeeper {
     }
 
     /// Each device's recent collections (for the LED state and the metrics).
-    #[allow(dead_code)] // Read by the LED and metrics parts of issue 12.
     pub(super) fn histories(&self) -> impl Iterator<Item = (&str, &DeviceHistory)> {
         self.status
             .devices

@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use embedded_hal::digital::OutputPin;
 
+use crate::device_history::DeviceHistory;
 use crate::inventory::{Inventory, StatusLed};
 use crate::ship::ShipReport;
 use crate::spool::Stats;
@@ -104,6 +105,16 @@ impl LedError {
     }
 }
 
+/// What the agent sees now, for [`StatusLight::observe`].
+pub(crate) struct Seen<'a> {
+    pub(crate) inventory: &'a Inventory,
+    pub(crate) stats: &'a Stats,
+    /// New collections are held back (the spool is full under `block`, or the disk).
+    pub(crate) admission_paused: bool,
+    pub(crate) ship: &'a ShipReport,
+    pub(crate) spool_max_bytes: u64,
+}
+
 /// The agent's handle on the LED thread; the LED goes back when it is dropped (also when
 /// the start-up fails half-way or unwinds), so the agent never leaves the LED its own.
 pub(crate) struct StatusLight {
@@ -161,23 +172,21 @@ impl StatusLight {
     }
 
     /// The state for what the agent knows now; the thread hears of it only when it changes.
-    pub(crate) fn observe(
+    pub(crate) fn observe<'a>(
         &mut self,
         now: Instant,
-        inventory: &Inventory,
-        stats: &Stats,
-        admission_paused: bool,
-        ship: &ShipReport,
-        spool_max_bytes: u64,
+        histories: impl Iterator<Item = (&'a str, &'a DeviceHistory)>,
+        seen: Seen<'_>,
     ) {
         self.next_check = now + CHECK_EVERY;
         let facts = Facts::observe(
             &self.runs,
-            inventory,
-            stats,
-            admission_paused,
-            ship,
-            spool_max_bytes,
+            histories,
+            seen.inventory,
+            seen.stats,
+            seen.admission_paused,
+            seen.ship,
+            seen.spool_max_bytes,
         );
         self.show(state_of(&facts));
     }

@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::device_history::DeviceHistory;
 use crate::inventory::Inventory;
 use crate::ship::ShipReport;
 use crate::spool::Stats;
@@ -26,6 +27,8 @@ pub(crate) struct Facts {
     pub(crate) admission_paused: bool,
     /// The shipper's last attempt failed.
     pub(crate) uplink_failing: bool,
+    /// Devices with a failed collection among their last [`RECENT_RUNS`] (their history).
+    pub(crate) recently_failing: usize,
     pub(crate) spool_bytes: u64,
     pub(crate) spool_max_bytes: u64,
 }
@@ -36,7 +39,7 @@ pub(crate) struct Facts {
 /// 2. starting: not every device has finished its first collection yet;
 /// 3. failing: devices have collected, and none of them ok the last time;
 /// 4. degraded: the uplink's last attempt failed, the spool is over 3/4 full, or some device
-///    failed its last collection;
+///    failed one of its last [`RECENT_RUNS`] collections;
 /// 5. healthy.
 pub(crate) fn state_of(f: &Facts) -> LedState {
     if f.storage_failing || f.admission_paused {
@@ -50,11 +53,19 @@ pub(crate) fn state_of(f: &Facts) -> LedState {
     }
     let spool_filling =
         f.spool_max_bytes > 0 && u128::from(f.spool_bytes) * 4 > u128::from(f.spool_max_bytes) * 3;
-    if f.uplink_failing || spool_filling || f.devices_ok < f.devices_collected {
+    if f.uplink_failing
+        || spool_filling
+        || f.devices_ok < f.devices_collected
+        || f.recently_failing > 0
+    {
         return LedState::Degraded;
     }
     LedState::Healthy
 }
+
+/// How many of a device's last collections (its history) "recent" means for the LED: a device
+/// that failed one of them keeps the LED at degraded until it has collected fine this often.
+pub(crate) const RECENT_RUNS: usize = 3;
 
 /// Each device's last collection: all ok or not.
 #[derive(Debug, Default)]
@@ -76,8 +87,9 @@ impl DeviceRuns {
 
 impl Facts {
     /// The facts as the agent sees them now.
-    pub(crate) fn observe(
+    pub(crate) fn observe<'a>(
         runs: &DeviceRuns,
+        histories: impl Iterator<Item = (&'a str, &'a DeviceHistory)>,
         inventory: &Inventory,
         stats: &Stats,
         admission_paused: bool,
@@ -94,6 +106,10 @@ impl Facts {
             storage_failing: stats.storage_trouble.is_some() || stats.waiting_in_memory > 0,
             admission_paused,
             uplink_failing: ship.consecutive_failures > 0,
+            recently_failing: histories
+                .filter(|(name, _)| inventory.devices.iter().any(|d| d.name == *name))
+                .filter(|(_, h)| h.recent_failures(RECENT_RUNS) > 0)
+                .count(),
             spool_bytes: stats.bytes,
             spool_max_bytes,
         }
@@ -130,6 +146,7 @@ mod tests {
         assert_eq!(with(|f| f.uplink_failing = true), LedState::Degraded);
         assert_eq!(with(|f| f.devices_ok = 2), LedState::Degraded);
         assert_eq!(with(|f| f.spool_bytes = 76), LedState::Degraded);
+        assert_eq!(with(|f| f.recently_failing = 1), LedState::Degraded);
         assert_eq!(with(|f| f.spool_bytes = 75), LedState::Healthy);
     }
 
@@ -180,7 +197,17 @@ mod tests {
         };
         let stats = Stats::default();
         let mut runs = DeviceRuns::default();
-        let facts = |runs: &DeviceRuns| Facts::observe(runs, &inventory, &stats, false, &ship, 1);
+        let facts = |runs: &DeviceRuns| {
+            Facts::observe(
+                runs,
+                std::iter::empty(),
+                &inventory,
+                &stats,
+                false,
+                &ship,
+                1,
+            )
+        };
         runs.finished("r1", false);
         assert!(!facts(&runs).first_round_done);
         runs.finished("r2", true);
@@ -191,5 +218,29 @@ mod tests {
         runs.finished("gone", true);
         runs.retain(&inventory);
         assert_eq!(facts(&runs).devices_collected, 2);
+
+        // The history: a failure among a device's last three collections counts, an older
+        // one does not, and a device no longer configured is not looked at.
+        use crate::device_history::Mark;
+        use crate::outcome::Status;
+        let history = |marks: &[Status]| {
+            let mut h = DeviceHistory::default();
+            marks.iter().for_each(|s| h.push(Mark::from(*s)));
+            h
+        };
+        let r1 = history(&[Status::Timeout, Status::Ok, Status::Ok, Status::Ok]);
+        let r2 = history(&[Status::Ok, Status::AuthFailed, Status::Ok]);
+        let gone = history(&[Status::Timeout]);
+        let histories = [("r1", &r1), ("r2", &r2), ("gone", &gone)];
+        let f = Facts::observe(
+            &runs,
+            histories.into_iter(),
+            &inventory,
+            &stats,
+            false,
+            &ship,
+            1,
+        );
+        assert_eq!(f.recently_failing, 1);
     }
 }

@@ -22,6 +22,7 @@ mod textfile;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::device_history::DeviceHistory;
 use crate::inventory::{Inventory, MetricsConfig, TransportKind};
 use crate::outcome::RunSummary;
 use crate::record::Record;
@@ -100,15 +101,17 @@ impl Exporter {
     }
 
     /// The status tick: the spool, the shipper and the pool as of now; the textfile when due.
-    pub(crate) fn observe(
+    pub(crate) fn observe<'a>(
         &mut self,
         stats: &Stats,
         ship: &ShipReport,
         admission: Admission,
         workers_busy: usize,
+        histories: impl Iterator<Item = (&'a str, &'a DeviceHistory)>,
         now: Instant,
     ) {
         self.metrics.observe(stats, ship, admission, workers_busy);
+        self.metrics.histories(histories);
         if let Some(file) = self.textfile.as_mut().filter(|f| f.due(now)) {
             let text = render::render(&self.metrics.snapshot(), SystemTime::now());
             file.update(&text, now);

@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::device_history::{DeviceHistory, HISTORY_LEN};
 use crate::inventory::{Inventory, TransportKind};
 use crate::outcome::RunSummary;
 use crate::record::{GapCause, Record, Status};
@@ -62,6 +63,9 @@ pub(crate) struct DeviceMetrics {
     pub(crate) last_success: Option<f64>,
     /// Whether the last collection was `ok` (none before the first).
     pub(crate) up: Option<bool>,
+    /// Failed collections among the last [`HISTORY_LEN`] (the device's history, which
+    /// status.json keeps across restarts); none before the first.
+    pub(crate) recent_failures: Option<u64>,
     /// The first failed record of the collection under way.
     pending_failure: Option<Status>,
 }
@@ -247,6 +251,19 @@ impl Metrics {
     }
 
     /// The spool, the shipper and the pool as of now (the agent's status tick).
+    /// Each device's history: how many of its last collections failed.
+    pub(crate) fn histories<'a>(
+        &self,
+        histories: impl Iterator<Item = (&'a str, &'a DeviceHistory)>,
+    ) {
+        let mut state = self.lock();
+        for (name, history) in histories {
+            if let Some(d) = state.devices.get_mut(name).filter(|_| !history.is_empty()) {
+                d.recent_failures = Some(history.recent_failures(HISTORY_LEN) as u64);
+            }
+        }
+    }
+
     pub(crate) fn observe(
         &self,
         stats: &Stats,
@@ -433,5 +450,30 @@ mod tests {
         assert_eq!(h.count, 6);
         assert_eq!(h.cumulative(), [2, 2, 3, 3, 3, 4, 4, 4, 4, 4, 5]);
         assert!((h.sum - 604.45).abs() < 1e-9);
+    }
+
+    #[test]
+    fn each_devices_history_gives_its_recent_failed_collections() {
+        use crate::device_history::Mark;
+        let metrics = Metrics::new(&inventory(&["a", "b"]));
+        let mut a = DeviceHistory::default();
+        for status in [Status::Ok, Status::Timeout, Status::Ok, Status::AuthFailed] {
+            a.push(Mark::from(status));
+        }
+        let empty = DeviceHistory::default();
+        let unknown = a.clone();
+        metrics.histories([("a", &a), ("b", &empty), ("gone", &unknown)].into_iter());
+        let snapshot = metrics.snapshot();
+        assert_eq!(snapshot.devices["a"].recent_failures, Some(2));
+        assert_eq!(
+            snapshot.devices["b"].recent_failures, None,
+            "none before a first run"
+        );
+        assert!(!snapshot.devices.contains_key("gone"));
+        let text = crate::metrics::render::render(&snapshot, SystemTime::now());
+        assert!(
+            text.contains("rackhand_device_recent_failed_collections{device=\"a\"} 2\n"),
+            "{text}"
+        );
     }
 }

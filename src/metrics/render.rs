@@ -202,6 +202,20 @@ fn device_families(e: &mut Exposition<'_, impl Write>, s: &Snapshot) {
         }
     }
     e.family(
+        "rackhand_device_recent_failed_collections",
+        Kind::Gauge,
+        "Failed collections among the device's last 32 (its history, kept across restarts); absent before its first.",
+    );
+    for (name, d) in &s.devices {
+        if let Some(n) = d.recent_failures {
+            e.sample(
+                "rackhand_device_recent_failed_collections",
+                &[("device", name)],
+                n,
+            );
+        }
+    }
+    e.family(
         "rackhand_device_last_success_timestamp_seconds",
         Kind::Gauge,
         "Unix time the device's last ok collection ended (kept across restarts in status.json).",
