@@ -326,7 +326,6 @@ impl AgentLoop {
         if let Some(device) = self.scheduler.device(key) {
             let name = device.name.clone();
             self.status.finished(&name, run, self.spooler.last_seq());
-            self.presence.finished(&name, run.all_ok());
             self.led.finished(&name, run.all_ok());
             self.metrics.finished(&name, device.transport, run, elapsed);
             self.summary.finished(name, elapsed);

@@ -5,9 +5,9 @@
 //! 10 s, and only on change).
 //!
 //! The report's `led` field says what the status LED shows (or would show, on a board without
-//! one): `crate::led`'s state, decided once for both.
+//! one), and its device counts are the LED's record of each device's last collection:
+//! `crate::led` keeps both, once for the LED and the presence.
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -24,8 +24,6 @@ const GOODBYE_WAIT: Duration = Duration::from_secs(3);
 /// The presence (with an mqtt sink) and what it reports about the devices.
 pub(super) struct PresenceKeeper {
     presence: Option<Presence>,
-    /// Each device's last collection since the agent started: all `ok`, or not.
-    last_ok: HashMap<String, bool>,
     last_offer: Option<Instant>,
 }
 
@@ -39,7 +37,6 @@ impl PresenceKeeper {
     ) -> PresenceKeeper {
         let mut keeper = PresenceKeeper {
             presence: None,
-            last_ok: HashMap::new(),
             last_offer: None,
         };
         if upstream.sink != SinkKind::Mqtt {
@@ -56,7 +53,10 @@ impl PresenceKeeper {
             }
         }
         let first = PresenceReport {
-            devices: keeper.counts(inventory),
+            devices: DeviceCounts {
+                total: inventory.devices.len(),
+                ..DeviceCounts::default()
+            },
             led: crate::led::LedState::Starting.as_str(),
         };
         match Presence::start(&config, SystemTime::now(), first) {
@@ -66,40 +66,8 @@ impl PresenceKeeper {
         keeper
     }
 
-    /// A device's collection ended.
-    pub(super) fn finished(&mut self, device: &str, all_ok: bool) {
-        if self.presence.is_some() {
-            self.last_ok.insert(device.to_string(), all_ok);
-        }
-    }
-
     fn due(&self, now: Instant) -> bool {
         self.presence.is_some() && self.last_offer.is_none_or(|t| now >= t + OFFER_EVERY)
-    }
-
-    /// The configured devices and how their last collections went.
-    fn counts(&self, inventory: &Inventory) -> DeviceCounts {
-        let mut counts = DeviceCounts {
-            total: inventory.devices.len(),
-            ..DeviceCounts::default()
-        };
-        for device in &inventory.devices {
-            match self.last_ok.get(&device.name) {
-                Some(true) => counts.ok += 1,
-                Some(false) => counts.failing += 1,
-                None => {}
-            }
-        }
-        counts
-    }
-
-    /// Devices a reload removed are forgotten.
-    fn forget_removed(&mut self, inventory: &Inventory) {
-        if self.last_ok.len() > inventory.devices.len() {
-            let names: std::collections::HashSet<&str> =
-                inventory.devices.iter().map(|d| d.name.as_str()).collect();
-            self.last_ok.retain(|name, _| names.contains(name.as_str()));
-        }
     }
 
     /// A clean stop: the offline message goes out (bounded wait).
@@ -117,9 +85,8 @@ impl AgentLoop {
             return;
         }
         self.presence.last_offer = Some(now);
-        self.presence.forget_removed(&self.inventory);
         let report = PresenceReport {
-            devices: self.presence.counts(&self.inventory),
+            devices: self.led.device_counts(&self.inventory),
             led: self.led.state().as_str(),
         };
         if let Some(presence) = &self.presence.presence {

@@ -28,6 +28,7 @@ use embedded_hal::digital::OutputPin;
 use crate::device_history::DeviceHistory;
 use crate::inventory::{Inventory, StatusLed};
 use crate::ship::ShipReport;
+use crate::sink::mqtt::DeviceCounts;
 use crate::spool::Stats;
 
 use driver::{ChannelWaiter, Command};
@@ -164,6 +165,12 @@ impl StatusLight {
     /// the MQTT presence message reports as `led`.
     pub(crate) fn due(&self, now: Instant) -> bool {
         now >= self.next_check
+    }
+
+    /// The configured devices and how their last collections since the start went (the
+    /// MQTT presence message's `devices`).
+    pub(crate) fn device_counts(&self, inventory: &Inventory) -> DeviceCounts {
+        self.runs.counts(inventory)
     }
 
     /// The state shown (or that would be shown, without an LED).

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use crate::device_history::DeviceHistory;
 use crate::inventory::Inventory;
 use crate::ship::ShipReport;
+use crate::sink::mqtt::DeviceCounts;
 use crate::spool::Stats;
 
 use super::LedState;
@@ -76,6 +77,22 @@ pub(crate) struct DeviceRuns {
 impl DeviceRuns {
     pub(crate) fn finished(&mut self, device: &str, ok: bool) {
         self.last_ok.insert(device.to_string(), ok);
+    }
+
+    /// The configured devices, and how many of them last collected all ok or not.
+    pub(crate) fn counts(&self, inventory: &Inventory) -> DeviceCounts {
+        let mut counts = DeviceCounts {
+            total: inventory.devices.len(),
+            ..DeviceCounts::default()
+        };
+        for device in &inventory.devices {
+            match self.last_ok.get(&device.name) {
+                Some(true) => counts.ok += 1,
+                Some(false) => counts.failing += 1,
+                None => {}
+            }
+        }
+        counts
     }
 
     /// Devices no longer configured are forgotten (a reload).
