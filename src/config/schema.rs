@@ -72,6 +72,7 @@ pub const FLOW_CONTROLS: &[&str] = &["none", "software", "hardware"];
 pub const SINKS: &[&str] = &["file", "http", "mqtt"];
 pub const SPOOL_FULL: &[&str] = &["block", "drop_oldest"];
 pub const FSYNC: &[&str] = &["group", "always"];
+pub const SHIP_MODES: &[&str] = &["always", "on_change"];
 pub const LOG_LEVELS: &[&str] = &["error", "warn", "info", "debug", "trace"];
 
 /// Keys a device may set itself or inherit from `[defaults]` and `[[group]]`s.
@@ -113,6 +114,8 @@ pub const DEVICE_SETTINGS: &[Key] = &[
     key("stop_bits", Kind::Int { min: 1, max: 2 }),
     key("flow_control", Kind::Enum(FLOW_CONTROLS)),
     key("commands", Kind::StrList),
+    key("ship", Kind::Enum(SHIP_MODES)),
+    key("full_every", Kind::Duration),
     key("interval", Kind::Duration),
     key("connect_timeout", Kind::Duration),
     key("command_timeout", Kind::Duration),

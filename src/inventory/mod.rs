@@ -16,10 +16,12 @@ use crate::config::{Layer, RawConfig, Report, Secret};
 
 mod board;
 mod metrics;
+mod shipping;
 mod upstream;
 
 pub(crate) use board::{Board, GpioLine, StatusLed};
 pub use metrics::MetricsConfig;
+pub use shipping::{ShipMode, ShipRule, ShipRules};
 use upstream::{default_upstream, resolve_upstream};
 
 /// Built-in defaults, used when neither the device, its groups nor `[defaults]` set a key.
@@ -35,6 +37,8 @@ pub mod defaults {
     pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
     pub const KEEPALIVE: Duration = Duration::from_secs(30);
     pub const MAX_OUTPUT: u64 = 16 << 20;
+    /// `full_every`: an unchanged `on_change` output still goes up whole once a day.
+    pub const FULL_EVERY: Duration = Duration::from_secs(24 * 3600);
     /// Trust on first use, refuse a changed key: what an unattended agent can live with.
     pub const HOST_KEY_CHECK: &str = "accept-new";
     pub const BAUD: u32 = 9600;
@@ -189,6 +193,8 @@ pub struct Device {
     pub enable_secret: Option<Secret>,
     pub ssh: SshSettings,
     pub commands: Vec<String>,
+    /// How each configured command's `ok` records go upstream (`ship`, issue 13).
+    pub ship: ShipRules,
     pub interval: Duration,
     pub connect_timeout: Duration,
     pub command_timeout: Duration,
@@ -563,6 +569,7 @@ fn resolve_device(
         password: lookup_secret(layers, &SECRET_FAMILIES[0]),
         enable_secret: lookup_secret(layers, &SECRET_FAMILIES[1]),
         ssh,
+        ship: d.ship_rules(&commands),
         commands,
         interval: duration_of(layers, "interval", defaults::INTERVAL),
         connect_timeout: duration_of(layers, "connect_timeout", defaults::CONNECT_TIMEOUT),
@@ -671,6 +678,21 @@ impl DeviceLayers<'_> {
             );
         }
         commands
+    }
+
+    /// Each configured command's `ship` rule: the device's `ship` and `full_every`
+    /// (inherited), under the command's own table.
+    fn ship_rules(&self, commands: &[String]) -> ShipRules {
+        let rule = ShipRule {
+            mode: ShipMode::from_config(str_of(&self.layers, "ship").unwrap_or("always")),
+            ignore: Vec::new(),
+            full_every: duration_of(&self.layers, "full_every", defaults::FULL_EVERY),
+        };
+        let mut rules = ShipRules::default();
+        for command in commands {
+            rules.insert(command, rule.clone());
+        }
+        rules
     }
 
     /// `process` when asked for or with a `driver_exec`, which always runs isolated.

@@ -158,6 +158,7 @@ fn device(transport: TransportKind) -> Device {
             keepalive: Duration::from_secs(30),
         },
         commands: vec![],
+        ship: Default::default(),
         interval: Duration::from_secs(60),
         connect_timeout: Duration::from_secs(10),
         command_timeout: Duration::from_secs(10),

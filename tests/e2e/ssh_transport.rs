@@ -63,6 +63,7 @@ fn device(addr: SocketAddr, known_hosts: &Path) -> Device {
             keepalive: Duration::from_secs(30),
         },
         commands: vec!["show version".into()],
+        ship: Default::default(),
         interval: Duration::from_secs(900),
         connect_timeout: Duration::from_secs(5),
         command_timeout: STEP,

@@ -56,6 +56,7 @@ fn device(addr: SocketAddr) -> Device {
             keepalive: Duration::from_secs(30),
         },
         commands: vec!["show clock".into()],
+        ship: Default::default(),
         interval: Duration::from_secs(900),
         connect_timeout: Duration::from_secs(5),
         command_timeout: STEP,
