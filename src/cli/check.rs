@@ -8,7 +8,7 @@ use std::path::Path;
 
 use crate::config::Report;
 use crate::config::units::{format_duration, format_size};
-use crate::inventory::{self, Inventory, SinkKind, TransportKind};
+use crate::inventory::{self, Inventory, ShipMode, SinkKind, TransportKind};
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct CheckArgs {}
@@ -127,6 +127,7 @@ pub(crate) fn render_inventory(path: &Path, inv: &Inventory) -> String {
         let cells: Vec<&str> = row.iter().map(String::as_str).collect();
         text.push_str(&line(&cells));
     }
+    text.push_str(&shipping_summary(&inv.devices));
     let count = |t: TransportKind| inv.devices.iter().filter(|d| d.transport == t).count();
     text.push_str(&format!(
         "\n{} device{}: {} ssh, {} telnet, {} serial; {} commands per pass\n",
@@ -138,6 +139,48 @@ pub(crate) fn render_inventory(path: &Path, inv: &Inventory) -> String {
         inv.devices.iter().map(|d| d.commands.len()).sum::<usize>(),
     ));
     text
+}
+
+/// Which commands ship `on_change` (issue 13), device by device; every other command ships
+/// `always`. Empty when none does, so the usual table stays as it was.
+fn shipping_summary(devices: &[inventory::Device]) -> String {
+    let mut lines = String::new();
+    for d in devices {
+        let described: Vec<String> = d
+            .commands
+            .iter()
+            .filter_map(|c| d.ship.rule(c).map(|r| (c, r)))
+            .filter(|(_, r)| r.mode == ShipMode::OnChange)
+            .map(|(c, r)| {
+                let mut notes = Vec::new();
+                if !r.ignore.is_empty() {
+                    notes.push(format!(
+                        "ignore {} pattern{}",
+                        r.ignore.len(),
+                        if r.ignore.len() == 1 { "" } else { "s" }
+                    ));
+                }
+                if r.full_every != inventory::defaults::FULL_EVERY {
+                    notes.push(format!("whole every {}", format_duration(r.full_every)));
+                }
+                if notes.is_empty() {
+                    c.clone()
+                } else {
+                    format!("{c} ({})", notes.join(", "))
+                }
+            })
+            .collect();
+        if !described.is_empty() {
+            lines.push_str(&format!("  {}: {}\n", d.name, described.join(", ")));
+        }
+    }
+    if lines.is_empty() {
+        return lines;
+    }
+    format!(
+        "\nship on_change (whole only when changed, else output null; whole at least every {} unless noted):\n{lines}every other command ships always\n",
+        format_duration(inventory::defaults::FULL_EVERY)
+    )
 }
 
 /// `show version, show clock, +3 more`, within about `width` characters.

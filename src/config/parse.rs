@@ -21,6 +21,8 @@ use super::schema::{
 use super::secret::Secret;
 use super::units::{parse_duration, parse_size};
 
+mod commands;
+
 /// The settings written in one table (`[defaults]`, one `[[group]]`, one `[[device]]`, ...).
 #[derive(Debug, Clone, Default)]
 pub struct Layer {
@@ -313,7 +315,8 @@ impl Walker<'_> {
             if matches!(kind, Kind::Size) && matches!(found, DeValue::Integer(_)) {
                 msg.push_str("; write sizes with a unit, e.g. \"64KiB\" or \"16MiB\"");
             }
-            if matches!(kind, Kind::StrList) && matches!(found, DeValue::String(_)) {
+            if matches!(kind, Kind::StrList | Kind::Commands) && matches!(found, DeValue::String(_))
+            {
                 msg.push_str("; write a list, e.g. [\"show version\"]");
             }
             msg
@@ -354,6 +357,7 @@ impl Walker<'_> {
                 }
                 Some(Value::List(list))
             }
+            (Kind::Commands, DeValue::Array(items)) => Some(self.commands_value(name, items)),
             (Kind::StrMap, DeValue::Table(t)) => {
                 let mut map = Vec::new();
                 for (k, item) in t.iter() {
@@ -405,7 +409,7 @@ impl Walker<'_> {
             Kind::SecretFile => self.secret_file(name, s, span),
             Kind::ReadableFile => self.readable_file(name, s, span),
             Kind::Executable => self.executable(name, s, span),
-            Kind::Int { .. } | Kind::Bool | Kind::StrList | Kind::StrMap => {
+            Kind::Int { .. } | Kind::Bool | Kind::StrList | Kind::Commands | Kind::StrMap => {
                 unreachable!("not a string kind")
             }
         }
@@ -615,7 +619,7 @@ impl Walker<'_> {
 fn kind_takes_string(kind: Kind) -> bool {
     !matches!(
         kind,
-        Kind::Int { .. } | Kind::Bool | Kind::StrList | Kind::StrMap
+        Kind::Int { .. } | Kind::Bool | Kind::StrList | Kind::Commands | Kind::StrMap
     )
 }
 
@@ -625,6 +629,7 @@ fn expected_type(kind: Kind) -> &'static str {
         Kind::Int { .. } => "an integer",
         Kind::Bool => "true or false",
         Kind::StrList => "a list of strings",
+        Kind::Commands => "a list of commands",
         Kind::Duration => "a duration string like \"30s\"",
         Kind::Size => "a size string like \"16MiB\"",
         Kind::Enum(_) => "a string",

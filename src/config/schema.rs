@@ -21,6 +21,9 @@ pub enum Kind {
     Bool,
     /// An array of non-empty strings.
     StrList,
+    /// `commands`: an array of commands, each a string or a table `{ run, ship, ignore,
+    /// full_every }` (parse/commands.rs).
+    Commands,
     /// A duration string (`"30s"`), strictly positive.
     Duration,
     /// A size string (`"16MiB"`), strictly positive.
@@ -113,7 +116,7 @@ pub const DEVICE_SETTINGS: &[Key] = &[
     key("parity", Kind::Enum(PARITIES)),
     key("stop_bits", Kind::Int { min: 1, max: 2 }),
     key("flow_control", Kind::Enum(FLOW_CONTROLS)),
-    key("commands", Kind::StrList),
+    key("commands", Kind::Commands),
     key("ship", Kind::Enum(SHIP_MODES)),
     key("full_every", Kind::Duration),
     key("interval", Kind::Duration),
@@ -204,6 +207,31 @@ pub enum Value {
     Size(u64),
     Map(Vec<(String, String)>),
     Secret(super::secret::Secret),
+    Commands(Vec<CommandEntry>),
+}
+
+/// One entry of `commands` as written: the command, and how its records ship when the entry
+/// is a table (`None`: inherited from the device's `ship` and `full_every`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CommandEntry {
+    pub(crate) run: String,
+    pub(crate) span: Range<usize>,
+    pub(crate) ship: Option<String>,
+    pub(crate) ignore: Vec<String>,
+    pub(crate) full_every: Option<Duration>,
+}
+
+impl CommandEntry {
+    /// A command written as a plain string.
+    pub(crate) fn plain(run: &str, span: Range<usize>) -> CommandEntry {
+        CommandEntry {
+            run: run.to_string(),
+            span,
+            ship: None,
+            ignore: Vec::new(),
+            full_every: None,
+        }
+    }
 }
 
 /// A value with the span it was written at.

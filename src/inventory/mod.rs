@@ -11,7 +11,7 @@ use std::ops::Range;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::config::schema::{SECRET_FAMILIES, Setting, Value};
+use crate::config::schema::{CommandEntry, SECRET_FAMILIES, Setting, Value};
 use crate::config::{Layer, RawConfig, Report, Secret};
 
 mod board;
@@ -551,7 +551,9 @@ fn resolve_device(
     let prompt = str_of(&d.layers, "prompt").map(str::to_string);
     let driver_exec = str_of(&d.layers, "driver_exec").map(PathBuf::from);
     d.check_prompt(&platform, driver_exec.is_some(), report);
-    let commands = d.commands(source, report);
+    let entries = d.command_entries();
+    let commands = d.commands(&entries, source, report);
+    let ship = d.ship_rules(&entries, report);
     let isolation = d.isolation(driver_exec.is_some(), report);
     let ssh = d.ssh(raw);
     if report.errors().count() > errors_before {
@@ -569,7 +571,7 @@ fn resolve_device(
         password: lookup_secret(layers, &SECRET_FAMILIES[0]),
         enable_secret: lookup_secret(layers, &SECRET_FAMILIES[1]),
         ssh,
-        ship: d.ship_rules(&commands),
+        ship,
         commands,
         interval: duration_of(layers, "interval", defaults::INTERVAL),
         connect_timeout: duration_of(layers, "connect_timeout", defaults::CONNECT_TIMEOUT),
@@ -663,13 +665,25 @@ impl DeviceLayers<'_> {
         }
     }
 
-    fn commands(&self, source: CommandSource, report: &mut Report) -> Vec<String> {
+    /// The commands as written (strings or tables), from the nearest layer that has them.
+    fn command_entries(&self) -> Vec<CommandEntry> {
+        match lookup(&self.layers, "commands").map(|s| &s.value) {
+            Some(Value::Commands(entries)) => entries.clone(),
+            _ => Vec::new(),
+        }
+    }
+
+    fn commands(
+        &self,
+        entries: &[CommandEntry],
+        source: CommandSource,
+        report: &mut Report,
+    ) -> Vec<String> {
         let name = self.name;
-        let commands = list_of(&self.layers, "commands").unwrap_or_default();
         // An empty list is a mistake; a list whose entries were all refused is reported already.
         let refused =
             written(&self.layers, "commands") && lookup(&self.layers, "commands").is_none();
-        if commands.is_empty() && !refused && source == CommandSource::Configured {
+        if entries.is_empty() && !refused && source == CommandSource::Configured {
             let span =
                 lookup(&self.layers, "commands").map_or(self.here.clone(), |s| s.span.clone());
             report.error(
@@ -677,20 +691,34 @@ impl DeviceLayers<'_> {
                 format!("device `{name}` has no commands to run; set commands = [\"show version\", ...] on it, its groups or [defaults] (or give them for one run: rackhand collect --device {name} -- \"show version\")"),
             );
         }
-        commands
+        entries.iter().map(|e| e.run.clone()).collect()
     }
 
-    /// Each configured command's `ship` rule: the device's `ship` and `full_every`
-    /// (inherited), under the command's own table.
-    fn ship_rules(&self, commands: &[String]) -> ShipRules {
-        let rule = ShipRule {
-            mode: ShipMode::from_config(str_of(&self.layers, "ship").unwrap_or("always")),
-            ignore: Vec::new(),
-            full_every: duration_of(&self.layers, "full_every", defaults::FULL_EVERY),
-        };
+    /// Each configured command's `ship` rule: the command's own table over the device's
+    /// `ship` and `full_every` (inherited). `ignore` or `full_every` on a command that ships
+    /// `always` would do nothing: warned, at the entry.
+    fn ship_rules(&self, entries: &[CommandEntry], report: &mut Report) -> ShipRules {
+        let mode = ShipMode::from_config(str_of(&self.layers, "ship").unwrap_or("always"));
+        let full_every = duration_of(&self.layers, "full_every", defaults::FULL_EVERY);
         let mut rules = ShipRules::default();
-        for command in commands {
-            rules.insert(command, rule.clone());
+        for entry in entries {
+            let rule = ShipRule {
+                mode: entry.ship.as_deref().map_or(mode, ShipMode::from_config),
+                ignore: entry.ignore.clone(),
+                full_every: entry.full_every.unwrap_or(full_every),
+            };
+            if rule.mode == ShipMode::Always
+                && (!entry.ignore.is_empty() || entry.full_every.is_some())
+            {
+                report.warning(
+                    entry.span.clone(),
+                    format!(
+                        "device `{}`: `{}` ships always, so its `ignore`/`full_every` do nothing; add ship = \"on_change\" to the entry (or to the device, its groups or [defaults])",
+                        self.name, entry.run
+                    ),
+                );
+            }
+            rules.insert(&entry.run, rule);
         }
         rules
     }

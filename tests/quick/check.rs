@@ -359,3 +359,111 @@ fn a_password_in_the_upstream_url_is_refused_at_its_column_and_never_printed() {
         }
     }
 }
+
+/// Issue 13: `commands` entries as tables; every mistake in one at its own line and column,
+/// and `check` says which commands ship `on_change`.
+#[test]
+fn command_tables_are_checked_entry_by_entry_and_check_shows_each_ship_mode() {
+    let dir = TempDir::new("ship").unwrap();
+    let bad = dir.write(
+        "bad.toml",
+        concat!(
+            "[defaults]\n",                                                                  // 1
+            "platform = \"cisco_ios\"\n",                                                    // 2
+            "ship = \"on_change\"\n",                                                        // 3
+            "\n",                                                                            // 4
+            "[[device]]\n",                                                                  // 5
+            "name = \"core1\"\n",                                                            // 6
+            "host = \"192.0.2.1\"\n",                                                        // 7
+            "commands = [\n",                                                                // 8
+            "  \"show version\",\n",                                                         // 9
+            "  { run = \"show running-config\", ignore = [\"^! Last\", \"(unclosed\"] },\n", // 10 regex col 55
+            "  { run = \"show x\", shp = \"always\" },\n", // 11 unknown key col 21
+            "  { ship = \"always\" },\n",                  // 12 no run col 3
+            "  { run = \"show y\", ship = \"sometimes\" },\n", // 13 bad choice col 28
+            "  { run = \"show z\", full_every = \"soon\" },\n", // 14 bad duration col 34
+            "  42,\n",                                     // 15 wrong type col 3
+            "]\n",                                         // 16
+            "full_every = \"0s\"\n",                       // 17 col 14
+        ),
+    );
+    let out = check(&bad);
+    assert_eq!(
+        out.code, 2,
+        "stdout:\n{}\nstderr:\n{}",
+        out.stdout, out.stderr
+    );
+    let file = bad.display().to_string();
+    for (line, col, words) in [
+        (10, 55, "not a valid regular expression"),
+        (
+            11,
+            21,
+            "unknown key `shp` in an entry of `commands` (did you mean `ship`?)",
+        ),
+        (12, 3, "has no `run`"),
+        (13, 28, "`sometimes`; expected one of: always, on_change"),
+        (14, 34, "bad duration for `commands.full_every`"),
+        (15, 3, "must be a command (a string) or a table"),
+        (17, 14, "`full_every` must be longer than zero"),
+    ] {
+        let prefix = format!("{file}:{line}:{col}: ");
+        assert!(
+            out.stderr
+                .lines()
+                .any(|l| l.starts_with(&prefix) && l.contains(words)),
+            "expected `{prefix}...{words}...` in:\n{}",
+            out.stderr
+        );
+    }
+    assert!(out.stderr.contains("7 errors"), "{}", out.stderr);
+
+    let good = Config::new()
+        .defaults("platform", "\"cisco_ios\"")
+        .defaults("ship", "\"on_change\"")
+        .device(
+            Table::named("core1").set("host", "\"192.0.2.1\"").set(
+                "commands",
+                "[\"show version\", { run = \"show running-config\", ignore = [\"^! Last\"] }, \
+                 { run = \"show clock\", ship = \"always\", full_every = \"1h\" }]",
+            ),
+        )
+        .device(
+            Table::named("edge1")
+                .set("host", "\"192.0.2.2\"")
+                .set("ship", "\"always\"")
+                .set(
+                    "commands",
+                    "[{ run = \"show running-config\", ship = \"on_change\", full_every = \"6h\" }, \"show clock\"]",
+                ),
+        )
+        .device(
+            Table::named("pdu1")
+                .set("host", "\"192.0.2.3\"")
+                .set("ship", "\"always\"")
+                .set("commands", &list(&["olStatus all"])),
+        )
+        .write(&dir.join("good.toml"));
+    let out = check(&good);
+    assert_eq!(out.code, 0, "stderr:\n{}", out.stderr);
+    assert!(
+        out.stdout.contains("ship on_change (")
+            && out
+                .stdout
+                .contains("  core1: show version, show running-config (ignore 1 pattern)\n")
+            && out
+                .stdout
+                .contains("  edge1: show running-config (whole every 6h)\n")
+            && !out.stdout.contains("pdu1:")
+            && out.stdout.contains("every other command ships always"),
+        "{}",
+        out.stdout
+    );
+    // `full_every` on a command that ships always does nothing: said, at the entry.
+    assert!(
+        out.stderr
+            .contains("`show clock` ships always, so its `ignore`/`full_every` do nothing"),
+        "{}",
+        out.stderr
+    );
+}
