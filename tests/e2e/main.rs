@@ -11,6 +11,7 @@ mod support;
 
 mod agent_mqtt;
 mod agent_run;
+mod change_e2e;
 mod collect_e2e;
 mod crash_kill9;
 mod demo;
