@@ -14,7 +14,9 @@ use sha2::{Digest as _, Sha256};
 /// The lines to leave out for one platform and command, compiled once per policy.
 #[derive(Debug, Clone)]
 pub struct Normaliser {
-    patterns: Vec<Regex>,
+    /// Every pattern as one alternation: one pass per line instead of one per pattern
+    /// (regex-lite's cost is mostly per call). `None` when there is nothing to leave out.
+    any: Option<Regex>,
 }
 
 impl Normaliser {
@@ -22,19 +24,32 @@ impl Normaliser {
     /// command's `ignore` patterns. The inventory checked `ignore` already; a pattern that
     /// does not compile anyway is left out with a warning rather than stopping the shipper.
     pub fn for_platform(platform: &str, ignore: &[String]) -> Normaliser {
-        let mut patterns: Vec<Regex> = crate::platform::table()
+        let mut sources: Vec<String> = crate::platform::table()
             .get(platform)
-            .map(|p| p.volatile.clone())
+            .map(|p| p.volatile.iter().map(|r| r.as_str().to_string()).collect())
             .unwrap_or_default();
         for source in ignore {
             match Regex::new(source) {
-                Ok(r) => patterns.push(r),
+                Ok(_) => sources.push(source.clone()),
                 Err(e) => log::warn!(
                     "ignore pattern {source:?} does not compile ({e}); it is left out of the comparison"
                 ),
             }
         }
-        Normaliser { patterns }
+        if sources.is_empty() {
+            return Normaliser { any: None };
+        }
+        let alternation = sources
+            .iter()
+            .map(|s| format!("(?:{s})"))
+            .collect::<Vec<_>>()
+            .join("|");
+        // Each part compiles alone, so the whole does (unless it is too big: then a warning,
+        // and nothing is left out, which costs whole outputs, never a wrong "unchanged").
+        let any = Regex::new(&alternation)
+            .map_err(|e| log::warn!("the ignore patterns of platform {platform} together do not compile ({e}); nothing is left out of the comparison"))
+            .ok();
+        Normaliser { any }
     }
 
     /// `output` without the lines any pattern matches. Lines are split on `\n`; each is
@@ -43,14 +58,14 @@ impl Normaliser {
     /// shipped output keeps them exactly in `output_base64`).
     pub fn normalise(&self, output: &[u8]) -> String {
         let text = String::from_utf8_lossy(output);
-        if self.patterns.is_empty() {
+        let Some(any) = &self.any else {
             return text.into_owned();
-        }
+        };
         let mut kept = String::with_capacity(text.len());
         for line in text.split_inclusive('\n') {
             let bare = line.strip_suffix('\n').unwrap_or(line);
             let bare = bare.strip_suffix('\r').unwrap_or(bare);
-            if !self.patterns.iter().any(|p| p.is_match(bare)) {
+            if !any.is_match(bare) {
                 kept.push_str(line);
             }
         }

@@ -455,3 +455,26 @@ fn started_at_is_read_back_to_the_millisecond() {
         assert_eq!(unix_ms(bad), None, "{bad}");
     }
 }
+
+/// docs/reference.md lists every record field: those shaping adds too.
+#[test]
+fn every_field_a_shaped_record_carries_is_in_the_reference() {
+    let reference = include_str!("../../docs/reference.md");
+    let dir = crate::test_support::temp_dir("change-shape");
+    let mut f = ChangeFilter::open(dir.path(), policy());
+    let out = ship(
+        &mut f,
+        &[
+            rc(1, "r1", "a", "router1", T0),
+            rc(2, "r1", "b", "router2", T0 + MIN),
+        ],
+    );
+    assert!(out[1].get("diff").is_some());
+    for field in out[1].as_object().unwrap().keys() {
+        assert!(
+            reference.contains(&format!("| `{field}` |")),
+            "{field} is not in docs/reference.md"
+        );
+    }
+    assert!(reference.contains("| `output` | string or null |"));
+}
