@@ -19,6 +19,7 @@
 //! full card, EIO) is a warning naming the file and what it costs (the next such output goes
 //! up whole, or has no diff), and the filter's memory stays right for this run.
 
+use std::cell::Cell;
 use std::collections::BTreeSet;
 use std::fs;
 use std::io::{self, Read, Write};
@@ -52,6 +53,10 @@ pub(crate) struct Baseline {
 #[derive(Debug)]
 pub(crate) struct Store {
     dir: PathBuf,
+    /// A write failed and was logged as a warning: the next failures are logged at debug
+    /// level until a write works again (a full card would otherwise log one warning per
+    /// device and command).
+    failing: Cell<bool>,
 }
 
 impl Store {
@@ -69,7 +74,10 @@ impl Store {
                 dir.display()
             );
         }
-        Store { dir }
+        Store {
+            dir,
+            failing: Cell::new(false),
+        }
     }
 
     /// The file of `device`'s `command`.
@@ -132,13 +140,24 @@ impl Store {
         let result = encode(device, command, baseline, text)
             .and_then(|bytes| durable_file::write_durably(&path, &bytes));
         match result {
-            Ok(()) => true,
+            Ok(()) => {
+                if self.failing.replace(false) {
+                    log::info!("{} can be written again", self.dir.display());
+                }
+                true
+            }
             Err(e) => {
                 let free = durable_file::free_bytes(&self.dir)
                     .map(|n| format!(" ({} free)", durable_file::human_bytes(n)))
                     .unwrap_or_default();
-                log::warn!(
-                    "cannot write {}{free}: {e}; the baseline of {device:?} {command:?} is kept in memory for this run, but after a restart its next output is shipped whole",
+                let level = if self.failing.replace(true) {
+                    log::Level::Debug
+                } else {
+                    log::Level::Warn
+                };
+                log::log!(
+                    level,
+                    "cannot write {}{free}: {e}; the baseline of {device:?} {command:?} is kept in memory for this run, but after a restart its next output is shipped whole (further failures are logged at debug level until a write works)",
                     path.display()
                 );
                 false
