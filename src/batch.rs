@@ -117,6 +117,33 @@ impl Batch {
         })
     }
 
+    /// The same batch (agent, seqs, `Idempotency-Key`) with each record's line replaced by
+    /// `lines[i]` (in seq order, one per record; a `\n` is added where missing): what
+    /// change-only shipping sends in place of the spooled records (`crate::change`).
+    ///
+    /// # Panics
+    /// When `lines` does not hold one line per record.
+    pub(crate) fn with_lines(&self, lines: Vec<Vec<u8>>) -> Batch {
+        assert_eq!(lines.len(), self.len(), "one line per record");
+        let mut body = Vec::with_capacity(lines.iter().map(|l| l.len() + 1).sum());
+        let mut ends = Vec::with_capacity(lines.len());
+        for (line, &(seq, _)) in lines.iter().zip(&self.lines) {
+            body.extend_from_slice(line);
+            if !line.ends_with(b"\n") {
+                body.push(b'\n');
+            }
+            ends.push((seq, body.len()));
+        }
+        Batch {
+            agent: self.agent.clone(),
+            first_seq: self.first_seq,
+            last_seq: self.last_seq,
+            body,
+            lines: ends,
+            key: self.key.clone(),
+        }
+    }
+
     /// The records at positions `records` (0-based, in seq order) as a batch of their own,
     /// keyed by its own first and last seq.
     ///
@@ -549,6 +576,22 @@ mod tests {
         // The same part cut again is the same batch (what a resend after a restart sees).
         assert_eq!(batch.part(2..5), right);
         assert_eq!(batch.part(0..5), batch);
+    }
+
+    #[test]
+    fn a_batch_with_new_lines_keeps_its_seqs_and_key() {
+        let now = Instant::now();
+        let mut b = Batcher::new("rack", limits(10, 1 << 20, 1000, 0.0), 0);
+        for seq in [3, 5] {
+            b.push(seq, &payload(seq), now).unwrap();
+        }
+        let batch = b.flush().unwrap();
+        let new = batch.with_lines(vec![b"{\"a\":1}".to_vec(), b"{}\n".to_vec()]);
+        assert_eq!(new.idempotency_key(), batch.idempotency_key());
+        assert_eq!((new.first_seq(), new.last_seq(), new.len()), (3, 5, 2));
+        assert_eq!(new.body(), b"{\"a\":1}\n{}\n");
+        let lines: Vec<(u64, &[u8])> = new.lines().map(|l| (l.seq, l.line)).collect();
+        assert_eq!(lines, vec![(3, &b"{\"a\":1}\n"[..]), (5, &b"{}\n"[..])]);
     }
 
     #[test]

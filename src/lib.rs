@@ -7,6 +7,7 @@
 
 pub(crate) mod agent;
 pub mod batch;
+pub mod change;
 pub mod channel;
 pub mod cli;
 pub(crate) mod clock;

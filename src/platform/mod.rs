@@ -40,6 +40,8 @@ struct PlatformSpec {
     errors: Vec<String>,
     #[serde(default)]
     exit: Vec<String>,
+    #[serde(default)]
+    volatile: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -77,6 +79,9 @@ pub struct Platform {
     pub(crate) setup: Vec<String>,
     pub(crate) errors: Vec<Regex>,
     pub(crate) exit: Vec<String>,
+    /// Output lines that change on every run without a change on the device (clocks,
+    /// uptimes): left out when change-only shipping compares outputs (`crate::change`).
+    pub(crate) volatile: Vec<Regex>,
 }
 
 /// What every platform shares: pagers and login dialog patterns.
@@ -153,6 +158,11 @@ fn parse(text: &str) -> Result<Table, String> {
                 .map(|e| regex(&name, "errors", e))
                 .collect::<Result<_, _>>()?,
             exit: spec.exit,
+            volatile: spec
+                .volatile
+                .iter()
+                .map(|v| regex(&name, "volatile", v))
+                .collect::<Result<_, _>>()?,
             name: name.clone(),
         };
         platforms.insert(name, platform);
@@ -276,6 +286,78 @@ mod tests {
         ));
         let junos = t.get("juniper_junos").unwrap();
         assert!(Table::is_error_line(junos, "syntax error."));
+    }
+
+    #[test]
+    fn volatile_lines_of_each_platform_are_recognised_and_config_lines_are_not() {
+        let t = table();
+        let is_volatile = |name: &str, line: &str| {
+            let p = t.get(name).unwrap();
+            p.volatile.iter().any(|r| r.is_match(line))
+        };
+        let cases: &[(&str, &[&str], &[&str])] = &[
+            (
+                "cisco_ios",
+                &[
+                    "! Last configuration change at 10:15:32 UTC Tue Mar 3 2026 by admin",
+                    "! NVRAM config last updated at 10:15:40 UTC Tue Mar 3 2026 by admin",
+                    "ntp clock-period 17179868",
+                    "Current configuration : 4125 bytes",
+                    "router1 uptime is 2 years, 31 weeks, 6 days, 9 hours, 55 minutes",
+                ],
+                &[
+                    "ntp server 10.0.0.1",
+                    "hostname router1",
+                    " description uptime is important",
+                    "!",
+                    "System restarted at 09:09:22 UTC Tue Apr 9 2013",
+                ],
+            ),
+            (
+                "cisco_nxos",
+                &[
+                    "!Time: Tue Mar  3 10:15:32 2026",
+                    "Kernel uptime is 123 day(s), 5 hour(s), 15 minute(s), 19 second(s)",
+                ],
+                &["!Command: show running-config", "version 9.3(8)"],
+            ),
+            (
+                "arista_eos",
+                &[
+                    "Uptime:                 1 hour and 5 minutes",
+                    "Free memory:            301240 kB",
+                ],
+                &["Total memory:           2028860 kB", "! device: leaf1"],
+            ),
+            (
+                "juniper_junos",
+                &[
+                    "## Last commit: 2021-07-13 16:35:35 MSK by admin",
+                    "Current time: 2021-08-31 08:48:11 MSK",
+                    "System booted: 2021-03-29 13:32:05 MSK (22w0d 19:16 ago)",
+                    " 8:48AM  up 154 days, 19:16, 2 users, load averages: 0.04, 0.04, 0.01",
+                ],
+                &[
+                    "Time Source:  NTP CLOCK",
+                    "version 13.3R1.4;",
+                    "    host-name edge1;",
+                ],
+            ),
+            (
+                "linux",
+                &[" 10:15:32 up 12 days,  3:04,  2 users,  load average: 0.00, 0.01, 0.05"],
+                &["total 12"],
+            ),
+        ];
+        for (name, volatile, kept) in cases {
+            for line in *volatile {
+                assert!(is_volatile(name, line), "{name}: {line:?} is volatile");
+            }
+            for line in *kept {
+                assert!(!is_volatile(name, line), "{name}: {line:?} is not volatile");
+            }
+        }
+        assert!(t.get("generic").unwrap().volatile.is_empty());
     }
 
     #[test]
