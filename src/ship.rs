@@ -28,6 +28,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::batch::{Batch, BatchLimits, Batcher};
+use crate::change::{ChangeFilter, ChangePolicy};
 use crate::durable_file::write_durably;
 use crate::sink::{Backoff, Jitter, Retry, Shipped, Sink, StopFlag};
 use crate::spool::{Loss, SpoolReader, Waker};
@@ -92,11 +93,15 @@ pub(crate) struct ShipperOptions {
     pub(crate) backoff: Backoff,
     /// Seeds the batch-age jitter.
     pub(crate) seed: u64,
+    /// Which commands ship `on_change` (issue 13); their baselines live in `state_dir`.
+    pub(crate) changes: ChangePolicy,
 }
 
 /// The running shipper thread.
 pub(crate) struct Shipper {
     waker: Waker,
+    /// A new policy after a reload, taken by the thread before it shapes its next batch.
+    next_policy: Arc<Mutex<Option<ChangePolicy>>>,
     stop: Arc<StopFlag>,
     report: Arc<Mutex<ShipReport>>,
     done: mpsc::Receiver<()>,
@@ -130,7 +135,10 @@ impl Shipper {
         }));
         let (done_tx, done) = mpsc::channel();
         let waker = reader.waker();
+        let next_policy = Arc::new(Mutex::new(None));
         let mut worker = Worker {
+            changes: ChangeFilter::open(&options.state_dir, options.changes),
+            next_policy: Arc::clone(&next_policy),
             reader,
             sink,
             stop: Arc::clone(&stop),
@@ -150,11 +158,18 @@ impl Shipper {
             })?;
         Ok(Shipper {
             waker,
+            next_policy,
             stop,
             report,
             done,
             thread: Some(thread),
         })
+    }
+
+    /// Ships by `policy` from the next batch on (a reload). The batch in flight keeps the shape
+    /// it was first sent with, so its resends stay the same.
+    pub fn set_policy(&self, policy: ChangePolicy) {
+        *self.next_policy.lock().unwrap_or_else(|e| e.into_inner()) = Some(policy);
     }
 
     pub fn report(&self) -> ShipReport {
@@ -204,6 +219,9 @@ struct Worker {
     backoff: Backoff,
     batcher: Batcher,
     jitter: Jitter,
+    /// Shapes each batch for upstream right before its first sending (change-only shipping).
+    changes: ChangeFilter,
+    next_policy: Arc<Mutex<Option<ChangePolicy>>>,
 }
 
 impl Worker {
@@ -219,6 +237,9 @@ impl Worker {
             self.batcher.resume_cut(cut);
         }
         let mut ready: VecDeque<Batch> = VecDeque::new();
+        // The front batch as it goes upstream: shaped once, against what upstream has
+        // acknowledged, and sent in that shape until it is acknowledged.
+        let mut shaped: Option<Batch> = None;
         let mut cut_failing = false;
         loop {
             if self.stop.is_stopped() {
@@ -246,7 +267,20 @@ impl Worker {
                         Err(_) => {}
                     }
                 }
+                if shaped.is_none() {
+                    let policy = self
+                        .next_policy
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .take();
+                    if let Some(policy) = policy {
+                        self.changes.set_policy(policy);
+                    }
+                    shaped = Some(self.changes.shape(batch));
+                }
+                let batch = shaped.as_ref().expect("shaped just above");
                 if self.ship(batch) {
+                    shaped = None;
                     ready.pop_front();
                     let next = ready
                         .front()
@@ -358,6 +392,14 @@ impl Worker {
             // Only a bug gets here (acknowledging what was never read).
             log::error!("batch {}: {e}", batch.idempotency_key());
         }
+        // After the spool's ack: a crash between the two costs one whole output again, never
+        // an "unchanged" record about an output upstream does not hold.
+        let refused: Vec<(u64, u64)> = shipped
+            .rejected
+            .iter()
+            .map(|r| (r.first_seq, r.last_seq))
+            .collect();
+        self.changes.delivered(&refused);
         let mut r = self.report();
         if r.consecutive_failures > 0 {
             log::info!(
@@ -470,6 +512,7 @@ mod tests {
                 cap: Duration::from_millis(40),
             },
             seed: 7,
+            changes: ChangePolicy::default(),
         }
     }
 

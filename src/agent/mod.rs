@@ -401,6 +401,8 @@ impl AgentLoop {
         self.status.retain_devices(&self.inventory);
         self.led.retain(&self.inventory);
         self.metrics.reload(&self.inventory);
+        self.shipper
+            .set_policy(crate::change::ChangePolicy::from_inventory(&self.inventory));
         if self.inventory.devices.is_empty() {
             log_idle(&self.config);
         }

@@ -11,6 +11,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Instant, SystemTime};
 
 use crate::batch::BatchLimits;
+use crate::change::ChangePolicy;
 use crate::inventory::{self, Device, Inventory, Isolation, SinkKind, Upstream};
 use crate::isolation::Isolator;
 use crate::notify::Notifier;
@@ -62,7 +63,10 @@ impl AgentLoop {
         // After the signal handlers, so a SIGTERM from here on stops the agent through its
         // drain and this guard's Drop gives the LED back; an error below drops it too.
         let led = crate::led::StatusLight::start(inventory.board.status_led.as_ref());
-        let shipper = start_shipper(reader, sink, &agent_id, &upstream, &state_dir, &pool)?;
+        let changes = ChangePolicy::from_inventory(&inventory);
+        let shipper = start_shipper(
+            reader, sink, &agent_id, &upstream, &state_dir, &pool, changes,
+        )?;
         let presence = PresenceKeeper::start(&inventory, &upstream, &state_dir);
 
         let started = Instant::now();
@@ -244,6 +248,7 @@ fn start_shipper(
     upstream: &Upstream,
     state_dir: &Path,
     pool: &Pool<DeviceId>,
+    changes: ChangePolicy,
 ) -> Result<Shipper, AgentError> {
     let waker = pool.waker();
     Shipper::start(
@@ -255,6 +260,7 @@ fn start_shipper(
             state_dir: state_dir.to_path_buf(),
             backoff: Backoff::default(),
             seed: jitter_seed(agent_id),
+            changes,
         },
         Box::new(move || {
             let _ = waker.send(PoolEvent::Wake);
