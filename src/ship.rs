@@ -56,6 +56,10 @@ pub(crate) struct ShipReport {
     pub(crate) dead_lettered_batches: u64,
     /// Records upstream refused for good (in the dead-letter file, reported as `rejected`).
     pub(crate) rejected_records: u64,
+    /// Of the acknowledged records, those of `on_change` commands that went up unchanged
+    /// (`"output": null`), and the bytes that left out (issue 13).
+    pub(crate) unchanged_records: u64,
+    pub(crate) bytes_saved: u64,
     pub(crate) dead_letter_file: Option<PathBuf>,
     /// The oldest record not yet acknowledged: its seq and `started_at`.
     pub(crate) oldest_unshipped: Option<(u64, Option<String>)>,
@@ -130,6 +134,8 @@ impl Shipper {
             shipped_batches: 0,
             dead_lettered_batches: 0,
             rejected_records: 0,
+            unchanged_records: 0,
+            bytes_saved: 0,
             dead_letter_file: None,
             oldest_unshipped: None,
         }));
@@ -400,6 +406,7 @@ impl Worker {
             .map(|r| (r.first_seq, r.last_seq))
             .collect();
         self.changes.delivered(&refused);
+        let counts = self.changes.counts();
         let mut r = self.report();
         if r.consecutive_failures > 0 {
             log::info!(
@@ -413,6 +420,8 @@ impl Worker {
         r.last_ack_at = Some(SystemTime::now());
         r.shipped_records += batch.len() as u64 - rejected_records;
         r.shipped_batches += 1;
+        r.unchanged_records = counts.unchanged;
+        r.bytes_saved = counts.bytes_saved;
         if let Some(first) = shipped.rejected.first() {
             r.dead_lettered_batches += 1;
             r.rejected_records += rejected_records;

@@ -166,6 +166,10 @@ pub struct UpstreamStatus {
     pub(crate) dead_lettered_batches: u64,
     /// Records upstream refused for good (reported as `rejected`).
     pub(crate) rejected_records: u64,
+    /// Acknowledged `on_change` records that went up unchanged (`"output": null`), and the
+    /// bytes that left out.
+    pub(crate) unchanged_records: u64,
+    pub(crate) bytes_saved: u64,
     pub(crate) dead_letter_file: Option<String>,
 }
 
@@ -270,6 +274,8 @@ impl UpstreamStatus {
         self.shipped_batches = ship.shipped_batches;
         self.dead_lettered_batches = ship.dead_lettered_batches;
         self.rejected_records = ship.rejected_records;
+        self.unchanged_records = ship.unchanged_records;
+        self.bytes_saved = ship.bytes_saved;
         self.dead_letter_file = ship
             .dead_letter_file
             .as_ref()

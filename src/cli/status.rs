@@ -352,6 +352,14 @@ fn render_upstream(out: &mut Lines, up: &UpstreamStatus, now: SystemTime) {
         up.shipped_batches,
         if up.shipped_batches == 1 { "" } else { "es" }
     ));
+    if up.unchanged_records > 0 {
+        out.line(format!(
+            "  of which unchanged (ship = \"on_change\", output not sent): {} record{}, {} saved",
+            up.unchanged_records,
+            plural(up.unchanged_records),
+            crate::config::units::format_size(up.bytes_saved)
+        ));
+    }
     if up.dead_lettered_batches > 0 || up.dead_letter_file.is_some() {
         out.line(format!(
             "  dead letters: {} record{} in {} batch{} refused by the upstream for good{}",

@@ -209,6 +209,8 @@ mod tests {
             shipped_batches: 0,
             dead_lettered_batches: 0,
             rejected_records: 0,
+            unchanged_records: 0,
+            bytes_saved: 0,
             dead_letter_file: None,
             oldest_unshipped: None,
         };

@@ -107,6 +107,9 @@ pub(crate) struct Pipeline {
     /// `started_at` of the oldest record not yet acknowledged, when the shipper has read it.
     pub(crate) oldest_record_at: Option<SystemTime>,
     pub(crate) acked_records: u64,
+    /// Of those, `on_change` records that went up unchanged, and the bytes that saved.
+    pub(crate) unchanged_records: u64,
+    pub(crate) bytes_saved: u64,
     pub(crate) upstream_errors: u64,
     pub(crate) upstream_consecutive_failures: u32,
     pub(crate) lost: [u64; GapCause::ALL.len()],
@@ -299,6 +302,8 @@ impl Metrics {
         p.spool_bytes = stats.bytes;
         p.oldest_record_at = oldest_record_at;
         p.acked_records = ship.shipped_records;
+        p.unchanged_records = ship.unchanged_records;
+        p.bytes_saved = ship.bytes_saved;
         p.upstream_errors = ship.failed_attempts;
         p.upstream_consecutive_failures = ship.consecutive_failures;
         p.lost = lost;

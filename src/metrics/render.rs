@@ -322,6 +322,18 @@ fn upstream_families(e: &mut Exposition<'_, impl Write>, s: &Snapshot) {
         p.acked_records,
     );
     e.single(
+        "rackhand_upstream_unchanged_records_total",
+        Kind::Counter,
+        "Acknowledged records of ship = \"on_change\" commands that went up unchanged, without their output.",
+        p.unchanged_records,
+    );
+    e.single(
+        "rackhand_upstream_saved_bytes_total",
+        Kind::Counter,
+        "Bytes of NDJSON that change-only shipping did not send (before compression).",
+        p.bytes_saved,
+    );
+    e.single(
         "rackhand_upstream_errors_total",
         Kind::Counter,
         "Failed attempts to ship a batch upstream since the agent started.",

@@ -74,6 +74,8 @@ impl Filled {
             shipped_batches: 500,
             dead_lettered_batches: 0,
             rejected_records: 0,
+            unchanged_records: 1_200,
+            bytes_saved: 48_000_000,
             dead_letter_file: None,
             oldest_unshipped: Some((1_000, Some(started_at))),
         };

@@ -187,6 +187,12 @@ fn volatile_lines_ship_nothing_a_real_change_ships_whole_with_a_diff_and_a_resta
         );
     }
 
+    // The agent counts what it did not send, for `rackhand status` and the metrics.
+    agent.wait_status("unchanged records counted", STEP, |s| {
+        s["upstream"]["unchanged_records"].as_u64() >= Some(4)
+            && s["upstream"]["bytes_saved"].as_u64() > Some(4 * 400)
+    });
+
     // 4. kill -9 and a restart: the agent still knows what upstream holds. A batch is shaped
     // only after the one before it was acknowledged and its baselines written, so once one
     // more batch arrived, everything before it is on disk.
