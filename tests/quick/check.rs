@@ -425,7 +425,8 @@ fn command_tables_are_checked_entry_by_entry_and_check_shows_each_ship_mode() {
             Table::named("core1").set("host", "\"192.0.2.1\"").set(
                 "commands",
                 "[\"show version\", { run = \"show running-config\", ignore = [\"^! Last\"] }, \
-                 { run = \"show clock\", ship = \"always\", full_every = \"1h\" }]",
+                 { run = \"show clock\", ship = \"always\", full_every = \"1h\" }, \
+                 { run = \"show inventory\", ignore = [\"^\"] }]",
             ),
         )
         .device(
@@ -450,7 +451,7 @@ fn command_tables_are_checked_entry_by_entry_and_check_shows_each_ship_mode() {
         out.stdout.contains("ship on_change (")
             && out
                 .stdout
-                .contains("  core1: show version, show running-config (ignore 1 pattern)\n")
+                .contains("  core1: show version, show running-config (ignore 1 pattern), show inventory (ignore 1 pattern)\n")
             && out
                 .stdout
                 .contains("  edge1: show running-config (whole every 6h)\n")
@@ -458,6 +459,13 @@ fn command_tables_are_checked_entry_by_entry_and_check_shows_each_ship_mode() {
             && out.stdout.contains("every other command ships always"),
         "{}",
         out.stdout
+    );
+    // A pattern that matches every line would hide every change: said.
+    assert!(
+        out.stderr
+            .contains("`commands.ignore` pattern `^` matches every line"),
+        "{}",
+        out.stderr
     );
     // `full_every` on a command that ships always does nothing: said, at the entry.
     assert!(

@@ -77,7 +77,10 @@ impl Walker<'_> {
                         match p.get_ref() {
                             DeValue::String(s) if !s.is_empty() => {
                                 match self.regex_value(&field, s, p.span()) {
-                                    Some(_) => entry.ignore.push(s.to_string()),
+                                    Some(_) => {
+                                        self.warn_if_matches_every_line(&field, s, p.span());
+                                        entry.ignore.push(s.to_string());
+                                    }
                                     None => ok = false,
                                 }
                             }
@@ -134,5 +137,19 @@ impl Walker<'_> {
             return None;
         }
         ok.then_some(entry)
+    }
+
+    /// A pattern that matches an empty line matches every line (`^`, `.*`, `x?`): every output
+    /// of the command would then compare equal and a real change would never go up. Allowed
+    /// (a user may mean it for a while), but said.
+    fn warn_if_matches_every_line(&mut self, field: &str, pattern: &str, span: Range<usize>) {
+        if regex_lite::Regex::new(pattern).is_ok_and(|re| re.is_match("")) {
+            self.report.warning(
+                span,
+                format!(
+                    "`{field}` pattern `{pattern}` matches every line, so every output compares equal and no change would ever ship; match the lines you mean, e.g. \"^! Last configuration change\""
+                ),
+            );
+        }
     }
 }
