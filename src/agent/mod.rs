@@ -120,6 +120,10 @@ pub(crate) struct Summary {
     pub(crate) outbox: PathBuf,
     /// Sessions still running when the drain deadline passed.
     pub(crate) abandoned: usize,
+    /// Records upstream acknowledged as unchanged (`ship = "on_change"`), and the bytes that
+    /// saved, as the shipper last reported them.
+    pub(crate) unchanged: u64,
+    pub(crate) bytes_saved: u64,
 }
 
 impl Summary {
@@ -457,6 +461,8 @@ impl AgentLoop {
         for (name, tally) in &self.summary.devices {
             log::debug!("{name}: {} records, {} ok", tally.records, tally.ok);
         }
+        self.summary.unchanged = report.unchanged_records;
+        self.summary.bytes_saved = report.bytes_saved;
         self.summary
     }
 

@@ -352,6 +352,11 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<i32> {
         summary.outbox.display(),
         dir.display()
     );
+    println!(
+        "{} of them went up unchanged (ship = \"on_change\": \"output\": null, {} not sent)",
+        summary.unchanged,
+        crate::config::units::approx_size(summary.bytes_saved)
+    );
     Ok(0)
 }
 
@@ -396,7 +401,9 @@ fn config_text(dir: &Path, members: &[Member]) -> String {
         "# Written by `rackhand demo`: the simulated rack on loopback.\n\
          [agent]\nid = \"demo\"\nworkers = 4\nstate_dir = \"{}\"\n\n\
          [defaults]\nusername = \"admin\"\ninterval = \"5s\"\nconnect_timeout = \"5s\"\n\
-         command_timeout = \"3s\"\n\n\
+         command_timeout = \"3s\"\n\
+         # An output goes up whole when it changed; otherwise its record says so, output null.\n\
+         ship = \"on_change\"\n\n\
          [upstream]\nsink = \"file\"\npath = \"{}\"\n",
         dir.join("state").display(),
         dir.join("outbox").display()

@@ -9,7 +9,7 @@ use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-use crate::config::units::{format_duration, format_size};
+use crate::config::units::{approx_size, format_duration, format_size};
 use crate::inventory;
 use crate::status_file::{
     self, Age, AgentStatus, DeviceStatus, Liveness, SpoolStatus, UpstreamStatus,
@@ -357,7 +357,7 @@ fn render_upstream(out: &mut Lines, up: &UpstreamStatus, now: SystemTime) {
             "  of which unchanged (ship = \"on_change\", output not sent): {} record{}, {} saved",
             up.unchanged_records,
             plural(up.unchanged_records),
-            crate::config::units::format_size(up.bytes_saved)
+            approx_size(up.bytes_saved)
         ));
     }
     if up.dead_lettered_batches > 0 || up.dead_letter_file.is_some() {
@@ -460,20 +460,6 @@ fn short_duration(d: Duration) -> String {
         _ => secs - secs % 3600,
     };
     format_duration(Duration::from_secs(secs))
-}
-
-/// Like `format_size`, but a size that is not a whole number of units is shown with one
-/// decimal (`3.2MiB`) instead of in bytes.
-fn approx_size(bytes: u64) -> String {
-    for (unit, size) in [("GiB", 1u64 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
-        if bytes >= size {
-            if bytes.is_multiple_of(size) {
-                return format_size(bytes);
-            }
-            return format!("{:.1}{unit}", bytes as f64 / size as f64);
-        }
-    }
-    format_size(bytes)
 }
 
 fn truncate(text: &str, width: usize) -> String {

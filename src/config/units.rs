@@ -152,6 +152,20 @@ pub(crate) fn format_size(bytes: u64) -> String {
     format!("{bytes}B")
 }
 
+/// Like `format_size`, but a size that is not a whole number of units is shown with one
+/// decimal (`3.2MiB`) instead of in bytes.
+pub(crate) fn approx_size(bytes: u64) -> String {
+    for (unit, size) in [("GiB", 1u64 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
+        if bytes >= size {
+            if bytes.is_multiple_of(size) {
+                return format_size(bytes);
+            }
+            return format!("{:.1}{unit}", bytes as f64 / size as f64);
+        }
+    }
+    format_size(bytes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -190,6 +190,25 @@ fn demo_runs_a_simulated_rack_and_ends_with_a_summary_and_records() {
             "no record of `{name}` in {path}"
         );
     }
+    // The demo ships on_change: every ok record says whether it changed, and the unchanged
+    // ones (output null) are as many as the demo says.
+    for r in records.iter().filter(|r| r["status"] == "ok") {
+        assert!(
+            r["digest"]
+                .as_str()
+                .is_some_and(|d| d.starts_with("sha256:"))
+                && r["changed"].is_boolean(),
+            "{r}"
+        );
+    }
+    let unchanged = records.iter().filter(|r| r["output"].is_null()).count();
+    let said = stdout
+        .lines()
+        .find(|l| l.contains("went up unchanged"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse::<usize>().ok())
+        .unwrap_or_else(|| panic!("the demo does not say how many went up unchanged; {context}"));
+    assert_eq!(unchanged, said, "{context}");
     let locked = records.iter().find(|r| r["device"] == "locked-sw").unwrap();
     assert_eq!(locked["status"], "auth_failed", "{locked}");
     assert!(
