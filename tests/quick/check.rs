@@ -26,6 +26,19 @@ fn check(config: &Path) -> Outcome {
     }
 }
 
+/// Each `(line, col, words)` is an error or warning of `check` at `file:line:col` saying `words`.
+fn assert_reported_at(stderr: &str, file: &str, expected: &[(u32, u32, &str)]) {
+    for (line, col, words) in expected {
+        let prefix = format!("{file}:{line}:{col}: ");
+        assert!(
+            stderr
+                .lines()
+                .any(|l| l.starts_with(&prefix) && l.contains(words)),
+            "expected `{prefix}...{words}...` in:\n{stderr}"
+        );
+    }
+}
+
 #[test]
 fn the_shipped_lab_example_is_valid_and_lists_every_device() {
     let lab = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/lab.toml");
@@ -120,16 +133,7 @@ fn five_different_mistakes_are_all_reported_at_their_line_and_column() {
         (15, 8, "`port` must be an integer"),
         (18, 8, "duplicate device name `sw1`"),
     ];
-    for (line, col, words) in expected {
-        let prefix = format!("{file}:{line}:{col}: ");
-        assert!(
-            out.stderr
-                .lines()
-                .any(|l| l.starts_with(&prefix) && l.contains(words)),
-            "expected `{prefix}...{words}...` in:\n{}",
-            out.stderr
-        );
-    }
+    assert_reported_at(&out.stderr, &file, &expected);
     assert!(out.stderr.contains("did you mean `commands`?"));
     assert!(out.stderr.contains("5 errors"), "{}", out.stderr);
     assert!(
@@ -394,28 +398,23 @@ fn command_tables_are_checked_entry_by_entry_and_check_shows_each_ship_mode() {
         out.stdout, out.stderr
     );
     let file = bad.display().to_string();
-    for (line, col, words) in [
-        (10, 55, "not a valid regular expression"),
-        (
-            11,
-            21,
-            "unknown key `shp` in an entry of `commands` (did you mean `ship`?)",
-        ),
-        (12, 3, "has no `run`"),
-        (13, 28, "`sometimes`; expected one of: always, on_change"),
-        (14, 34, "bad duration for `commands.full_every`"),
-        (15, 3, "must be a command (a string) or a table"),
-        (17, 14, "`full_every` must be longer than zero"),
-    ] {
-        let prefix = format!("{file}:{line}:{col}: ");
-        assert!(
-            out.stderr
-                .lines()
-                .any(|l| l.starts_with(&prefix) && l.contains(words)),
-            "expected `{prefix}...{words}...` in:\n{}",
-            out.stderr
-        );
-    }
+    assert_reported_at(
+        &out.stderr,
+        &file,
+        &[
+            (10, 55, "not a valid regular expression"),
+            (
+                11,
+                21,
+                "unknown key `shp` in an entry of `commands` (did you mean `ship`?)",
+            ),
+            (12, 3, "has no `run`"),
+            (13, 28, "`sometimes`; expected one of: always, on_change"),
+            (14, 34, "bad duration for `commands.full_every`"),
+            (15, 3, "must be a command (a string) or a table"),
+            (17, 14, "`full_every` must be longer than zero"),
+        ],
+    );
     assert!(out.stderr.contains("7 errors"), "{}", out.stderr);
 
     let good = Config::new()
