@@ -179,6 +179,42 @@ impl Spooler {
         cut
     }
 
+    /// Numbers a captured console's chunk (or port gap) and spools it; returns its seq. One
+    /// that gets no seq (the seq file cannot be written) is counted as lost (`io_error`):
+    /// console text keeps coming, so it does not wait in memory as outcomes do.
+    pub fn console(&mut self, event: &crate::console::ConsoleEvent) -> Option<u64> {
+        let seq = match self.seq.next() {
+            Ok(seq) => seq,
+            Err(e) => {
+                log::error!("{e}; a console record of {} is lost", event.device);
+                self.writer.note_loss(
+                    GapCause::IoError,
+                    Loss {
+                        records: 1,
+                        detail: Some("the seq file could not be written".into()),
+                        ..Loss::default()
+                    },
+                );
+                return None;
+            }
+        };
+        let synced = self.clock_synced();
+        let json = crate::console::record::to_json(&self.agent, seq, synced, event);
+        self.last_seq = seq;
+        if let Err(e) = self.writer.append(seq, json.as_bytes()) {
+            log::error!("{e}");
+            self.writer.note_loss(
+                GapCause::IoError,
+                Loss::range(seq, seq, 1, 0).with_detail(e.to_string()),
+            );
+        }
+        if crate::console::record::is_alert(event) {
+            // Shipped at once: the shipper reads committed records only.
+            self.writer.commit();
+        }
+        Some(seq)
+    }
+
     /// Whether new collections must wait now (the spool's writer or the seq file).
     pub fn paused(&mut self, now: Instant) -> bool {
         let writer = self.writer.admission(now).is_some();
