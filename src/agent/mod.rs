@@ -329,6 +329,7 @@ impl AgentLoop {
         if let Some(consoles) = &self.consoles {
             for event in consoles.take_events() {
                 self.spooler.console(&event);
+                self.status.console(&event);
             }
         }
     }
@@ -411,9 +412,10 @@ impl AgentLoop {
         }
         self.inventory = new;
         if let Some(consoles) = self.consoles.as_mut() {
-            let spooler = &mut self.spooler;
+            let (spooler, status) = (&mut self.spooler, &mut self.status);
             consoles.reload(&self.inventory, &mut |event| {
                 spooler.console(&event);
+                status.console(&event);
             });
         }
         self.status.retain_devices(&self.inventory);
@@ -437,9 +439,10 @@ impl AgentLoop {
         // After the sessions (which borrow their ports from the captures): each capture
         // flushes what it holds, and its last text is spooled with the rest.
         if let Some(consoles) = self.consoles.take() {
-            let spooler = &mut self.spooler;
+            let (spooler, status) = (&mut self.spooler, &mut self.status);
             consoles.stop(&mut |event| {
                 spooler.console(&event);
+                status.console(&event);
             });
         }
         self.summary.abandoned = self.scheduler.in_flight();

@@ -14,6 +14,7 @@
 pub(crate) mod chunk;
 pub(crate) mod owner;
 pub(crate) mod record;
+pub mod tail;
 
 use std::collections::BTreeMap;
 use std::sync::mpsc::{self, Receiver, SyncSender};

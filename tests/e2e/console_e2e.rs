@@ -237,4 +237,21 @@ fn every_log_line_of_a_chatty_captured_console_reaches_upstream_once_and_every_c
         problems.join("\n"),
         recs.len()
     );
+
+    // `rackhand status --device` shows the console's last lines (the stopped agent's file).
+    let shown = std::process::Command::new(support::rackhand_bin())
+        .args(["status", "--device", "con1", "-c"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&shown.stdout);
+    let last = log_numbers(console.last().unwrap()["output"].as_str().unwrap());
+    let last = last.last().expect("the last console record has a log line");
+    assert!(
+        text.contains("console lines, oldest first:")
+            && text.contains(&format!("GigabitEthernet0/{last},")),
+        "status --device shows no console tail ending at line {last}:\n{text}{}",
+        String::from_utf8_lossy(&shown.stderr)
+    );
+    assert!(!text.contains(PASSWORD));
 }
