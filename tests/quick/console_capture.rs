@@ -14,6 +14,7 @@ use crate::support;
 use std::fs;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
@@ -21,7 +22,8 @@ use std::time::{Duration, Instant};
 use nix::sys::termios::{self, SetArg};
 use rackhand::config::Secret;
 use rackhand::console::{
-    Alerts, Captured, ConsoleChunk, ConsoleEvent, Limits, Outlet, PortOwner, alerts_for,
+    Alerts, Captured, ConsoleChunk, ConsoleEvent, Consoles, Limits, Outlet, PortOwner, Registry,
+    alerts_for,
 };
 use rackhand::inventory::{
     Capture, Device, Endpoint, FlowControl, HostKeyCheck, Isolation, Parity, SerialSettings,
@@ -30,6 +32,7 @@ use rackhand::inventory::{
 use rackhand::transport::serial::lock_file_name;
 use rackhand::transport::{Transport as _, TransportError};
 
+use support::config::{Config, Dev, quote};
 use support::{TempDir, deadline, poll_until};
 
 const STEP: Duration = Duration::from_secs(10);
@@ -353,4 +356,113 @@ fn the_devices_alert_patterns_and_its_platforms_both_apply() {
     assert!(alerts.matches("BOOM"));
     assert!(alerts.matches("*Mar  1 00:00:01.000: %SYS-2-MALLOCFAIL: Memory allocation failed"));
     assert!(!alerts.matches("%LINK-3-UPDOWN: Interface up"));
+}
+
+fn config_with(dir: &TempDir, devices: &[Dev]) -> Config {
+    Config::new()
+        .agent("id", "\"rack-q\"")
+        .agent(
+            "state_dir",
+            &quote(&dir.join("state").display().to_string()),
+        )
+        .defaults("platform", "\"cisco_ios\"")
+        .defaults("commands", "[\"show clock\"]")
+        .devices(devices.iter().cloned())
+}
+
+#[test]
+fn check_lists_captured_consoles_and_points_at_capture_on_ssh_and_at_a_bad_alert() {
+    let dir = TempDir::new("console-check").unwrap();
+    let good = config_with(
+        &dir,
+        &[Dev::serial("con1", &dir.join("ttyS0"))
+            .set("capture", "true")
+            .set("alert", "['^BOOT']")],
+    )
+    .write(&dir.join("good.toml"));
+    let out = Command::new(env!("CARGO_BIN_EXE_rackhand"))
+        .args(["check", "-c"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("console captured between jobs") && stdout.contains("  con1: "),
+        "{stdout}"
+    );
+    assert!(stdout.contains("platform alerts + 1 own"), "{stdout}");
+
+    let bad = dir.join("bad.toml");
+    let text = "[defaults]\nplatform = \"cisco_ios\"\ncommands = [\"show clock\"]\n\n\
+                [[device]]\nname = \"r1\"\nhost = \"192.0.2.1\"\ncapture = true\n\n\
+                [[device]]\nname = \"con2\"\ntransport = \"serial\"\nserial_port = \"/dev/ttyUSB9\"\n\
+                capture = true\nalert = ['ok', '(oops']\n";
+    fs::write(&bad, text).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_rackhand"))
+        .args(["check", "-c"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let at = |line: usize, col: usize| format!("bad.toml:{line}:{col}:");
+    assert!(
+        stderr.contains(&at(8, 11)) && stderr.contains("capture"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&at(15, 16)) && stderr.contains("(oops"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_reload_starts_and_stops_owners_by_device_name_and_frees_their_ports() {
+    let dir = TempDir::new("console-reload").unwrap();
+    let link = dir.join("ttyS0");
+    let cable = Cable::plug(&link);
+    let captured = config_with(&dir, &[Dev::serial("con1", &link).set("capture", "true")])
+        .inventory(&dir.join("rackhand.toml"));
+    let plain =
+        config_with(&dir, &[Dev::serial("con1", &link)]).inventory(&dir.join("rackhand.toml"));
+    let registry = Arc::new(Registry::default());
+    let mut consoles = Consoles::start(&captured, Arc::clone(&registry), Arc::new(|| {}));
+    assert_eq!(consoles.devices().collect::<Vec<_>>(), ["con1"]);
+    cable.write(b"one\r\n");
+    let mut got = Vec::new();
+    assert!(poll_until(deadline(STEP), || {
+        got.extend(consoles.take_events());
+        !got.is_empty()
+    }));
+    assert!(registry.lender("con1").is_some());
+
+    // Not captured any more: the owner stops (its last text handed over) and the port is free.
+    cable.write(b"two\r\n");
+    assert!(poll_until(deadline(STEP), || cable.unread() == 0));
+    let mut last = Vec::new();
+    consoles.reload(&plain, &mut |e| last.push(e));
+    assert_eq!(consoles.devices().count(), 0);
+    assert!(registry.lender("con1").is_none());
+    let texts: Vec<Vec<u8>> = got
+        .iter()
+        .chain(&last)
+        .filter_map(|e| match &e.what {
+            Captured::Text(c) => Some(c.bytes.clone()),
+            Captured::Gap(_) => None,
+        })
+        .collect();
+    assert_eq!(texts.concat(), b"one\r\ntwo\r\n");
+    let free = rackhand::transport::serial::SerialTransport::open(&device(&link));
+    assert!(free.is_ok(), "the port is still held: {:?}", free.err());
+    drop(free);
+
+    // Captured again.
+    consoles.reload(&captured, &mut |_| {});
+    assert!(registry.lender("con1").is_some());
+    consoles.stop(&mut |_| {});
 }
