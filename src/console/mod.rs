@@ -23,7 +23,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use regex_lite::Regex;
 
-use crate::inventory::{Device, Inventory};
+use crate::inventory::{Capture, Device, Inventory};
 use crate::outcome::Outcome;
 use crate::session::{Session, SessionError};
 use crate::transport::TransportError;
@@ -102,6 +102,12 @@ pub fn collect_each(
     });
 }
 
+/// What a capture depends on: a reload that changes none of it (commands, interval,
+/// credentials) keeps the capture running, its offsets going on.
+fn capture_key(d: &Device) -> (&crate::inventory::Endpoint, &str, &Option<Capture>) {
+    (&d.endpoint, &d.platform, &d.capture)
+}
+
 /// The lenders of the running owners, shared with the workers.
 #[derive(Default)]
 pub struct Registry {
@@ -171,7 +177,11 @@ impl Consoles {
         let stale: Vec<String> = self
             .owners
             .iter()
-            .filter(|(name, owner)| wanted.get(name.as_str()) != Some(&owner.device()))
+            .filter(|(name, owner)| {
+                wanted
+                    .get(name.as_str())
+                    .is_none_or(|d| capture_key(d) != capture_key(owner.device()))
+            })
             .map(|(name, _)| name.clone())
             .collect();
         let mut stopping = Vec::new();

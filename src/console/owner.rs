@@ -393,6 +393,8 @@ impl Capture {
                 }
                 self.away_why = e.to_string();
                 self.emit_flush();
+                // A reopen refused at once (another program took the port) must not spin.
+                self.refuse_requests_until(until);
             }
         }
     }

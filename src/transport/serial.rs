@@ -73,6 +73,8 @@ pub struct SerialTransport {
     /// When the port last hung up, until [`SerialTransport::take_hangup`] asks: a console
     /// capture reports the time the port was away as a gap.
     hung_up_at: Option<SystemTime>,
+    /// "Gave up waiting" was logged since the port was last open (said once, not per read).
+    gave_up_logged: bool,
 }
 
 impl std::fmt::Debug for SerialTransport {
@@ -133,6 +135,7 @@ impl SerialTransport {
             reopen_budget: device.connect_timeout,
             write_timeout: device.command_timeout.max(MIN_WRITE_TIMEOUT),
             hung_up_at: None,
+            gave_up_logged: false,
         };
         match t.attach() {
             Ok(()) => Ok(t),
@@ -209,6 +212,7 @@ impl SerialTransport {
             match self.attach() {
                 Ok(()) => {
                     log::info!("{}: the serial adapter is back; reopened", self.peer);
+                    self.gave_up_logged = false;
                     return Ok(());
                 }
                 Err(Attach::Absent(detail)) | Err(Attach::NotReady(detail)) => last = detail,
@@ -231,7 +235,13 @@ impl SerialTransport {
             }
             watch.wait(left.min(REAPPEAR_RECHECK));
         }
-        log::warn!("{}: gave up waiting for the adapter: {last}", self.peer);
+        // Once per hangup: a console capture waits in short slices for as long as it is away.
+        if self.hung_up_at.is_some() || !self.gave_up_logged {
+            log::warn!("{}: gave up waiting for the adapter: {last}", self.peer);
+        } else {
+            log::debug!("{}: still waiting for the adapter: {last}", self.peer);
+        }
+        self.gave_up_logged = true;
         Err(self.vanished())
     }
 

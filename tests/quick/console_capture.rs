@@ -461,8 +461,37 @@ fn a_reload_starts_and_stops_owners_by_device_name_and_frees_their_ports() {
     assert!(free.is_ok(), "the port is still held: {:?}", free.err());
     drop(free);
 
-    // Captured again.
+    // Captured again: offsets start over with the new capture.
     consoles.reload(&captured, &mut |_| {});
     assert!(registry.lender("con1").is_some());
+    let next_text = |consoles: &Consoles| {
+        let mut chunk = None;
+        assert!(poll_until(deadline(STEP), || {
+            chunk = consoles
+                .take_events()
+                .into_iter()
+                .find_map(|e| match e.what {
+                    Captured::Text(c) => Some(c),
+                    Captured::Gap(_) => None,
+                });
+            chunk.is_some()
+        }));
+        chunk.unwrap()
+    };
+    cable.write(b"three\r\n");
+    assert_eq!(next_text(&consoles).offset, 0);
+    // A reload that changes what the capture does not depend on keeps it: offsets go on.
+    let slower = config_with(
+        &dir,
+        &[Dev::serial("con1", &link)
+            .set("capture", "true")
+            .set("interval", "\"2h\"")],
+    )
+    .inventory(&dir.join("rackhand.toml"));
+    let mut stopped = Vec::new();
+    consoles.reload(&slower, &mut |e| stopped.push(e));
+    assert!(stopped.is_empty());
+    cable.write(b"four\r\n");
+    assert_eq!(next_text(&consoles).offset, 7);
     consoles.stop(&mut |_| {});
 }
