@@ -25,6 +25,8 @@ use support::{TempDir, deadline, poll_until};
 const PASSWORD: &str = "c0nsole-Secret";
 const COMMANDS: &[&str] = &["show clock", "show version"];
 const STEP: Duration = Duration::from_secs(30);
+/// The scheduler's backoff after a device's first failed collection (with its jitter).
+const BACKOFF: Duration = Duration::from_secs(40);
 
 fn profile() -> Profile {
     let mut p = Profile::for_platform("cisco_ios").unwrap();
@@ -254,4 +256,106 @@ fn every_log_line_of_a_chatty_captured_console_reaches_upstream_once_and_every_c
         String::from_utf8_lossy(&shown.stderr)
     );
     assert!(!text.contains(PASSWORD));
+}
+
+#[test]
+fn an_unplugged_console_fails_its_jobs_then_is_a_gap_record_and_capture_goes_on() {
+    let dir = TempDir::new("console-e2e-unplug").unwrap();
+    let link = dir.join("ttyS0");
+    let first = PtyConsole::start(&link, None, profile()).unwrap();
+    let config = config(&dir, &link);
+    let outbox = dir.join("outbox");
+    let mut agent = Agent::start(&config, &dir.join("state"));
+    let ok_commands = |recs: &[Value]| {
+        recs.iter()
+            .filter(|r| !is_console(r) && r["status"] == "ok")
+            .count()
+    };
+    assert!(
+        poll_until(deadline(STEP), || ok_commands(&records(&outbox)) >= 2),
+        "no command ran; log:\n{}",
+        agent.stderr()
+    );
+
+    // Unplugged: the next job fails naming the port.
+    first.stop();
+    let failed = poll_until(deadline(STEP), || {
+        records(&outbox).iter().any(|r| {
+            !is_console(r)
+                && r["status"] == "connect_failed"
+                && r["error"].as_str().unwrap_or("").contains("ttyS0")
+        })
+    });
+    assert!(
+        failed,
+        "no job failed on the unplugged port; log:\n{}",
+        agent.stderr()
+    );
+
+    // Plugged back in: a gap record, then console text and commands again.
+    let second = PtyConsole::start(&link, None, profile()).unwrap();
+    let seen_gap = |recs: &[Value]| {
+        recs.iter()
+            .position(|r| is_console(r) && r["status"] == "disconnected")
+    };
+    let listing = |recs: &[Value]| {
+        recs.iter()
+            .map(|r| format!("{} {} {} {}", r["seq"], r["kind"], r["status"], r["offset"]))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let back = poll_until(deadline(STEP), || {
+        let recs = records(&outbox);
+        seen_gap(&recs).is_some_and(|at| {
+            recs[at..]
+                .iter()
+                .any(|r| is_console(r) && r["status"] == "ok")
+        })
+    });
+    assert!(
+        back,
+        "capture did not go on after the replug; records:\n{}\nlog:\n{}",
+        listing(&records(&outbox)),
+        agent.stderr()
+    );
+    // The scheduler backs the failed device off (about 30 s after a first failure).
+    let commands_back = poll_until(deadline(BACKOFF + STEP), || {
+        let recs = records(&outbox);
+        seen_gap(&recs).is_some_and(|at| {
+            recs[at..]
+                .iter()
+                .any(|r| !is_console(r) && r["status"] == "ok")
+        })
+    });
+    assert!(
+        commands_back,
+        "no command ran after the replug; records:\n{}\nlog:\n{}",
+        listing(&records(&outbox)),
+        agent.stderr()
+    );
+    assert!(agent.stop().success(), "{}", agent.stderr());
+    agent.assert_no_panic("unplug");
+    second.stop();
+
+    let recs = records(&outbox);
+    let gaps: Vec<&Value> = recs
+        .iter()
+        .filter(|r| is_console(r) && r["status"] == "disconnected")
+        .collect();
+    assert_eq!(gaps.len(), 1, "one gap for one unplug: {gaps:?}");
+    let gap = gaps[0];
+    let error = gap["error"].as_str().unwrap();
+    assert!(
+        error.contains("unknown") && error.contains("away"),
+        "{error}"
+    );
+    assert!(gap["duration_ms"].as_u64().unwrap() > 0, "{gap}");
+    assert_eq!(gap["output"], "");
+    // Offsets still never overlap across the gap.
+    let mut next = 0;
+    for r in recs.iter().filter(|r| is_console(r)) {
+        let offset = r["offset"].as_u64().unwrap();
+        assert!(offset >= next, "offset {offset} overlaps ({next}): {r}");
+        next = offset + r["output"].as_str().unwrap().len() as u64;
+    }
 }
