@@ -90,7 +90,7 @@ pub fn collect_each(
 ) {
     crate::session::collect_each_with(device, commands, emit, &mut |d| {
         let deadline = Instant::now() + d.connect_timeout;
-        let lease = match lender {
+        let mut lease = match lender {
             Some(lender) => lender.lend(deadline),
             None => Err(TransportError::Connect {
                 peer: format!("serial {}", d.address()),
@@ -98,6 +98,11 @@ pub fn collect_each(
             }),
         }
         .map_err(SessionError::Transport)?;
+        let secrets = [&d.password, &d.enable_secret]
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s.expose().map(str::to_string));
+        lease.redact(secrets);
         Session::start(d, Box::new(lease), deadline)
     });
 }

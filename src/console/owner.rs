@@ -64,9 +64,21 @@ pub struct Lease {
     aside_bytes: usize,
     dropped: u64,
     back: Sender<Returned>,
+    /// Never in set-aside text: the device's secrets (should a console echo one).
+    redact: Vec<Vec<u8>>,
 }
 
 impl Lease {
+    /// `secrets` are replaced by `***` in what the job sets aside (a console that echoes a
+    /// password must not put it into a console record).
+    pub fn redact(&mut self, secrets: impl IntoIterator<Item = String>) {
+        self.redact = secrets
+            .into_iter()
+            .filter(|s| !s.is_empty())
+            .map(String::into_bytes)
+            .collect();
+    }
+
     fn port(&mut self) -> Result<&mut SerialTransport, TransportError> {
         self.port.as_mut().ok_or_else(|| TransportError::Io {
             peer: self.peer.clone(),
@@ -105,8 +117,29 @@ impl Transport for Lease {
             return;
         }
         self.aside_bytes += text.len();
-        self.aside.push((Arrival::now(), text.to_vec()));
+        let mut text = text.to_vec();
+        for secret in &self.redact {
+            // Never longer than the secret: set-aside text stays within the job's bytes.
+            text = replace_all(&text, secret, &b"***"[..secret.len().min(3)]);
+        }
+        self.aside.push((Arrival::now(), text));
     }
+}
+
+/// `text` with every `from` replaced by `to`.
+fn replace_all(text: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(text.len());
+    let mut i = 0;
+    while i < text.len() {
+        if text[i..].starts_with(from) {
+            out.extend_from_slice(to);
+            i += from.len();
+        } else {
+            out.push(text[i]);
+            i += 1;
+        }
+    }
+    out
 }
 
 impl Drop for Lease {
@@ -431,6 +464,7 @@ impl Capture {
             aside_bytes: 0,
             dropped: 0,
             back: self.back_tx.clone(),
+            redact: Vec::new(),
         };
         if let Err(mpsc::SendError(unsent)) = request.reply.send(Ok(lease)) {
             // The job gave up waiting: the port comes back through the lease's drop.

@@ -262,14 +262,19 @@ fn idle_text_is_captured_a_job_borrows_the_port_and_capture_goes_on_after_its_by
         got.extend_from_slice(&buf[..n]);
     }
     assert_eq!(lease.bytes_read(), 12);
+    lease.redact(["s3cret-pw".to_string()]);
     lease.set_aside(b"%LINK-3-UPDOWN during the job\n");
+    lease.set_aside(b"Password: s3cret-pw\n");
     assert!(lock.exists());
     drop(lease);
 
     let during = bench.next_text();
     assert!(during.during_job);
     assert_eq!(during.offset, 37);
-    assert_eq!(during.bytes, b"%LINK-3-UPDOWN during the job\n");
+    assert_eq!(
+        during.bytes, b"%LINK-3-UPDOWN during the job\nPassword: ***\n",
+        "a secret a console echoed is redacted"
+    );
 
     cable.write(b"after\r\n");
     let after = bench.next_text();
