@@ -222,9 +222,6 @@ fn every_log_line_of_a_chatty_captured_console_reaches_upstream_once_and_every_c
         recs.len(),
         console.len()
     );
-    for r in console.iter().take(12) {
-        eprintln!("  {} {} {:?}", r["offset"], r["during_job"], r["output"]);
-    }
     assert!(during_job > 0, "no log line was met during a job");
     assert!(
         console.len() > during_job,
