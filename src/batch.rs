@@ -287,7 +287,9 @@ impl Batcher {
         open.last_seq = seq;
         let full = open.lines.len() >= self.limits.max_records
             || open.body.len() as u64 >= self.limits.max_bytes;
-        if full || self.resume_cut == Some(seq) {
+        // An alert (a console record that matched an alert pattern) goes out at once, not
+        // after the batch's age; a cut decided by the record itself repeats after a restart.
+        if full || is_alert(payload) || self.resume_cut == Some(seq) {
             if self.resume_cut == Some(seq) {
                 self.resume_cut = None;
             }
@@ -340,6 +342,13 @@ impl Batcher {
     }
 }
 
+/// Whether a record's JSON is an alert: `"alert":true` as a key of the record (inside a
+/// JSON string the quotes would be escaped, so an output that says it does not count).
+fn is_alert(payload: &[u8]) -> bool {
+    const KEY: &[u8] = br#""alert":true"#;
+    payload.windows(KEY.len()).any(|w| w == KEY)
+}
+
 /// `max_age` minus up to `jitter` of it, chosen by a hash of the seed and the batch's first
 /// seq: spread across agents and batches, yet the same in every run of a test.
 fn jittered_age(limits: BatchLimits, seed: u64, first_seq: u64) -> Duration {
@@ -384,6 +393,21 @@ mod tests {
             }
         }
         ranges
+    }
+
+    #[test]
+    fn an_alert_record_closes_its_batch_at_once_and_an_output_saying_alert_does_not() {
+        let now = Instant::now();
+        let mut b = Batcher::new("rack", limits(100, 1 << 20, 60_000, 0.0), 7);
+        assert!(b.push(1, &payload(1), now).unwrap().is_empty());
+        // A command whose output holds the text `"alert":true` (escaped in the JSON string).
+        let sneaky = br#"{"seq":2,"output":"{\"alert\":true}"}"#;
+        assert!(b.push(2, sneaky, now).unwrap().is_empty());
+        let alert = br#"{"seq":3,"kind":"console","output":"%SYS-2-MALLOCFAIL","alert":true}"#;
+        let closed = b.push(3, alert, now).unwrap();
+        assert_eq!(closed.len(), 1);
+        assert_eq!((closed[0].first_seq(), closed[0].last_seq()), (1, 3));
+        assert!(b.flush().is_none());
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod channel;
 pub mod cli;
 pub(crate) mod clock;
 pub mod config;
+pub mod console;
 pub(crate) mod device_history;
 pub(crate) mod durable_file;
 mod hash;

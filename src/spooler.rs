@@ -179,6 +179,66 @@ impl Spooler {
         cut
     }
 
+    /// Numbers a captured console's chunk (or port gap) and spools it; returns its seq. One
+    /// that gets no seq (the seq file cannot be written) is counted as lost (`io_error`):
+    /// console text keeps coming, so it does not wait in memory as outcomes do.
+    ///
+    /// While the spool admits no records (full under `block`, or the disk failing), console
+    /// text is not kept either: a console never stops talking, and waiting in memory would
+    /// grow without bound. It is counted as lost under that cause and reported in a gap
+    /// record.
+    pub fn console(&mut self, event: &crate::console::ConsoleEvent) -> Option<u64> {
+        if let Some(cause) = self.writer.admission(Instant::now()) {
+            let bytes = match &event.what {
+                crate::console::Captured::Text(chunk) => chunk.bytes.len() as u64,
+                crate::console::Captured::Gap(_) => 0,
+            };
+            self.writer.note_loss(
+                cause,
+                Loss {
+                    records: 1,
+                    bytes,
+                    detail: Some(format!(
+                        "console text of {} not kept while the spool takes no records",
+                        event.device
+                    )),
+                    ..Loss::default()
+                },
+            );
+            return None;
+        }
+        let seq = match self.seq.next() {
+            Ok(seq) => seq,
+            Err(e) => {
+                log::error!("{e}; a console record of {} is lost", event.device);
+                self.writer.note_loss(
+                    GapCause::IoError,
+                    Loss {
+                        records: 1,
+                        detail: Some("the seq file could not be written".into()),
+                        ..Loss::default()
+                    },
+                );
+                return None;
+            }
+        };
+        let synced = self.clock_synced();
+        let json = crate::console::record::to_json(&self.agent, seq, synced, event);
+        self.last_seq = seq;
+        if let Err(e) = self.writer.append(seq, json.as_bytes()) {
+            log::error!("{e}");
+            self.writer.note_loss(
+                GapCause::IoError,
+                Loss::range(seq, seq, 1, 0).with_detail(e.to_string()),
+            );
+        }
+        if crate::console::record::is_alert(event) {
+            // Shipped at once: the shipper reads committed records only.
+            self.writer.commit();
+        }
+        Some(seq)
+    }
+
     /// Whether new collections must wait now (the spool's writer or the seq file).
     pub fn paused(&mut self, now: Instant) -> bool {
         let writer = self.writer.admission(now).is_some();
@@ -332,5 +392,46 @@ mod tests {
             record.to_json().len(),
             record_limit(max_output)
         );
+    }
+    /// A full spool under `block` keeps no console text (a console never stops talking):
+    /// each chunk is counted as lost (`spool_full`), none waits in memory.
+    #[test]
+    fn console_text_is_counted_as_lost_not_kept_while_a_full_spool_blocks() {
+        use crate::console::{Captured, ConsoleChunk, ConsoleEvent};
+        use crate::spool::{Durability, FullPolicy, Spool, SpoolOptions};
+        let dir = crate::test_support::temp_dir("spooler-console-full");
+        let options = SpoolOptions {
+            segment_bytes: 16 * 1024,
+            max_bytes: 64 * 1024,
+            full: FullPolicy::Block,
+            max_record_bytes: 32 * 1024,
+            durability: Durability::Always,
+        };
+        let (writer, _reader, _) = Spool::open(&dir.path().join("spool"), options).unwrap();
+        let seq = Sequence::open_above(dir.path(), 0).unwrap();
+        let mut spooler = Spooler::new(writer, seq, "rack", FullPolicy::Block, 32 * 1024);
+        let event = ConsoleEvent {
+            device: "con1".into(),
+            what: Captured::Text(ConsoleChunk {
+                offset: 0,
+                started_at: SystemTime::UNIX_EPOCH,
+                ended_at: SystemTime::UNIX_EPOCH,
+                bytes: vec![b'x'; 8 * 1024],
+                alert: false,
+                during_job: false,
+            }),
+        };
+        let mut kept = 0;
+        for _ in 0..20 {
+            if spooler.console(&event).is_some() {
+                kept += 1;
+            }
+            spooler.commit();
+        }
+        let stats = spooler.stats();
+        assert!((4..20).contains(&kept), "{kept} kept");
+        assert_eq!(stats.lost.get(&GapCause::SpoolFull), Some(&(20 - kept)));
+        assert_eq!(stats.waiting_in_memory, 0);
+        assert!(stats.bytes <= 80 * 1024, "{} bytes on disk", stats.bytes);
     }
 }

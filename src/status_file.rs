@@ -28,6 +28,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use crate::console::tail::ConsoleTail;
 use crate::device_history::{DeviceHistory, Mark};
 use crate::inventory::Upstream;
 use crate::record::rfc3339_millis;
@@ -186,6 +187,9 @@ pub struct DeviceStatus {
     /// The last 32 collections, oldest first, one character each (`.` ok, `t` timeout, …;
     /// see `crate::device_history`).
     pub(crate) history: DeviceHistory,
+    /// A captured console's last lines, oldest first (`capture = true`; `crate::console`).
+    #[serde(skip_serializing_if = "ConsoleTail::is_empty")]
+    pub(crate) console_tail: ConsoleTail,
 }
 
 impl DeviceStatus {

@@ -219,6 +219,8 @@ struct AgentLoop {
     led: StatusLight,
     /// `[metrics]`: the registry, and the listener and textfile it asks for.
     metrics: Exporter,
+    /// The captured consoles' port owners (`capture = true`); taken at the drain.
+    consoles: Option<crate::console::Consoles>,
     /// The spool (or the disk) is full and new collections are held back.
     paused: bool,
     /// The end of `Options::run_for`.
@@ -326,6 +328,16 @@ impl AgentLoop {
         }
     }
 
+    /// What the captured consoles printed: console records.
+    fn spool_console(&mut self) {
+        if let Some(consoles) = &self.consoles {
+            for event in consoles.take_events() {
+                self.spooler.console(&event);
+                self.status.console(&event);
+            }
+        }
+    }
+
     fn collection_finished(&mut self, key: DeviceId, run: &RunSummary, elapsed: Duration) {
         if let Some(device) = self.scheduler.device(key) {
             let name = device.name.clone();
@@ -340,6 +352,7 @@ impl AgentLoop {
     /// After every event: commits (group commit, or at once while paused for room), retries
     /// after a storage error, gap records for losses; the status when due; the watchdog.
     fn keep_up(&mut self, now: Instant) {
+        self.spool_console();
         self.spooler.tick(now);
         self.status.durable(self.spooler.durable_seq());
         if now >= self.status.due(now) {
@@ -402,6 +415,13 @@ impl AgentLoop {
             log::warn!("[board] status_led changed; this takes effect at the next restart");
         }
         self.inventory = new;
+        if let Some(consoles) = self.consoles.as_mut() {
+            let (spooler, status) = (&mut self.spooler, &mut self.status);
+            consoles.reload(&self.inventory, &mut |event| {
+                spooler.console(&event);
+                status.console(&event);
+            });
+        }
         self.status.retain_devices(&self.inventory);
         self.led.retain(&self.inventory);
         self.metrics.reload(&self.inventory);
@@ -422,6 +442,15 @@ impl AgentLoop {
             self.scheduler.unstarted(key);
         }
         self.wait_for_sessions();
+        // After the sessions (which borrow their ports from the captures): each capture
+        // flushes what it holds, and its last text is spooled with the rest.
+        if let Some(consoles) = self.consoles.take() {
+            let (spooler, status) = (&mut self.spooler, &mut self.status);
+            consoles.stop(&mut |event| {
+                spooler.console(&event);
+                status.console(&event);
+            });
+        }
         self.summary.abandoned = self.scheduler.in_flight();
         if self.summary.abandoned > 0 {
             log::warn!(
@@ -484,6 +513,7 @@ impl AgentLoop {
                 Ok(event) => self.pool_event(event),
                 Err(_) => break,
             }
+            self.spool_console();
             self.spooler.tick(Instant::now());
             self.status.durable(self.spooler.durable_seq());
         }

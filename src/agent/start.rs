@@ -6,8 +6,8 @@
 //! shipper. The loop announces itself to systemd only once all of that stands.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
 use crate::batch::BatchLimits;
@@ -55,7 +55,12 @@ impl AgentLoop {
 
         let notifier = notifier_from_env();
         let workers = inventory.agent.workers;
-        let pool: Pool<DeviceId> = Pool::new(workers, workers * 2, work(Isolator::current()?))?;
+        let registry = Arc::new(crate::console::Registry::default());
+        let pool: Pool<DeviceId> = Pool::new(
+            workers,
+            workers * 2,
+            work(Isolator::current()?, Arc::clone(&registry)),
+        )?;
         let signals = Arc::new(SignalFlags::default());
         if options.signals {
             install_signals(&signals, &pool)?;
@@ -68,6 +73,14 @@ impl AgentLoop {
             reader, sink, &agent_id, &upstream, &state_dir, &pool, changes,
         )?;
         let presence = PresenceKeeper::start(&inventory, &upstream, &state_dir);
+        let consoles = {
+            let waker = Mutex::new(pool.waker());
+            let wake = Arc::new(move || {
+                let waker = waker.lock().unwrap_or_else(|e| e.into_inner());
+                let _ = waker.send(PoolEvent::Wake);
+            });
+            crate::console::Consoles::start(&inventory, registry, wake)
+        };
 
         let started = Instant::now();
         let agent = AgentLoop {
@@ -93,6 +106,7 @@ impl AgentLoop {
             presence,
             led,
             metrics,
+            consoles: Some(consoles),
             paused: false,
             stop_at: options.run_for.map(|d| started + d),
             drain: options.drain,
@@ -205,9 +219,13 @@ fn notifier_from_env() -> Notifier {
 }
 
 /// What a worker does with a device: a session in this process, or in a child it can kill.
-fn work(isolator: Isolator) -> Arc<Work> {
+/// A captured console's jobs borrow the port from its capture (`crate::console`).
+fn work(isolator: Isolator, consoles: Arc<crate::console::Registry>) -> Arc<Work> {
     Arc::new(move |device: &Device, emit: &mut dyn FnMut(Outcome)| {
-        if device.isolation == Isolation::Process || device.driver_exec.is_some() {
+        if device.capture.is_some() {
+            let lender = consoles.lender(&device.name);
+            crate::console::collect_each(lender.as_ref(), device, &device.commands, emit)
+        } else if device.isolation == Isolation::Process || device.driver_exec.is_some() {
             isolator.collect(device, &device.commands, emit)
         } else {
             crate::session::collect_each(device, &device.commands, emit)

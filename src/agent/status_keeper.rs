@@ -206,6 +206,24 @@ impl StatusKeeper {
             .retain_devices(inventory.devices.iter().map(|d| d.name.as_str()));
     }
 
+    /// A captured console's text: its last lines for `rackhand status --device`.
+    pub(super) fn console(&mut self, event: &crate::console::ConsoleEvent) {
+        let tail = &mut self
+            .status
+            .devices
+            .entry(event.device.clone())
+            .or_default()
+            .console_tail;
+        match &event.what {
+            crate::console::Captured::Text(chunk) => tail.push_text(&chunk.bytes),
+            crate::console::Captured::Gap(gap) => tail.push_line(&format!(
+                "[rackhand: the port was away {} to {}; what it printed then is lost]",
+                rfc3339_millis(gap.from),
+                rfc3339_millis(gap.to)
+            )),
+        }
+    }
+
     /// Remembers a device's first failed record of the collection under way.
     pub(super) fn record(&mut self, record: &Record) {
         if record.status != Status::Ok && record.status != Status::Gap {

@@ -173,6 +173,15 @@ impl<T: Transport> Channel<T> {
         self.unsolicited
     }
 
+    /// Sets aside what the session read and did not use (see `discard_unsolicited`):
+    /// `text` it took out itself, then whatever is still unread on the screen. For the end
+    /// of a session.
+    pub fn set_aside_rest(&mut self, text: Vec<u8>) {
+        self.discard_unsolicited(text);
+        let rest = self.take_text();
+        self.discard_unsolicited(rest);
+    }
+
     /// Sends raw bytes (a line, a key, a password).
     pub fn send(&mut self, data: &[u8]) -> Result<(), TransportError> {
         self.transport.send(data)
@@ -180,13 +189,15 @@ impl<T: Transport> Channel<T> {
 
     /// Text the device printed that answers nothing we asked: a console's backlog drained at
     /// wake-up, lines before a command's echo, what followed its prompt, what was left over
-    /// between commands. Every such byte leaves the channel here and only here; today it is
-    /// counted and logged, and this is where capturing it (issue 14) belongs.
+    /// between commands. Every such byte leaves the channel here and only here: counted,
+    /// logged, and handed to the transport ([`Transport::set_aside`]), which keeps it when
+    /// the console is captured (`crate::console`).
     fn discard_unsolicited(&mut self, text: Vec<u8>) {
         if text.is_empty() {
             return;
         }
         self.unsolicited += text.len() as u64;
+        self.transport.set_aside(&text);
         log::debug!(
             "{}: set aside {} bytes the device printed on its own ({})",
             self.peer(),

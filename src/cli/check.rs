@@ -128,6 +128,7 @@ pub(crate) fn render_inventory(path: &Path, inv: &Inventory) -> String {
         text.push_str(&line(&cells));
     }
     text.push_str(&shipping_summary(&inv.devices));
+    text.push_str(&capture_summary(&inv.devices));
     let count = |t: TransportKind| inv.devices.iter().filter(|d| d.transport == t).count();
     text.push_str(&format!(
         "\n{} device{}: {} ssh, {} telnet, {} serial; {} commands per pass\n",
@@ -181,6 +182,26 @@ fn shipping_summary(devices: &[inventory::Device]) -> String {
         "\nship on_change (whole only when changed, else output null; whole at least every {} unless noted):\n{lines}every other command ships always\n",
         format_duration(inventory::defaults::FULL_EVERY)
     )
+}
+
+/// The devices whose console is captured between jobs (`capture = true`), with their own
+/// alert patterns (the platform's apply too).
+fn capture_summary(devices: &[inventory::Device]) -> String {
+    let lines: String = devices
+        .iter()
+        .filter_map(|d| {
+            let capture = d.capture.as_ref()?;
+            let alerts = match capture.alert.len() {
+                0 => "platform alerts".to_string(),
+                n => format!("platform alerts + {n} own"),
+            };
+            Some(format!("  {}: {} ({alerts})\n", d.name, d.address()))
+        })
+        .collect();
+    if lines.is_empty() {
+        return lines;
+    }
+    format!("\nconsole captured between jobs (capture = true):\n{lines}")
 }
 
 /// `show version, show clock, +3 more`, within about `width` characters.

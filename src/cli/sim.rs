@@ -96,6 +96,10 @@ pub(crate) struct DeviceArgs {
     /// between sessions, right after a command's prompt, before a command's echo.
     #[arg(long)]
     pub(crate) chatty: bool,
+    /// A console between sessions logs a numbered line this often, for as long as it is idle
+    /// (without it a --chatty console logs only five).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub(crate) idle_log_every: Option<Duration>,
     /// Show this prompt in every mode instead of the platform's, e.g. 'host> ' for a
     /// Junos-like device the juniper_junos prompt pattern does not match.
     #[arg(long, value_name = "TEXT")]
@@ -198,6 +202,7 @@ fn profile(args: &DeviceArgs, stdio: bool) -> anyhow::Result<Profile> {
         p.faults.push(parse_fault_spec(spec)?);
     }
     p.chatty = args.chatty;
+    p.idle_log_every = args.idle_log_every;
     for (flag, value) in [
         ("--prompt", &args.prompt),
         ("--context-line", &args.context_line),

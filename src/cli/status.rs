@@ -30,6 +30,10 @@ pub(crate) struct StatusArgs {
     /// `"running": true|false`.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub(crate) format: Format,
+    /// Only this device: its collections and, for a captured console (`capture = true`),
+    /// the last lines the console printed.
+    #[arg(long, value_name = "NAME")]
+    pub(crate) device: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -126,6 +130,9 @@ pub fn run(path: &Path, args: &StatusArgs) -> anyhow::Result<i32> {
     let liveness = status.liveness(now);
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
+    if let Some(name) = &args.device {
+        return device_report(&mut out, &status, name, liveness, args.format, now);
+    }
     match args.format {
         Format::Json => {
             // `running` first, then the file's fields in their order.
@@ -144,6 +151,58 @@ pub fn run(path: &Path, args: &StatusArgs) -> anyhow::Result<i32> {
         Format::Text => write!(out, "{}", render(&status, &file, liveness, now))?,
     }
     Ok(if liveness == Liveness::Running { 0 } else { 1 })
+}
+
+/// `--device NAME`: the device's row and its console's last lines (text), or its object from
+/// the status file (JSON). Exit 1 when the agent has nothing on the device.
+fn device_report(
+    out: &mut impl Write,
+    status: &AgentStatus,
+    name: &str,
+    liveness: Liveness,
+    format: Format,
+    now: SystemTime,
+) -> anyhow::Result<i32> {
+    let Some(device) = status.devices.get(name) else {
+        let known: Vec<&str> = status.devices.keys().map(String::as_str).collect();
+        eprintln!(
+            "rackhand status: the agent has nothing on device `{name}` yet; devices it knows: {}",
+            if known.is_empty() {
+                "none".to_string()
+            } else {
+                known.join(", ")
+            }
+        );
+        return Ok(1);
+    };
+    let running = liveness == Liveness::Running;
+    match format {
+        Format::Json => {
+            let json = serde_json::json!({ "running": running, "device": name, "status": device });
+            writeln!(out, "{json}")?;
+        }
+        Format::Text => {
+            let mut lines = Lines(String::new());
+            let one = BTreeMap::from([(name.to_string(), device.clone())]);
+            render_devices(&mut lines, &one, now);
+            lines.line(String::new());
+            if device.console_tail.is_empty() {
+                lines.line(
+                    "no console lines (the device's console is not captured, or it has printed nothing since the agent started)".to_string(),
+                );
+            } else {
+                lines.line(format!(
+                    "last {} console lines, oldest first:",
+                    device.console_tail.lines().count()
+                ));
+                for line in device.console_tail.lines() {
+                    lines.line(format!("  {line}"));
+                }
+            }
+            write!(out, "{}", lines.0.trim_start_matches('\n'))?;
+        }
+    }
+    Ok(if running { 0 } else { 1 })
 }
 
 /// The report being written, one line at a time.

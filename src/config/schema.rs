@@ -125,6 +125,10 @@ pub const DEVICE_SETTINGS: &[Key] = &[
     key("max_output", Kind::Size),
     key("isolation", Kind::Enum(ISOLATIONS)),
     key("driver_exec", Kind::Executable),
+    // Console capture (issue 14, src/console/): serial only; `alert` regexes are checked in
+    // the inventory, each at its own span.
+    key("capture", Kind::Bool),
+    key("alert", Kind::StrList),
 ];
 
 /// Keys only a `[[device]]` has.

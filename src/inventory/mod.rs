@@ -15,6 +15,7 @@ use crate::config::schema::{CommandEntry, SECRET_FAMILIES, Setting, Value};
 use crate::config::{Layer, RawConfig, Report, Secret};
 
 mod board;
+mod capture;
 mod metrics;
 mod shipping;
 mod upstream;
@@ -201,6 +202,15 @@ pub struct Device {
     pub max_output: u64,
     pub isolation: Isolation,
     pub driver_exec: Option<PathBuf>,
+    /// `capture = true` (serial only): the console is read between jobs (`crate::console`).
+    pub capture: Option<Capture>,
+}
+
+/// A captured console's settings.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Capture {
+    /// The device's own `alert` regexes (checked to compile), on top of its platform's.
+    pub alert: Vec<String>,
 }
 
 impl Device {
@@ -555,6 +565,7 @@ fn resolve_device(
     let commands = d.commands(&entries, source, report);
     let ship = d.ship_rules(&entries, report);
     let isolation = d.isolation(driver_exec.is_some(), report);
+    let capture = d.capture(transport, isolation, driver_exec.is_some(), report);
     let ssh = d.ssh(raw);
     if report.errors().count() > errors_before {
         return None;
@@ -582,6 +593,7 @@ fn resolve_device(
         },
         isolation,
         driver_exec,
+        capture,
     })
 }
 
@@ -819,7 +831,7 @@ mod tests {
     use crate::config::parse_str;
     use std::path::Path;
 
-    fn resolve_text(text: &str) -> (Inventory, Report) {
+    pub(super) fn resolve_text(text: &str) -> (Inventory, Report) {
         let (raw, mut report) = parse_str(Path::new("/etc/rackhand/rackhand.toml"), text);
         let inv = resolve(&raw, &mut report);
         (inv, report)

@@ -480,6 +480,7 @@ impl WireDevice {
             // Inside the driver the session runs in-thread; there is nothing further to isolate.
             isolation: Isolation::Thread,
             driver_exec: None,
+            capture: None,
         })
     }
 }
@@ -671,6 +672,7 @@ mod tests {
             max_output: 1 << 20,
             isolation: Isolation::Thread,
             driver_exec: None,
+            capture: None,
         };
         let wire = WireDevice::from_device(&device);
         let json = serde_json::to_string(&wire).unwrap();

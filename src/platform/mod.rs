@@ -42,6 +42,7 @@ struct PlatformSpec {
     exit: Vec<String>,
     #[serde(default)]
     volatile: Vec<String>,
+    alerts: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -82,6 +83,8 @@ pub struct Platform {
     /// Output lines that change on every run without a change on the device (clocks,
     /// uptimes): left out when change-only shipping compares outputs (`crate::change`).
     pub(crate) volatile: Vec<Regex>,
+    /// Console lines that make a captured console's record an alert (`crate::console`).
+    pub(crate) alerts: Vec<Regex>,
 }
 
 /// What every platform shares: pagers and login dialog patterns.
@@ -162,6 +165,11 @@ fn parse(text: &str) -> Result<Table, String> {
                 .volatile
                 .iter()
                 .map(|v| regex(&name, "volatile", v))
+                .collect::<Result<_, _>>()?,
+            alerts: spec
+                .alerts
+                .iter()
+                .map(|e| regex(&name, "alerts", e))
                 .collect::<Result<_, _>>()?,
             name: name.clone(),
         };
@@ -385,6 +393,103 @@ mod tests {
             "}",
         ] {
             assert!(!context.is_match(line), "{line:?} is output");
+        }
+    }
+    /// Each platform's built-in alert patterns (console capture): what real consoles print
+    /// when something is badly wrong matches; ordinary log lines do not.
+    #[test]
+    fn alert_patterns_match_crashes_and_boot_loaders_and_not_ordinary_log_lines() {
+        let cases: &[(&str, &[&str], &[&str])] = &[
+            (
+                "cisco_ios",
+                &[
+                    "*Mar  1 00:10:02.123: %SYS-2-MALLOCFAIL: Memory allocation of 65536 bytes failed from 0x60A1B2C4, alignment 0",
+                    "*Mar  1 00:00:05.000: %SYS-5-RESTART: System restarted --",
+                    "-Traceback= 0x6054A2B0 0x6054A4C8 0x60A1B2C4",
+                    "rommon 1 > ",
+                    "System returned to ROM by reload at 10:00:00 UTC Mon Nov 30 2026",
+                    "Unexpected exception to CPU: vector 1500, PC = 0x6054A2B0",
+                ],
+                &[
+                    "*Mar  1 00:00:01.001: %LINK-3-UPDOWN: Interface GigabitEthernet0/1, changed state to up",
+                    "*Mar  1 00:00:02.000: %SYS-5-CONFIG_I: Configured from console by admin on vty0",
+                    "router1#show rommon",
+                ],
+            ),
+            (
+                "cisco_nxos",
+                &[
+                    "2026 Nov 30 10:00:00 n9k %SYSMGR-2-SERVICE_CRASHED: Service \"bgp\" (PID 4321) hasn't caught signal 11 (core will be saved).",
+                    "2026 Nov 30 10:00:00 n9k %KERN-0-SYSTEM_MSG: [ 1234.5] Kernel panic - not syncing",
+                    "loader> ",
+                    "[ 1234.567] Kernel panic - not syncing: Fatal exception",
+                ],
+                &["2026 Nov 30 10:00:00 n9k %ETHPORT-5-IF_UP: Interface Ethernet1/1 is up"],
+            ),
+            (
+                "arista_eos",
+                &[
+                    "[ 12.345678] Kernel panic - not syncing: Watchdog detected hard LOCKUP",
+                    "Call Trace:",
+                    "Aboot#",
+                    "Nov 30 10:00:00 sw1 ProcMgr-worker: %PROCMGR-3-PROCESS_TERMINATED: 'Bgp' (PID=1234) has terminated",
+                ],
+                &[
+                    "Nov 30 10:00:00 sw1 Ebra: %LINEPROTO-5-UPDOWN: Line protocol on Interface Ethernet1, changed state to up",
+                ],
+            ),
+            (
+                "juniper_junos",
+                &[
+                    "panic: page fault",
+                    "Fatal trap 12: page fault while in kernel mode",
+                    "db> ",
+                    "loader>",
+                    "Nov 30 10:00:00 mx1 /kernel: %KERN-2: Dumping core",
+                ],
+                &[
+                    "Nov 30 10:00:00 mx1 mib2d[1234]: SNMP_TRAP_LINK_UP: ifIndex 512, ifAdminStatus up(1), ifOperStatus up(1), ifName ge-0/0/0",
+                    "user@mx1> show system panic-info",
+                ],
+            ),
+            (
+                "linux",
+                &[
+                    "[ 1234.567890] Kernel panic - not syncing: Attempted to kill init!",
+                    "[ 1234.567890] Call Trace:",
+                    "[ 1234.567890] BUG: kernel NULL pointer dereference, address: 0000000000000000",
+                    "Out of memory: Killed process 4321 (java) total-vm:1234kB",
+                ],
+                &[
+                    "[ 1234.567890] usb 1-1: new high-speed USB device number 2 using xhci_hcd",
+                    "user@host:~$ grep 'Call Trace' /var/log/kern.log",
+                ],
+            ),
+            (
+                "generic",
+                &[
+                    "Kernel panic - not syncing: VFS",
+                    "rommon 2 >",
+                    "Call Trace:",
+                ],
+                &["Interface up"],
+            ),
+        ];
+        for (name, alerts, ordinary) in cases {
+            let p = table().get(name).unwrap();
+            let is_alert = |l: &str| p.alerts.iter().any(|r| r.is_match(l));
+            for line in *alerts {
+                assert!(is_alert(line), "{name}: {line:?} is an alert");
+            }
+            for line in *ordinary {
+                assert!(!is_alert(line), "{name}: {line:?} is not an alert");
+            }
+        }
+        for name in table().platforms.keys() {
+            assert!(
+                cases.iter().any(|(n, _, _)| n == name),
+                "{name} has no alert test"
+            );
         }
     }
 }

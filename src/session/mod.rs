@@ -384,12 +384,46 @@ impl<'d> Session<'d> {
             common.password.clone(),
         ];
         // A console ends its logout with "Press RETURN to get started." and a line end.
-        let _ = self.channel.wait_for_lines(
+        let seen = match self.channel.wait_for_lines(
             &patterns,
             std::slice::from_ref(&common.press_return),
             deadline,
-        );
+        ) {
+            Ok(found) => found.before,
+            Err(e) => e.output().to_vec(),
+        };
+        // What the console printed while logging out (a log line, the goodbye) is the
+        // device's own; the echo of our `exit` is not.
+        let seen = without_echo(&seen, &self.platform.exit, &self.prompt.line);
+        self.channel.set_aside_rest(seen);
     }
+}
+
+/// A session's end sets aside what was read and not used: on a captured console it goes up
+/// as console text (`Transport::set_aside`), so no log line the device printed is lost.
+impl Drop for Session<'_> {
+    fn drop(&mut self) {
+        self.channel.set_aside_rest(Vec::new());
+    }
+}
+
+/// `text` without the lines that are the echo of one of `sent` (alone, or after a prompt
+/// `prompt` matches).
+fn without_echo(text: &[u8], sent: &[String], prompt: &Regex) -> Vec<u8> {
+    let mut kept = Vec::with_capacity(text.len());
+    for line in text.split_inclusive(|&b| b == b'\n') {
+        let shown = String::from_utf8_lossy(line);
+        let shown = shown.trim_end();
+        let echo = sent.iter().any(|s| {
+            shown
+                .strip_suffix(s.as_str())
+                .is_some_and(|before| before.trim().is_empty() || prompt.is_match(before))
+        });
+        if !echo {
+            kept.extend_from_slice(line);
+        }
+    }
+    kept
 }
 
 fn first_line(output: &[u8]) -> String {
@@ -424,8 +458,9 @@ pub fn collect_each(device: &Device, commands: &[String], emit: &mut dyn FnMut(O
     collect_each_with(device, commands, emit, &mut Session::open);
 }
 
-/// [`collect_each`] with the sessions opened by `open` (tests give it an in-memory device).
-fn collect_each_with<'d>(
+/// [`collect_each`] with the sessions opened by `open` (tests give it an in-memory device; a
+/// captured console borrows its port from the capture, `crate::console`).
+pub(crate) fn collect_each_with<'d>(
     device: &'d Device,
     commands: &[String],
     emit: &mut dyn FnMut(Outcome),

@@ -165,6 +165,7 @@ fn device(transport: TransportKind) -> Device {
         max_output: 1 << 20,
         isolation: Isolation::Thread,
         driver_exec: None,
+        capture: None,
     }
 }
 

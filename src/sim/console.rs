@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use nix::fcntl::{FcntlArg, OFlag, fcntl};
+use nix::fcntl::{FcntlArg, FdFlag, OFlag, fcntl};
 use nix::sys::termios::{self, BaudRate, SetArg};
 
 use super::SimError;
@@ -45,6 +45,12 @@ impl PtyConsole {
             source: e.into(),
         };
         let pty = nix::pty::openpty(None, None).map_err(pty_err)?;
+        // openpty's descriptors are inherited by every child process started after it (an
+        // agent a test starts): a child's copy of the master would keep the console alive
+        // after `stop`, so the agent would never see the cable pulled.
+        for fd in [&pty.master, &pty.slave] {
+            fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).map_err(pty_err)?;
+        }
         let mut attrs = termios::tcgetattr(&pty.slave).map_err(pty_err)?;
         termios::cfmakeraw(&mut attrs);
         if let Some(rate) = baud.and_then(baud_rate) {

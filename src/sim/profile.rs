@@ -142,6 +142,9 @@ pub struct Profile {
     /// before the echo of each command line, every other one with the prompt reprinted
     /// (`logging synchronous`) and the rest without.
     pub chatty: bool,
+    /// A console between sessions logs a numbered line this often, for as long as it is
+    /// idle (a chatty one logs only a few): a console watched by a capture (issue 14).
+    pub idle_log_every: Option<Duration>,
     /// The prompt in every mode, literally, instead of the style's: `host> ` makes a
     /// Junos-like device whose prompt the juniper_junos pattern (`user@host>`) does not match.
     pub prompt: Option<String>,
@@ -181,6 +184,7 @@ impl Profile {
             faults: Vec::new(),
             echo: true,
             chatty: false,
+            idle_log_every: None,
             prompt: None,
             context_line: None,
             outputs: Outputs::embedded(platform),

@@ -58,6 +58,11 @@ pub trait Transport: Send {
     /// `ssh 10.0.0.1:22`, `serial /dev/ttyUSB0`: for messages.
     fn peer(&self) -> &str;
 
+    /// Text the channel set aside: the device printed it on its own (log lines, a backlog at
+    /// wake-up), during a session. Dropped by default; a captured console's lease
+    /// (`crate::console`) sends it up as console records.
+    fn set_aside(&mut self, _text: &[u8]) {}
+
     /// Sends a BREAK (serial line break, Telnet IAC BRK). Transports without one say so.
     fn send_break(&mut self) -> Result<(), TransportError> {
         Err(TransportError::Io {
@@ -83,5 +88,9 @@ impl<T: Transport + ?Sized> Transport for Box<T> {
 
     fn send_break(&mut self) -> Result<(), TransportError> {
         (**self).send_break()
+    }
+
+    fn set_aside(&mut self, text: &[u8]) {
+        (**self).set_aside(text)
     }
 }

@@ -70,6 +70,11 @@ pub struct SerialTransport {
     /// How long `send` and `send_break` wait for a vanished adapter (they take no deadline).
     reopen_budget: Duration,
     write_timeout: Duration,
+    /// When the port last hung up, until [`SerialTransport::take_hangup`] asks: a console
+    /// capture reports the time the port was away as a gap.
+    hung_up_at: Option<SystemTime>,
+    /// "Gave up waiting" was logged since the port was last open (said once, not per read).
+    gave_up_logged: bool,
 }
 
 impl std::fmt::Debug for SerialTransport {
@@ -129,6 +134,8 @@ impl SerialTransport {
             lock: None,
             reopen_budget: device.connect_timeout,
             write_timeout: device.command_timeout.max(MIN_WRITE_TIMEOUT),
+            hung_up_at: None,
+            gave_up_logged: false,
         };
         match t.attach() {
             Ok(()) => Ok(t),
@@ -143,6 +150,18 @@ impl SerialTransport {
                 detail,
             }),
         }
+    }
+
+    /// When the port hung up (the adapter unplugged), if it did since the last call: the
+    /// port may be back already (`recv` reopens it). What the device printed meanwhile is
+    /// lost.
+    pub fn take_hangup(&mut self) -> Option<SystemTime> {
+        self.hung_up_at.take()
+    }
+
+    /// Whether the port is open now (false while a vanished adapter has not come back).
+    pub fn is_attached(&self) -> bool {
+        self.port.is_some()
     }
 
     /// The UUCP lock file we hold, if any.
@@ -193,6 +212,7 @@ impl SerialTransport {
             match self.attach() {
                 Ok(()) => {
                     log::info!("{}: the serial adapter is back; reopened", self.peer);
+                    self.gave_up_logged = false;
                     return Ok(());
                 }
                 Err(Attach::Absent(detail)) | Err(Attach::NotReady(detail)) => last = detail,
@@ -215,7 +235,13 @@ impl SerialTransport {
             }
             watch.wait(left.min(REAPPEAR_RECHECK));
         }
-        log::warn!("{}: gave up waiting for the adapter: {last}", self.peer);
+        // Once per hangup: a console capture waits in short slices for as long as it is away.
+        if self.hung_up_at.is_some() || !self.gave_up_logged {
+            log::warn!("{}: gave up waiting for the adapter: {last}", self.peer);
+        } else {
+            log::debug!("{}: still waiting for the adapter: {last}", self.peer);
+        }
+        self.gave_up_logged = true;
         Err(self.vanished())
     }
 
@@ -462,6 +488,7 @@ impl Transport for SerialTransport {
                     // Close now: while our descriptor is open the kernel cannot reuse the
                     // name, and a replugged adapter would come back as the next ttyUSBn.
                     self.port = None;
+                    self.hung_up_at.get_or_insert_with(SystemTime::now);
                 }
                 Read::Failed(e) => {
                     return Err(TransportError::Io {
@@ -500,6 +527,7 @@ impl Transport for SerialTransport {
                 Err(e) if attempt == 0 => {
                     log::warn!("{}: write failed ({e}); reopening the port", self.peer);
                     self.port = None;
+                    self.hung_up_at.get_or_insert_with(SystemTime::now);
                 }
                 Err(e) => {
                     return Err(TransportError::Io {

@@ -13,6 +13,7 @@ mod agent_mqtt;
 mod agent_run;
 mod change_e2e;
 mod collect_e2e;
+mod console_e2e;
 mod crash_kill9;
 mod demo;
 mod metrics_e2e;

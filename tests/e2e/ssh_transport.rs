@@ -70,6 +70,7 @@ fn device(addr: SocketAddr, known_hosts: &Path) -> Device {
         max_output: 16 << 20,
         isolation: Isolation::Thread,
         driver_exec: None,
+        capture: None,
     }
 }
 

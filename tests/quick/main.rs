@@ -16,6 +16,7 @@ mod architecture;
 mod boards;
 mod channel_props;
 mod check;
+mod console_capture;
 mod http_sink;
 mod legacy_ssh_build;
 mod metrics;

@@ -73,6 +73,7 @@ fn device(port: &Path) -> Device {
         max_output: 16 << 20,
         isolation: Isolation::Thread,
         driver_exec: None,
+        capture: None,
     }
 }
 

@@ -63,6 +63,7 @@ fn device(addr: SocketAddr) -> Device {
         max_output: 16 << 20,
         isolation: Isolation::Thread,
         driver_exec: None,
+        capture: None,
     }
 }
 

@@ -17,8 +17,17 @@ impl Engine {
     /// A console between sessions: silent until a key, but a chatty one logs a few lines.
     pub(super) fn go_idle(&mut self) {
         self.state = State::Idle;
-        self.chatter.idle = (self.profile.chatty && self.console)
-            .then(|| (self.clock + CHATTER_IDLE_EVERY, CHATTER_IDLE_MAX));
+        let logs = self.profile.chatty || self.profile.idle_log_every.is_some();
+        let lines = match self.profile.idle_log_every {
+            Some(_) => usize::MAX,
+            None => CHATTER_IDLE_MAX,
+        };
+        self.chatter.idle = (logs && self.console).then(|| (self.clock + self.idle_every(), lines));
+    }
+
+    /// How often an idle console logs: `Profile::idle_log_every`, else a chatty one's pace.
+    pub(super) fn idle_every(&self) -> std::time::Duration {
+        self.profile.idle_log_every.unwrap_or(CHATTER_IDLE_EVERY)
     }
 
     /// Prints the next numbered log line on its own, as a console with `logging console`

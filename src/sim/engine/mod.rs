@@ -235,7 +235,7 @@ impl Engine {
             && at <= now
         {
             self.log_on_its_own(&mut out);
-            self.chatter.idle = (left > 1).then(|| (now + CHATTER_IDLE_EVERY, left - 1));
+            self.chatter.idle = (left > 1).then(|| (now + self.idle_every(), left - 1));
         }
         self.pump(&mut out, now);
         out.done()

@@ -571,6 +571,21 @@ fn a_chatty_console_logs_a_few_lines_while_idle_and_stops() {
 }
 
 #[test]
+fn an_idle_log_pace_keeps_an_idle_console_logging_until_a_key() {
+    let mut p = profile("cisco_ios");
+    p.idle_log_every = Some(Duration::from_millis(40));
+    let mut t = Term::new(p, true);
+    for _ in 0..(CHATTER_IDLE_MAX * 3) {
+        t.wait(Duration::from_millis(40));
+    }
+    let lines: String = (1..=(CHATTER_IDLE_MAX * 3) as u64).map(log_line).collect();
+    assert_eq!(t.take(), lines);
+    t.type_bytes(b"\r");
+    assert_eq!(t.take(), "sim#");
+    assert!(t.engine.deadline().is_none());
+}
+
+#[test]
 fn prompt_override_and_context_line() {
     let mut p = profile("juniper_junos");
     p.prompt = Some("host> ".into());
