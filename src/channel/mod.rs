@@ -182,6 +182,12 @@ impl<T: Transport> Channel<T> {
         self.discard_unsolicited(rest);
     }
 
+    /// Sets aside text a caller took out of a wait (what came before a login prompt, what a
+    /// wait that timed out had seen): the device printed it on its own.
+    pub(crate) fn set_aside(&mut self, text: Vec<u8>) {
+        self.discard_unsolicited(text);
+    }
+
     /// Sends raw bytes (a line, a key, a password).
     pub fn send(&mut self, data: &[u8]) -> Result<(), TransportError> {
         self.transport.send(data)

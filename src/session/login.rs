@@ -137,17 +137,24 @@ impl Session<'_> {
             .channel
             .wait_for_lines(&prompts.patterns, &prompts.on_lines, until)
         {
-            Ok(m) => Ok(Some(m)),
-            Err(ChannelError::Timeout { last_line, .. }) => {
+            Ok(mut m) => {
+                self.set_aside_login_text(std::mem::take(&mut m.before), progress);
+                Ok(Some(m))
+            }
+            Err(ChannelError::Timeout {
+                last_line, output, ..
+            }) => {
                 if !last_line.is_empty() {
                     progress.last_seen = last_line;
                 }
+                self.set_aside_login_text(output, progress);
                 // Silence: nudge the line (consoles, Telnet servers waiting for a key).
                 self.channel.send(WAKE)?;
                 Ok(None)
             }
-            Err(ChannelError::TooLarge { .. }) => {
+            Err(ChannelError::TooLarge { output, .. }) => {
                 // Something keeps printing (a stale command on a console): interrupt it.
+                self.channel.set_aside(output);
                 self.channel.send(b"\x03")?;
                 Ok(None)
             }
@@ -160,6 +167,19 @@ impl Session<'_> {
                 source.into()
             }),
         }
+    }
+
+    /// What the device printed during the login besides its prompts (a banner, log lines, a
+    /// console's backlog) is its own and is set aside (a captured console ships it); the
+    /// echo of the username we typed is not. Passwords are not echoed.
+    fn set_aside_login_text(&mut self, text: Vec<u8>, progress: &LoginProgress) {
+        let text = match &self.device.username {
+            Some(user) if progress.usernames_sent > 0 => {
+                super::without_echo(&text, std::slice::from_ref(user), &self.prompt.line)
+            }
+            _ => text,
+        };
+        self.channel.set_aside(text);
     }
 
     /// Answers one prompt.

@@ -208,7 +208,8 @@ impl<'d> Session<'d> {
         patterns: &[Regex],
         deadline: Instant,
     ) -> Result<crate::channel::Matched, SessionError> {
-        self.channel
+        let mut m = self
+            .channel
             .wait_for(patterns, deadline)
             .map_err(|e| match e {
                 ChannelError::Transport { source, .. } => source.into(),
@@ -221,7 +222,13 @@ impl<'d> Session<'d> {
                         hint: self.login_hint(!last.is_empty()),
                     }
                 }
-            })
+            })?;
+        // What came before the prompt (a log line) is the device's own; the echo of what
+        // enable typed is not.
+        let sent: Vec<String> = self.platform.enable.iter().cloned().collect();
+        let before = without_echo(&std::mem::take(&mut m.before), &sent, &self.prompt.line);
+        self.channel.set_aside(before);
+        Ok(m)
     }
 
     /// What to check after a login that found no prompt. `saw_line`: the device printed a

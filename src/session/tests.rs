@@ -22,6 +22,8 @@ struct EngineLine {
     closed: bool,
     /// Everything the session typed, for the cases that check it.
     typed: Arc<std::sync::Mutex<Vec<u8>>>,
+    /// What the session set aside (a captured console would ship it as console text).
+    aside: Arc<std::sync::Mutex<Vec<u8>>>,
 }
 
 impl EngineLine {
@@ -32,6 +34,7 @@ impl EngineLine {
             pending: VecDeque::new(),
             closed: false,
             typed: Arc::default(),
+            aside: Arc::default(),
         };
         let actions = line.engine.start(line.now);
         line.apply(actions);
@@ -106,6 +109,61 @@ impl Transport for EngineLine {
 
     fn peer(&self) -> &str {
         "memory sim"
+    }
+
+    fn set_aside(&mut self, text: &[u8]) {
+        self.aside.lock().unwrap().extend_from_slice(text);
+    }
+}
+
+/// Everything a device prints during a login besides its prompts (a banner, a log line) is
+/// set aside, so a captured console ships it (issue 14); the echo of the username and the
+/// password never are.
+#[test]
+fn what_a_device_prints_during_login_is_set_aside_but_not_what_we_typed() {
+    for chatty in [false, true] {
+        let profile = with(ios(), |p| {
+            p.banner = Some(
+                "Authorized access only\n%LINK-3-UPDOWN: Interface Gi0/1, changed state to up"
+                    .into(),
+            );
+            p.password = "s3cret-pw".into();
+            p.chatty = chatty;
+        });
+        // A line that shows its banner unasked (a console woken by the session drains it
+        // before the login as a backlog, set aside too).
+        let mut d = device(TransportKind::Telnet);
+        d.password = Some(Secret::inline("s3cret-pw"));
+        let line = EngineLine::new(Engine::new(Arc::new(profile), "sim", false));
+        let aside = Arc::clone(&line.aside);
+        let mut line = Some(line);
+        let mut outcomes = Vec::new();
+        collect_each_with(
+            &d,
+            &["show version".to_string()],
+            &mut |o| outcomes.push(o),
+            &mut |d| {
+                Session::start(
+                    d,
+                    Box::new(line.take().unwrap()),
+                    Instant::now() + d.connect_timeout,
+                )
+            },
+        );
+        assert_eq!(outcomes.len(), 1);
+        assert_eq!(outcomes[0].status, Status::Ok, "{outcomes:#?}");
+        assert_eq!(outcomes[0].output, SHOW_VERSION);
+        let aside = String::from_utf8_lossy(&aside.lock().unwrap()).into_owned();
+        assert!(
+            aside.contains("Authorized access only\n")
+                && aside.contains("%LINK-3-UPDOWN: Interface Gi0/1, changed state to up\n"),
+            "chatty {chatty}: the banner is the device's own: {aside:?}"
+        );
+        assert!(!aside.contains("s3cret-pw"), "{aside:?}");
+        assert!(
+            !aside.lines().any(|l| l.trim() == "admin"),
+            "the username's echo is ours: {aside:?}"
+        );
     }
 }
 
