@@ -61,6 +61,9 @@ pub struct PortGap {
     pub to: SystemTime,
     /// Why, as the user reads it.
     pub detail: String,
+    /// The most the device can have printed meanwhile: the line's top speed over the time
+    /// away (what it did print is unknowable). `None` when the line settings are not known.
+    pub lost_bytes_max: Option<u64>,
 }
 
 /// A device's alert patterns: its own `alert` and its platform's `alerts`.

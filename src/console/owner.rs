@@ -524,11 +524,19 @@ impl Capture {
         } else {
             format!("{}; {note}", self.away_why)
         };
+        let lost_bytes_max = match &self.device.endpoint {
+            crate::inventory::Endpoint::Serial { settings, .. } => {
+                let away = to.duration_since(from).unwrap_or_default();
+                Some((settings.bytes_per_second() as f64 * away.as_secs_f64()).ceil() as u64)
+            }
+            crate::inventory::Endpoint::Net { .. } => None,
+        };
         self.emit(Captured::Gap(PortGap {
             offset: self.chunker.offset(),
             from,
             to,
             detail,
+            lost_bytes_max,
         }));
     }
 

@@ -35,6 +35,9 @@ struct ConsoleRecord<'a> {
     alert: bool,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     during_job: bool,
+    /// Only on a port's gap: the most the device can have printed while it was away.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lost_bytes_max: Option<u64>,
 }
 
 /// Whether `event` is an alert (shipped at once).
@@ -72,6 +75,7 @@ pub(crate) fn to_json(
         clock_synced,
         alert: false,
         during_job: false,
+        lost_bytes_max: None,
     };
     match &event.what {
         Captured::Text(chunk) => {
@@ -90,12 +94,19 @@ pub(crate) fn to_json(
         }
         Captured::Gap(gap) => {
             record.status = Status::Disconnected;
+            let how_many = match gap.lost_bytes_max {
+                Some(n) => {
+                    format!("at most {n} bytes at the line's speed; how many it printed is unknown")
+                }
+                None => "how many bytes is unknown".to_string(),
+            };
             record.error = Some(format!(
-                "the console port was away from {} to {} ({}); what the device printed meanwhile could not be read (how many bytes is unknown)",
+                "the console port was away from {} to {} ({}); what the device printed meanwhile could not be read ({how_many})",
                 rfc3339_millis(gap.from),
                 rfc3339_millis(gap.to),
                 gap.detail
             ));
+            record.lost_bytes_max = gap.lost_bytes_max;
             record.offset = gap.offset;
             record.started_at = rfc3339_millis(gap.from);
             record.duration_ms = span(gap.from, gap.to);
@@ -152,7 +163,7 @@ mod tests {
     }
 
     #[test]
-    fn a_gap_says_when_and_that_the_lost_bytes_are_unknown() {
+    fn a_gap_says_when_and_the_most_bytes_it_can_have_lost() {
         let from = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
         let event = ConsoleEvent {
             device: "sw1".into(),
@@ -161,6 +172,8 @@ mod tests {
                 from,
                 to: from + Duration::from_secs(3),
                 detail: "the port hung up".into(),
+                // 3 s at 9600 8N1.
+                lost_bytes_max: Some(2880),
             }),
         };
         let v: serde_json::Value = serde_json::from_str(&to_json("r", 1, None, &event)).unwrap();
@@ -168,7 +181,27 @@ mod tests {
         assert_eq!(v["kind"], "console");
         assert_eq!(v["duration_ms"], 3000);
         assert_eq!(v["offset"], 99);
-        assert!(v["error"].as_str().unwrap().contains("unknown"));
+        assert_eq!(v["lost_bytes_max"], 2880);
+        let error = v["error"].as_str().unwrap();
+        assert!(
+            error.contains("at most 2880 bytes") && error.contains("unknown"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn the_most_a_line_carries_counts_start_parity_and_stop_bits() {
+        use crate::inventory::{FlowControl, Parity, SerialSettings};
+        let line = |baud, data_bits, parity, stop_bits| SerialSettings {
+            baud,
+            data_bits,
+            parity,
+            stop_bits,
+            flow_control: FlowControl::None,
+        };
+        assert_eq!(line(9600, 8, Parity::None, 1).bytes_per_second(), 960);
+        assert_eq!(line(115_200, 8, Parity::None, 1).bytes_per_second(), 11_520);
+        assert_eq!(line(9600, 7, Parity::Even, 2).bytes_per_second(), 872);
     }
 
     /// docs/reference.md lists every field a console record can have.

@@ -124,6 +124,14 @@ pub struct SerialSettings {
 }
 
 impl SerialSettings {
+    /// The most bytes the line carries in a second: one start bit, the data bits, the
+    /// parity bit and the stop bits per byte (9600 8N1: 960).
+    pub fn bytes_per_second(&self) -> u64 {
+        let parity = u32::from(self.parity != Parity::None);
+        let bits = 1 + u32::from(self.data_bits) + parity + u32::from(self.stop_bits);
+        u64::from(self.baud / bits.max(1))
+    }
+
     /// The usual short form, e.g. `9600 8N1`.
     pub fn describe(&self) -> String {
         let parity = match self.parity {

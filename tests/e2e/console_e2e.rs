@@ -348,6 +348,12 @@ fn an_unplugged_console_fails_its_jobs_then_is_a_gap_record_and_capture_goes_on(
     );
     assert!(gap["duration_ms"].as_u64().unwrap() > 0, "{gap}");
     assert_eq!(gap["output"], "");
+    // The most the device can have printed meanwhile: the line's speed over the time away.
+    let baud_bytes = gap["duration_ms"].as_u64().unwrap() as f64 / 1000.0 * 960.0;
+    let most = gap["lost_bytes_max"]
+        .as_u64()
+        .expect("lost_bytes_max on a gap") as f64;
+    assert!((most - baud_bytes).abs() <= 2.0, "{gap}");
     // Offsets still never overlap across the gap.
     let mut next = 0;
     for r in recs.iter().filter(|r| is_console(r)) {
