@@ -489,6 +489,15 @@ impl Capture {
         for (at, text) in &returned.aside {
             chunks.extend(job.feed(text, *at));
         }
+        if returned.dropped > 0 {
+            // Upstream learns of it in the stream itself, where the text would have been.
+            let note = format!(
+                "\n[rackhand: {} more bytes the device printed on its own during this job were not kept: over the {} KiB a job's capture holds]\n",
+                returned.dropped,
+                ASIDE_MAX / 1024
+            );
+            chunks.extend(job.feed(note.as_bytes(), Arrival::now()));
+        }
         chunks.extend(job.flush());
         self.emit_chunks(chunks);
         if returned.dropped > 0 {

@@ -295,6 +295,42 @@ fn idle_text_is_captured_a_job_borrows_the_port_and_capture_goes_on_after_its_by
     assert!(bench.events.try_recv().is_err(), "nothing after the stop");
 }
 
+/// A job whose session sets aside more than the capture holds per job: what was kept goes up,
+/// and so does a line saying how much was not (in the stream, where the text would have been).
+#[test]
+fn text_set_aside_past_the_jobs_limit_is_said_in_the_stream() {
+    let (mut bench, cable) = Bench::start("console-aside", |link| Some(Cable::plug(link)));
+    let _cable = cable.unwrap();
+    let mut lease = bench.owner().lender().lend(deadline(STEP)).unwrap();
+    let line = [b'x'; 1023];
+    let mut line = line.to_vec();
+    line.push(b'\n');
+    for _ in 0..300 {
+        lease.set_aside(&line);
+    }
+    drop(lease);
+    let mut kept = 0usize;
+    let mut note = None;
+    // Bounded: 256 KiB in chunks of at most 16 KiB, then the note.
+    for _ in 0..64 {
+        let chunk = bench.next_text();
+        assert!(chunk.during_job);
+        let text = String::from_utf8_lossy(&chunk.bytes).into_owned();
+        kept += text.matches('x').count();
+        if let Some(at) = text.find("[rackhand: ") {
+            note = Some(text[at..].to_string());
+            break;
+        }
+    }
+    assert_eq!(kept, 256 * 1023, "the first 256 KiB are kept whole");
+    let note = note.expect("a line saying what was not kept");
+    assert!(
+        note.contains("[rackhand: 45056 more bytes") && note.contains("were not kept"),
+        "{note}"
+    );
+    bench.owner.take().unwrap().stop();
+}
+
 #[test]
 fn an_unplugged_port_fails_jobs_naming_it_and_is_a_gap_when_it_is_back() {
     let (bench, cable) = Bench::start("console-unplug", |link| Some(Cable::plug(link)));
