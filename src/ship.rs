@@ -40,6 +40,29 @@ pub(crate) const SHIP_CUT_FILE: &str = "ship-cut";
 /// calls again at once with the same batch; this only bounds a single call).
 const SHIP_CALL: Duration = Duration::from_secs(3600);
 
+impl ShipReport {
+    /// A shipper of `sink` that has done nothing yet.
+    pub(crate) fn idle(sink: String) -> ShipReport {
+        ShipReport {
+            sink,
+            state: ShipState::Idle,
+            last_error: None,
+            last_error_at: None,
+            last_ack_at: None,
+            consecutive_failures: 0,
+            failed_attempts: 0,
+            shipped_records: 0,
+            shipped_batches: 0,
+            dead_lettered_batches: 0,
+            rejected_records: 0,
+            unchanged_records: 0,
+            bytes_saved: 0,
+            dead_letter_file: None,
+            oldest_unshipped: None,
+        }
+    }
+}
+
 /// Where the shipper stands, for logs and `rackhand status`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct ShipReport {
@@ -122,23 +145,7 @@ impl Shipper {
         on_ack: Box<dyn Fn() + Send>,
     ) -> io::Result<Shipper> {
         let stop = StopFlag::new();
-        let report = Arc::new(Mutex::new(ShipReport {
-            sink: sink.describe(),
-            state: ShipState::Idle,
-            last_error: None,
-            last_error_at: None,
-            last_ack_at: None,
-            consecutive_failures: 0,
-            failed_attempts: 0,
-            shipped_records: 0,
-            shipped_batches: 0,
-            dead_lettered_batches: 0,
-            rejected_records: 0,
-            unchanged_records: 0,
-            bytes_saved: 0,
-            dead_letter_file: None,
-            oldest_unshipped: None,
-        }));
+        let report = Arc::new(Mutex::new(ShipReport::idle(sink.describe())));
         let (done_tx, done) = mpsc::channel();
         let waker = reader.waker();
         let next_policy = Arc::new(Mutex::new(None));

@@ -257,6 +257,15 @@ impl SpoolStatus {
 }
 
 impl UpstreamStatus {
+    /// The upstream in force for a starting agent, keeping from `previous` (the last run's)
+    /// what outlives a restart: when upstream last acknowledged a batch.
+    pub(crate) fn restarted(upstream: &Upstream, previous: &UpstreamStatus) -> UpstreamStatus {
+        UpstreamStatus {
+            last_ack_at: previous.last_ack_at.clone(),
+            ..UpstreamStatus::configured(upstream)
+        }
+    }
+
     /// The upstream in force, idle until the shipper reports.
     pub(crate) fn configured(upstream: &Upstream) -> UpstreamStatus {
         UpstreamStatus {
@@ -272,7 +281,10 @@ impl UpstreamStatus {
         self.state = ship.state.as_str().to_string();
         self.last_error = ship.last_error.clone();
         self.last_error_at = ship.last_error_at.map(rfc3339_millis);
-        self.last_ack_at = ship.last_ack_at.map(rfc3339_millis);
+        // Until this run's first acknowledgement, the last one is the previous run's.
+        if let Some(at) = ship.last_ack_at {
+            self.last_ack_at = Some(rfc3339_millis(at));
+        }
         self.consecutive_failures = ship.consecutive_failures;
         self.shipped_records = ship.shipped_records;
         self.shipped_batches = ship.shipped_batches;
@@ -809,6 +821,29 @@ mod tests {
         assert_eq!(after.devices, before.devices);
         assert_eq!(after.upstream.last_ack_at, before.upstream.last_ack_at);
         assert_eq!(after.upstream.shipped_records, 0, "counters are per run");
+    }
+
+    /// The last acknowledgement outlives a restart: the starting agent's upstream keeps it,
+    /// and the shipper's first reports (no acknowledgement yet this run) do not erase it.
+    #[test]
+    fn the_last_ack_is_kept_across_a_restart_until_this_run_has_one() {
+        let path = Path::new("/etc/rackhand/rackhand.toml");
+        let (raw, mut report) = crate::config::parse_str(path, "[agent]\nid = \"a\"\n");
+        let inventory = crate::inventory::resolve(&raw, &mut report);
+        let upstream = inventory.upstream_in_force();
+        let mut previous = UpstreamStatus::configured(&upstream);
+        previous.last_ack_at = Some("2026-11-25T10:04:00.000Z".into());
+        previous.shipped_records = 99;
+        let mut now = UpstreamStatus::restarted(&upstream, &previous);
+        assert_eq!(now.last_ack_at, previous.last_ack_at);
+        assert_eq!(now.shipped_records, 0, "counters are per run");
+        let mut ship = ShipReport::idle("file".into());
+        now.observe(&ship);
+        assert_eq!(now.last_ack_at, previous.last_ack_at);
+        let acked = std::time::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        ship.last_ack_at = Some(acked);
+        now.observe(&ship);
+        assert_eq!(now.last_ack_at, Some(rfc3339_millis(acked)));
     }
 
     #[test]

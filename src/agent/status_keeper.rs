@@ -181,7 +181,7 @@ impl StatusKeeper {
         // A status for this process (pid, version, start), keeping the devices' history.
         let mut status = AgentStatus::load_or_default(&state_dir, &inventory.agent.id);
         status.spool = SpoolStatus::configured(spool_dir, spool);
-        status.upstream = UpstreamStatus::configured(upstream);
+        status.upstream = UpstreamStatus::restarted(upstream, &status.upstream);
         status.state_dir = state_dir.display().to_string();
         let runtime_dir = runtime_dir(&state_dir);
         status.runtime_file = runtime_dir

@@ -197,23 +197,7 @@ mod tests {
         let (raw, mut report) = crate::config::parse_str(path, text);
         let inventory = crate::inventory::resolve(&raw, &mut report);
         assert!(!report.has_errors(), "{report}");
-        let ship = ShipReport {
-            sink: "test".into(),
-            state: crate::ship::ShipState::Idle,
-            last_error: None,
-            last_error_at: None,
-            last_ack_at: None,
-            consecutive_failures: 0,
-            failed_attempts: 0,
-            shipped_records: 0,
-            shipped_batches: 0,
-            dead_lettered_batches: 0,
-            rejected_records: 0,
-            unchanged_records: 0,
-            bytes_saved: 0,
-            dead_letter_file: None,
-            oldest_unshipped: None,
-        };
+        let ship = ShipReport::idle("test".into());
         let stats = Stats::default();
         let mut runs = DeviceRuns::default();
         let facts = |runs: &DeviceRuns| {
