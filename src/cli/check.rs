@@ -67,6 +67,9 @@ pub(crate) fn render_inventory(path: &Path, inv: &Inventory) -> String {
         // Before the blank line, so the table's position stays put.
         text.insert_str(text.len() - 1, &crate::led::describe_for_check(led));
     }
+    if let Some(metrics) = describe_metrics(&inv.metrics) {
+        text.insert_str(text.len() - 1, &metrics);
+    }
     if inv.devices.is_empty() {
         // A starter config (a package installs one and starts the agent): not an error.
         text.push_str(
@@ -140,6 +143,18 @@ pub(crate) fn render_inventory(path: &Path, inv: &Inventory) -> String {
         inv.devices.iter().map(|d| d.commands.len()).sum::<usize>(),
     ));
     text
+}
+
+/// `[metrics]` as the agent will serve it: where Prometheus scrapes, where node_exporter reads.
+fn describe_metrics(metrics: &inventory::MetricsConfig) -> Option<String> {
+    let mut parts = Vec::new();
+    if let Some(addr) = metrics.listen {
+        parts.push(format!("http://{addr}/metrics"));
+    }
+    if let Some(path) = &metrics.textfile {
+        parts.push(format!("textfile {}", path.display()));
+    }
+    (!parts.is_empty()).then(|| format!("metrics {}\n", parts.join(", ")))
 }
 
 /// Which commands ship `on_change` (issue 13), device by device; every other command ships

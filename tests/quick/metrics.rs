@@ -313,4 +313,12 @@ fn check_points_at_a_bad_listen_address_and_a_textfile_folder_that_does_not_exis
         out.contains(&format!("{}:5:10: warning: `listen`", path.display())),
         "{out}"
     );
+    // The summary says where the metrics will be.
+    assert!(
+        out.contains(&format!(
+            "metrics http://0.0.0.0:9464/metrics, textfile {}\n",
+            dir.join("rackhand.prom").display()
+        )),
+        "{out}"
+    );
 }
