@@ -28,14 +28,11 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use nix::sys::termios::{self, SetArg};
-use rackhand::config::Secret;
 use rackhand::console::{Captured, Limits, Outlet, PortOwner, alerts_for};
-use rackhand::inventory::{
-    Capture, Device, Endpoint, FlowControl, HostKeyCheck, Isolation, Parity, SerialSettings,
-    SshSettings, TransportKind,
-};
+use rackhand::inventory::Device;
 use rackhand::transport::Transport as _;
 use support::TempDir;
+use support::config::{Config, Dev};
 
 const BAUD: u64 = 115_200;
 /// 8N1: ten bits on the wire per byte.
@@ -49,48 +46,21 @@ fn env_secs(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
+/// The captured console, resolved from its config as the agent would.
 fn device(port: &Path) -> Device {
-    Device {
-        name: "bench".into(),
-        groups: vec![],
-        transport: TransportKind::Serial,
-        endpoint: Endpoint::Serial {
-            port: port.to_path_buf(),
-            settings: SerialSettings {
-                baud: BAUD as u32,
-                data_bits: 8,
-                parity: Parity::None,
-                stop_bits: 1,
-                flow_control: FlowControl::None,
-            },
-        },
-        platform: "cisco_ios".into(),
-        prompt: None,
-        username: Some("admin".into()),
-        password: Some(Secret::inline("admin")),
-        enable_secret: None,
-        ssh: SshSettings {
-            key_file: None,
-            key_passphrase: None,
-            host_key_check: HostKeyCheck::AcceptNew,
-            known_hosts: "/nonexistent".into(),
-            legacy: false,
-            kex: vec![],
-            host_key_algorithms: vec![],
-            ciphers: vec![],
-            macs: vec![],
-            keepalive: Duration::from_secs(30),
-        },
-        commands: vec![],
-        ship: Default::default(),
-        interval: Duration::from_secs(900),
-        connect_timeout: Duration::from_secs(5),
-        command_timeout: Duration::from_secs(5),
-        max_output: 16 << 20,
-        isolation: Isolation::Thread,
-        driver_exec: None,
-        capture: Some(Capture::default()),
-    }
+    Config::new()
+        .defaults("platform", "\"cisco_ios\"")
+        .defaults("username", "\"admin\"")
+        .defaults("password", "\"admin\"")
+        .device(
+            Dev::serial("bench", port)
+                .set("baud", &BAUD.to_string())
+                .commands(&["show clock"])
+                .set("capture", "true"),
+        )
+        .inventory(Path::new("/etc/rackhand/rackhand.toml"))
+        .devices
+        .remove(0)
 }
 
 /// The device's side: log lines at the line's pace until `stop`; returns bytes written.

@@ -20,15 +20,11 @@ use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
 
 use nix::sys::termios::{self, SetArg};
-use rackhand::config::Secret;
 use rackhand::console::{
     Alerts, Captured, ConsoleChunk, ConsoleEvent, Consoles, Limits, Outlet, PortOwner, Registry,
     alerts_for,
 };
-use rackhand::inventory::{
-    Capture, Device, Endpoint, FlowControl, HostKeyCheck, Isolation, Parity, SerialSettings,
-    SshSettings, TransportKind,
-};
+use rackhand::inventory::Device;
 use rackhand::transport::serial::lock_file_name;
 use rackhand::transport::{Transport as _, TransportError};
 
@@ -37,50 +33,24 @@ use support::{TempDir, deadline, poll_until};
 
 const STEP: Duration = Duration::from_secs(10);
 
+/// The captured console the tests watch, resolved from its config as the agent would.
 fn device(port: &Path) -> Device {
-    Device {
-        name: "con1".into(),
-        groups: vec![],
-        transport: TransportKind::Serial,
-        endpoint: Endpoint::Serial {
-            port: port.to_path_buf(),
-            settings: SerialSettings {
-                baud: 115_200,
-                data_bits: 8,
-                parity: Parity::None,
-                stop_bits: 1,
-                flow_control: FlowControl::None,
-            },
-        },
-        platform: "cisco_ios".into(),
-        prompt: None,
-        username: Some("admin".into()),
-        password: Some(Secret::inline("s3cret-pw")),
-        enable_secret: None,
-        ssh: SshSettings {
-            key_file: None,
-            key_passphrase: None,
-            host_key_check: HostKeyCheck::AcceptNew,
-            known_hosts: "/nonexistent/known_hosts".into(),
-            legacy: false,
-            kex: vec![],
-            host_key_algorithms: vec![],
-            ciphers: vec![],
-            macs: vec![],
-            keepalive: Duration::from_secs(30),
-        },
-        commands: vec!["show clock".into()],
-        ship: Default::default(),
-        interval: Duration::from_secs(900),
-        connect_timeout: Duration::from_secs(2),
-        command_timeout: STEP,
-        max_output: 16 << 20,
-        isolation: Isolation::Thread,
-        driver_exec: None,
-        capture: Some(Capture {
-            alert: vec!["^BOOM".into()],
-        }),
-    }
+    Config::new()
+        .defaults("platform", "\"cisco_ios\"")
+        .defaults("username", "\"admin\"")
+        .device(
+            Dev::serial("con1", port)
+                .set("baud", "115200")
+                .set("password", &quote("s3cret-pw"))
+                .set("connect_timeout", "\"2s\"")
+                .set("command_timeout", "\"10s\"")
+                .commands(&["show clock"])
+                .set("capture", "true")
+                .set("alert", "[\"^BOOM\"]"),
+        )
+        .inventory(Path::new("/etc/rackhand/rackhand.toml"))
+        .devices
+        .remove(0)
 }
 
 /// A pty standing in for the cable: the test writes and reads the master.
