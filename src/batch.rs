@@ -352,15 +352,9 @@ fn is_alert(payload: &[u8]) -> bool {
 /// `max_age` minus up to `jitter` of it, chosen by a hash of the seed and the batch's first
 /// seq: spread across agents and batches, yet the same in every run of a test.
 fn jittered_age(limits: BatchLimits, seed: u64, first_seq: u64) -> Duration {
-    let unit = (splitmix64(seed ^ first_seq.rotate_left(32)) >> 11) as f64 / (1u64 << 53) as f64;
+    let unit =
+        (crate::hash::mix(seed ^ first_seq.rotate_left(32)) >> 11) as f64 / (1u64 << 53) as f64;
     limits.max_age.mul_f64(1.0 - limits.jitter * unit)
-}
-
-fn splitmix64(x: u64) -> u64 {
-    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
 }
 
 #[cfg(test)]

@@ -40,29 +40,6 @@ pub(crate) const SHIP_CUT_FILE: &str = "ship-cut";
 /// calls again at once with the same batch; this only bounds a single call).
 const SHIP_CALL: Duration = Duration::from_secs(3600);
 
-impl ShipReport {
-    /// A shipper of `sink` that has done nothing yet.
-    pub(crate) fn idle(sink: String) -> ShipReport {
-        ShipReport {
-            sink,
-            state: ShipState::Idle,
-            last_error: None,
-            last_error_at: None,
-            last_ack_at: None,
-            consecutive_failures: 0,
-            failed_attempts: 0,
-            shipped_records: 0,
-            shipped_batches: 0,
-            dead_lettered_batches: 0,
-            rejected_records: 0,
-            unchanged_records: 0,
-            bytes_saved: 0,
-            dead_letter_file: None,
-            oldest_unshipped: None,
-        }
-    }
-}
-
 /// Where the shipper stands, for logs and `rackhand status`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct ShipReport {
@@ -86,6 +63,29 @@ pub(crate) struct ShipReport {
     pub(crate) dead_letter_file: Option<PathBuf>,
     /// The oldest record not yet acknowledged: its seq and `started_at`.
     pub(crate) oldest_unshipped: Option<(u64, Option<String>)>,
+}
+
+impl ShipReport {
+    /// A shipper of `sink` that has done nothing yet.
+    pub(crate) fn idle(sink: String) -> ShipReport {
+        ShipReport {
+            sink,
+            state: ShipState::Idle,
+            last_error: None,
+            last_error_at: None,
+            last_ack_at: None,
+            consecutive_failures: 0,
+            failed_attempts: 0,
+            shipped_records: 0,
+            shipped_batches: 0,
+            dead_lettered_batches: 0,
+            rejected_records: 0,
+            unchanged_records: 0,
+            bytes_saved: 0,
+            dead_letter_file: None,
+            oldest_unshipped: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -250,15 +250,20 @@ impl Worker {
             self.batcher.resume_cut(cut);
         }
         let mut ready: VecDeque<Batch> = VecDeque::new();
-        // The front batch as it goes upstream: shaped once, against what upstream has
-        // acknowledged, and sent in that shape until it is acknowledged.
-        let mut shaped: Option<Batch> = None;
+        // Whether the front batch is in the shape it goes upstream in: shaped once, against
+        // what upstream has acknowledged, and sent in that shape until it is acknowledged.
+        let mut front_shaped = false;
         let mut cut_failing = false;
         loop {
             if self.stop.is_stopped() {
                 return;
             }
-            if let Some(batch) = ready.front() {
+            if let Some(batch) = ready.front_mut() {
+                if !front_shaped {
+                    self.shape(batch);
+                    front_shaped = true;
+                }
+                let batch = &*batch;
                 if cut_written != Some(batch.last_seq()) {
                     match write_durably(
                         &self.cut_path,
@@ -280,20 +285,8 @@ impl Worker {
                         Err(_) => {}
                     }
                 }
-                if shaped.is_none() {
-                    let policy = self
-                        .next_policy
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .take();
-                    if let Some(policy) = policy {
-                        self.changes.set_policy(policy);
-                    }
-                    shaped = Some(self.changes.shape(batch));
-                }
-                let batch = shaped.as_ref().expect("shaped just above");
                 if self.ship(batch) {
-                    shaped = None;
+                    front_shaped = false;
                     ready.pop_front();
                     let next = ready
                         .front()
@@ -346,6 +339,22 @@ impl Worker {
                 self.report().state = ShipState::Idle;
                 self.reader.wait(self.batcher.deadline());
             }
+        }
+    }
+
+    /// Puts `batch` in the shape it goes upstream in (change-only shipping), under the policy
+    /// of the last reload. Without any `on_change` command it stays as it is, uncopied.
+    fn shape(&mut self, batch: &mut Batch) {
+        let policy = self
+            .next_policy
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(policy) = policy {
+            self.changes.set_policy(policy);
+        }
+        if self.changes.is_active() {
+            *batch = self.changes.shape(batch);
         }
     }
 

@@ -117,17 +117,21 @@ impl Spooler {
     fn spool(&mut self, outcome: Outcome, seq: u64) -> Record {
         let synced = self.clock_synced();
         let (record, json) = self.fit(outcome, seq, synced);
+        self.append(seq, &json);
+        record
+    }
+
+    /// Appends record `seq`. Only a record that breaks the spool's rules fails here (records
+    /// are kept within the limit, and seqs increase): counted, never silent.
+    fn append(&mut self, seq: u64, json: &str) {
         self.last_seq = seq;
         if let Err(e) = self.writer.append(seq, json.as_bytes()) {
-            // Only a record that breaks the spool's rules gets here (fit() keeps records
-            // within the limit, and seqs increase): counted, never silent.
             log::error!("{e}");
             self.writer.note_loss(
                 GapCause::IoError,
                 Loss::range(seq, seq, 1, 0).with_detail(e.to_string()),
             );
         }
-        record
     }
 
     /// The record of `outcome` and its JSON, its output cut (in bytes of the encoding) if
@@ -224,14 +228,7 @@ impl Spooler {
         };
         let synced = self.clock_synced();
         let json = crate::console::record::to_json(&self.agent, seq, synced, event);
-        self.last_seq = seq;
-        if let Err(e) = self.writer.append(seq, json.as_bytes()) {
-            log::error!("{e}");
-            self.writer.note_loss(
-                GapCause::IoError,
-                Loss::range(seq, seq, 1, 0).with_detail(e.to_string()),
-            );
-        }
+        self.append(seq, &json);
         if crate::console::record::is_alert(event) {
             // Shipped at once: the shipper reads committed records only.
             self.writer.commit();

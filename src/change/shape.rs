@@ -92,6 +92,12 @@ impl ChangeFilter {
         self.sync_with_policy();
     }
 
+    /// Whether any command ships `on_change`: without one, [`ChangeFilter::shape`] would
+    /// only copy the batch.
+    pub fn is_active(&self) -> bool {
+        !self.policy.is_empty()
+    }
+
     /// The batch as it goes upstream: the same seqs and `Idempotency-Key`, each `ok` record
     /// of an on_change command with `digest` and `changed`, and `"output": null` when it is
     /// unchanged. Everything else passes byte for byte. Remembers the baselines it would set,

@@ -63,21 +63,17 @@ impl Filled {
         };
         let started_at = crate::record::rfc3339_millis(SystemTime::now() - Duration::from_secs(95));
         let ship = ShipReport {
-            sink: "http https://collector.example.net/ingest".into(),
             state: ShipState::Retrying,
             last_error: Some("connection refused".into()),
             last_error_at: Some(SystemTime::now()),
-            last_ack_at: None,
             consecutive_failures: 3,
             failed_attempts: 17,
             shipped_records: 250_000,
             shipped_batches: 500,
-            dead_lettered_batches: 0,
-            rejected_records: 0,
             unchanged_records: 1_200,
             bytes_saved: 48_000_000,
-            dead_letter_file: None,
             oldest_unshipped: Some((1_000, Some(started_at))),
+            ..ShipReport::idle("http https://collector.example.net/ingest".into())
         };
         let admission = Admission {
             paused: false,
